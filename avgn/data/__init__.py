@@ -1,0 +1,1 @@
+"""Data: the embedded audio-visual mixture benchmark, PyTorch datasets and real-dataset adapters."""
