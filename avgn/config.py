@@ -33,6 +33,7 @@ class Profile:
     name: str
     data: DataConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
+    demo_samples: int = 400  # samples in the synthetic protocol demonstrations (chapter 00)
 
     def with_overrides(self, **overrides: Any) -> "Profile":
         """Return a copy with top-level fields replaced (sub-configs are replaced whole)."""
@@ -47,4 +48,5 @@ def get_profile(name: str) -> Profile:
     """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    return Profile(name=name, data=DATA_PROFILES[name])
+    demo = {"smoke": 24, "cpu": 400, "gpu": 2000}[name]
+    return Profile(name=name, data=DATA_PROFILES[name], demo_samples=demo)

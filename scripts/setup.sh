@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Idempotent set-up for `make book` and `make test`: the Debian packages the data and the book test
+# need, the Python virtual environment (.venv) with the pinned package, and the npm packages of the
+# emoji assets and the book's site template. Each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES=(
+  chromium                          # headless browser: the book's reader test
+  fluidsynth                        # soundfont renderer (instrument audio)
+  fluid-soundfont-gm                # FluidR3_GM.sf2
+  timgm6mb-soundfont                # TimGM6mb.sf2
+  musescore-general-soundfont-small # MuseScore_General_Lite.sf3
+  gcompris-qt-data                  # real instrument/animal recordings, drawings and photos
+  tuxpaint-stamps-default           # cut-out photos with alpha masks, sound effects
+  fonts-noto-color-emoji            # emoji drawings
+  openclipart-svg                   # clip-art drawings
+)
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# ---- Debian packages -------------------------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  log "apt: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt: all ${#APT_PACKAGES[@]} packages present"
+fi
+
+# ---- Python ------------------------------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.avgn-installed
+want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "pip: installing avgn[dev] (pinned torch, torchvision, torchaudio)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+else
+  log "pip: .venv up to date"
+fi
+
+# ---- npm ---------------------------------------------------------------------------------------
+for dir in assets theme; do
+  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules" ]; then
+    log "npm: installing $dir/ from its lockfile"
+    npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error
+  fi
+done
+log "done"
