@@ -1,0 +1,60 @@
+"""Models: AVGN and its baselines (EZ-VSL, Mix-and-Localize) plus non-learned priors.
+
+- :mod:`avgn.models.config`    ``EncoderConfig``, ``AVGNConfig``, ``EZVSLConfig``, ``MALConfig``
+- :mod:`avgn.models.encoders`  visual (ResNet-18 / EfficientNet-Lite0) and audio (ResNet-18) encoders
+- :mod:`avgn.models.grouping`  class-token transformer and grouping block (softmax / hard / gumbel)
+- :mod:`avgn.models.avgn`      ``AVGN``, ``select_sources``
+- :mod:`avgn.models.ezvsl`     ``EZVSL`` (+ object-prior "OGL" fusion)
+- :mod:`avgn.models.mal`       ``MixAndLocalize`` (K fixed audio slots, cycle random walk)
+- :mod:`avgn.models.priors`    ``centre_prior``, ``object_prior``, ``fuse_with_prior``
+
+The losses live in :mod:`avgn.losses`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avgn.models.avgn import AVGN, select_sources
+from avgn.models.config import AVGNConfig, EncoderConfig, EZVSLConfig, MALConfig
+from avgn.models.encoders import AudioEncoder, VisualEncoder
+from avgn.models.ezvsl import EZVSL
+from avgn.models.grouping import GroupingBlock, TokenTransformer
+from avgn.models.mal import MixAndLocalize
+from avgn.models.priors import centre_prior, fuse_with_prior, object_prior
+
+__all__ = [
+    "AVGN",
+    "AVGNConfig",
+    "AudioEncoder",
+    "EZVSL",
+    "EZVSLConfig",
+    "EncoderConfig",
+    "GroupingBlock",
+    "MALConfig",
+    "MixAndLocalize",
+    "TokenTransformer",
+    "VisualEncoder",
+    "build_model",
+    "centre_prior",
+    "fuse_with_prior",
+    "object_prior",
+    "select_sources",
+]
+
+_MODELS = {"avgn": (AVGN, AVGNConfig), "ezvsl": (EZVSL, EZVSLConfig), "mal": (MixAndLocalize, MALConfig)}
+
+
+def build_model(name: str, cfg: Any = None, **overrides: Any):
+    """Build ``avgn`` | ``ezvsl`` | ``mal`` from its config (default config + ``overrides`` if none)."""
+    key = name.lower()
+    if key not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(_MODELS)}")
+    model_cls, cfg_cls = _MODELS[key]
+    if cfg is None:
+        cfg = cfg_cls(**overrides)
+    elif overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+    return model_cls(cfg)

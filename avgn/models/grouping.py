@@ -1,0 +1,163 @@
+"""Class-token transformer and the GroupViT-style grouping block used by AVGN.
+
+Per modality, AVGN runs a transformer over the concatenation ``[features; class tokens]`` (so the
+tokens gather context and the features see the tokens), then a grouping block assigns every feature
+to the class tokens and pools one class-aware embedding per class:
+
+    logits[b, n, c] = <W_q LN(t_c), W_k LN(x_n)> / sqrt(D)         (dot product, scaled)
+    A[b, n, :]      = assign(logits[b, n, :])                      (over TOKENS, per feature)
+    g[b, c]         = W_o( sum_n A[b,n,c] W_v LN(x_n) / (sum_n A[b,n,c] + eps) ) + t_c
+    g[b, c]         = g[b, c] + MLP(LN(g[b, c]))
+
+``assign`` is ``softmax``; ``hard`` (one-hot of the argmax, straight-through: forward one-hot,
+backward the softmax gradient); or ``gumbel`` (Gumbel-Softmax at temperature ``tau`` in training,
+straight-through one-hot if ``gumbel_hard``; in eval the deterministic argmax, or the softmax when
+``gumbel_hard`` is False — GroupViT's convention). All three pass gradients to tokens and features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["assign_tokens", "TokenTransformer", "GroupingBlock"]
+
+
+def _straight_through(soft: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    index = soft.argmax(dim=dim, keepdim=True)
+    hard = torch.zeros_like(soft).scatter_(dim, index, 1.0)
+    return hard - soft.detach() + soft
+
+
+def assign_tokens(
+    logits: torch.Tensor,
+    mode: str = "softmax",
+    tau: float = 1.0,
+    training: bool = False,
+    gumbel_hard: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Assignment weights over the last axis (tokens) of ``logits``; see the module docstring."""
+    if mode == "softmax":
+        return logits.softmax(dim=-1)
+    if mode == "hard":
+        return _straight_through(logits.softmax(dim=-1))
+    if mode == "gumbel":
+        if training:
+            u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
+            expo = -torch.log(u.clamp_min(1e-10))  # Exp(1) sample
+            gumbels = -torch.log(expo.clamp_min(1e-10))  # Gumbel(0, 1) sample
+            soft = ((logits + gumbels) / tau).softmax(dim=-1)
+        else:
+            soft = logits.softmax(dim=-1)
+        return _straight_through(soft) if gumbel_hard else soft
+    raise ValueError(f"unknown assignment mode {mode!r}; use softmax, hard or gumbel")
+
+
+class TokenTransformer(nn.Module):
+    """Pre-norm transformer encoder over ``[feats; tokens]``; returns the two parts separately.
+
+    ``depth=0`` is the identity.
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.depth = depth
+        if depth > 0:
+            layer = nn.TransformerEncoderLayer(
+                d_model=dim,
+                nhead=heads,
+                dim_feedforward=int(dim * mlp_ratio),
+                dropout=dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = nn.TransformerEncoder(layer, num_layers=depth, enable_nested_tensor=False)
+        else:
+            self.encoder = None
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.encoder is None:
+            return feats, tokens
+        n = feats.shape[1]
+        out = self.encoder(torch.cat([feats, tokens], dim=1))
+        return out[:, :n], out[:, n:]
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class GroupingBlock(nn.Module):
+    """Assign features to class tokens and pool one embedding per token.
+
+    ``forward(tokens [B, C, D], feats [B, N, D]) -> (grouped [B, C, D], assign [B, N, C])`` where
+    ``assign`` rows are the assignment weights of each feature over the tokens (they sum to one).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_tokens: int,
+        assignment: str = "softmax",
+        tau: float = 1.0,
+        *,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        assign_eps: float = 1.0,
+        gumbel_hard: bool = True,
+        pre_assign_attn: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if assignment not in ("softmax", "hard", "gumbel"):
+            raise ValueError(f"unknown assignment mode {assignment!r}; use softmax, hard or gumbel")
+        self.dim = dim
+        self.num_tokens = num_tokens
+        self.assignment = assignment
+        self.tau = tau
+        self.gumbel_hard = gumbel_hard
+        self.assign_eps = assign_eps
+        self.scale = dim**-0.5
+        self.norm_tokens = nn.LayerNorm(dim)
+        self.norm_feats = nn.LayerNorm(dim)
+        if pre_assign_attn:
+            self.norm_pre = nn.LayerNorm(dim)
+            self.pre_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        else:
+            self.pre_attn = None
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_out = nn.LayerNorm(dim)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio), dropout)
+
+    def assignment_logits(self, tokens: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(logits [B, N, C], normalised tokens (after pre-assign attention), normalised feats)``."""
+        t = self.norm_tokens(tokens)
+        x = self.norm_feats(feats)
+        if self.pre_attn is not None:
+            t = t + self.pre_attn(self.norm_pre(t), x, x, need_weights=False)[0]
+        logits = torch.einsum("bnd,bcd->bnc", self.k(x), self.q(t)) * self.scale
+        return logits, t, x
+
+    def forward(self, tokens: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokens.dim() != 3 or feats.dim() != 3 or tokens.shape[-1] != feats.shape[-1]:
+            raise ValueError(f"expected tokens [B, C, D] and feats [B, N, D], got {tuple(tokens.shape)}, {tuple(feats.shape)}")
+        logits, t, x = self.assignment_logits(tokens, feats)
+        assign = assign_tokens(logits, self.assignment, self.tau, self.training, self.gumbel_hard)
+        weights = assign / (assign.sum(dim=1, keepdim=True) + self.assign_eps)  # [B, N, C]
+        pooled = torch.einsum("bnc,bnd->bcd", weights, self.v(x))
+        grouped = self.out(pooled) + t
+        grouped = grouped + self.mlp(self.norm_out(grouped))
+        return grouped, assign

@@ -1,0 +1,139 @@
+"""Mix-and-Localize (Hu, Chen & Owens, CVPR 2022): localising several sources by a contrastive
+random walk between audio nodes and image nodes. A simple, faithful re-implementation.
+
+What the public code does (read, not copied): the mixture's audio goes through a ResNet-18, is
+max-pooled, and ``K`` separate MLP heads turn it into ``K`` L2-normalised audio nodes ("slots") — the
+number of sources is *fixed* to ``K`` (public: 2). Images give L2-normalised region features
+(public: two 1x1 convs on a ResNet-18 map). The affinity of an audio node and an image is the max
+over the image's regions of their dot product. Groups of ``K`` images form a graph with the ``K``
+slots of the mixture of their sounds; transitions are row-softmaxes of affinity / temperature
+(``0.07``). The walk slots -> images -> slots must return to its start: the loss is the cross-entropy
+of the two-step transition matrix against the identity. Two different clips of the same ``K`` videos
+are mixed (``spec`` and ``spec2``): the first step leaves from ``spec2``'s slots, the second returns to
+``spec``'s slots, so each head has to pick out the same source in both mixtures.
+
+Here:
+
+* ``graph='images'`` is that public graph: ``image`` holds ``G*K`` frames in groups of ``K``
+  consecutive ones, ``spec`` (and optionally ``spec2``) holds the ``G`` mixtures.
+* ``graph='regions'`` (default, for this project's benchmark where one — possibly composite —
+  frame goes with one mixture): the nodes are *all* regions and *all* slots of the batch; the walk
+  slot -> region -> slot must come back to its start, so a slot's regions must prefer it over the
+  other slots of its own mixture (separation) and over every other mixture's slots (audio-visual
+  correspondence).
+* Differences from the public code: the shared :class:`~avgn.models.encoders.VisualEncoder` (one 1x1
+  conv + L2, 7x7 map) instead of two 1x1 convs on a 14x14 map; no learned scalar on the similarity
+  map; an L2-normalised slot instead of the public un-normalised ``[B, 128, 1, 1]`` reshape.
+
+Localisation map of slot ``k``: ``cos(slot_k, f_p)``. Slots are not tied to classes; the evaluator
+must match slots to ground-truth sources (e.g. Hungarian matching on IoU) — an open question noted
+in the report.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avgn.models.config import MALConfig
+from avgn.models.encoders import AudioResNet18, VisualEncoder, _init_from_scratch
+
+__all__ = ["MixAndLocalize", "mal_cycle_loss_images", "mal_cycle_loss_regions"]
+
+
+def _cycle_nll(walk: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL of returning to the start for a batch of square transition products ``[..., n, n]``."""
+    n = walk.shape[-1]
+    flat = walk.reshape(-1, n)
+    target = torch.arange(n, device=walk.device).repeat(flat.shape[0] // n)
+    loss = F.nll_loss(torch.log(flat + eps), target)
+    acc = (flat.argmax(dim=1) == target).float().mean()
+    return loss, acc
+
+
+def mal_cycle_loss_images(
+    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Public graph. ``visual`` ``[G*K, D, h, w]`` (groups of ``K`` consecutive frames), ``slots`` /
+    ``slots2`` ``[G, K, D]``. Returns ``(loss, accuracy of the return step)``."""
+    g, k, d = slots.shape
+    if visual.shape[0] != g * k:
+        raise ValueError(f"graph='images' needs G*K={g * k} frames for {g} mixtures of K={k}, got {visual.shape[0]}")
+    s2 = slots if slots2 is None else slots2
+    v = visual.flatten(2).reshape(g, k, d, -1)  # [G, K_img, D, Q]
+    a_is = torch.einsum("gidq,gjd->gijq", v, slots).amax(-1)  # image i -> slot j (return step)
+    a_si = torch.einsum("gjd,gidq->gjiq", s2, v).amax(-1)  # slot j -> image i (first step)
+    walk = torch.softmax(a_si / temp, dim=-1) @ torch.softmax(a_is / temp, dim=-1)  # [G, K, K]
+    return _cycle_nll(walk)
+
+
+def mal_cycle_loss_regions(
+    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region graph. ``visual`` ``[B, D, h, w]``, ``slots`` / ``slots2`` ``[B, K, D]`` (one mixture per
+    frame). Walk: slot (of ``slots2``) -> any region of the batch -> any slot (of ``slots``)."""
+    b, k, d = slots.shape
+    if visual.shape[0] != b:
+        raise ValueError(f"graph='regions' needs one frame per mixture, got {visual.shape[0]} frames, {b} mixtures")
+    s1 = slots.reshape(b * k, d)
+    s2 = (slots if slots2 is None else slots2).reshape(b * k, d)
+    r = visual.flatten(2).transpose(1, 2).reshape(-1, d)  # [B*Q, D]
+    walk = torch.softmax(s2 @ r.t() / temp, dim=-1) @ torch.softmax(r @ s1.t() / temp, dim=-1)  # [BK, BK]
+    return _cycle_nll(walk)
+
+
+class MixAndLocalize(nn.Module):
+    """Mix-and-Localize with ``K = cfg.num_sources`` audio slots. See the module docstring."""
+
+    def __init__(self, cfg: MALConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or MALConfig()
+        self.cfg = cfg
+        self.visual = VisualEncoder(cfg.encoder)
+        self.audio_trunk = AudioResNet18(1, cfg.encoder.audio_width)
+        c = self.audio_trunk.out_channels
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.dim))
+            for _ in range(cfg.num_sources)
+        )
+        _init_from_scratch([self.audio_trunk])
+        for head in self.heads:  # default PyTorch Linear init (as the public heads)
+            for m in head:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+
+    def audio_slots(self, spec: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, F, T]`` mixture -> ``K`` L2-normalised slots ``[B, K, D]``."""
+        pooled = self.audio_trunk(spec).amax(dim=(2, 3))
+        return F.normalize(torch.stack([h(pooled) for h in self.heads], dim=1), dim=-1)
+
+    def forward(
+        self,
+        image: torch.Tensor | None = None,
+        spec: torch.Tensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        spec2: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``slots`` ``[B_mix, K, D]`` (and ``slots2`` for a second clip), ``visual_map_feats``."""
+        if spec is None:
+            raise ValueError("MixAndLocalize needs a mixture spectrogram spec=[B, 1, F, T]")
+        vmap, vback = self.visual(image=image, feats=visual_feats)
+        out = {"slots": self.audio_slots(spec), "visual_map_feats": vmap, "visual_backbone_feats": vback}
+        if spec2 is not None:
+            out["slots2"] = self.audio_slots(spec2)
+        return out
+
+    def loss(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fn = mal_cycle_loss_images if self.cfg.graph == "images" else mal_cycle_loss_regions
+        loss, acc = fn(outputs["visual_map_feats"], outputs["slots"], outputs.get("slots2"), self.cfg.cycle_temp)
+        return loss, {"cycle": loss.detach(), "cycle_acc": acc.detach(), "total": loss.detach()}
+
+    def localize(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B_img, K, h, w]``: ``cos(slot_k, f_p)``; with ``graph='images'`` frame ``b`` uses the
+        slots of mixture ``b // K``."""
+        slots, f = outputs["slots"], outputs["visual_map_feats"]
+        if slots.shape[0] != f.shape[0]:
+            k = self.cfg.num_sources
+            slots = slots.repeat_interleave(k, dim=0)
+        return torch.einsum("bkd,bdhw->bkhw", slots, f)
