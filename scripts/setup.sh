@@ -40,11 +40,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.avgn-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "pip: installing avgn[dev] (pinned torch, torchvision, torchaudio)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # tinysoundfont declares pyaudio (which does not build and is not used) as a hard dependency
+  .venv/bin/python -m pip install -q --no-deps tinysoundfont==0.3.7
   echo "$want" > "$stamp"
 else
   log "pip: .venv up to date"
