@@ -20,9 +20,10 @@ Conventions
   functions raise unless ``allow_empty=True``, in which case the empty samples are excluded from the
   means and counted in ``n_empty``. Nothing is silently scored as 0 or 0.5.
 - Binarisation (:func:`binarize`), three rules from the literature:
-  ``top_fraction`` (default, value 0.5: the AVGN/EZ-VSL convention — the threshold is the element at
-  index ``int(M * (1 - value))`` of the ascending-sorted map and pixels strictly above it are kept;
-  per-sample min-max normalisation does not change that set), ``relative_max`` (``map > value * max``
+  ``top_fraction`` (default, value 0.5: the AVGN/EZ-VSL convention — after per-sample min-max
+  normalisation in the map's dtype, the threshold is the element at index ``int(M * (1 - value))`` of
+  the ascending-sorted map and pixels strictly above it are kept; as in the reference code, the
+  normalisation's rounding may merge nearly equal values), ``relative_max`` (``map > value * max``
   on the raw map, as in DSOL; for non-negative maps such as CAMs), and ``fixed`` (``minmax(map) >=
   value``, as in T-VSL; a constant map normalises to 0).
 - cIoU (:func:`ciou`): ``|P & G| / (|G| + |P \\ G|)``.
@@ -218,28 +219,28 @@ def _row_kernel(s: np.ndarray, g: np.ndarray, rule: str | None, value: float) ->
     if rule is None:
         return ap, math.nan, k
     m = s.size
+    if rule == "relative_max":
+        thr = s.dtype.type(value) * max(pos[-1], neg[-1] if neg.size else -np.inf)
+        inter = k - int(np.searchsorted(pos, thr, "right"))
+        extra = neg.size - int(np.searchsorted(neg, thr, "right"))
+        return ap, inter / (k + extra), k
+    # top_fraction and fixed work on minmax(s), computed exactly as minmax_normalise does
+    lo_v = min(pos[0], neg[0] if neg.size else np.inf)
+    span = max(pos[-1], neg[-1] if neg.size else -np.inf) - lo_v
+    if span > 0:
+        npos, nneg = (pos - lo_v) / span, (neg - lo_v) / span
+    else:
+        npos, nneg = np.zeros_like(pos), np.zeros_like(neg)
     if rule == "top_fraction":
         idx = int(m * (1.0 - value))
         if idx >= m:
             return ap, 0.0, k
-        thr = _kth_of_union(pos, neg, idx)
-        inter = k - int(np.searchsorted(pos, thr, "right"))
-        extra = neg.size - int(np.searchsorted(neg, thr, "right"))
-    elif rule == "relative_max":
-        thr = s.dtype.type(value) * max(pos[-1], neg[-1] if neg.size else -np.inf)
-        inter = k - int(np.searchsorted(pos, thr, "right"))
-        extra = neg.size - int(np.searchsorted(neg, thr, "right"))
-    else:  # fixed: minmax(s) >= value, evaluated exactly as minmax_normalise does
-        lo_v = min(pos[0], neg[0] if neg.size else np.inf)
-        hi_v = max(pos[-1], neg[-1] if neg.size else -np.inf)
-        span = hi_v - lo_v
-        if span > 0:
-            npos, nneg = (pos - lo_v) / span, (neg - lo_v) / span
-            inter = k - int(np.searchsorted(npos, value, "left"))
-            extra = nneg.size - int(np.searchsorted(nneg, value, "left"))
-        else:
-            keep = 0.0 >= value
-            inter, extra = (k, neg.size) if keep else (0, 0)
+        thr = _kth_of_union(npos, nneg, idx)
+        inter = k - int(np.searchsorted(npos, thr, "right"))
+        extra = nneg.size - int(np.searchsorted(nneg, thr, "right"))
+    else:  # fixed
+        inter = k - int(np.searchsorted(npos, value, "left"))
+        extra = nneg.size - int(np.searchsorted(nneg, value, "left"))
     return ap, inter / (k + extra), k
 
 
@@ -324,8 +325,9 @@ def pixel_average_precision(
 def binarize(maps: Tensor, rule: BinarizeRule = "top_fraction", value: float = 0.5) -> Tensor:
     """Binarise maps ``[N, ..., H, W]`` (per sample over all trailing pixels) into a bool tensor.
 
-    Rules (see the module docstring): ``top_fraction`` keeps pixels strictly above the element at
-    ascending index ``int(M * (1 - value))`` (value 0.5 = the AVGN/EZ-VSL median rule);
+    Rules (see the module docstring): ``top_fraction`` keeps pixels of the min-max normalised map
+    strictly above its element at ascending index ``int(M * (1 - value))`` (value 0.5 = the
+    AVGN/EZ-VSL median rule);
     ``relative_max`` keeps ``map > value * max(map)`` on the raw map (DSOL; the map's maximum must be
     positive); ``fixed`` keeps ``minmax(map) >= value`` (T-VSL).
     """
@@ -341,8 +343,9 @@ def binarize(maps: Tensor, rule: BinarizeRule = "top_fraction", value: float = 0
         idx = int(m * (1.0 - value))
         if idx >= m:
             return torch.zeros_like(maps, dtype=torch.bool)
-        thr = torch.kthvalue(flat, idx + 1, dim=1, keepdim=True).values
-        out = flat > thr
+        norm = minmax_normalise(flat)
+        thr = torch.kthvalue(norm, idx + 1, dim=1, keepdim=True).values
+        out = norm > thr
     elif rule == "relative_max":
         peak = flat.amax(dim=1, keepdim=True)
         if bool((peak <= 0).any()):

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for src in chapters(args.only):
         nb = jupytext.read(src)
+        nb.metadata.pop("jupytext", None)  # pairing/filter settings belong to the source, not the book
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
         raw = staging / f"{src.stem}.ipynb"
         nbformat.write(nb, raw)

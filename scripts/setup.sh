@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(
   chromium                          # headless browser: the book's reader test
+  chromium-driver                   # its WebDriver (selenium)
+  nodejs                            # the book's site template (mystmd needs Node >= 18)
+  npm
   fluidsynth                        # soundfont renderer (instrument audio)
   fluid-soundfont-gm                # FluidR3_GM.sf2
   timgm6mb-soundfont                # TimGM6mb.sf2
