@@ -274,6 +274,24 @@ export function renderPage(site, urls, slug, opts = {}) {
     return undefined;
   };
 
+  // Jupyter frontends show consecutive stream outputs of the same name (stdout/stderr) as one
+  // block, with carriage returns applied across them (tqdm writes one output per update).
+  const mergeStreams = (list) => {
+    const merged = [];
+    for (const o of list) {
+      const out = o.type === 'output' ? o.jupyter_data : undefined;
+      const prev = merged[merged.length - 1];
+      const prevOut = prev?.type === 'output' ? prev.jupyter_data : undefined;
+      if (out?.output_type === 'stream' && prevOut?.output_type === 'stream' && prevOut.name === out.name) {
+        const join = (t) => (Array.isArray(t) ? t.join('') : t ?? '');
+        merged[merged.length - 1] = { ...prev, jupyter_data: { ...prevOut, text: join(prevOut.text) + join(out.text) } };
+      } else {
+        merged.push(o);
+      }
+    }
+    return merged;
+  };
+
   const cellOutput = (node) => {
     const out = node.jupyter_data ?? {};
     const type = out.output_type;
@@ -332,7 +350,7 @@ export function renderPage(site, urls, slug, opts = {}) {
           children.push(...withVisibility(child.visibility, 'Show code', [el('div', { className: ['cell-input'] }, [codeBlock(child.value, child.lang)])], 'hide-input'));
         } else if (child.type === 'outputs' || child.type === 'output') {
           const list = child.type === 'outputs' ? child.children ?? [] : [child];
-          const rendered = list.map((o) => (o.type === 'output' ? cellOutput(o) : state.one(o, child))).flat().filter(Boolean);
+          const rendered = mergeStreams(list).map((o) => (o.type === 'output' ? cellOutput(o) : state.one(o, child))).flat().filter(Boolean);
           if (rendered.length) {
             children.push(...withVisibility(child.visibility, 'Show output', [el('div', { className: ['cell-outputs'] }, rendered)], 'hide-output'));
           }
@@ -344,7 +362,7 @@ export function renderPage(site, urls, slug, opts = {}) {
       const cell = el('div', props, children);
       return node.visibility === 'hide' ? hidden('Show cell', [cell], 'hide-cell') : cell;
     },
-    outputs: (state, node) => el('div', { className: ['cell-outputs'] }, (node.children ?? []).map((o) => (o.type === 'output' ? cellOutput(o) : state.one(o, node))).filter(Boolean)),
+    outputs: (state, node) => el('div', { className: ['cell-outputs'] }, mergeStreams(node.children ?? []).map((o) => (o.type === 'output' ? cellOutput(o) : state.one(o, node))).filter(Boolean)),
     output: (state, node) => cellOutput(node),
     heading: (state, node) => {
       const id = node.html_id ?? node.identifier;
