@@ -21,6 +21,7 @@ def _atomic_savefig(fig: Figure, path: Path, **kwargs) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, **kwargs)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

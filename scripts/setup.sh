@@ -9,8 +9,6 @@ PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(
   chromium                          # headless browser: the book's reader test
   chromium-driver                   # its WebDriver (selenium)
-  nodejs                            # the book's site template (mystmd needs Node >= 18)
-  npm
   fluidsynth                        # soundfont renderer (instrument audio)
   fluid-soundfont-gm                # FluidR3_GM.sf2
   timgm6mb-soundfont                # TimGM6mb.sf2
@@ -28,6 +26,10 @@ missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# Node >= 18 with npm for mystmd and the site template: any installation will do (Debian's or NodeSource's)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   log "apt: installing ${missing[*]}"
@@ -35,6 +37,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   log "apt: all ${#APT_PACKAGES[@]} packages present"
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 18 ]; then
+  echo "Node $(node --version) is too old: mystmd needs Node >= 18 (e.g. from NodeSource)" >&2
+  exit 1
 fi
 
 # ---- Python ------------------------------------------------------------------------------------
