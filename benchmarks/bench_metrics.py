@@ -11,12 +11,8 @@ samples/s and the speed-up ratio. On a machine with CUDA it also times the torch
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +21,7 @@ from sklearn.metrics import average_precision_score
 
 from avgn.boxes import boxes_to_masks
 from avgn.env import environment_report
+from avgn.io import atomic_write_json
 from avgn.metrics import SUCCESS_THRESHOLDS, evaluate_single_source
 
 
@@ -102,12 +99,7 @@ def main() -> None:
         "environment": environment_report(),
         "host": platform.node(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, out)
+    out = atomic_write_json(args.out, result)
     print(f"wrote {out}")
 
 

@@ -17,12 +17,12 @@ relative levels are kept.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from math import gcd
 from pathlib import Path
 
 import numpy as np
+
+from avgn.io import atomic_path
 
 __all__ = [
     "PEAK",
@@ -180,17 +180,7 @@ def write_audio(path: str | Path, x: np.ndarray, sample_rate: int, subtype: str 
     import soundfile as sf
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     y = np.clip(np.asarray(x, dtype=np.float32), -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, fsync=False) as tmp:
         sf.write(tmp, y, int(sample_rate), format="FLAC", subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path

@@ -52,7 +52,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from avgn.io import atomic_write_bytes, atomic_write_text
 from avgn.data.config import DATA_PROFILES, TASK_SOURCES, DataConfig
 
 __all__ = [
@@ -88,29 +88,6 @@ class BuildConfigMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_dumps(obj: Any) -> str:
