@@ -34,6 +34,7 @@ class Profile:
     data: DataConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
     demo_samples: int = 400  # samples in the synthetic protocol demonstrations (chapter 00)
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of the comparison tables (mean ± std)
 
     def with_overrides(self, **overrides: Any) -> "Profile":
         """Return a copy with top-level fields replaced (sub-configs are replaced whole)."""
@@ -49,4 +50,5 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
     demo = {"smoke": 24, "cpu": 400, "gpu": 2000}[name]
-    return Profile(name=name, data=DATA_PROFILES[name], demo_samples=demo)
+    seeds = (0,) if name == "smoke" else (0, 1, 2)
+    return Profile(name=name, data=DATA_PROFILES[name], demo_samples=demo, seeds=seeds)
