@@ -2,6 +2,9 @@
 
     avgn env                                   print the environment report
     avgn data build --profile P --seed S --out DIR
+    avgn train --method avgn|ezvsl|mal --profile P --seed S --data DIR --out RUN_DIR [--resume]
+    avgn eval RUN_DIR --split test                 evaluate a trained run (its best checkpoint)
+    avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
 """
 
 from __future__ import annotations
@@ -22,10 +25,62 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_build(args: argparse.Namespace) -> int:
-    from avgn.data.build import build_dataset
+    from avgn.data.build import build_dataset, dataset_dir
 
-    manifest = build_dataset(profile=args.profile, seed=args.seed, out=Path(args.out), progress=not args.quiet)
+    out = Path(args.out) if args.out else dataset_dir("data/embedded", args.profile, args.seed)
+    manifest = build_dataset(profile=args.profile, seed=args.seed, out=out, progress=not args.quiet)
     print(f"manifest: {manifest}")
+    return 0
+
+
+def _parse_sets(items: list[str]) -> dict[str, object]:
+    import json
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value (e.g. train.epochs=3), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from avgn.train import run_dir_for, train
+
+    out = Path(args.out) if args.out else run_dir_for("data/runs", args.method, args.profile, args.seed)
+    summary = train(
+        args.method, Path(args.data), out, seed=args.seed, profile=args.profile, device=args.device,
+        resume=args.resume, progress=not args.quiet, overrides=_parse_sets(args.set),
+    )
+    if summary.get("finished"):
+        print(f"run: {out} (best epoch {summary['best_epoch']}, val score {summary['best_val_score']:.4f})")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from avgn.evaluate import evaluate_reference, evaluate_run, results_frame
+
+    split = args.split[0] if len(args.split) == 1 else args.split
+    if args.reference:
+        if not (args.data and args.out):
+            raise SystemExit("avgn eval --reference needs --data DIR and --out DIR")
+        payload = evaluate_reference(args.reference, args.data, args.out, profile=args.profile, split=split,
+                                     sets=args.sets, device=args.device, progress=not args.quiet)
+    else:
+        if not args.run_dir:
+            raise SystemExit("avgn eval needs RUN_DIR (or --reference)")
+        payload = evaluate_run(args.run_dir, split, sets=args.sets, checkpoint=args.checkpoint, data_dir=args.data,
+                               device=args.device, progress=not args.quiet)
+    df = results_frame(payload["results"])
+    if len(df):
+        table = df.pivot_table(index=["set", "mode"], columns="metric", values="value", sort=False)
+        keep = [c for c in ("ap", "iou@0.5", "cap", "piap", "ciou@0.3", "auc", "presence_f1") if c in table.columns]
+        print(table[keep].round(4).to_string())
+    print(f"written: {payload.get('files', {}).get('json', '(not written)')}")
     return 0
 
 
@@ -43,16 +98,55 @@ def build_parser() -> argparse.ArgumentParser:
     p_build = data_sub.add_parser("build", help="build the embedded benchmark for a profile")
     p_build.add_argument("--profile", choices=PROFILES, default="cpu")
     p_build.add_argument("--seed", type=int, default=0)
-    p_build.add_argument("--out", default="data/embedded", help="output folder (default: data/embedded)")
+    p_build.add_argument("--out", default=None, help="output folder (default: data/embedded/<profile>[_seed<S>])")
     p_build.add_argument("--quiet", action="store_true", help="no progress bars")
     p_build.set_defaults(func=_cmd_data_build)
+
+    p_train = sub.add_parser("train", help="train AVGN / EZ-VSL / Mix-and-Localize (validation-selected)")
+    p_train.add_argument("--method", choices=["avgn", "ezvsl", "mal"], required=True)
+    p_train.add_argument("--profile", choices=PROFILES, default="cpu")
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--data", default="data/embedded", help="the built benchmark (default: data/embedded)")
+    p_train.add_argument("--out", default=None, help="run folder (default: data/runs/PROFILE/METHOD-seedS)")
+    p_train.add_argument("--resume", action="store_true", help="continue (or reuse) the run in --out")
+    p_train.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p_train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a configuration field, e.g. --set train.epochs=3 (repeatable)")
+    p_train.add_argument("--quiet", action="store_true", help="no progress output")
+    p_train.set_defaults(func=_cmd_train)
+
+    p_eval = sub.add_parser("eval", help="evaluate a trained run (or a reference) on a split")
+    p_eval.add_argument("run_dir", nargs="?", help="the run folder")
+    p_eval.add_argument("--split", nargs="+", default=["test"], help="split(s), e.g. test test_style (default: test)")
+    p_eval.add_argument("--sets", nargs="+", default=None, help="only these sets, e.g. test/duet/concat")
+    p_eval.add_argument("--checkpoint", default="best", help="best (default) or last")
+    p_eval.add_argument("--reference", choices=["centre", "object"], default=None, help="evaluate a non-learned reference")
+    p_eval.add_argument("--profile", choices=PROFILES, default="cpu", help="inputs of the reference (with --reference)")
+    p_eval.add_argument("--data", default=None, help="the built benchmark (default: the run's)")
+    p_eval.add_argument("--out", default=None, help="output folder of a reference evaluation")
+    p_eval.add_argument("--device", default="auto")
+    p_eval.add_argument("--quiet", action="store_true")
+    p_eval.set_defaults(func=_cmd_eval)
     return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already says what went wrong and how to fix it: no traceback for them."""
+    from avgn.data.assets import AssetMissingError
+    from avgn.data.build import BuildConfigMismatchError
+    from avgn.data.datasets import DataFileError
+
+    return (AssetMissingError, BuildConfigMismatchError, DataFileError)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``avgn`` console script."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except _known_errors() as err:
+        print(f"avgn: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -56,13 +56,25 @@ def presence_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
 
+def _fp32(x: torch.Tensor | None) -> torch.Tensor | None:
+    """Half / bfloat16 -> float32 (other dtypes unchanged).
+
+    The contrastive scores are cosines divided by ``tau = 0.03``: in bf16 (8-bit mantissa) a logit
+    near 30 is only resolved to ~0.1, so under bf16 autocast they are computed in fp32 (they cost
+    ``O(P * B * D * h * w)``, nothing next to the network).
+    """
+    return x.float() if x is not None and x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def maxmil_similarity(audio: torch.Tensor, visual: torch.Tensor, tau: float, normalize: bool = True) -> torch.Tensor:
     """``s[i, j] = max_p cos(audio_i, visual_j[:, p]) / tau`` for ``audio [B, D]``, ``visual [B, D, h, w]``."""
-    if normalize:
-        audio = F.normalize(audio, dim=1)
-        visual = F.normalize(visual, dim=1)
-    sim = torch.einsum("id,jdp->ijp", audio, visual.flatten(2))
-    return sim.amax(dim=-1) / tau
+    with torch.autocast(audio.device.type, enabled=False):
+        audio, visual = _fp32(audio), _fp32(visual)
+        if normalize:
+            audio = F.normalize(audio, dim=1)
+            visual = F.normalize(visual, dim=1)
+        sim = torch.einsum("id,jdp->ijp", audio, visual.flatten(2))
+        return sim.amax(dim=-1) / tau
 
 
 def maxmil_contrastive_loss(
@@ -139,6 +151,19 @@ def avgn_pair_scores(
         raise ValueError(f"target must be 'paper' or 'public', got {target!r}")
     if target == "paper" and visual_emb is None:
         raise ValueError("target='paper' needs visual_emb [B, C, D]")
+    with torch.autocast(audio_emb.device.type, enabled=False):  # fp32 scores, see _fp32
+        return _pair_scores(_fp32(audio_emb), _fp32(visual_feats), source_classes, source_mask, tau, target, _fp32(visual_emb))
+
+
+def _pair_scores(
+    audio_emb: torch.Tensor,
+    visual_feats: torch.Tensor,
+    source_classes: torch.Tensor,
+    source_mask: torch.Tensor,
+    tau: float,
+    target: str,
+    visual_emb: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     valid = source_mask & (source_classes >= 0)
     rows, cols = valid.nonzero(as_tuple=True)
     cls = source_classes[rows, cols]  # [P]

@@ -132,17 +132,20 @@ class AVGN(nn.Module):
             target: ``features`` = ``cos(g^a_c, f_p)`` (default, the map the evaluator reads);
                 ``gated`` = ``cos(g^a_c, f_p * g^v_c)`` (the paper's Eq.-10 target).
         """
-        a = F.normalize(outputs["audio_emb"], dim=-1)
-        f = outputs["visual_map_feats"]
-        if target == "features":
-            maps = torch.einsum("bcd,bdhw->bchw", a, F.normalize(f, dim=1))
-        elif target == "gated":
-            g = outputs["visual_emb"]
-            num = torch.einsum("bcd,bdhw->bchw", a * g, f)
-            den = torch.einsum("bcd,bdhw->bchw", g * g, f * f).clamp_min(1e-16).sqrt()
-            maps = num / den
-        else:
+        if target not in ("features", "gated"):
             raise ValueError(f"target must be 'features' or 'gated', got {target!r}")
+        # Scored in fp32 even after a bf16 forward (cheap: B*C*D*h*w): bf16 cosines (8-bit mantissa)
+        # would tie or swap neighbouring pixels and change the ranking metrics.
+        with torch.autocast(outputs["audio_emb"].device.type, enabled=False):
+            a = F.normalize(_fp32(outputs["audio_emb"]), dim=-1)
+            f = _fp32(outputs["visual_map_feats"])
+            if target == "features":
+                maps = torch.einsum("bcd,bdhw->bchw", a, F.normalize(f, dim=1))
+            else:
+                g = _fp32(outputs["visual_emb"])
+                num = torch.einsum("bcd,bdhw->bchw", a * g, f)
+                den = torch.einsum("bcd,bdhw->bchw", g * g, f * f).clamp_min(1e-16).sqrt()
+                maps = num / den
         if classes is not None:
             idx = torch.as_tensor(classes, device=maps.device, dtype=torch.long)
             maps = maps[:, idx]
@@ -154,6 +157,11 @@ class AVGN(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half / bfloat16 -> float32; other dtypes unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _init_transformer_weights(m: nn.Module) -> None:

@@ -132,12 +132,81 @@ def _load_checked(module: nn.Module, state: Mapping[str, torch.Tensor], path: st
 # --------------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------------
+# inference path (performance): BatchNorm folded into the preceding convolution
+# --------------------------------------------------------------------------------------------------
+def _folding(bn: nn.BatchNorm2d) -> bool:
+    """Fold ``bn`` into its convolution: eval-mode statistics and no autograd graph to record
+    (``torch.no_grad`` / ``torch.inference_mode``: evaluation, a frozen backbone, feature caching)."""
+    return (
+        isinstance(bn, nn.BatchNorm2d)
+        and not torch.compiler.is_compiling()  # the compiler folds by itself; this path would only add guards
+        and not bn.training
+        and bn.running_mean is not None
+        and bn.running_var is not None
+        and not torch.is_grad_enabled()
+    )
+
+
+def _conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``; in the :func:`_folding` case one convolution with ``w * s`` and bias
+    ``beta - mu * s + b * s``, ``s = gamma / sqrt(var + eps)`` (the same function up to rounding).
+
+    Saves the BatchNorm pass over the activations (~10 % of a CPU inference forward). Under autocast
+    the folded weight is written directly in the autocast dtype (it replaces autocast's own weight
+    cast, so folding costs no extra pass over the weights).
+    """
+    if not _folding(bn) or conv.padding_mode != "zeros" or _has_hooks(conv) or _has_hooks(bn):
+        return bn(conv(x))
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = -bn.running_mean * scale
+    if bn.bias is not None:
+        bias = bias + bn.bias
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else conv.weight.dtype
+    weight = torch.empty_like(conv.weight, dtype=dtype)  # keeps the weight's memory format
+    torch.mul(conv.weight, scale.reshape(-1, 1, 1, 1), out=weight)
+    return F.conv2d(x, weight, bias.to(dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _basic_block_folded(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a ResNet basic block (ours or torchvision's: ``conv1 bn1 relu conv2 bn2
+    downsample``) with :func:`_conv_bn`; only called where :func:`_folding` holds (no autograd)."""
+    idt = x if block.downsample is None else _conv_bn(block.downsample[0], block.downsample[1], x)
+    out = _conv_bn(block.conv1, block.bn1, x).relu_()
+    out = _conv_bn(block.conv2, block.bn2, out)
+    return out.add_(idt).relu_()
+
+
+class _ResNetTrunk(nn.Sequential):
+    """``nn.Sequential`` of torchvision's ResNet-18 modules (same names, same state_dict); its forward
+    folds BatchNorm into the convolutions where :func:`_folding` holds."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not _folding(self.bn1) or any(_has_hooks(m) for m in self.modules() if m is not self):
+            return super().forward(x)
+        x = self.maxpool(_conv_bn(self.conv1, self.bn1, x).relu_())
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = _basic_block_folded(block, x)
+        return x
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    """Forward hooks on a module would be skipped by the folded path, so it is not taken then."""
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
 def build_resnet18_trunk() -> nn.Sequential:
     """torchvision ResNet-18 without ``avgpool``/``fc``; keeps torchvision parameter names."""
     from torchvision.models import resnet18
 
     net = resnet18(weights=None)
-    return nn.Sequential(
+    return _ResNetTrunk(
         OrderedDict(
             (name, getattr(net, name))
             for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -319,6 +388,8 @@ class _BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _folding(self.bn1) and not any(_has_hooks(m) for m in self.children()):
+            return _basic_block_folded(self, x)
         idt = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -349,7 +420,7 @@ class AudioResNet18(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(_conv_bn(self.conv1, self.bn1, x)))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 

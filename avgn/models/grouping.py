@@ -18,9 +18,85 @@ straight-through one-hot if ``gumbel_hard``; in eval the deterministic argmax, o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["assign_tokens", "TokenTransformer", "GroupingBlock"]
+
+
+# --------------------------------------------------------------------------------------------------
+# attention (performance): the parameters of ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention``
+# are used as they are (same modules, same state_dict); only the forward computation is ours.
+#
+# Why: (1) ``nn.MultiheadAttention(batch_first=True)`` transposes its inputs to sequence-first views
+# and applies the input projection to those non-contiguous views; under ``no_grad`` / inference
+# mode ``torch.matmul`` then broadcasts the weight to a ``[L, D, 3D]`` batch and copies it (about
+# 50-100 M elements per call at D=512: ~12 % of a CPU inference forward). Batch-first contiguous
+# ``F.linear`` folds into one GEMM. (2) On the CPU the fused ``scaled_dot_product_attention``
+# kernel is 2-4x slower in bf16 (forward + backward) than the plain ``matmul -> softmax -> matmul``
+# for these short sequences (N + C <= ~130 tokens); on accelerators the fused kernels are kept.
+# ``tests/test_models_perf_equivalence.py`` checks both paths equal the torch modules.
+# --------------------------------------------------------------------------------------------------
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` over ``[B, H, L, d]`` (dropout on the weights if ``dropout_p``)."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()  # fp32 softmax also under bf16 autocast
+    attn = scores.softmax(dim=-1).to(v.dtype)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, dropout_p)
+    return torch.matmul(attn, v)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, L, D]`` -> ``[B, H, L, D / H]``."""
+    b, n, d = x.shape
+    return x.reshape(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, H, L, d]`` -> ``[B, L, H * d]``."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _mha_forward(mha: nn.MultiheadAttention, query: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+    """``mha(query, kv, kv, need_weights=False)[0]`` of a batch-first ``nn.MultiheadAttention`` with
+    packed input projection (``kv=None``: self-attention), without masks, bias_k/v or zero-attn."""
+    d, h = mha.embed_dim, mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+    if kv is None:
+        b, n, _ = query.shape
+        qkv = F.linear(query, w, bias).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+    else:
+        w_q, w_kv = w.split([d, 2 * d])
+        b_q, b_kv = (None, None) if bias is None else bias.split([d, 2 * d])
+        q = _heads(F.linear(query, w_q, b_q), h)
+        b, n, _ = kv.shape
+        k, v = F.linear(kv, w_kv, b_kv).reshape(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    out = _attention(q, k, v, mha.dropout if mha.training else 0.0)
+    return mha.out_proj(_merge_heads(out))
+
+
+def _encoder_layer_forward(layer: nn.TransformerEncoderLayer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` (batch-first, no masks) with :func:`_mha_forward` as the self-attention."""
+
+    def ff(y: torch.Tensor) -> torch.Tensor:
+        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(y)))))
+
+    if layer.norm_first:
+        x = x + layer.dropout1(_mha_forward(layer.self_attn, layer.norm1(x)))
+        return x + ff(layer.norm2(x))
+    x = layer.norm1(x + layer.dropout1(_mha_forward(layer.self_attn, x)))
+    return layer.norm2(x + ff(x))
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Forward hooks anywhere in ``module``: then the torch modules run as they are (ours would skip them)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 def _straight_through(soft: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -81,7 +157,14 @@ class TokenTransformer(nn.Module):
         if self.encoder is None:
             return feats, tokens
         n = feats.shape[1]
-        out = self.encoder(torch.cat([feats, tokens], dim=1))
+        out = torch.cat([feats, tokens], dim=1)
+        if _hooked(self.encoder):
+            out = self.encoder(out)
+        else:  # = self.encoder(out), see _mha_forward for why
+            for layer in self.encoder.layers:
+                out = _encoder_layer_forward(layer, out)
+            if self.encoder.norm is not None:
+                out = self.encoder.norm(out)
         return out[:, :n], out[:, n:]
 
 
@@ -147,7 +230,10 @@ class GroupingBlock(nn.Module):
         t = self.norm_tokens(tokens)
         x = self.norm_feats(feats)
         if self.pre_attn is not None:
-            t = t + self.pre_attn(self.norm_pre(t), x, x, need_weights=False)[0]
+            if _hooked(self.pre_attn):
+                t = t + self.pre_attn(self.norm_pre(t), x, x, need_weights=False)[0]
+            else:
+                t = t + _mha_forward(self.pre_attn, self.norm_pre(t), x)  # = self.pre_attn(., x, x)[0]
         logits = torch.einsum("bnd,bcd->bnc", self.k(x), self.q(t)) * self.scale
         return logits, t, x
 

@@ -1,0 +1,837 @@
+"""Evaluation engine: every method and reference through one code path, on any (split, task, layout).
+
+Evaluation sets are named ``split/task/layout`` (``test/solo/scene``, ``test/duet/concat``,
+``test_zeroshot/duet/scene``, ...); :func:`list_sets` gives those a build has. Metrics come from
+:mod:`avgn.metrics` (single source: AP, IoU@0.5, AUC; mixtures: CAP, PIAP, CIoU@0.3, AUC; the
+binarisation rule and thresholds from the profile's :class:`avgn.config.EvalConfig`).
+
+How each method's maps are attached to the ground-truth sources
+----------------------------------------------------------------
+
+* **AVGN** (class-aware, ``kind='class_aware'``): one forward pass gives the maps of all ``C``
+  classes (:meth:`avgn.models.AVGN.localize`) and the audio presence probabilities. The map is
+  the similarity the model was trained on (:func:`avgn_map_target`: ``cos(g^a_c, f_p * g^v_c)``
+  for the paper's Eq.-10 loss, ``cos(g^a_c, f_p)`` for the released code's). Two
+  source-selection modes, both reported:
+
+  - ``oracle``: each source is scored with the map of its ground-truth class; PIAP assigns the
+    maps of the ground-truth classes to the sources.
+  - ``predicted``: the method decides which classes sound: those with audio presence probability
+    ``>= presence_threshold`` (0.5), at least the most probable one
+    (:func:`avgn.models.select_sources`). A source whose class is predicted is scored with that
+    class's map; a source whose class is *not* predicted has no map and scores AP 0 and cIoU 0
+    (the convention PIAP already uses for a source left without a map). PIAP assigns the
+    *predicted* classes' maps to the sources; spurious predictions cost nothing in PIAP (they are
+    simply not assigned) but show in the presence precision, reported next to it
+    (``presence_precision`` / ``presence_recall`` / ``presence_f1``, micro-averaged over the set,
+    and ``count_acc``: the predicted number of sources is right). None of the public
+    implementations supports this mode.
+
+* **EZ-VSL** (``kind='shared'``): a single global audio feature, hence a single map per mixture; that
+  map is used for *every* source (CAP, CIoU) and as the predicted map of every source (PIAP = CAP).
+  Both modes give the same numbers.
+
+* **Mix-and-Localize** (``kind='slots'``): class-agnostic, ``K`` slot maps. PIAP uses its ``K`` maps
+  (``pred_maps=``). For CAP and CIoU each source is scored with the slot that the optimal one-to-one
+  (Hungarian) matching of slots to sources by AP gives it — the same assignment PIAP uses, so
+  Mix-and-Localize's CAP is an *oracle-matched* number that favours it. With more sources than
+  slots (trios and quartets with ``K = 2``) the unmatched sources score 0. Both modes are the same.
+
+* **References** (``kind='shared'``): ``centre`` — a Gaussian bump at the centre of every
+  224x224 frame (for a ``concat`` frame, one bump per half); ``object`` — the ImageNet-feature
+  object prior (mean absolute activation of the frozen EfficientNet-Lite0 features,
+  :func:`avgn.models.object_prior`) of the frame. One map for every source, like EZ-VSL.
+
+AVGN's token classifier is also scored: applied to the class-aware audio embedding of every
+ground-truth source it should return that source's class (``token_accuracy`` and macro
+``token_precision`` / ``token_recall`` / ``token_f1``; :func:`token_confusion` gives the matrix).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from avgn import metrics
+from avgn.config import EvalConfig
+
+__all__ = [
+    "MODES",
+    "SetName",
+    "list_sets",
+    "EvalSet",
+    "load_eval_set",
+    "Predictor",
+    "ModelPredictor",
+    "ReferencePredictor",
+    "SetPredictions",
+    "predict_set",
+    "score_set",
+    "evaluate_sets",
+    "selection_score",
+    "token_confusion",
+    "presence_metrics",
+    "evaluate_run",
+    "evaluate_reference",
+    "run_reference",
+    "collect_results",
+    "collect_runs",
+    "example_maps",
+]
+
+MODES = ("oracle", "predicted")
+KIND = {"avgn": "class_aware", "ezvsl": "shared", "mal": "slots", "centre": "shared", "object": "shared"}
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation sets
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SetName:
+    """``split/task/layout``, e.g. ``test/duet/concat``."""
+
+    split: str
+    task: str
+    layout: str
+
+    @classmethod
+    def parse(cls, name: str) -> "SetName":
+        parts = name.split("/")
+        if len(parts) != 3:
+            raise ValueError(f"evaluation set names are 'split/task/layout' (e.g. 'test/duet/concat'), got {name!r}")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.split}/{self.task}/{self.layout}"
+
+    @property
+    def n_sources(self) -> int:
+        from avgn.data.config import TASK_SOURCES
+
+        return TASK_SOURCES[self.task]
+
+
+_TASK_ORDER = {"solo": 0, "duet": 1, "trio": 2, "quartet": 3}
+
+
+def list_sets(data_dir: str | Path, split: str | Sequence[str] = "test") -> list[str]:
+    """The ``split/task/layout`` groups the manifest holds for ``split`` (one name or several)."""
+    from avgn.data.manifest import load_manifest
+
+    splits = [split] if isinstance(split, str) else list(split)
+    df = load_manifest(data_dir)
+    out = []
+    for sp in splits:
+        g = df[df["split"] == sp][["task", "layout"]].drop_duplicates()
+        keys = sorted(zip(g["task"], g["layout"]), key=lambda tl: (_TASK_ORDER.get(tl[0], 9), tl[1] != "concat", tl[1]))
+        out += [f"{sp}/{t}/{l}" for t, l in keys]
+    return out
+
+
+@dataclass
+class EvalSet:
+    """A loaded evaluation set. ``batches`` is a list (materialised) or a callable yielding batches."""
+
+    name: SetName
+    n_items: int
+    _batches: list[dict[str, Any]] | Callable[[], Iterable[dict[str, Any]]]
+    class_names: tuple[str, ...] = ()
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        src = self._batches
+        yield from (src() if callable(src) else src)
+
+
+_EVAL_KEYS = ("spec", "visual_feats", "image", "labels", "classes", "n_sources", "masks")
+
+
+def _slim(batch: dict[str, Any]) -> dict[str, Any]:
+    out = {k: batch[k] for k in _EVAL_KEYS if k in batch}
+    if "visual_feats" in out:
+        out["visual_feats"] = out["visual_feats"].to(torch.float16)  # as cached; halves memory
+    out["scene_ids"] = [m["scene_id"] for m in batch["meta"]]
+    return out
+
+
+def load_eval_set(
+    data_dir: str | Path,
+    name: str | SetName,
+    inputs: Any,
+    store: Any = None,
+    *,
+    max_items: int | None = None,
+    materialize: bool = True,
+    workers: int | None = None,
+) -> EvalSet:
+    """Load evaluation set ``name`` with the spectrogram / feature settings of ``inputs``
+    (:class:`avgn.experiment.InputConfig`).
+
+    Args:
+        store: a :class:`avgn.features.FeatureStore` if ``inputs.cached_features`` (images are then
+            not kept).
+        max_items: keep the first ``max_items`` scenes.
+        materialize: keep all batches in memory (validation, reused every epoch); otherwise stream
+            them from a DataLoader on every pass.
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    from avgn.data.datasets import SceneDataset
+    from avgn.features import CachedFeatureDataset, collate_samples
+
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    ds: Any = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=inputs.spec, max_sources=sn.n_sources)
+    class_names = ds.class_names
+    if inputs.cached_features:
+        if store is None:
+            raise ValueError("inputs.cached_features is set: pass the FeatureStore")
+        ds = CachedFeatureDataset(ds, store, drop=("image", "audio", "boxes", "gains_db"))
+    if max_items is not None and max_items < len(ds):
+        ds = Subset(ds, range(max_items))
+    workers = inputs.eval_workers if workers is None else workers
+
+    def loader() -> Iterable[dict[str, Any]]:
+        dl = DataLoader(ds, batch_size=inputs.eval_batch_size, shuffle=False, num_workers=workers, collate_fn=collate_samples)
+        return (_slim(b) for b in dl)
+
+    if materialize:
+        return EvalSet(sn, len(ds), list(loader()), class_names)
+    return EvalSet(sn, len(ds), loader, class_names)
+
+
+# --------------------------------------------------------------------------------------------------
+# predictors: batch -> maps
+# --------------------------------------------------------------------------------------------------
+class Predictor:
+    """Turns a batch into maps. ``kind``: ``class_aware`` (``[B, C, h, w]`` + audio probabilities),
+    ``shared`` (``[B, 1, h, w]``, used for every source) or ``slots`` (``[B, K, h, w]``)."""
+
+    method: str = ""
+    kind: str = "shared"
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Tensor]:
+    """``spec`` and ``visual_feats`` (float32) or ``image`` of a batch, on ``device``."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    kw = {"spec": batch["spec"].to(device, non_blocking=True).contiguous(memory_format=fmt)}
+    if "visual_feats" in batch:
+        kw["visual_feats"] = batch["visual_feats"].to(device, non_blocking=True).float().contiguous(memory_format=fmt)
+    else:
+        kw["image"] = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    return kw
+
+
+def avgn_map_target(cfg: Any) -> str:
+    """The AVGN map that matches its training loss: ``gated`` (``cos(g^a_c, f_p * g^v_c)``, the
+    paper's Eq. 10) when trained with ``loc_target='paper'``, ``features`` (``cos(g^a_c, f_p)``) when
+    trained with the released code's ``loc_target='public'``. Scoring a ``paper``-trained model with
+    the ungated map evaluates a similarity it was never trained on (on the smoke run: val AP 0.23
+    ungated vs 0.43 gated)."""
+    return "gated" if getattr(cfg, "loc_target", "public") == "paper" else "features"
+
+
+class ModelPredictor(Predictor):
+    """Maps of a trained AVGN / EZ-VSL / Mix-and-Localize model (eval mode, no gradients)."""
+
+    def __init__(self, model: torch.nn.Module, method: str, device: torch.device | str = "cpu", bf16: bool = False, channels_last: bool = False):
+        self.model, self.method, self.kind = model, method, KIND[method]
+        self.device = torch.device(device)
+        self.bf16, self.channels_last = bf16, channels_last
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with _autocast(self.device, self.bf16):
+                out = self.model(**model_inputs(batch, self.device, self.channels_last))
+                if self.method == "avgn":
+                    maps = self.model.localize(out, target=avgn_map_target(self.model.cfg))
+                    res = {
+                        "maps": maps,
+                        "audio_probs": torch.sigmoid(out["audio_logits"]),
+                        "token_pred": self.model.token_classifier(out["audio_emb"]).argmax(-1),  # [B, C]
+                    }
+                else:
+                    res = {"maps": self.model.localize(out)}
+        finally:
+            self.model.train(was_training)
+        return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in res.items()}
+
+
+class ReferencePredictor(Predictor):
+    """The non-learned references: ``centre`` (Gaussian bump per 224x224 frame) and ``object``
+    (ImageNet-feature object prior of the frame's frozen backbone features).
+
+    Args:
+        backbone: a frozen :class:`avgn.models.encoders.VisualEncoder` for ``object`` when batches
+            carry images instead of cached ``visual_feats``.
+        sigma: the centre bump's standard deviation as a fraction of the frame side.
+        stride: backbone stride (maps are at feature resolution: ``H / stride`` x ``W / stride``).
+    """
+
+    def __init__(self, kind: str, backbone: torch.nn.Module | None = None, sigma: float = 0.25, stride: int = 32, device: torch.device | str = "cpu"):
+        if kind not in ("centre", "object"):
+            raise ValueError(f"reference must be 'centre' or 'object', got {kind!r}")
+        self.method, self.kind = kind, "shared"
+        self.backbone, self.sigma, self.stride = backbone, sigma, stride
+        self.device = torch.device(device)
+
+    def _feature_hw(self, batch: dict[str, Any]) -> tuple[int, int]:
+        if "visual_feats" in batch:
+            return tuple(batch["visual_feats"].shape[-2:])  # type: ignore[return-value]
+        h, w = batch["image"].shape[-2:]
+        return math.ceil(h / self.stride), math.ceil(w / self.stride)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        from avgn.models import centre_prior, object_prior
+
+        b = batch["spec"].shape[0]
+        if self.method == "centre":
+            h, w = self._feature_hw(batch)
+            frames = 2 if w == 2 * h else 1  # concat: one bump per frame
+            bump = centre_prior(h, w // frames, sigma=self.sigma)
+            m = bump.repeat(1, frames)
+            return {"maps": m.expand(b, 1, h, w).clone()}
+        if "visual_feats" in batch:
+            feats = batch["visual_feats"].float()
+        else:
+            if self.backbone is None:
+                raise ValueError("the object prior needs cached visual_feats or a backbone")
+            feats = self.backbone.backbone_features(batch["image"].to(self.device)).float().cpu()
+        return {"maps": object_prior(feats)}
+
+
+# --------------------------------------------------------------------------------------------------
+# predictions of a set and their scores
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class SetPredictions:
+    """Everything the scoring needs, concatenated over a set (CPU tensors)."""
+
+    name: SetName
+    kind: str
+    maps: Tensor  # [N, K, h, w] (class_aware: K = C)
+    masks: Tensor  # [N, S, H, W] bool
+    classes: Tensor  # [N, S] long, -1 padded
+    labels: Tensor  # [N, C]
+    scene_ids: list[str]
+    audio_probs: Tensor | None = None  # [N, C]
+    token_pred: Tensor | None = None  # [N, C]
+    seconds: float = 0.0
+
+
+def predict_set(predictor: Predictor, es: EvalSet) -> SetPredictions:
+    """Run ``predictor`` over every batch of ``es``."""
+    t0 = time.perf_counter()
+    acc: dict[str, list[Any]] = {k: [] for k in ("maps", "masks", "classes", "labels", "scene_ids", "audio_probs", "token_pred")}
+    for batch in es.batches():
+        out = predictor(batch)
+        acc["maps"].append(out["maps"])
+        acc["masks"].append(batch["masks"])
+        acc["classes"].append(batch["classes"])
+        acc["labels"].append(batch["labels"])
+        acc["scene_ids"] += list(batch["scene_ids"])
+        for k in ("audio_probs", "token_pred"):
+            if k in out:
+                acc[k].append(out[k])
+    cat = {k: torch.cat(v) if v and k != "scene_ids" else v for k, v in acc.items()}
+    return SetPredictions(
+        name=es.name,
+        kind=predictor.kind,
+        maps=cat["maps"],
+        masks=cat["masks"].bool(),
+        classes=cat["classes"].long(),
+        labels=cat["labels"],
+        scene_ids=cat["scene_ids"],
+        audio_probs=cat["audio_probs"] if len(acc["audio_probs"]) else None,
+        token_pred=cat["token_pred"] if len(acc["token_pred"]) else None,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _hungarian_match(pairs: Tensor, valid: Tensor) -> Tensor:
+    """Per sample, the slot matched to each source by the max-sum-AP one-to-one assignment.
+
+    ``pairs`` ``[N, K, S]`` (AP of slot k for source s), ``valid`` ``[N, S]``. Returns ``[N, S]``
+    long, -1 for invalid or unmatched sources (more sources than slots)."""
+    from scipy.optimize import linear_sum_assignment
+
+    n, k, s = pairs.shape
+    out = torch.full((n, s), -1, dtype=torch.long)
+    p = torch.nan_to_num(pairs, nan=0.0).numpy()
+    v = valid.numpy()
+    for i in range(n):
+        cols = np.flatnonzero(v[i])
+        if len(cols) == 0:
+            continue
+        r, c = linear_sum_assignment(p[i][:, cols], maximize=True)
+        out[i, cols[c]] = torch.as_tensor(r, dtype=torch.long)
+    return out
+
+
+def presence_metrics(audio_probs: Tensor, labels: Tensor, threshold: float = 0.5) -> dict[str, float]:
+    """Micro precision / recall / F1 of the predicted class sets (``>= threshold``, at least the top
+    one) against ``labels``, and the share of samples whose predicted number of sources is right."""
+    pred = audio_probs >= threshold
+    top = audio_probs.argmax(dim=1)
+    pred[torch.arange(len(top)), top] = True
+    tgt = labels > 0.5
+    tp = (pred & tgt).sum().item()
+    fp = (pred & ~tgt).sum().item()
+    fn = (~pred & tgt).sum().item()
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    count = (pred.sum(1) == tgt.sum(1)).float().mean().item() if len(tgt) else math.nan
+    return {"presence_precision": prec, "presence_recall": rec, "presence_f1": f1, "count_acc": count}
+
+
+def _macro_prf(confusion: np.ndarray) -> dict[str, float]:
+    """Macro precision / recall / F1 over the classes that occur (rows: truth, columns: prediction)."""
+    tp = np.diag(confusion).astype(float)
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    present = support > 0
+    prec = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    return {
+        "token_precision": float(prec[present].mean()) if present.any() else math.nan,
+        "token_recall": float(rec[present].mean()) if present.any() else math.nan,
+        "token_f1": float(f1[present].mean()) if present.any() else math.nan,
+        "token_accuracy": float(tp.sum() / max(1, support.sum())),
+    }
+
+
+def token_confusion(preds: SetPredictions | Sequence[SetPredictions], num_classes: int | None = None) -> np.ndarray:
+    """``[C, C]`` confusion of AVGN's token classifier applied to the class-aware audio embedding of
+    every ground-truth source (rows: the source's class, columns: the classifier's answer)."""
+    plist = [preds] if isinstance(preds, SetPredictions) else list(preds)
+    c = num_classes or plist[0].labels.shape[1]
+    conf = np.zeros((c, c), dtype=np.int64)
+    for p in plist:
+        if p.token_pred is None:
+            raise ValueError("token_confusion needs AVGN predictions (token_pred)")
+        valid = p.classes >= 0
+        rows = valid.nonzero(as_tuple=True)[0]
+        truth = p.classes[valid]
+        answer = p.token_pred[rows, truth]
+        np.add.at(conf, (truth.numpy(), answer.numpy()), 1)
+    return conf
+
+
+def _source_maps(p: SetPredictions, mode: str, threshold: float) -> dict[str, Any]:
+    """Maps aligned with the sources for one mode: ``maps [N,S,h,w]``, ``hit [N,S]`` (False: the
+    source has no map and scores 0), ``pred_maps`` / ``pred_pairs`` for PIAP (None: PIAP of ``maps``)."""
+    valid = p.classes >= 0
+    s = p.classes.shape[1]
+    if p.kind == "class_aware":
+        maps, _ = metrics.class_aware_maps(p.maps, p.classes)
+        if mode == "oracle":
+            return {"maps": maps, "hit": valid, "pred_maps": None}
+        from avgn.models import select_sources
+
+        if p.audio_probs is None:
+            raise ValueError("predicted mode needs audio presence probabilities")
+        sel, sel_classes, sel_mask = select_sources(p.maps, "predicted", audio_probs=p.audio_probs, threshold=threshold)
+        hit = valid & (p.classes[:, :, None] == torch.where(sel_mask, sel_classes, -2)[:, None, :]).any(-1)
+        return {"maps": maps, "hit": hit, "pred_maps": sel, "pred_valid": sel_mask}
+    if p.kind == "shared":
+        return {"maps": p.maps[:, :1].expand(-1, s, -1, -1), "hit": valid, "pred_maps": None}
+    if p.kind == "slots":
+        pairs = metrics.pairwise_ap(p.maps, p.masks)  # [N, K, S]
+        match = _hungarian_match(pairs, valid & (p.masks.flatten(2).any(-1)))
+        idx = match.clamp_min(0)[:, :, None, None].expand(-1, -1, *p.maps.shape[-2:])
+        maps = torch.gather(p.maps, 1, idx) * (match >= 0)[:, :, None, None]
+        return {"maps": maps, "hit": valid & (match >= 0), "pred_pairs": pairs}
+    raise ValueError(f"unknown predictor kind {p.kind!r}")
+
+
+def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalConfig(), presence_threshold: float = 0.5) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Metrics of one set under one source-selection mode: ``(summary, per-source rows)``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    sm = _source_maps(p, mode, presence_threshold)
+    maps, hit = sm["maps"], sm["hit"]
+    valid = p.classes >= 0
+    n, s = p.classes.shape
+    if s == 1:
+        r = metrics.evaluate_single_source(
+            maps[:, 0], p.masks[:, 0], rule=cfg.binarize_rule, value=cfg.binarize_value, iou_threshold=cfg.iou_threshold_single, allow_empty=True
+        )
+        ap = torch.where(hit[:, 0], r.ap, torch.zeros_like(r.ap).where(~torch.isnan(r.ap), r.ap))
+        iou = torch.where(hit[:, 0], r.ciou, torch.zeros_like(r.ciou).where(~torch.isnan(r.ciou), r.ciou))
+        summary = metrics.SingleSourceResult(ap=ap, ciou=iou, iou_threshold=cfg.iou_threshold_single).summary()
+        ap, iou = ap[:, None], iou[:, None]
+    else:
+        r = metrics.evaluate_multi_source(
+            maps, p.masks, valid, rule=cfg.binarize_rule, value=cfg.binarize_value, iou_threshold=cfg.iou_threshold_multi, allow_empty=True
+        )
+        zero_ap = torch.zeros_like(r.cap).where(~torch.isnan(r.cap), r.cap)
+        ap = torch.where(hit, r.cap, zero_ap)
+        iou = torch.where(hit, r.ciou, torch.zeros_like(r.ciou).where(~torch.isnan(r.ciou), r.ciou))
+        usable = valid & ~torch.isnan(r.cap)
+        if sm.get("pred_pairs") is not None:
+            piap = metrics.best_assignment_mean(torch.nan_to_num(sm["pred_pairs"], nan=0.0), usable)
+        elif sm.get("pred_maps") is not None:
+            pairs = metrics.pairwise_ap(sm["pred_maps"], p.masks)
+            pairs = torch.where(sm["pred_valid"][:, :, None], torch.nan_to_num(pairs, nan=0.0), torch.zeros_like(pairs))
+            piap = metrics.best_assignment_mean(pairs, usable)
+        else:
+            piap = r.piap
+        summary = metrics.MultiSourceResult(cap=ap, piap=piap, ciou=iou, valid=valid, iou_threshold=cfg.iou_threshold_multi).summary()
+    if p.kind == "class_aware":
+        if mode == "predicted":
+            summary.update(presence_metrics(p.audio_probs, p.labels, presence_threshold))
+        if p.token_pred is not None:
+            summary.update(_macro_prf(token_confusion(p)))
+    rows = []
+    ids = p.classes.tolist()
+    for i in range(n):
+        for j in range(s):
+            if ids[i][j] < 0:
+                continue
+            rows.append(
+                {
+                    "set": str(p.name), "mode": mode, "scene_id": p.scene_ids[i], "source": j, "class_id": ids[i][j],
+                    "ap": float(ap[i, j]), "ciou": float(iou[i, j]), "has_map": bool(hit[i, j]),
+                }
+            )
+    return summary, rows
+
+
+def primary_metric(name: SetName | str) -> str:
+    """``ap`` for single-source sets, ``cap`` for mixtures."""
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    return "ap" if sn.n_sources == 1 else "cap"
+
+
+def selection_score(results: dict[str, dict[str, dict[str, float]]], mode: str = "oracle") -> float:
+    """Model-selection score: mean over the sets of the primary metric (AP / CAP) in ``mode``."""
+    vals = [res[mode][primary_metric(name)] for name, res in results.items() if mode in res]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def evaluate_sets(
+    predictor: Predictor,
+    sets: Sequence[EvalSet],
+    cfg: EvalConfig = EvalConfig(),
+    modes: Sequence[str] = MODES,
+    presence_threshold: float = 0.5,
+    keep_predictions: bool = False,
+) -> dict[str, Any]:
+    """Predict and score every set. Modes that do not apply to a method (EZ-VSL, Mix-and-Localize,
+    the references) give the same numbers as ``oracle`` and are copied, not recomputed.
+
+    Returns ``{"results": {set: {mode: summary}}, "rows": [...], "seconds": s, "items": n,
+    "predictions": {set: SetPredictions} (if keep_predictions)}``.
+    """
+    t0 = time.perf_counter()
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    rows: list[dict[str, Any]] = []
+    kept: dict[str, SetPredictions] = {}
+    items = 0
+    for es in sets:
+        p = predict_set(predictor, es)
+        items += len(p.scene_ids)
+        results[str(es.name)] = {}
+        for mode in modes:
+            if mode != "oracle" and predictor.kind != "class_aware" and "oracle" in results[str(es.name)]:
+                results[str(es.name)][mode] = dict(results[str(es.name)]["oracle"])
+                rows += [dict(r, mode=mode) for r in rows if r["set"] == str(es.name) and r["mode"] == "oracle"]
+                continue
+            summary, r = score_set(p, mode, cfg, presence_threshold)
+            results[str(es.name)][mode] = summary
+            rows += r
+        if keep_predictions:
+            kept[str(es.name)] = p
+    out: dict[str, Any] = {"results": results, "rows": rows, "seconds": time.perf_counter() - t0, "items": items}
+    if keep_predictions:
+        out["predictions"] = kept
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# runs on disk
+# --------------------------------------------------------------------------------------------------
+def results_frame(results: dict[str, dict[str, dict[str, float]]], **labels: Any):
+    """Long table: one row per (set, mode, metric)."""
+    import pandas as pd
+
+    rows = []
+    for name, by_mode in results.items():
+        sn = SetName.parse(name)
+        for mode, summary in by_mode.items():
+            for metric, value in summary.items():
+                rows.append(dict(labels, set=name, split=sn.split, task=sn.task, layout=sn.layout, mode=mode, metric=metric, value=value))
+    return pd.DataFrame(rows)
+
+
+def _write_eval(out_dir: Path, split_tag: str, payload: dict[str, Any], rows: list[dict[str, Any]], labels: dict[str, Any]) -> dict[str, Path]:
+    import pandas as pd
+
+    from avgn.checkpoint import atomic_write_json, atomic_write_text
+
+    paths = {
+        "json": out_dir / f"eval_{split_tag}.json",
+        "csv": out_dir / f"eval_{split_tag}.csv",
+        "samples": out_dir / f"eval_{split_tag}_samples.csv",
+    }
+    atomic_write_text(paths["samples"], pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(paths["csv"], results_frame(payload["results"], **labels).to_csv(index=False))
+    atomic_write_json(paths["json"], payload)  # the JSON last: its presence means the evaluation finished
+    return paths
+
+
+def _split_tag(split: str | Sequence[str]) -> str:
+    return split if isinstance(split, str) else "+".join(split)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str | Sequence[str] = "test",
+    *,
+    sets: Sequence[str] | None = None,
+    checkpoint: str = "best",
+    data_dir: str | Path | None = None,
+    device: str = "auto",
+    modes: Sequence[str] = MODES,
+    write: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a trained run on ``split`` (all its ``task/layout`` sets, or ``sets`` by name).
+
+    Loads the run's configuration and its ``best`` (validation-selected) checkpoint, and writes
+    ``eval_<split>.json`` / ``.csv`` / ``_samples.csv`` into the run folder (the same library calls
+    as the notebooks and ``avgn eval RUN_DIR --split test``).
+    """
+    from avgn.env import git_revision, resolve_device
+    from avgn.train import load_trained_model
+
+    run_dir = Path(run_dir)
+    model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device)
+    data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
+    dev = resolve_device(device)
+    names = list(sets) if sets is not None else list_sets(data_dir, split)
+    store = _store_for(exp, data_dir, names, progress=progress, device=device)
+    predictor = ModelPredictor(model, exp.method, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)
+    loaded = (load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in names)
+    ev = evaluate_sets(predictor, list(loaded), exp.eval, modes)
+    payload = {
+        "method": exp.method,
+        "profile": exp.profile,
+        "seed": info.get("seed"),
+        "run_dir": str(run_dir),
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": info.get("checkpoint_epoch"),
+        "split": _split_tag(split),
+        "sets": names,
+        "git_revision": git_revision(),
+        "device": str(dev),
+        "seconds": ev["seconds"],
+        "items": ev["items"],
+        "eval_config": exp.to_dict()["eval"],
+        "results": ev["results"],
+    }
+    if write:
+        payload["files"] = {k: str(v) for k, v in _write_eval(run_dir, _split_tag(split), payload, ev["rows"], {"method": exp.method, "profile": exp.profile, "seed": info.get("seed")}).items()}
+    return payload
+
+
+def _store_for(exp: Any, data_dir: Path, names: Sequence[str], progress: bool = False, device: str = "auto"):
+    """The feature store of a cached-feature experiment, the features of the sets' splits computed."""
+    if not exp.inputs.cached_features:
+        return None
+    from avgn.features import FeatureStore, compute_features
+
+    splits = sorted({SetName.parse(n).split for n in names})
+    compute_features(data_dir, exp.inputs.features, progress=progress, splits=splits, device=device)
+    return FeatureStore(data_dir, exp.inputs.features, preload=False)
+
+
+def evaluate_reference(
+    kind: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    profile: str = "cpu",
+    split: str | Sequence[str] = "test",
+    sets: Sequence[str] | None = None,
+    device: str = "auto",
+    write: bool = True,
+    progress: bool = True,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a non-learned reference (``centre`` | ``object``) like a run; writes
+    ``eval_<split>.*`` into ``out_dir``. Uses the profile's inputs (the object prior reads the
+    profile's frozen backbone features: cached when the profile caches them); ``overrides`` are
+    dotted :class:`avgn.experiment.Experiment` fields (e.g. ``{"inputs.features.image_size": 96}``)."""
+    from avgn.env import git_revision, resolve_device
+    from avgn.experiment import get_experiment
+
+    exp = get_experiment("avgn", profile, **(overrides or {}))
+    inputs = exp.inputs
+    data_dir = Path(data_dir)
+    dev = resolve_device(device)
+    backbone = None
+    names = list(sets) if sets is not None else list_sets(data_dir, split)
+    # the object prior reads the frozen backbone's features (cached when the profile caches them);
+    # the centre prior only the frame size
+    store = _store_for(exp, data_dir, names, progress=progress, device=device)
+    if kind == "object" and store is None:
+        from avgn.models.encoders import VisualEncoder
+
+        backbone = VisualEncoder(inputs.features.encoder_config()).to(dev).eval()
+    predictor = ReferencePredictor(kind, backbone=backbone, device=dev)
+    loaded = [load_eval_set(data_dir, n, inputs, store, materialize=False) for n in names]
+    ev = evaluate_sets(predictor, loaded, exp.eval, MODES)
+    payload = {
+        "method": kind,
+        "profile": profile,
+        "seed": None,
+        "run_dir": str(out_dir),
+        "split": _split_tag(split),
+        "sets": names,
+        "git_revision": git_revision(),
+        "device": str(dev),
+        "seconds": ev["seconds"],
+        "items": ev["items"],
+        "eval_config": exp.to_dict()["eval"],
+        "results": ev["results"],
+    }
+    if write:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        payload["files"] = {k: str(v) for k, v in _write_eval(out, _split_tag(split), payload, ev["rows"], {"method": kind, "profile": profile, "seed": None}).items()}
+    return payload
+
+
+def run_reference(
+    kind: str,
+    profile: str,
+    data_dir: str | Path,
+    runs_dir: str | Path,
+    *,
+    eval_splits: Sequence[str] = ("test",),
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate reference ``kind`` into ``<runs_dir>/<profile>/<kind>/`` on every split of
+    ``eval_splits`` (an existing ``eval_<split>.json`` is read back instead). Returns ``{split: payload}``."""
+    out = Path(runs_dir) / profile / kind
+    res = {}
+    for split in eval_splits:
+        path = out / f"eval_{split}.json"
+        res[split] = read_json(path) if path.is_file() else evaluate_reference(kind, data_dir, out, profile=profile, split=split, device=device, progress=progress)
+    return res
+
+
+def collect_results(runs_dir: str | Path, split: str = "test"):
+    """All ``eval_<split>.csv`` under ``runs_dir`` in one long :class:`pandas.DataFrame`
+    (columns ``method, profile, seed, set, split, task, layout, mode, metric, value``)."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p) for p in sorted(Path(runs_dir).rglob(f"eval_{split}.csv"))]
+    if not frames:
+        return pd.DataFrame(columns=["method", "profile", "seed", "set", "split", "task", "layout", "mode", "metric", "value"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def collect_runs(runs_dir: str | Path):
+    """One row per finished training run under ``runs_dir`` (its ``run.json``): method, profile,
+    seed, epochs, best epoch and validation score, training / wall seconds, samples/s, parameters,
+    git revision and the command line."""
+    import pandas as pd
+
+    keep = ("method", "profile", "seed", "epochs_run", "best_epoch", "best_val_score", "stopped_early", "train_seconds",
+            "wall_seconds", "samples_per_s", "trainable_parameters", "git_revision", "run_dir", "command")
+    rows = [{k: r.get(k) for k in keep} for r in (json.loads(p.read_text()) for p in sorted(Path(runs_dir).rglob("run.json")))]
+    return pd.DataFrame(rows, columns=list(keep))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def example_maps(
+    model: torch.nn.Module,
+    exp: Any,
+    data_dir: str | Path,
+    set_name: str,
+    indices: Sequence[int],
+    *,
+    store: Any = None,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Maps of chosen scenes for figures: the frame, the source masks and, per sounding source, the
+    method's map for it (oracle selection; Mix-and-Localize: the matched slot), upsampled to the frame.
+
+    Returns one dict per scene: ``image [3, H, W]``, ``masks [S, H, W]``, ``class_names``,
+    ``maps [S, H, W]`` (min-max normalised per map), ``ap [S]``, ``scene_id`` and, for AVGN,
+    ``audio_probs [C]`` and ``predicted`` (the predicted classes' names).
+    """
+    from avgn.data.datasets import SceneDataset
+    from avgn.env import resolve_device
+    from avgn.features import collate_samples
+
+    sn = SetName.parse(set_name)
+    ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=exp.inputs.spec, max_sources=sn.n_sources)
+    samples = [ds[i] for i in indices]
+    batch = collate_samples([{k: v for k, v in s.items() if k != "audio"} for s in samples])
+    if exp.inputs.cached_features:
+        from avgn.features import compute_features
+
+        compute_features(data_dir, exp.inputs.features, splits=[sn.split], device=device, progress=False)
+        if store is None:
+            from avgn.features import FeatureStore
+
+            store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+        batch["visual_feats"] = torch.stack([store.for_meta(m).float() for m in batch["meta"]])
+        images = batch.pop("image")
+    else:
+        images = batch["image"]
+    batch["scene_ids"] = [m["scene_id"] for m in batch["meta"]]
+    pred = ModelPredictor(model, exp.method, resolve_device(device), bf16=exp.train.bf16)(batch)
+    p = SetPredictions(
+        name=sn, kind=KIND[exp.method], maps=pred["maps"], masks=batch["masks"].bool(), classes=batch["classes"].long(),
+        labels=batch["labels"], scene_ids=batch["scene_ids"], audio_probs=pred.get("audio_probs"), token_pred=pred.get("token_pred"),
+    )
+    sm = _source_maps(p, "oracle", 0.5)
+    size = tuple(batch["masks"].shape[-2:])
+    up = metrics.upsample_maps(sm["maps"].float(), size)
+    up = metrics.minmax_normalise(up.reshape(-1, *size)).reshape(up.shape)  # per map
+    _, rows = score_set(p, "oracle", exp.eval)
+    out = []
+    for i, s in enumerate(samples):
+        n = int(s["n_sources"])
+        item = {
+            "scene_id": s["meta"]["scene_id"],
+            "image": images[i],
+            "masks": s["masks"][:n],
+            "class_names": list(s["meta"]["class_names"]),
+            "maps": up[i, :n],
+            "ap": [r["ap"] for r in rows if r["scene_id"] == s["meta"]["scene_id"]][:n],
+        }
+        if p.audio_probs is not None:
+            probs = p.audio_probs[i]
+            item["audio_probs"] = probs
+            chosen = (probs >= 0.5).nonzero().flatten().tolist() or [int(probs.argmax())]
+            item["predicted"] = [ds.class_names[c] for c in sorted(chosen, key=lambda c: -float(probs[c]))]
+        out.append(item)
+    return out

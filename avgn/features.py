@@ -1,0 +1,416 @@
+"""Cached backbone features of a frozen pretrained visual backbone.
+
+With a frozen backbone (the ``smoke`` and ``cpu`` profiles: ImageNet EfficientNet-Lite0) the
+visual trunk is the most expensive part of a forward pass and gives the same output for an image
+every time, so its feature map is computed **once per image of the manifest** and stored:
+
+* one file per image, ``<data_dir>/features/<key>/<image_path>.safetensors`` (tensor ``feats``,
+  float16, ``[channels, h, w]``), where ``key`` names the backbone, its feature layer and the input
+  resolution (:attr:`FeatureSpec.key`, e.g. ``efficientnet_lite0-head-224``); ``info.json`` in the
+  same folder records the backbone, where its weights came from and the package versions;
+* every write is atomic (temporary file + :func:`os.replace`), an interrupted run resumes where it
+  stopped, and the cache is shared by all methods and seeds that use the same backbone.
+
+``concat`` frames (two 224x224 frames side by side) are never run through the backbone as one
+448-wide image: the features of the two frames are computed separately and concatenated along the
+width (``[C, 7, 14]``). On-the-fly training duets, whose frames are solo scenes, use the solo
+scenes' cached features the same way, so training and evaluation composites are encoded alike.
+
+Frames are resized (bilinear, antialiased) to :attr:`FeatureSpec.image_size` first when it differs
+from the build's frame size (a reduced-resolution profile).
+
+:class:`FeatureStore` looks the features of a dataset sample up from its ``meta["scene_ids"]``;
+:class:`CachedFeatureDataset` wraps any dataset of :mod:`avgn.data.datasets` to add
+``visual_feats`` and drop what a model fed with cached features does not read.
+:class:`CachedFeatureMixtures` is the training-time fast path: the same mixtures as
+:class:`avgn.data.datasets.OnTheFlyMixtureDataset` (the same draws from the same generator, tested
+sample for sample), without decoding frames and masks that a cached-feature model never reads and
+with the split's clips decoded once, in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "FeatureSpec",
+    "feature_dir",
+    "feature_path",
+    "compute_features",
+    "FeatureStore",
+    "CachedFeatureDataset",
+    "CachedFeatureMixtures",
+    "collate_samples",
+]
+
+FEATURES_DIRNAME = "features"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which backbone features to cache.
+
+    Attributes:
+        backbone: ``efficientnet_lite0`` (ImageNet weights from the installed package) or
+            ``resnet18`` (weights from ``pretrained_path``; random otherwise — pointless to cache).
+        features: ``head`` (1280 channels for EfficientNet-Lite0) or ``blocks`` (320 channels).
+        image_size: side of a frame fed to the backbone (224: 7x7 features).
+        pretrained_path: a weights file instead of the packaged weights (its name and size enter the key).
+    """
+
+    backbone: str = "efficientnet_lite0"
+    features: str = "head"
+    image_size: int = 224
+    pretrained_path: str | None = None
+
+    @property
+    def key(self) -> str:
+        k = f"{self.backbone}-{self.features}-{self.image_size}"
+        if self.pretrained_path:
+            p = Path(self.pretrained_path)
+            size = p.stat().st_size if p.is_file() else 0
+            k += "-" + hashlib.sha1(f"{p.resolve()}:{size}".encode()).hexdigest()[:10]
+        return k
+
+    def encoder_config(self):
+        """The frozen :class:`~avgn.models.config.EncoderConfig` that produces these features."""
+        from avgn.models.config import EncoderConfig
+
+        return EncoderConfig(
+            visual_backbone=self.backbone,
+            pretrained_path=self.pretrained_path,
+            freeze_visual=True,
+            efficientnet_features=self.features,
+            normalize_input=True,
+        )
+
+
+def feature_dir(data_dir: str | Path, spec: FeatureSpec) -> Path:
+    """``<data_dir>/features/<spec.key>``."""
+    return Path(data_dir) / FEATURES_DIRNAME / spec.key
+
+
+def feature_path(data_dir: str | Path, spec: FeatureSpec, image_path: str) -> Path:
+    """The cache file of one manifest image (``image_path`` relative to the build folder)."""
+    return feature_dir(data_dir, spec) / f"{image_path}.safetensors"
+
+
+def _manifest_images(data_dir: Path, splits: Iterable[str] | None) -> list[tuple[str, str, int, int]]:
+    """Unique ``(image_path, layout, height, width)`` of the manifest (optionally some splits)."""
+    from avgn.data.manifest import load_manifest
+
+    df = load_manifest(data_dir)
+    if splits is not None:
+        df = df[df["split"].isin(list(splits))]
+    seen: dict[str, tuple[str, str, int, int]] = {}
+    for r in df.itertuples(index=False):
+        seen.setdefault(r.image_path, (r.image_path, r.layout, int(r.height), int(r.width)))
+    return sorted(seen.values())
+
+
+def _frames(image: Tensor, layout: str, size: int) -> list[Tensor]:
+    """Split a ``concat`` image into its two frames; resize every frame to ``size`` if needed."""
+    h, w = image.shape[-2:]
+    frames = [image[..., : w // 2], image[..., w // 2 :]] if layout == "concat" and w == 2 * h else [image]
+    out = []
+    for f in frames:
+        if f.shape[-2:] != (size, size):
+            f = torch.nn.functional.interpolate(f[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        out.append(f)
+    return out
+
+
+def compute_features(
+    data_dir: str | Path,
+    spec: FeatureSpec = FeatureSpec(),
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    splits: Iterable[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compute (or complete) the feature cache of every image in the manifest.
+
+    Images whose cache file exists are skipped, so a rerun is cheap and an interrupted run resumes.
+
+    Returns:
+        ``{"key", "dir", "n_images", "n_computed", "n_cached", "seconds", "images_per_s"}``.
+    """
+    from safetensors.torch import save_file  # noqa: F401  (fail early if missing)
+    from tqdm.auto import tqdm
+
+    from avgn.checkpoint import atomic_save_safetensors, atomic_write_json
+    from avgn.data.datasets import read_image
+    from avgn.env import resolve_device
+    from avgn.models.encoders import VisualEncoder
+
+    data_dir = Path(data_dir)
+    out_dir = feature_dir(data_dir, spec)
+    images = _manifest_images(data_dir, splits)
+    todo = [im for im in images if not feature_path(data_dir, spec, im[0]).is_file()]
+    result: dict[str, Any] = {"key": spec.key, "dir": str(out_dir), "n_images": len(images), "n_cached": len(images) - len(todo)}
+    t0 = time.perf_counter()
+    if todo:
+        dev = resolve_device(device)
+        enc = VisualEncoder(spec.encoder_config()).to(dev).eval()
+        info = {
+            "spec": asdict(spec),
+            "key": spec.key,
+            "weights_source": enc.weights_source,
+            "channels": enc.backbone_channels,
+            "dtype": "float16",
+            "torch": torch.__version__,
+        }
+        atomic_write_json(out_dir / "info.json", info)
+        # frames are batched across images; an image's frames are written once all are computed
+        queue: list[tuple[int, int, Tensor]] = []  # (image index, frame index, frame)
+        pending: dict[int, list[Tensor | None]] = {}
+
+        def flush() -> None:
+            if not queue:
+                return
+            batch = torch.stack([f for _, _, f in queue]).to(dev)
+            with torch.no_grad():
+                feats = enc.backbone_features(batch).float().cpu()
+            for (i, j, _), ft in zip(queue, feats):
+                pending[i][j] = ft
+            queue.clear()
+            for i in [i for i, fs in pending.items() if all(f is not None for f in fs)]:
+                fs = pending.pop(i)
+                full = torch.cat(fs, dim=-1).to(torch.float16)  # type: ignore[arg-type]
+                atomic_save_safetensors(feature_path(data_dir, spec, todo[i][0]), {"feats": full})
+
+        for i, (path, layout, _, _) in enumerate(tqdm(todo, desc=f"features {spec.key}", disable=not progress, leave=False)):
+            frames = _frames(read_image(data_dir / path), layout, spec.image_size)
+            pending[i] = [None] * len(frames)
+            for j, f in enumerate(frames):
+                queue.append((i, j, f))
+            if len(queue) >= batch_size:
+                flush()
+        flush()
+    dt = time.perf_counter() - t0
+    result.update(n_computed=len(todo), seconds=dt, images_per_s=len(todo) / dt if todo and dt > 0 else float("nan"))
+    return result
+
+
+class FeatureStore:
+    """Read access to a feature cache, by image path or by a dataset sample's ``meta``.
+
+    Args:
+        data_dir: the build folder.
+        spec: which cache.
+        preload: read every file into memory now (one float16 tensor per image; a DataLoader's
+            forked workers then share the pages). Otherwise files are read on demand.
+        splits: with ``preload``, only the images of these splits.
+    """
+
+    def __init__(self, data_dir: str | Path, spec: FeatureSpec = FeatureSpec(), preload: bool = True, splits: Iterable[str] | None = None):
+        from avgn.data.manifest import load_manifest
+
+        self.data_dir = Path(data_dir)
+        self.spec = spec
+        self.dir = feature_dir(self.data_dir, spec)
+        if not self.dir.is_dir():
+            raise FileNotFoundError(
+                f"no feature cache {self.dir}: compute it first (avgn.features.compute_features(data_dir, spec))"
+            )
+        df = load_manifest(self.data_dir)
+        self.scene_image: dict[str, str] = dict(zip(df["scene_id"], df["image_path"]))
+        self._mem: dict[str, Tensor] = {}
+        if preload:
+            keep = df if splits is None else df[df["split"].isin(list(splits))]
+            for p in sorted(set(keep["image_path"])):
+                self._mem[p] = self._read(p)
+
+    def _read(self, image_path: str) -> Tensor:
+        from safetensors.torch import load_file
+
+        path = feature_path(self.data_dir, self.spec, image_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no cached features for {image_path} ({path}); rerun compute_features")
+        return load_file(str(path))["feats"]
+
+    def get(self, image_path: str) -> Tensor:
+        """float16 ``[C, h, w]`` features of one manifest image."""
+        t = self._mem.get(image_path)
+        return t if t is not None else self._read(image_path)
+
+    def for_scenes(self, scene_ids: Sequence[str]) -> Tensor:
+        """Features of the frame made of ``scene_ids`` (two solo scenes side by side: concatenated)."""
+        parts = [self.get(self.scene_image[s]) for s in scene_ids]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def for_meta(self, meta: dict[str, Any]) -> Tensor:
+        return self.for_scenes(meta.get("scene_ids") or [meta["scene_id"]])
+
+    @property
+    def channels(self) -> int:
+        info = json.loads((self.dir / "info.json").read_text())
+        return int(info["channels"])
+
+
+class CachedFeatureDataset(Dataset):
+    """Wrap a scene / mixture dataset: add ``visual_feats`` (float32) and drop unused keys.
+
+    Args:
+        base: a dataset of :mod:`avgn.data.datasets` (its samples carry ``meta["scene_ids"]``).
+        store: the :class:`FeatureStore`.
+        drop: sample keys to remove (default: ``image`` and ``audio``; training also drops
+            ``masks``, which are large and unused by the losses).
+    """
+
+    def __init__(self, base: Dataset, store: FeatureStore, drop: Sequence[str] = ("image", "audio")):
+        self.base = base
+        self.store = store
+        self.drop = tuple(drop)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = self.base[i]
+        s["visual_feats"] = self.store.for_meta(s["meta"]).float()
+        for k in self.drop:
+            s.pop(k, None)
+        return s
+
+
+def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples with ``image`` and/or cached ``visual_feats`` (``meta`` becomes a list).
+
+    Like :func:`avgn.data.datasets.collate_scenes` (which it calls when samples carry images), but
+    also for samples whose image was replaced by cached features.
+    """
+    if not batch:
+        raise ValueError("empty batch")
+    if "image" in batch[0]:
+        from avgn.data.datasets import collate_scenes
+
+        return collate_scenes(batch)
+    shapes = {tuple(b["visual_feats"].shape) for b in batch}
+    if len(shapes) > 1:
+        raise ValueError(f"samples with different feature shapes {sorted(shapes)} in one batch: keep 'concat' and 'scene' layouts apart")
+    out: dict[str, Any] = {}
+    for k in batch[0]:
+        out[k] = [b[k] for b in batch] if k == "meta" else torch.stack([b[k] for b in batch])
+    return out
+
+
+class CachedFeatureMixtures(Dataset):
+    """Training mixtures of :class:`avgn.data.datasets.OnTheFlyMixtureDataset` with cached features.
+
+    Item ``i`` of epoch ``e`` is the mixture the base dataset gives for ``(seed, e, i)`` — the same
+    partner scene, clips, gains and noise, drawn in the same order from the same generator — but
+    the sample carries ``visual_feats`` (the frame's cached features, concatenated along the width
+    for ``concat`` duets) instead of ``image`` and ``masks``, and the clips of the split are decoded
+    once (``preload_clips``, in the constructing process, so DataLoader workers share them;
+    ``clip_cache`` shares the decoded clips between several instances).
+    Keys: ``spec``, ``labels``, ``classes``, ``n_sources``, ``visual_feats``, ``meta``.
+
+    Why not wrap the base dataset: decoding two PNG frames and two masks per item was ~40% of the
+    data-loading time of a ``concat`` item on the ``cpu`` profile and the features make them unused.
+    ``tests/test_train.py`` checks this class against the base dataset item by item.
+    """
+
+    def __init__(self, base: Any, store: FeatureStore, preload_clips: bool = True, clip_cache: dict[str, Any] | None = None):
+        from avgn.data.datasets import OnTheFlyMixtureDataset
+
+        if not isinstance(base, OnTheFlyMixtureDataset):
+            raise TypeError("CachedFeatureMixtures wraps an OnTheFlyMixtureDataset")
+        if base.return_sources:
+            raise ValueError("return_sources is not supported with cached features")
+        self.base, self.store = base, store
+        self._clips: dict[str, Any] = {} if clip_cache is None else clip_cache  # may be shared
+        if preload_clips:
+            paths = sorted({p for pool in base.clip_pools.values() for p in pool} if base.resample_audio else set())
+            frames = [base.solo] + ([base.duets] if len(base.duets) else [])
+            for df in frames:
+                for ps in df["clip_paths"]:
+                    paths.extend(ps)
+            for p in sorted(set(paths)):
+                self._clip(p)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def _clip(self, rel: str):
+        x = self._clips.get(rel)
+        if x is None:
+            from avgn.data.datasets import read_clip
+
+            d = self.base.data
+            x = self._clips[rel] = read_clip(d.path(rel), d.sample_rate, d.n_samples)
+        return x
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import numpy as np
+
+        from avgn.data.audio import mix
+        from avgn.data.build import pink_noise
+        from avgn.data.datasets import log_spectrogram
+
+        b = self.base
+        if not 0 <= i < len(b):
+            raise IndexError(i)
+        d = b.data
+        # the draws below follow OnTheFlyMixtureDataset.__getitem__ exactly, in the same order
+        rng = np.random.default_rng([b.seed, b.epoch, int(i)])
+        if b.n_sources == 1 or b.layout == "concat":
+            a = b.solo.iloc[i % b.anchors]
+            rows = [a]
+            if b.n_sources == 2:
+                pc = b.partner_class(rng, int(a.class_ids[0]))
+                pool = b.pools[pc]
+                rows.append(b.solo.iloc[int(pool[int(rng.integers(len(pool)))])])
+                if rng.random() < 0.5:
+                    rows.reverse()
+            class_ids = [int(r.class_ids[0]) for r in rows]
+            paths = [b._clip_path(rng, r, 0) for r in rows]
+            scene_ids = [r.scene_id for r in rows]
+            layout = "concat" if len(rows) == 2 else "scene"
+        else:
+            r = b.duets.iloc[i % b.anchors]
+            class_ids = [int(c) for c in r.class_ids]
+            paths = [b._clip_path(rng, r, k) for k in range(len(class_ids))]
+            scene_ids = [r.scene_id]
+            layout = "scene"
+        waves = np.stack([self._clip(p) for p in paths])
+        n = len(class_ids)
+        gains = rng.uniform(*b.gain_db_range, size=n) if n > 1 else np.zeros(1)
+        noise, snr = None, None
+        if rng.random() < b.noise_prob:
+            snr = float(rng.uniform(*b.noise_snr_db))
+            noise = pink_noise(d.n_samples, rng)
+        y = mix(waves, gains, noise=noise, snr_db=snr)
+        labels = torch.zeros(len(b.class_names), dtype=torch.float32)
+        labels[class_ids] = 1.0
+        classes = torch.full((b.max_sources,), -1, dtype=torch.int64)
+        classes[:n] = torch.as_tensor(class_ids, dtype=torch.int64)
+        meta = {
+            "scene_id": "+".join(scene_ids), "split": b.split, "task": "solo" if n == 1 else "duet", "layout": layout,
+            "class_names": [b.class_names[c] for c in class_ids], "scene_ids": scene_ids, "clip_paths": paths, "snr_db": snr,
+        }
+        return {
+            "spec": log_spectrogram(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), b.spec).unsqueeze(0),
+            "labels": labels,
+            "classes": classes,
+            "n_sources": torch.tensor(n, dtype=torch.int64),
+            "visual_feats": self.store.for_scenes(scene_ids).float(),
+            "meta": meta,
+        }

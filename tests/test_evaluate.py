@@ -1,0 +1,220 @@
+"""Evaluation engine: source selection per method kind on hand-made maps, references, run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from avgn.config import EvalConfig
+from avgn.evaluate import (
+    EvalSet,
+    Predictor,
+    ReferencePredictor,
+    SetName,
+    evaluate_reference,
+    evaluate_sets,
+    list_sets,
+    presence_metrics,
+    score_set,
+    selection_score,
+    token_confusion,
+)
+
+H = W = 32
+C = 4
+
+
+def _masks(n_sources: int, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples, ``n_sources`` disjoint vertical bands each; classes rotate through ``C``."""
+    masks = torch.zeros(n, n_sources, H, W, dtype=torch.bool)
+    classes = torch.zeros(n, n_sources, dtype=torch.long)
+    band = W // (n_sources + 1)
+    for i in range(n):
+        for s in range(n_sources):
+            masks[i, s, 4:28, s * band + 2 : (s + 1) * band] = True
+            classes[i, s] = (i + s) % C
+    return masks, classes
+
+
+def _set(name: str, masks: torch.Tensor, classes: torch.Tensor) -> EvalSet:
+    n = masks.shape[0]
+    labels = torch.zeros(n, C)
+    labels.scatter_(1, classes.clamp_min(0), 1.0)
+    batch = {
+        "spec": torch.zeros(n, 1, 8, 8),
+        "masks": masks,
+        "classes": classes,
+        "labels": labels,
+        "n_sources": (classes >= 0).sum(1),
+        "scene_ids": [f"s{i}" for i in range(n)],
+    }
+    return EvalSet(SetName.parse(name), n, [batch])
+
+
+class GroundTruthClassAware(Predictor):
+    """A stub AVGN: the map of class c is the mask of the source of class c (zero otherwise)."""
+
+    method, kind = "avgn", "class_aware"
+
+    def __init__(self, probs: torch.Tensor | None = None):
+        self.probs = probs
+
+    def __call__(self, batch):
+        masks, classes = batch["masks"], batch["classes"]
+        n = masks.shape[0]
+        maps = torch.zeros(n, C, H, W)
+        for i in range(n):
+            for s in range(classes.shape[1]):
+                if classes[i, s] >= 0:
+                    maps[i, classes[i, s]] = masks[i, s].float()
+        probs = batch["labels"] if self.probs is None else self.probs
+        token_pred = torch.arange(C).expand(n, C).clone()  # a perfect token classifier
+        return {"maps": maps, "audio_probs": probs, "token_pred": token_pred}
+
+
+class SwappedSlots(Predictor):
+    """A stub Mix-and-Localize with K=2 slots: the first two sources' masks in reversed order."""
+
+    method, kind = "mal", "slots"
+
+    def __call__(self, batch):
+        m = batch["masks"].float()
+        slots = torch.stack([m[:, min(1, m.shape[1] - 1)], m[:, 0]], dim=1)
+        return {"maps": slots}
+
+
+class UnionMap(Predictor):
+    method, kind = "ezvsl", "shared"
+
+    def __call__(self, batch):
+        return {"maps": batch["masks"].any(1, keepdim=True).float()}
+
+
+@pytest.mark.parametrize("n_sources", [1, 2, 3])
+def test_ground_truth_maps_score_one(n_sources):
+    masks, classes = _masks(n_sources)
+    name = f"test/{ {1: 'solo', 2: 'duet', 3: 'trio'}[n_sources] }/scene".replace(" ", "")
+    res = evaluate_sets(GroundTruthClassAware(), [_set(name, masks, classes)], EvalConfig(), ("oracle", "predicted"))
+    for mode in ("oracle", "predicted"):
+        s = res["results"][name][mode]
+        if n_sources == 1:
+            assert s["ap"] == pytest.approx(1.0) and s["n"] == 3
+        else:
+            assert s["cap"] == pytest.approx(1.0) and s["piap"] == pytest.approx(1.0)
+            assert s["n_pairs"] == 3 * n_sources
+        assert s["token_accuracy"] == 1.0 and s["token_f1"] == 1.0
+    assert res["results"][name]["predicted"]["presence_f1"] == 1.0
+    assert selection_score(res["results"]) == pytest.approx(1.0)
+    assert len([r for r in res["rows"] if r["mode"] == "oracle"]) == 3 * n_sources
+
+
+def test_predicted_mode_scores_missed_classes_zero():
+    masks, classes = _masks(2)
+    probs = torch.zeros(3, C)
+    for i in range(3):
+        probs[i, classes[i, 0]] = 0.9  # only the first source of each mixture is detected
+        probs[i, (classes[i, 1] + 1) % C] = 0.8  # plus one spurious class
+    es = _set("test/duet/scene", masks, classes)
+    res = evaluate_sets(GroundTruthClassAware(probs), [es], EvalConfig(), ("oracle", "predicted"))
+    oracle, pred = res["results"]["test/duet/scene"]["oracle"], res["results"]["test/duet/scene"]["predicted"]
+    assert oracle["cap"] == pytest.approx(1.0)
+    assert pred["cap"] == pytest.approx(0.5)  # the missed sources score AP 0
+    assert pred["presence_recall"] == pytest.approx(0.5) and pred["presence_precision"] == pytest.approx(0.5)
+    rows = [r for r in res["rows"] if r["mode"] == "predicted"]
+    assert [r["has_map"] for r in rows] == [True, False] * 3
+    # PIAP may give the spurious class's (constant, empty-class) map to the missed source: a
+    # constant map's AP is the mask's area fraction
+    area = masks[:, 1].float().mean().item()
+    assert pred["piap"] == pytest.approx((1.0 + area) / 2)
+
+
+def test_slots_are_hungarian_matched_and_extra_sources_score_zero():
+    masks, classes = _masks(2)
+    res = evaluate_sets(SwappedSlots(), [_set("test/duet/scene", masks, classes)], EvalConfig(), ("oracle", "predicted"))
+    s = res["results"]["test/duet/scene"]["oracle"]
+    assert s["cap"] == pytest.approx(1.0) and s["piap"] == pytest.approx(1.0)
+    assert res["results"]["test/duet/scene"]["predicted"] == s  # modes coincide for a class-agnostic method
+    masks3, classes3 = _masks(3)
+    s3 = evaluate_sets(SwappedSlots(), [_set("test/trio/scene", masks3, classes3)], EvalConfig(), ("oracle",))
+    s3 = s3["results"]["test/trio/scene"]["oracle"]
+    assert s3["cap"] == pytest.approx(2 / 3) and s3["piap"] == pytest.approx(2 / 3)  # K=2 slots, 3 sources
+
+
+def test_shared_map_is_used_for_every_source():
+    masks, classes = _masks(2)
+    s = evaluate_sets(UnionMap(), [_set("test/duet/concat", masks, classes)], EvalConfig(), ("oracle",))
+    s = s["results"]["test/duet/concat"]["oracle"]
+    assert s["piap"] == pytest.approx(s["cap"])
+    assert 0.4 < s["cap"] < 0.6  # the union map ranks both sources' pixels equally: AP = 1/2
+
+
+def test_centre_reference_has_one_bump_per_frame():
+    ref = ReferencePredictor("centre")
+    single = ref({"spec": torch.zeros(2, 1, 4, 4), "visual_feats": torch.zeros(2, 8, 7, 7)})["maps"]
+    concat = ref({"spec": torch.zeros(2, 1, 4, 4), "visual_feats": torch.zeros(2, 8, 7, 14)})["maps"]
+    assert single.shape == (2, 1, 7, 7) and concat.shape == (2, 1, 7, 14)
+    assert torch.equal(concat[..., :7], single) and torch.equal(concat[..., 7:], single)
+    assert single[0, 0, 3, 3] == single.max()
+    obj = ReferencePredictor("object")({"spec": torch.zeros(1, 1, 4, 4), "visual_feats": torch.rand(1, 8, 7, 7)})["maps"]
+    assert obj.shape == (1, 1, 7, 7) and obj.min() == 0 and obj.max() == 1
+
+
+def test_presence_metrics_and_token_confusion():
+    probs = torch.tensor([[0.9, 0.1, 0.6, 0.0], [0.2, 0.3, 0.1, 0.0]])
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    m = presence_metrics(probs, labels)
+    # sample 0 predicts {0, 2} (1 right, 1 wrong); sample 1 predicts its top class {1} (wrong)
+    assert m["presence_precision"] == pytest.approx(1 / 3) and m["presence_recall"] == pytest.approx(1 / 2)
+    assert m["count_acc"] == pytest.approx(0.5)
+    masks, classes = _masks(2)
+    es = _set("test/duet/scene", masks, classes)
+    from avgn.evaluate import predict_set
+
+    p = predict_set(GroundTruthClassAware(), es)
+    conf = token_confusion(p)
+    assert conf.shape == (C, C) and conf.trace() == conf.sum() == 6
+
+
+def test_set_names():
+    sn = SetName.parse("test_zeroshot/duet/concat")
+    assert (sn.split, sn.task, sn.layout, sn.n_sources) == ("test_zeroshot", "duet", "concat", 2)
+    with pytest.raises(ValueError, match="split/task/layout"):
+        SetName.parse("test-duet")
+
+
+# --------------------------------------------------------------------------------------------------
+# on a (fake-asset) build: references end to end, files
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fake_build(tmp_path_factory) -> Path:
+    from test_data_build import build_fake
+
+    out = tmp_path_factory.getbasetemp() / "avgn_fake_build_shared"
+    build_fake(out)  # returns at once if a test module of this session built it already
+    return out
+
+
+def test_reference_evaluation_writes_results(fake_build, tmp_path):
+    assert list_sets(fake_build, "test") == [
+        "test/solo/scene", "test/duet/concat", "test/duet/scene", "test/trio/scene", "test/quartet/scene",
+    ]
+    out = tmp_path / "centre"
+    small = {"inputs.features.image_size": 96}  # 3x3 feature maps: cheap to cache
+    payload = evaluate_reference("centre", fake_build, out, profile="smoke", split="test", device="cpu", progress=False, overrides=small)
+    assert set(payload["results"]) == set(list_sets(fake_build, "test"))
+    saved = json.loads((out / "eval_test.json").read_text())
+    assert saved["results"] == json.loads(json.dumps(payload["results"]))
+    import pandas as pd
+
+    df = pd.read_csv(out / "eval_test.csv")
+    assert {"method", "set", "mode", "metric", "value"} <= set(df.columns)
+    assert set(df["mode"]) == {"oracle", "predicted"}
+    samples = pd.read_csv(out / "eval_test_samples.csv")
+    from avgn.data.manifest import load_manifest
+
+    assert len(samples[samples["mode"] == "oracle"]) == int(load_manifest(fake_build, "test")["n_sources"].sum())
+    sub = evaluate_reference("object", fake_build, tmp_path / "object", profile="smoke", sets=["test_style/duet/concat"], device="cpu", progress=False, write=False, overrides=small)
+    assert list(sub["results"]) == ["test_style/duet/concat"]
