@@ -11,7 +11,7 @@ The sources are ``notebooks/NN_name.py`` (jupytext py:percent). Each is converte
 
 Execution happens with the output folder as working directory, so the chapters' relative default
 paths (``../data``, ``../figures``) point at the repository's folders. ``--prepare-only`` runs are
-given their own data and figure folders under the output folder, so a smoke run never touches
+given their own data, runs and figure folders under the output folder, so a smoke run never touches
 the book's figures.
 """
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     staging.mkdir(parents=True, exist_ok=True)
     params: dict[str, object] = {"profile": args.profile, "seed": args.seed}
     if args.prepare_only:
-        params.update(data_dir=str(out / "data"), figures_dir=str(out / "figures"))
+        params.update(data_dir=str(out / "data"), figures_dir=str(out / "figures"), runs_dir=str(out / "runs"))
     params.update(_parse_params(args.param))
 
     for src in chapters(args.only):

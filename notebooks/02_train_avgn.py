@@ -1,0 +1,296 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. Training AVGN
+#
+# This chapter trains AVGN on the embedded benchmark of chapter 1 and looks inside the run: how the
+# four losses evolve, how localization on the **validation** split improves (the test split is never
+# used for any decision), how well the learned class tokens and the audio presence heads separate
+# the classes, and what the maps look like, source by source.
+#
+# **What is trained.** AVGN (`avgn.models.AVGN`) learns one token per class. Per modality a small
+# transformer mixes the tokens with the features, and a grouping block pools the features assigned
+# to each token into a class-aware embedding ($g^a_c$ for audio, $g^v_c$ for vision). Four losses are
+# summed (`avgn.losses.avgn_total_loss`): the per-source contrastive localization loss (paper
+# Eq. 10), the token classification loss (every token must be recognised as its own class), and the
+# audio and visual presence losses (which classes sound / are visible). The map of a sounding source
+# of class $c$ is $\cos(g^a_c, f_p \odot g^v_c)$ at every position $p$ — the similarity the
+# localization loss trains.
+#
+# **Training data.** Every epoch draws fresh mixtures from the train split: single-source scenes,
+# `concat` duets (two solo frames of different classes side by side, their sounds mixed) and `scene`
+# duets (two sources in one frame), each with new gains, background noise and clips
+# (`avgn.data.datasets.OnTheFlyMixtureDataset`).
+#
+# **Model selection.** After every epoch the model is scored on the three validation sets (solo,
+# `concat` duets, `scene` duets); the score is the mean of the solo AP and the two duets' class-aware
+# AP (CAP) with ground-truth classes. The best epoch is kept (checkpoint `best`).
+#
+# **Reruns are cheap.** Runs live in `runs_dir` and are resumable: a finished run is read back, an
+# interrupted one continues from its last epoch and ends with exactly the weights of an
+# uninterrupted run (`tests/test_train.py`).
+
+# %% tags=["parameters"]
+profile = "cpu"
+seed = 0
+device = "auto"
+data_dir = "../data/embedded"
+figures_dir = "../figures"
+runs_dir = "../data/runs"
+
+# %%
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib import pyplot as plt
+
+from avgn.data.build import build_dataset
+from avgn.env import environment_report
+from avgn.evaluate import ModelPredictor, evaluate_run, evaluate_sets, example_maps, load_eval_set, token_confusion
+from avgn.experiment import get_experiment, profile_table
+from avgn.features import FeatureStore
+from avgn.train import eval_command, load_run, load_trained_model, run_dir_for, train
+from avgn.viz import save_figure, set_style
+
+set_style()
+exp = get_experiment("avgn", profile)
+run_dir = run_dir_for(runs_dir, "avgn", profile, seed)
+pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
+
+# %% [markdown]
+# ## The profile
+#
+# Sizes are configuration (`avgn.experiment`): `smoke` runs in seconds for CI, `cpu` (the book's
+# default) fits the whole comparison of chapter 3 in about an hour on two CPU cores, `gpu` uses the
+# paper's settings. The `cpu` profile freezes the ImageNet EfficientNet-Lite0 visual backbone and
+# caches its features once per image (`avgn.features`), narrows the model ($D = 128$, two transformer
+# layers, an audio ResNet-18 at a quarter of its width), uses a 16 ms analysis window and a 50 ms hop
+# (a $129\times61$ spectrogram instead of the paper's $401\times121$) and trains for 4 epochs of
+# 5,000 fresh mixtures with a larger learning rate; frames stay $224\times224$, so maps have the
+# paper's $7\times7$ resolution.
+
+# %%
+profile_table(methods=("avgn",))
+
+# %% [markdown]
+# ## Training
+#
+# The benchmark is built if it is not there yet (chapter 1 builds it; the build is deterministic, so
+# this returns at once when it exists). Training then runs — or, when the run is already finished in
+# `runs_dir`, is only read back.
+
+# %%
+build_dataset(profile=profile, seed=0, out=data_dir, progress=False)
+summary = train(exp, data_dir, run_dir, seed=seed, device=device, resume=True, progress=False)
+run = load_run(run_dir)
+hist = run["history"]
+print(f"run folder: {run_dir}")
+print(f"epochs: {summary['epochs_run']} (best: {summary['best_epoch']}), training time {summary['train_seconds']:.0f} s, "
+      f"{summary['samples_per_s']:.0f} samples/s, {summary['trainable_parameters']:,} trainable parameters")
+
+# %% [markdown]
+# ## Losses and validation metrics per epoch
+
+# %%
+loss_cols = {"train/loc": "localization (Eq. 10)", "train/token": "token classification",
+             "train/audio_cls": "audio presence", "train/visual_cls": "visual presence"}
+losses = hist.melt(id_vars="epoch", value_vars=list(loss_cols), var_name="loss", value_name="value")
+losses["loss"] = losses["loss"].map(loss_cols)
+val_cols = {
+    "val/val/solo/scene/oracle/ap": ("solo", "AP"),
+    "val/val/duet/concat/oracle/cap": ("duet, concat", "CAP"),
+    "val/val/duet/scene/oracle/cap": ("duet, scene", "CAP"),
+    "val/val/duet/concat/predicted/cap": ("duet, concat", "CAP (predicted classes)"),
+    "val/val/duet/scene/predicted/cap": ("duet, scene", "CAP (predicted classes)"),
+    "val/val/duet/concat/oracle/piap": ("duet, concat", "PIAP"),
+    "val/val/duet/scene/oracle/piap": ("duet, scene", "PIAP"),
+}
+val = hist.melt(id_vars="epoch", value_vars=[c for c in val_cols if c in hist], var_name="col", value_name="value")
+val["set"] = val["col"].map(lambda c: val_cols[c][0])
+val["metric"] = val["col"].map(lambda c: val_cols[c][1])
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+sns.lineplot(data=losses, x="epoch", y="value", hue="loss", marker="o", ax=axes[0])
+axes[0].set(title="training losses (epoch means)", ylabel="loss")
+sns.lineplot(data=val, x="epoch", y="value", hue="set", style="metric", marker="o", ax=axes[1])
+best = summary["best_epoch"]
+axes[1].axvline(best, color="grey", ls="--", lw=1)
+axes[1].set(title=f"validation (best epoch {best})", ylabel="metric")
+axes[1].legend(fontsize=8, ncol=2)
+fig.tight_layout()
+save_figure(fig, "02_training_curves", figures_dir)
+plt.close(fig)
+hist[["epoch", "train/total", "val_score", "lr", "samples_per_s"]].round(4)
+
+# %% [markdown]
+# ```{figure} ../figures/02_training_curves.png
+# :label: fig-training-curves
+# :alt: training losses and validation metrics per epoch
+# Left: the four training losses of AVGN per epoch. Right: validation AP (solo) and CAP / PIAP
+# (duets) per epoch, with ground-truth classes (solid) and with the classes AVGN itself predicts from
+# the audio (dashed, CAP); the dashed vertical line marks the epoch selected on the validation score.
+# ```
+#
+# [](#fig-training-curves) shows the run; the table below gives each loss at the first and the last
+# epoch. The token loss starts at $\log C$ (tokens initialised near zero are indistinguishable) and
+# the presence losses start near the loss of always answering "absent"; how far below those levels
+# they get within the profile's budget says how far the class tokens have separated — which is what
+# the `predicted` source-selection mode needs.
+
+# %%
+first, last = hist.iloc[0], hist.iloc[-1]
+pd.DataFrame({"first epoch": [first[c] for c in loss_cols], "last epoch": [last[c] for c in loss_cols]},
+             index=list(loss_cols.values())).round(3)
+
+# %% [markdown]
+# ## Class tokens and presence prediction
+#
+# The paper inspects how well the learned category tokens are separated. Two measurements per
+# epoch, both on the validation split: the **token classifier** applied to the class-aware audio
+# embedding $g^a_c$ of every sounding source (does the embedding still name its class?) and the
+# **audio presence heads** (which classes does the model hear in a mixture? a class is predicted
+# above probability 0.5; micro precision / recall / F1 over all val mixtures). The presence
+# prediction is what the `predicted` source-selection mode of the evaluation relies on.
+
+# %%
+prf = []
+for _, h in hist.iterrows():
+    for what, prefix in (("token classifier", "token_"), ("audio presence", "presence_")):
+        for m in ("precision", "recall", "f1"):
+            cols = [f"val/{s}/predicted/{prefix}{m}" for s in exp.inputs.val_sets if f"val/{s}/predicted/{prefix}{m}" in hist]
+            if cols:
+                prf.append({"epoch": h["epoch"], "what": what, "metric": m, "value": float(np.mean([h[c] for c in cols]))})
+prf = pd.DataFrame(prf)
+grid = sns.relplot(data=prf, x="epoch", y="value", hue="metric", col="what", kind="line", marker="o", height=3.3, aspect=1.2)
+grid.set(ylim=(0, 1.02))
+grid.set_titles("{col_name}")
+save_figure(grid.figure, "02_token_prf", figures_dir)
+plt.close(grid.figure)
+prf.pivot_table(index="epoch", columns=["what", "metric"], values="value").round(3)
+
+# %% [markdown]
+# ```{figure} ../figures/02_token_prf.png
+# :label: fig-token-prf
+# :alt: precision, recall and F1 of the token classifier and of the presence heads per epoch
+# Precision, recall and F1 per epoch on the validation split. Left: the token classifier on the
+# class-aware audio embedding of each sounding source (macro over classes). Right: the audio
+# presence prediction (micro over all mixtures, threshold 0.5).
+# ```
+
+# %%
+model, _, info = load_trained_model(run_dir, checkpoint="best", device=device)
+store = FeatureStore(data_dir, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
+val_sets = [load_eval_set(data_dir, name, exp.inputs, store) for name in exp.inputs.val_sets]
+val_eval = evaluate_sets(ModelPredictor(model, "avgn", next(model.parameters()).device), val_sets, exp.eval, keep_predictions=True)
+conf = token_confusion(list(val_eval["predictions"].values()))
+names = run["config"]["class_names"]
+present = conf.sum(1) > 0
+conf_df = pd.DataFrame(conf[present][:, present], index=np.array(names)[present], columns=np.array(names)[present])
+fig, ax = plt.subplots(figsize=(8, 6.5))
+sns.heatmap(conf_df / conf_df.sum(1).to_numpy()[:, None], cmap="viridis", vmin=0, vmax=1, square=True, ax=ax,
+            cbar_kws={"label": "share of the class's sources"})
+ax.set(xlabel="token classifier's answer", ylabel="class of the sounding source")
+save_figure(fig, "02_token_confusion", figures_dir)
+plt.close(fig)
+print(f"token classifier accuracy on the val sources (best epoch): {np.trace(conf) / conf.sum():.3f}")
+
+# %% [markdown]
+# ```{figure} ../figures/02_token_confusion.png
+# :label: fig-token-confusion
+# :alt: confusion matrix of the token classifier on class-aware audio embeddings
+# Confusion matrix of the token classifier applied to the class-aware audio embedding of every
+# sounding source of the validation sets (best epoch), rows normalised.
+# ```
+
+# %% [markdown]
+# ## Maps, source by source
+#
+# For mixtures AVGN gives one map per sounding class. Below, validation and test mixtures: the frame
+# with the outline of every sounding source, then the map of each source's class (ground-truth
+# classes; the AP of each map in the title) and the classes AVGN hears in the mixture.
+
+# %%
+def show_examples(items, title, name):
+    cols = 1 + max(len(it["maps"]) for it in items)
+    fig, axes = plt.subplots(len(items), cols, figsize=(3.3 * cols * (2 if items[0]["image"].shape[-1] > items[0]["image"].shape[-2] else 1), 3.1 * len(items)), squeeze=False)
+    colours = ["#ffffff", "#ff3b3b", "#3bff6b", "#ffd23b"]
+    for r, it in enumerate(items):
+        img = it["image"].permute(1, 2, 0).numpy()
+        axes[r, 0].imshow(img)
+        for k, m in enumerate(it["masks"]):
+            axes[r, 0].contour(m.numpy(), levels=[0.5], colors=[colours[k % 4]], linewidths=1.5)
+        heard = ", ".join(it.get("predicted", []))
+        axes[r, 0].set_title(" + ".join(it["class_names"]) + (f"\nheard: {heard}" if heard else ""), fontsize=9)
+        for k in range(cols - 1):
+            ax = axes[r, k + 1]
+            if k < len(it["maps"]):
+                ax.imshow(img)
+                ax.imshow(it["maps"][k].numpy(), cmap="jet", alpha=0.5)
+                ax.contour(it["masks"][k].numpy(), levels=[0.5], colors="white", linewidths=1.2)
+                ax.set_title(f"{it['class_names'][k]}: AP {it['ap'][k]:.2f}", fontsize=9)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, name, figures_dir)
+    plt.close(fig)
+
+
+n_show = 3
+for split_name, fig_name in (("val", "02_maps_val"), ("test", "02_maps_test")):
+    items = example_maps(model, exp, data_dir, f"{split_name}/duet/scene", range(n_show), store=store, device=device)
+    items_c = example_maps(model, exp, data_dir, f"{split_name}/duet/concat", range(2), store=store, device=device)
+    show_examples(items, f"{split_name}: two sources in one frame", fig_name + "_scene")
+    show_examples(items_c, f"{split_name}: two frames side by side (concat)", fig_name + "_concat")
+
+# %% [markdown]
+# ```{figure} ../figures/02_maps_val_scene.png
+# :label: fig-maps-val
+# :alt: AVGN maps per sounding source on validation duets
+# Validation duets (two sources in one frame): the frame with each source's outline and the classes
+# AVGN hears; then the map of each source's class with its AP.
+# ```
+#
+# ```{figure} ../figures/02_maps_test_scene.png
+# :label: fig-maps-test
+# :alt: AVGN maps per sounding source on test duets
+# The same for the first test duets.
+# ```
+#
+# ```{figure} ../figures/02_maps_test_concat.png
+# :label: fig-maps-test-concat
+# :alt: AVGN maps per sounding source on concat test duets
+# Test duets of the `concat` layout: each source is in its own half.
+# ```
+
+# %% [markdown]
+# ## Test set
+#
+# The selected checkpoint on every test set of the benchmark, in both source-selection modes (the
+# full comparison with the baselines and the references is chapter 3, which reads these files).
+
+# %%
+test = evaluate_run(run_dir, "test", device=device, progress=False)
+rows = []
+for name, by_mode in test["results"].items():
+    for mode, s in by_mode.items():
+        rows.append({"set": name, "mode": mode, **{k: s.get(k) for k in ("ap", "iou@0.5", "cap", "piap", "ciou@0.3", "auc", "presence_f1")}})
+pd.DataFrame(rows).set_index(["set", "mode"]).round(3)
+
+# %% [markdown]
+# ## Reproducing this run
+#
+# The command line calls the same library functions as this chapter:
+
+# %%
+print(run["config"]["command"])
+print(eval_command(run_dir, "test"))
