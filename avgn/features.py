@@ -161,7 +161,8 @@ def compute_features(
     t0 = time.perf_counter()
     if todo:
         dev = resolve_device(device)
-        enc = VisualEncoder(spec.encoder_config()).to(dev).eval()
+        # channels-last: about 2x faster for EfficientNet's depthwise convolutions on CPU, same fp32 math
+        enc = VisualEncoder(spec.encoder_config()).to(dev).eval().to(memory_format=torch.channels_last)
         info = {
             "spec": asdict(spec),
             "key": spec.key,
@@ -178,9 +179,9 @@ def compute_features(
         def flush() -> None:
             if not queue:
                 return
-            batch = torch.stack([f for _, _, f in queue]).to(dev)
-            with torch.no_grad():
-                feats = enc.backbone_features(batch).float().cpu()
+            batch = torch.stack([f for _, _, f in queue]).to(dev).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                feats = enc.backbone_features(batch).float().contiguous().cpu()
             for (i, j, _), ft in zip(queue, feats):
                 pending[i][j] = ft
             queue.clear()

@@ -243,9 +243,20 @@ def _rel(p: Path) -> str:
 def reproduce_command(method: str, profile: str, seed: int, data_dir: str | Path, run_dir: str | Path, overrides: dict[str, Any] | None = None) -> str:
     """The ``avgn train`` command line that reproduces a run (paths relative to the repository root)."""
     cmd = ["avgn", "train", "--method", method, "--profile", profile, "--seed", str(seed), "--data", _rel(Path(data_dir)), "--out", _rel(Path(run_dir))]
+    import json
+
     for k, v in (overrides or {}).items():
-        cmd += ["--set", f"{k}={v}"]
+        cmd += ["--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+def experiment_overrides(exp: Experiment) -> dict[str, Any]:
+    """The dotted fields in which ``exp`` differs from its profile's defaults (``--set`` arguments)."""
+    import json
+
+    base = _flatten("", get_experiment(exp.method, exp.profile).to_dict(), {}, ".")
+    mine = _flatten("", exp.to_dict(), {}, ".")
+    return {k: v for k, v in mine.items() if json.dumps(base.get(k)) != json.dumps(v) and k != "model.num_classes"}
 
 
 def eval_command(run_dir: str | Path, split: str = "test") -> str:
@@ -278,11 +289,11 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return out
 
 
-def _flatten(prefix: str, d: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+def _flatten(prefix: str, d: dict[str, Any], out: dict[str, Any], sep: str = "/") -> dict[str, Any]:
     for k, v in d.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
         if isinstance(v, dict):
-            _flatten(key, v, out)
+            _flatten(key, v, out, sep)
         else:
             out[key] = v
     return out
@@ -362,9 +373,9 @@ def train(
     from avgn.models import build_model
 
     t_wall = time.perf_counter()
-    overrides = dict(overrides or {})
     if isinstance(exp, str):
-        exp = get_experiment(exp, profile or "cpu", **overrides)
+        exp = get_experiment(exp, profile or "cpu", **dict(overrides or {}))
+    overrides = experiment_overrides(exp)  # what the command line needs to rebuild exactly this run
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     log = _log_fn(progress)
     dev = resolve_device(device)

@@ -53,7 +53,7 @@ import seaborn as sns
 import torch
 from matplotlib import pyplot as plt
 
-from avgn.data.build import build_dataset
+from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import environment_report
 from avgn.evaluate import ModelPredictor, evaluate_run, evaluate_sets, example_maps, load_eval_set, token_confusion
 from avgn.experiment import get_experiment, profile_table
@@ -89,8 +89,9 @@ profile_table(methods=("avgn",))
 # `runs_dir`, is only read back.
 
 # %%
-build_dataset(profile=profile, seed=0, out=data_dir, progress=False)
-summary = train(exp, data_dir, run_dir, seed=seed, device=device, resume=True, progress=False)
+data = dataset_dir(data_dir, profile, seed)  # where chapter 1 builds the benchmark
+build_dataset(profile=profile, seed=seed, out=data, progress=False)
+summary = train(exp, data, run_dir, seed=seed, device=device, resume=True, progress=False)
 run = load_run(run_dir)
 hist = run["history"]
 print(f"run folder: {run_dir}")
@@ -188,16 +189,17 @@ prf.pivot_table(index="epoch", columns=["what", "metric"], values="value").round
 
 # %%
 model, _, info = load_trained_model(run_dir, checkpoint="best", device=device)
-store = FeatureStore(data_dir, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
-val_sets = [load_eval_set(data_dir, name, exp.inputs, store) for name in exp.inputs.val_sets]
+store = FeatureStore(data, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
+val_sets = [load_eval_set(data, name, exp.inputs, store) for name in exp.inputs.val_sets]
 val_eval = evaluate_sets(ModelPredictor(model, "avgn", next(model.parameters()).device), val_sets, exp.eval, keep_predictions=True)
 conf = token_confusion(list(val_eval["predictions"].values()))
 names = run["config"]["class_names"]
-present = conf.sum(1) > 0
-conf_df = pd.DataFrame(conf[present][:, present], index=np.array(names)[present], columns=np.array(names)[present])
+rows_keep = conf.sum(1) > 0  # classes with sounding sources in the val sets
+cols_keep = rows_keep | (conf.sum(0) > 0)  # ... and every class the classifier answered
+share = conf[rows_keep] / conf[rows_keep].sum(1, keepdims=True)
+conf_df = pd.DataFrame(share[:, cols_keep], index=np.array(names)[rows_keep], columns=np.array(names)[cols_keep])
 fig, ax = plt.subplots(figsize=(8, 6.5))
-sns.heatmap(conf_df / conf_df.sum(1).to_numpy()[:, None], cmap="viridis", vmin=0, vmax=1, square=True, ax=ax,
-            cbar_kws={"label": "share of the class's sources"})
+sns.heatmap(conf_df, cmap="viridis", vmin=0, vmax=1, square=True, ax=ax, cbar_kws={"label": "share of the class's sources"})
 ax.set(xlabel="token classifier's answer", ylabel="class of the sounding source")
 save_figure(fig, "02_token_confusion", figures_dir)
 plt.close(fig)
@@ -247,8 +249,8 @@ def show_examples(items, title, name):
 
 n_show = 3
 for split_name, fig_name in (("val", "02_maps_val"), ("test", "02_maps_test")):
-    items = example_maps(model, exp, data_dir, f"{split_name}/duet/scene", range(n_show), store=store, device=device)
-    items_c = example_maps(model, exp, data_dir, f"{split_name}/duet/concat", range(2), store=store, device=device)
+    items = example_maps(model, exp, data, f"{split_name}/duet/scene", range(n_show), store=store, device=device)
+    items_c = example_maps(model, exp, data, f"{split_name}/duet/concat", range(2), store=store, device=device)
     show_examples(items, f"{split_name}: two sources in one frame", fig_name + "_scene")
     show_examples(items_c, f"{split_name}: two frames side by side (concat)", fig_name + "_concat")
 

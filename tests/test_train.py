@@ -182,6 +182,21 @@ def test_baselines_train_and_write_results(fake_build, tmp_path, method):
     assert exp.method == method and info["seed"] == 0 and not model.training
 
 
+def test_image_input_path_with_a_trainable_backbone(fake_build, tmp_path):
+    """The gpu profile's path: images through a trainable backbone, bf16 autocast, channels-last."""
+    exp = _tiny(**{
+        "train.epochs": 1, "train.solo_items": 6, "train.concat_items": 0, "train.scene_items": 0,
+        "train.bf16": True, "train.channels_last": True,
+        "inputs.cached_features": False, "model.encoder.freeze_visual": False,
+        "inputs.val_sets": ["val/duet/concat"],
+    })
+    s = train(exp, fake_build, tmp_path / "img", seed=0, device="cpu", progress=False)
+    assert s["finished"] and s["trainable_parameters"] > 3_000_000  # the backbone trains
+    info = ck.read_checkpoint_info(tmp_path / "img")
+    assert info["exclude_prefixes"] == []  # a trained backbone is saved
+    assert set(s["val"]) == {"val/duet/concat"}
+
+
 def test_run_files_and_token_metrics(fake_build, tmp_path):
     run = tmp_path / "avgn"
     s = train(_tiny(**{"train.epochs": 1, "train.bf16": True, "train.channels_last": True}), fake_build, run, seed=0, device="cpu", progress=False)
@@ -189,6 +204,15 @@ def test_run_files_and_token_metrics(fake_build, tmp_path):
         assert (run / name).is_file(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["command"].startswith("avgn train --method avgn --profile smoke --seed 0 --data ")
+    # the printed command rebuilds exactly this configuration
+    import shlex
+
+    from avgn.cli import _parse_sets
+
+    argv = shlex.split(cfg["command"])
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    rebuilt = get_experiment("avgn", "smoke", **_parse_sets(sets))
+    assert rebuilt.with_num_classes(cfg["experiment"]["model"]["num_classes"]).fingerprint() == cfg["fingerprint"]
     row = json.loads((run / "history.json").read_text())[0]
     assert {"loc", "token", "audio_cls", "visual_cls", "total"} <= set(row["train"])
     pred = row["val"]["val/duet/scene"]["predicted"]
