@@ -4,6 +4,7 @@
     avgn data build --profile P --seed S --out DIR
     avgn train --method avgn|ezvsl|mal --profile P --seed S --data DIR --out RUN_DIR [--resume]
     avgn eval RUN_DIR --split test                 evaluate a trained run (its best checkpoint)
+    avgn eval RUN_DIR --set object_prior_alpha=0.4 --out DIR   ... with an inference-time model change
     avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
 """
 
@@ -74,7 +75,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not args.run_dir:
             raise SystemExit("avgn eval needs RUN_DIR (or --reference)")
         payload = evaluate_run(args.run_dir, split, sets=args.sets, checkpoint=args.checkpoint, data_dir=args.data,
-                               device=args.device, progress=not args.quiet)
+                               device=args.device, progress=not args.quiet, model_overrides=_parse_sets(args.set) or None,
+                               out_dir=args.out)
     df = results_frame(payload["results"])
     if len(df):
         table = df.pivot_table(index=["set", "mode"], columns="metric", values="value", sort=False)
@@ -123,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--reference", choices=["centre", "object"], default=None, help="evaluate a non-learned reference")
     p_eval.add_argument("--profile", choices=PROFILES, default="cpu", help="inputs of the reference (with --reference)")
     p_eval.add_argument("--data", default=None, help="the built benchmark (default: the run's)")
-    p_eval.add_argument("--out", default=None, help="output folder of a reference evaluation")
+    p_eval.add_argument("--out", default=None, help="output folder of a reference evaluation, or of a run evaluated with --set")
+    p_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="inference-time model setting, e.g. object_prior_alpha=0.4 (needs --out)")
     p_eval.add_argument("--device", default="auto")
     p_eval.add_argument("--quiet", action="store_true")
     p_eval.set_defaults(func=_cmd_eval)

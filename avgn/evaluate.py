@@ -614,18 +614,30 @@ def evaluate_run(
     modes: Sequence[str] = MODES,
     write: bool = True,
     progress: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split`` (all its ``task/layout`` sets, or ``sets`` by name).
 
     Loads the run's configuration and its ``best`` (validation-selected) checkpoint, and writes
     ``eval_<split>.json`` / ``.csv`` / ``_samples.csv`` into the run folder (the same library calls
     as the notebooks and ``avgn eval RUN_DIR --split test``).
+
+    ``model_overrides`` scores the trained weights with inference-time changes to the model
+    configuration (:func:`avgn.train.load_trained_model`; e.g. EZ-VSL with the object-prior fusion
+    ``{"object_prior_alpha": 0.4}``). Such an evaluation is a different variant, so it must be
+    written to its own ``out_dir`` (never beside the run's own evaluation).
     """
     from avgn.env import git_revision, resolve_device
     from avgn.train import load_trained_model
 
     run_dir = Path(run_dir)
-    model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device)
+    if model_overrides and write and out_dir is None:
+        raise ValueError(
+            f"evaluate_run({run_dir}, model_overrides={model_overrides}): give an out_dir for the modified model's "
+            "evaluation, so it does not replace the run's own eval files"
+        )
+    model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device, model_overrides=model_overrides)
     data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
     dev = resolve_device(device)
     names = list(sets) if sets is not None else list_sets(data_dir, split)
@@ -647,10 +659,13 @@ def evaluate_run(
         "seconds": ev["seconds"],
         "items": ev["items"],
         "eval_config": exp.to_dict()["eval"],
+        "model_overrides": dict(model_overrides or {}),
         "results": ev["results"],
     }
     if write:
-        payload["files"] = {k: str(v) for k, v in _write_eval(run_dir, _split_tag(split), payload, ev["rows"], {"method": exp.method, "profile": exp.profile, "seed": info.get("seed")}).items()}
+        dest = Path(out_dir) if out_dir is not None else run_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        payload["files"] = {k: str(v) for k, v in _write_eval(dest, _split_tag(split), payload, ev["rows"], {"method": exp.method, "profile": exp.profile, "seed": info.get("seed")}).items()}
     return payload
 
 

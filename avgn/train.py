@@ -259,9 +259,17 @@ def experiment_overrides(exp: Experiment) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if json.dumps(base.get(k)) != json.dumps(v) and k != "model.num_classes"}
 
 
-def eval_command(run_dir: str | Path, split: str = "test") -> str:
-    """The ``avgn eval`` command line that evaluates a run on ``split``."""
-    return " ".join(shlex.quote(c) for c in ["avgn", "eval", _rel(Path(run_dir)), "--split", split])
+def eval_command(run_dir: str | Path, split: str = "test", model_overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None) -> str:
+    """The ``avgn eval`` command line that evaluates a run on ``split`` (optionally with
+    inference-time model changes, written to ``out_dir``)."""
+    import json
+
+    cmd = ["avgn", "eval", _rel(Path(run_dir)), "--split", split]
+    for k, v in (model_overrides or {}).items():
+        cmd += ["--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+    if out_dir is not None:
+        cmd += ["--out", _rel(Path(out_dir))]
+    return " ".join(shlex.quote(c) for c in cmd)
 
 
 def _data_identity(data_dir: Path) -> dict[str, Any]:
@@ -306,8 +314,15 @@ def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(run_dir / "history.csv", pd.DataFrame([_flatten("", h, {}) for h in history]).to_csv(index=False))
 
 
-def load_trained_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> tuple[torch.nn.Module, Experiment, dict[str, Any]]:
+def load_trained_model(
+    run_dir: str | Path, checkpoint: str = "best", device: str = "auto", model_overrides: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, Experiment, dict[str, Any]]:
     """Rebuild a run's model from ``config.json`` and load checkpoint ``checkpoint`` (eval mode).
+
+    ``model_overrides`` changes inference-time fields of the model configuration before the
+    weights are loaded, e.g. ``{"object_prior_alpha": 0.4}`` scores a trained EZ-VSL with the
+    object-prior fusion of its test script. A field that changes the architecture makes the
+    checkpoint fail to load (a clear error naming the missing / unexpected weights).
 
     Returns ``(model, experiment, info)`` with ``info``: ``seed``, ``data_dir``, ``checkpoint_epoch``.
     """
@@ -322,6 +337,8 @@ def load_trained_model(run_dir: str | Path, checkpoint: str = "best", device: st
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train it first with `avgn train`")
     cfg = json.loads(cfg_path.read_text())
     exp = Experiment.from_dict(cfg["experiment"])
+    if model_overrides:
+        exp = exp.with_overrides(**{f"model.{k}": v for k, v in model_overrides.items()})
     model = build_model(exp.method, exp.model)
     info = load_checkpoint(run_dir, model, name=checkpoint)
     if info is None:

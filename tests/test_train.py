@@ -182,6 +182,29 @@ def test_baselines_train_and_write_results(fake_build, tmp_path, method):
     assert exp.method == method and info["seed"] == 0 and not model.training
 
 
+def test_ezvsl_scored_with_and_without_the_object_prior(fake_build, tmp_path):
+    """One trained EZ-VSL, two evaluations: the plain AV map and the object-prior fusion (alpha)."""
+    from avgn.evaluate import evaluate_run
+
+    run = tmp_path / "ezvsl"
+    train(_tiny("ezvsl", **{"train.epochs": 1}), fake_build, run, seed=0, device="cpu", progress=False)
+    sets = ["val/duet/concat"]
+    with pytest.raises(ValueError, match="out_dir"):
+        evaluate_run(run, "val", sets=sets, device="cpu", progress=False, model_overrides={"object_prior_alpha": 0.4})
+    plain = evaluate_run(run, "val", sets=sets, device="cpu", progress=False)
+    fused = evaluate_run(run, "val", sets=sets, device="cpu", progress=False,
+                         model_overrides={"object_prior_alpha": 0.4}, out_dir=tmp_path / "ogl")
+    assert (tmp_path / "ogl" / "eval_val.csv").is_file() and fused["model_overrides"] == {"object_prior_alpha": 0.4}
+    a, b = plain["results"]["val/duet/concat"]["oracle"], fused["results"]["val/duet/concat"]["oracle"]
+    assert a["cap"] != b["cap"]  # the fusion changes the maps
+    # alpha = 1 is the AV map itself after min-max normalisation: AP is rank-based, so it is unchanged
+    # (up to ties created by float32 rounding)
+    same = evaluate_run(run, "val", sets=sets, device="cpu", progress=False, write=False, model_overrides={"object_prior_alpha": 1.0})
+    assert same["results"]["val/duet/concat"]["oracle"]["cap"] == pytest.approx(a["cap"], abs=1e-6)  # float32 rounding of min-max
+    with pytest.raises(Exception, match="dim|size|shape"):
+        evaluate_run(run, "val", sets=sets, device="cpu", progress=False, write=False, model_overrides={"dim": 8})
+
+
 def test_image_input_path_with_a_trainable_backbone(fake_build, tmp_path):
     """The gpu profile's path: images through a trainable backbone, bf16 autocast, channels-last."""
     exp = _tiny(**{
