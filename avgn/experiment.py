@@ -76,6 +76,11 @@ __all__ = [
     "Experiment",
     "get_experiment",
     "profile_table",
+    "Variant",
+    "MAIN_VARIANTS",
+    "DEPTH_VARIANTS",
+    "ASSIGNMENT_VARIANTS",
+    "LOSS_VARIANTS",
 ]
 
 METHODS = ("avgn", "ezvsl", "mal")
@@ -351,3 +356,66 @@ def profile_table(methods: tuple[str, ...] = METHODS, profiles: tuple[str, ...] 
                 }
             )
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# the variants the book compares
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """A named configuration compared in the book.
+
+    Attributes:
+        label: the name in tables and figures.
+        method: ``avgn`` | ``ezvsl`` | ``mal``.
+        overrides: training-time changes to the profile's experiment, as ``(dotted field, value)``
+            pairs (:meth:`Experiment.with_overrides`); a variant with overrides trains its own runs.
+        eval_overrides: inference-time changes to the model configuration, ``(field, value)``
+            pairs, applied to the *trained weights of the variant without them* (e.g. EZ-VSL's
+            object-prior fusion ``alpha``): no extra training.
+        name: the folder of the variant's runs / evaluations, ``<runs>/variants/<name>``; ``None``
+            for the method's plain runs (``<runs>/<profile>/<method>-seed<S>``).
+    """
+
+    label: str
+    method: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    eval_overrides: tuple[tuple[str, Any], ...] = ()
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if (self.overrides or self.eval_overrides) and not self.name:
+            raise ValueError(f"variant {self.label!r} changes the configuration, so it needs its own folder name")
+
+    @property
+    def training(self) -> "Variant":
+        """The variant whose runs hold the weights (itself, less any inference-time change)."""
+        if not self.eval_overrides:
+            return self
+        return Variant(self.label, self.method, self.overrides, (), self.name if self.overrides else None)
+
+
+#: Chapter 3: every method, and the two readings of AVGN's and EZ-VSL's public code.
+MAIN_VARIANTS: tuple[Variant, ...] = (
+    Variant("AVGN", "avgn"),
+    Variant("AVGN (public-code target)", "avgn", overrides=(("model.loc_target", "public"),), name="avgn-public"),
+    Variant("EZ-VSL", "ezvsl"),
+    Variant("EZ-VSL + object prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ezvsl-ogl"),
+    Variant("Mix-and-Localize", "mal"),
+)
+#: Chapter 4: depth of the per-modality transformers (the profile's own depth is the plain AVGN run).
+DEPTH_VARIANTS: tuple[Variant, ...] = tuple(
+    Variant(f"depth {d}", "avgn", overrides=(("model.depth", d),), name=f"avgn-depth{d}") for d in (1, 3, 6, 12)
+)
+#: Chapter 4: how features are assigned to class tokens (Softmax is the plain AVGN run).
+ASSIGNMENT_VARIANTS: tuple[Variant, ...] = (
+    Variant("Hard-Softmax", "avgn", overrides=(("model.assignment", "hard"),), name="avgn-hard"),
+    Variant("Gumbel-Softmax", "avgn", overrides=(("model.assignment", "gumbel"),), name="avgn-gumbel"),
+)
+#: Chapter 4: losses removed (Eq. 10 against the public-code target is in :data:`MAIN_VARIANTS`).
+LOSS_VARIANTS: tuple[Variant, ...] = (
+    Variant("without token loss", "avgn", overrides=(("model.w_token", 0.0),), name="avgn-no-token"),
+    Variant("without presence losses", "avgn", overrides=(("model.w_audio_cls", 0.0), ("model.w_visual_cls", 0.0)), name="avgn-no-presence"),
+)

@@ -57,6 +57,9 @@ __all__ = [
     "reproduce_command",
     "eval_command",
     "run_experiment",
+    "variant_dirs",
+    "run_variant",
+    "collect_variants",
     "load_run",
 ]
 
@@ -660,3 +663,70 @@ def run_experiment(
                 continue
         evals[split] = evaluate_run(run_dir, split, device=device, progress=progress)
     return {"run": summary, "eval": evals}
+
+
+# --------------------------------------------------------------------------------------------------
+# named variants (the book's comparisons)
+# --------------------------------------------------------------------------------------------------
+def variant_dirs(variant: Any, runs_dir: str | Path, profile: str, seed: int) -> tuple[Path, Path]:
+    """``(run_dir, eval_dir)`` of an :class:`avgn.experiment.Variant`: where its weights are trained
+    and where its evaluations are written (the same folder unless it only changes inference)."""
+    runs_dir = Path(runs_dir)
+    tv = variant.training
+    root = runs_dir / "variants" / tv.name if tv.name else runs_dir
+    run_dir = run_dir_for(root, variant.method, profile, seed)
+    if not variant.eval_overrides:
+        return run_dir, run_dir
+    return run_dir, run_dir_for(runs_dir / "variants" / variant.name, variant.method, profile, seed)
+
+
+def run_variant(
+    variant: Any,
+    profile: str,
+    seed: int,
+    data_dir: str | Path,
+    runs_dir: str | Path,
+    *,
+    device: str = "auto",
+    eval_splits: Sequence[str] = ("test",),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or reuse) the runs of ``variant`` and evaluate them on ``eval_splits`` (finished
+    evaluations of the same checkpoint are reused). Returns ``{"run_dir", "eval_dir", "commands"}``
+    with the shell commands that reproduce the run and its evaluation."""
+    import json
+
+    from avgn.evaluate import evaluate_run
+
+    run_dir, eval_dir = variant_dirs(variant, runs_dir, profile, seed)
+    overrides = dict(variant.overrides) or None
+    data_dir = Path(data_dir)
+    train(variant.method, data_dir, run_dir, seed=seed, profile=profile, device=device, resume=True, progress=progress, overrides=overrides)
+    best = read_checkpoint_info(run_dir, "best")
+    ev_over = dict(variant.eval_overrides) or None
+    commands = [reproduce_command(variant.method, profile, seed, data_dir, run_dir, overrides)]
+    for split in eval_splits:
+        path = eval_dir / f"eval_{split}.json"
+        prev = json.loads(path.read_text()) if path.is_file() else None
+        if not (prev and best is not None and prev.get("checkpoint_epoch") == best["epoch"]
+                and prev.get("model_overrides", {}) == (ev_over or {})):
+            evaluate_run(run_dir, split, device=device, progress=progress, model_overrides=ev_over,
+                         out_dir=eval_dir if ev_over else None)
+        commands.append(eval_command(run_dir, split, ev_over, eval_dir if ev_over else None))
+    return {"run_dir": run_dir, "eval_dir": eval_dir, "commands": commands}
+
+
+def collect_variants(variants: Sequence[Any], runs_dir: str | Path, profile: str, seeds: Sequence[int], split: str = "test"):
+    """The long results table (:func:`avgn.evaluate.collect_results` columns, plus ``variant``) of
+    ``variants`` over ``seeds``; a missing evaluation is an error naming the command that makes it."""
+    import pandas as pd
+
+    frames = []
+    for v in variants:
+        for s in seeds:
+            _, eval_dir = variant_dirs(v, runs_dir, profile, s)
+            path = eval_dir / f"eval_{split}.csv"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: run `run_variant` for {v.label!r} seed {s} (split {split}) first")
+            frames.append(pd.read_csv(path).assign(variant=v.label, seed=s))
+    return pd.concat(frames, ignore_index=True)

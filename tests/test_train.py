@@ -205,6 +205,31 @@ def test_ezvsl_scored_with_and_without_the_object_prior(fake_build, tmp_path):
         evaluate_run(run, "val", sets=sets, device="cpu", progress=False, write=False, model_overrides={"dim": 8})
 
 
+def test_variants_share_weights_when_only_inference_changes(fake_build, tmp_path, monkeypatch):
+    """An inference-only variant scores its base run's weights and writes its own evaluation."""
+    import avgn.train as tr
+    from avgn.experiment import Variant
+
+    monkeypatch.setattr(tr, "get_experiment", lambda m, p="smoke", **o: _tiny(m, **{"train.epochs": 1, **o}))
+    base = Variant("EZ-VSL", "ezvsl")
+    ogl = Variant("EZ-VSL + prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ogl")
+    runs = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match="run_variant"):
+        tr.collect_variants([base], runs, "smoke", [0], split="val")
+    a = tr.run_variant(base, "smoke", 0, fake_build, runs, device="cpu", eval_splits=("val",), progress=False)
+    b = tr.run_variant(ogl, "smoke", 0, fake_build, runs, device="cpu", eval_splits=("val",), progress=False)
+    assert a["run_dir"] == b["run_dir"] == runs / "smoke" / "ezvsl-seed0"  # one training run
+    assert b["eval_dir"] == runs / "variants" / "ogl" / "smoke" / "ezvsl-seed0"
+    assert not (b["eval_dir"] / "config.json").exists() and (b["eval_dir"] / "eval_val.json").is_file()
+    assert "--set object_prior_alpha=0.4" in b["commands"][-1] and "--out" in b["commands"][-1]
+    df = tr.collect_variants([base, ogl], runs, "smoke", [0], split="val")
+    assert set(df["variant"]) == {"EZ-VSL", "EZ-VSL + prior"}
+    cap = df[(df["metric"] == "cap") & (df["mode"] == "oracle")].groupby("variant")["value"].mean()
+    assert cap["EZ-VSL"] != cap["EZ-VSL + prior"]
+    with pytest.raises(ValueError, match="folder name"):
+        Variant("x", "avgn", overrides=(("model.depth", 3),))
+
+
 def test_image_input_path_with_a_trainable_backbone(fake_build, tmp_path):
     """The gpu profile's path: images through a trainable backbone, bf16 autocast, channels-last."""
     exp = _tiny(**{
