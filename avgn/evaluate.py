@@ -69,6 +69,8 @@ __all__ = [
     "list_sets",
     "EvalSet",
     "load_eval_set",
+    "is_composed",
+    "composed_concat_set",
     "Predictor",
     "ModelPredictor",
     "ReferencePredictor",
@@ -161,6 +163,37 @@ def _slim(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: Items of a composed ``concat`` set (three or four frames side by side, chapter 5).
+COMPOSED_ITEMS = 200
+
+
+def is_composed(name: SetName | str) -> bool:
+    """Whether ``name`` is a composed ``concat`` set: ``<split>/trio/concat`` or
+    ``<split>/quartet/concat``. The build holds ``concat`` duets only; trios and quartets of frames
+    are composed from the split's solo scenes by :func:`composed_concat_set`."""
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    return sn.layout == "concat" and sn.n_sources > 2
+
+
+def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_items: int | None = None):
+    """A deterministic evaluation set of ``n`` solo frames of ``n`` different classes side by side
+    (224 x 224·n), their recorded clips mixed with the build's gains and noise settings: item ``i``
+    is always the same (seed fixed by the set name), so every method sees the same mixtures. The
+    sources keep the scenes' own clips (no resampling), as in the built test sets. ``n_items``
+    defaults to :data:`COMPOSED_ITEMS` (200, the size of the built trio / quartet sets)."""
+    import zlib
+
+    from avgn.data.datasets import OnTheFlyMixtureDataset
+
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    if not is_composed(sn):
+        raise ValueError(f"{sn} is not a composed concat set (use layout 'concat' with task 'trio' or 'quartet')")
+    seed = zlib.crc32(str(sn).encode()) % 2**31
+    n_items = COMPOSED_ITEMS if n_items is None else int(n_items)
+    return OnTheFlyMixtureDataset(data_dir, split=sn.split, layout="concat", n_sources=sn.n_sources, seed=seed,
+                                  resample_audio=False, length=n_items, spec=spec, max_sources=sn.n_sources)
+
+
 def load_eval_set(
     data_dir: str | Path,
     name: str | SetName,
@@ -172,7 +205,8 @@ def load_eval_set(
     workers: int | None = None,
 ) -> EvalSet:
     """Load evaluation set ``name`` with the spectrogram / feature settings of ``inputs``
-    (:class:`avgn.experiment.InputConfig`).
+    (:class:`avgn.experiment.InputConfig`). Composed ``concat`` trios / quartets
+    (:func:`is_composed`) are built on the fly, deterministically.
 
     Args:
         store: a :class:`avgn.features.FeatureStore` if ``inputs.cached_features`` (images are then
@@ -187,7 +221,10 @@ def load_eval_set(
     from avgn.features import CachedFeatureDataset, collate_samples
 
     sn = SetName.parse(name) if isinstance(name, str) else name
-    ds: Any = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=inputs.spec, max_sources=sn.n_sources)
+    if is_composed(sn):
+        ds: Any = composed_concat_set(data_dir, sn, inputs.spec)
+    else:
+        ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=inputs.spec, max_sources=sn.n_sources)
     class_names = ds.class_names
     if inputs.cached_features:
         if store is None:
@@ -806,7 +843,10 @@ def example_maps(
     from avgn.features import collate_samples
 
     sn = SetName.parse(set_name)
-    ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=exp.inputs.spec, max_sources=sn.n_sources)
+    if is_composed(sn):
+        ds: Any = composed_concat_set(data_dir, sn, exp.inputs.spec)
+    else:
+        ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=exp.inputs.spec, max_sources=sn.n_sources)
     samples = [ds[i] for i in indices]
     batch = collate_samples([{k: v for k, v in s.items() if k != "audio"} for s in samples])
     if exp.inputs.cached_features:

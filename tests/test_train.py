@@ -295,3 +295,36 @@ def test_smoke_profile_avgn_beats_the_centre_prior(tmp_path_factory):
     cap_centre = centre["results"]["val/duet/concat"]["oracle"]["cap"]
     assert summary["best_epoch"] >= 1
     assert cap > cap_centre + 0.05, (cap, cap_centre)
+
+
+def test_composed_concat_sets_are_deterministic_and_well_formed(fake_build, tmp_path, monkeypatch):
+    """Trios / quartets of frames side by side: distinct classes, each mask inside its own frame,
+    the same items on every load, and scored like any other set."""
+    from avgn.evaluate import composed_concat_set, is_composed, list_sets
+
+    exp = _tiny()
+    assert is_composed("test/trio/concat") and not is_composed("test/trio/scene") and not is_composed("test/duet/concat")
+    assert "test/trio/concat" not in list_sets(fake_build, "test")  # composed, not built
+    for task, n in (("trio", 3), ("quartet", 4)):
+        a = composed_concat_set(fake_build, f"test/{task}/concat", exp.inputs.spec, n_items=5)
+        b = composed_concat_set(fake_build, f"test/{task}/concat", exp.inputs.spec, n_items=5)
+        for i in range(5):
+            x, y = a[i], b[i]
+            assert torch.equal(x["spec"], y["spec"]) and x["meta"]["scene_ids"] == y["meta"]["scene_ids"]
+            assert x["image"].shape[-1] == n * x["image"].shape[-2] and x["meta"]["task"] == task
+            cls = x["classes"][: int(x["n_sources"])].tolist()
+            assert int(x["n_sources"]) == n and len(set(cls)) == n
+            w = x["image"].shape[-2]
+            for k in range(n):  # source k's mask lies in frame k only
+                cols = x["masks"][k].any(0).nonzero().flatten()
+                assert len(cols) and cols.min() >= k * w and cols.max() < (k + 1) * w
+    with pytest.raises(ValueError, match="concat"):
+        composed_concat_set(fake_build, "test/trio/scene", exp.inputs.spec)
+    run = tmp_path / "avgn"
+    train(_tiny(**{"train.epochs": 1}), fake_build, run, seed=0, device="cpu", progress=False)
+    import avgn.evaluate as ev_mod
+
+    monkeypatch.setattr(ev_mod, "COMPOSED_ITEMS", 12)
+    ev = ev_mod.evaluate_run(run, "test", sets=["test/trio/concat"], device="cpu", progress=False, write=False)
+    r = ev["results"]["test/trio/concat"]["oracle"]
+    assert 0.0 <= r["cap"] <= 1.0 and ev["items"] == 12

@@ -368,9 +368,10 @@ class OnTheFlyMixtureDataset(Dataset):
     Args:
         root: build folder.
         split: the split whose scenes and clip-pool part are used (``train``; ``val`` for checks).
-        layout: ``concat`` (two solo scenes side by side, 224 x 448) or ``scene`` (a pre-built duet
-            scene, 224 x 224, with new gains and clips).
-        n_sources: 2 (mixtures) or 1 (the solo scenes alone, ``concat`` ignored).
+        layout: ``concat`` (``n_sources`` solo scenes of different classes side by side,
+            224 x 224·n) or ``scene`` (a pre-built duet scene, 224 x 224, with new gains and clips).
+        n_sources: 1 (the solo scenes alone, ``concat`` ignored), 2 (mixtures), or 3 / 4 (``concat``
+            only: the composed trio / quartet test sets of chapter 5; the draw for 2 is unchanged).
         seed: base seed; item ``i`` of epoch ``e`` draws from ``default_rng([seed, e, i])``.
         resample_audio: draw each source's clip from its class's clip pool (else the scene's clip).
         gain_db_range, noise_prob, noise_snr_db: default to the build's settings.
@@ -397,8 +398,10 @@ class OnTheFlyMixtureDataset(Dataset):
     ):
         if layout not in ("concat", "scene"):
             raise ValueError(f"layout must be 'concat' or 'scene', got {layout!r}")
-        if n_sources not in (1, 2):
-            raise ValueError(f"n_sources must be 1 or 2, got {n_sources}")
+        if n_sources not in (1, 2, 3, 4):
+            raise ValueError(f"n_sources must be 1, 2, 3 or 4, got {n_sources}")
+        if n_sources > 2 and layout != "concat":
+            raise ValueError(f"{n_sources} sources need layout 'concat' (pre-built scenes hold duets), got {layout!r}")
         self.data = d = _BuildData(root)
         df = d.df
         self.split, self.layout, self.n_sources = split, layout, n_sources
@@ -420,8 +423,8 @@ class OnTheFlyMixtureDataset(Dataset):
         self.pool_classes = np.unique(solo_cls)
         self.pools = {int(c): np.flatnonzero(solo_cls == c) for c in self.pool_classes}
         self._solo_cls = solo_cls
-        if n_sources == 2 and layout == "concat" and len(self.pool_classes) < 2:
-            raise ValueError(f"split {split!r} has solo scenes of {len(self.pool_classes)} class(es); need >= 2")
+        if n_sources >= 2 and layout == "concat" and len(self.pool_classes) < n_sources:
+            raise ValueError(f"split {split!r} has solo scenes of {len(self.pool_classes)} class(es); need >= {n_sources}")
         if n_sources == 2 and layout == "scene" and len(self.duets) == 0:
             raise ValueError(f"split {split!r} has no pre-built duet scenes")
         if n_sources == 1 or layout == "concat":
@@ -478,6 +481,12 @@ class OnTheFlyMixtureDataset(Dataset):
                 rows.append(self.solo.iloc[int(pool[int(rng.integers(len(pool)))])])
                 if rng.random() < 0.5:
                     rows.reverse()
+            elif self.n_sources > 2:  # distinct partner classes, then a random frame order
+                others = self.pool_classes[self.pool_classes != int(a.class_ids[0])]
+                for pc in rng.choice(others, size=self.n_sources - 1, replace=False):
+                    pool = self.pools[int(pc)]
+                    rows.append(self.solo.iloc[int(pool[int(rng.integers(len(pool)))])])
+                rows = [rows[j] for j in rng.permutation(len(rows))]
             frames = [read_image(d.path(r.image_path)) for r in rows]
             image = torch.cat(frames, dim=-1)
             W = image.shape[-1]
@@ -492,7 +501,7 @@ class OnTheFlyMixtureDataset(Dataset):
                 class_ids.append(int(r.class_ids[0]))
                 paths.append(self._clip_path(rng, r, 0))
             scene_ids = [r.scene_id for r in rows]
-            layout = "concat" if len(rows) == 2 else "scene"
+            layout = "concat" if len(rows) >= 2 else "scene"
         else:
             r = self.duets.iloc[i % self.anchors]
             image = read_image(d.path(r.image_path))
@@ -515,7 +524,7 @@ class OnTheFlyMixtureDataset(Dataset):
         meta = {
             "scene_id": "+".join(scene_ids),
             "split": self.split,
-            "task": "solo" if S == 1 else "duet",
+            "task": {1: "solo", 2: "duet", 3: "trio", 4: "quartet"}[S],
             "layout": layout,
             "class_names": [self.class_names[c] for c in class_ids],
             "scene_ids": scene_ids,

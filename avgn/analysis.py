@@ -1,0 +1,247 @@
+"""Analyses beyond the protocol's summary numbers (chapters 04–06).
+
+* :func:`predict_run` / :func:`predict_reference`: the raw predictions (maps, presence
+  probabilities) of a trained run or a non-learned reference on named evaluation sets, kept in
+  memory so that they can be re-scored without another forward pass.
+* :func:`binarization_sweep`: the same predictions scored under other binarisation rules /
+  thresholds (AP does not depend on them; cIoU, IoU@θ, CIoU@θ and AUC do), and
+  :func:`ranking_table`: how the order of the methods changes with the rule.
+* :func:`class_presence_table`: per scene and class, whether the class sounds, is a visible but
+  silent distractor, or is absent, with AVGN's audio presence probability and the peak of the
+  class's map — how often a silent distractor gets a confident map.
+* :func:`presence_by_sources`: presence precision / recall / F1 and count accuracy by number of
+  sources.
+* :func:`class_embeddings`: AVGN's class-aware audio and visual embeddings of the sounding sources
+  (for t-SNE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avgn.config import EvalConfig
+from avgn.evaluate import (
+    ModelPredictor,
+    ReferencePredictor,
+    SetPredictions,
+    _store_for,
+    load_eval_set,
+    predict_set,
+    score_set,
+)
+
+__all__ = [
+    "DEFAULT_RULES",
+    "binarization_sweep",
+    "class_embeddings",
+    "class_presence_table",
+    "mean_std_table",
+    "predict_reference",
+    "predict_run",
+    "presence_summary",
+    "ranking_table",
+]
+
+#: The binarisation rules of the sensitivity study: ``(rule, value)``; ``top_fraction 0.5`` is the
+#: AVGN / EZ-VSL median rule (the book's protocol), ``fixed`` thresholds the min-max normalised map.
+DEFAULT_RULES: tuple[tuple[str, float], ...] = (
+    ("top_fraction", 0.1), ("top_fraction", 0.25), ("top_fraction", 0.5), ("top_fraction", 0.75),
+    ("fixed", 0.3), ("fixed", 0.5), ("fixed", 0.7),
+)
+
+
+def mean_std_table(
+    results,
+    set_name: str,
+    metrics: Sequence[str],
+    *,
+    rows: Sequence[str] = ("variant", "mode"),
+    order: Sequence[str] | None = None,
+    scale: float = 100.0,
+    digits: int = 1,
+):
+    """A paper-style table from long results (``variant, seed, set, mode, metric, value``): one
+    row per ``rows`` combination, one column per metric, cells ``"mean ± std"`` over seeds
+    (``scale``: 100 gives percentages; a single seed shows the mean alone)."""
+    sub = results[(results["set"] == set_name) & (results["metric"].isin(metrics))]
+    if sub.empty:
+        raise ValueError(f"no {list(metrics)} results for set {set_name!r}")
+    agg = sub.groupby([*rows, "metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    agg["cell"] = [
+        f"{scale * m:.{digits}f} ± {scale * (0.0 if np.isnan(sd) else sd):.{digits}f}" if c > 1 else f"{scale * m:.{digits}f}"
+        for m, sd, c in zip(agg["mean"], agg["std"], agg["count"])
+    ]
+    out = agg.pivot_table(index=list(rows), columns="metric", values="cell", aggfunc="first", sort=False)
+    if order is not None:
+        present = set(out.index.get_level_values(0))
+        out = out.reindex([o for o in order if o in present], level=0) if out.index.nlevels > 1 else out.reindex([o for o in order if o in present])
+    return out[[m for m in metrics if m in out.columns]]
+
+
+def predict_run(
+    run_dir: str | Path,
+    sets: Sequence[str],
+    *,
+    device: str = "auto",
+    data_dir: str | Path | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    checkpoint: str = "best",
+) -> dict[str, SetPredictions]:
+    """Predictions of a trained run (its ``best`` checkpoint) on each set of ``sets``
+    (``{set name: SetPredictions}``; maps ``[N, K, h, w]`` at the model's resolution)."""
+    from avgn.env import resolve_device
+    from avgn.train import load_trained_model
+
+    model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device, model_overrides=model_overrides)
+    data = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
+    store = _store_for(exp, data, sets, device=device)
+    pred = ModelPredictor(model, exp.method, resolve_device(device), bf16=exp.train.bf16, channels_last=exp.train.channels_last)
+    return {n: predict_set(pred, load_eval_set(data, n, exp.inputs, store, materialize=False)) for n in sets}
+
+
+def predict_reference(kind: str, data_dir: str | Path, sets: Sequence[str], *, profile: str = "cpu", device: str = "auto") -> dict[str, SetPredictions]:
+    """Predictions of a non-learned reference (``centre`` | ``object``) on ``sets``."""
+    from avgn.env import resolve_device
+    from avgn.experiment import get_experiment
+
+    if kind not in ("centre", "object"):
+        raise ValueError(f"unknown reference {kind!r}; choose 'centre' or 'object'")
+    exp = get_experiment("avgn", profile)
+    data = Path(data_dir)
+    dev = resolve_device(device)
+    store = _store_for(exp, data, sets, device=device)
+    backbone = None
+    if kind == "object" and store is None:
+        from avgn.models.encoders import VisualEncoder
+
+        backbone = VisualEncoder(exp.inputs.features.encoder_config()).to(dev).eval()
+    pred = ReferencePredictor(kind, backbone=backbone, device=dev)
+    return {n: predict_set(pred, load_eval_set(data, n, exp.inputs, store, materialize=False)) for n in sets}
+
+
+# --------------------------------------------------------------------------------------------------
+# the protocol's sensitivity to the binarisation rule
+# --------------------------------------------------------------------------------------------------
+def binarization_sweep(
+    preds: Mapping[str, SetPredictions],
+    rules: Sequence[tuple[str, float]] = DEFAULT_RULES,
+    *,
+    mode: str = "oracle",
+    base: EvalConfig = EvalConfig(),  # noqa: B008 (frozen)
+):
+    """Score ``preds`` (``{set: SetPredictions}``) under each ``(rule, value)``: a long
+    :class:`pandas.DataFrame` with columns ``set, rule, value, label, metric, score`` (``label`` is
+    e.g. ``"top_fraction 0.5"``). Only the binarisation changes; the IoU thresholds stay those of
+    ``base`` (0.5 for one source, 0.3 for mixtures)."""
+    import pandas as pd
+
+    rows = []
+    for name, p in preds.items():
+        for rule, value in rules:
+            cfg = EvalConfig(mask_size=base.mask_size, binarize_rule=rule, binarize_value=value,
+                             iou_threshold_single=base.iou_threshold_single, iou_threshold_multi=base.iou_threshold_multi)
+            summary, _ = score_set(p, mode, cfg)
+            for metric, score in summary.items():
+                if isinstance(score, (int, float)):
+                    rows.append({"set": name, "rule": rule, "value": value, "label": f"{rule} {value:g}", "metric": metric, "score": float(score)})
+    return pd.DataFrame(rows)
+
+
+def ranking_table(sweep, metric: str, set_name: str, by: str = "method"):
+    """Rank of each ``by`` (1 = best) under every binarisation rule, for one metric and set:
+    rows = ``by``, columns = rule labels (in the order they appear)."""
+    sub = sweep[(sweep["metric"] == metric) & (sweep["set"] == set_name)]
+    if sub.empty:
+        raise ValueError(f"no {metric!r} scores for set {set_name!r} in the sweep")
+    mean = sub.groupby([by, "label"], sort=False)["score"].mean().unstack("label")
+    mean = mean[list(dict.fromkeys(sub["label"]))]
+    return mean.rank(ascending=False, method="min").astype(int)
+
+
+# --------------------------------------------------------------------------------------------------
+# sounding, silent-but-visible and absent classes
+# --------------------------------------------------------------------------------------------------
+def class_presence_table(p: SetPredictions, data_dir: str | Path, class_names: Sequence[str]):
+    """Per scene and class of a class-aware (AVGN) prediction: the class's ``role`` (``sounding``,
+    ``distractor`` = pasted in the frame but silent, ``absent``), its audio presence probability
+    ``presence``, whether predicted selection gives it a map (``selected``: presence >= 0.5 or the
+    scene's most probable class), and ``map_peak``: the maximum of its raw map (cosine similarity).
+
+    Returns a :class:`pandas.DataFrame` with one row per (scene, class)."""
+    import pandas as pd
+
+    from avgn.data.manifest import load_manifest
+
+    if p.kind != "class_aware" or p.audio_probs is None:
+        raise ValueError(f"class_presence_table needs a class-aware prediction with presence probabilities, got kind {p.kind!r}")
+    df = load_manifest(data_dir).set_index("scene_id")
+    missing = [s for s in p.scene_ids if s not in df.index]
+    if missing:
+        raise KeyError(f"{len(missing)} scene(s) of {p.name} are not in the manifest of {data_dir} (first: {missing[:3]})")
+    index = {c: i for i, c in enumerate(class_names)}
+    probs = p.audio_probs.float()
+    top = probs.argmax(1)
+    peaks = p.maps.float().flatten(2).amax(-1)  # [N, C]
+    rows = []
+    for i, sid in enumerate(p.scene_ids):
+        r = df.loc[sid]
+        sounding = {index[c] for c in r["classes"]}
+        distract = {index[c] for c in r["distractor_classes"] if c in index} - sounding
+        for c in range(probs.shape[1]):
+            role = "sounding" if c in sounding else "distractor" if c in distract else "absent"
+            pr = float(probs[i, c])
+            rows.append({"scene_id": sid, "set": str(p.name), "n_sources": len(sounding), "class": class_names[c], "role": role,
+                         "presence": pr, "selected": pr >= 0.5 or int(top[i]) == c, "map_peak": float(peaks[i, c])})
+    return pd.DataFrame(rows)
+
+
+def presence_summary(table):
+    """Per set and role: the share of classes that predicted selection gives a map (``selected``),
+    the mean presence probability and the mean map peak (from :func:`class_presence_table`)."""
+    g = table.groupby(["set", "n_sources", "role"])
+    out = g.agg(share_selected=("selected", "mean"), mean_presence=("presence", "mean"), mean_map_peak=("map_peak", "mean"), pairs=("selected", "size"))
+    return out.reset_index()
+
+
+# --------------------------------------------------------------------------------------------------
+# class-aware embeddings
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = "auto", max_items: int | None = None):
+    """AVGN's class-aware embeddings of every sounding source of ``sets``: for a source of class
+    ``c``, the audio embedding ``g^a_c`` and the visual embedding ``g^v_c`` of its scene.
+
+    Returns ``(audio [M, D], visual [M, D], labels [M])`` as numpy arrays (``labels``: class ids)
+    and the class names."""
+    from avgn.env import resolve_device
+    from avgn.evaluate import model_inputs
+    from avgn.train import load_trained_model
+
+    model, exp, info = load_trained_model(run_dir, device=device)
+    if exp.method != "avgn":
+        raise ValueError(f"class_embeddings needs an AVGN run, {run_dir} is {exp.method!r}")
+    dev = resolve_device(device)
+    data = Path(info["data_dir"])
+    store = _store_for(exp, data, sets, device=device)
+    auds, viss, labs = [], [], []
+    names: Sequence[str] = ()
+    for n in sets:
+        es = load_eval_set(data, n, exp.inputs, store, materialize=False, max_items=max_items)
+        names = es.class_names
+        for batch in es.batches():
+            out = model(**model_inputs(batch, dev))
+            ga, gv = out["audio_emb"].float().cpu(), out["visual_emb"].float().cpu()  # [B, C, D]
+            cls = batch["classes"].long()
+            b, s = torch.nonzero(cls >= 0, as_tuple=True)
+            c = cls[b, s]
+            auds.append(ga[b, c])
+            viss.append(gv[b, c])
+            labs.append(c)
+    if not labs:
+        raise ValueError(f"no sounding sources in {list(sets)}")
+    return torch.cat(auds).numpy(), torch.cat(viss).numpy(), torch.cat(labs).numpy(), list(names)

@@ -1,0 +1,273 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Ablations: what in AVGN matters
+#
+# The paper's ablation table (its Table 4) varies two things on MUSIC-Solo and MUSIC-Duet: the depth
+# of the per-modality transformers (1, 3, 6, 12 blocks; 3 is the paper's choice) and how features are
+# assigned to class tokens (Softmax, the default; Hard-Softmax with a straight-through gradient;
+# Gumbel-Softmax). This chapter reruns both on the embedded benchmark, adds a loss ablation (without
+# the token loss, without the presence losses, and the paper's Eq. 10 against the localization target
+# of the released code), and asks how much the evaluation protocol itself — the rule that turns a
+# map into a mask — decides which method "wins".
+#
+# Every variant is one configuration change from the `cpu` profile's AVGN (`avgn.experiment`:
+# `DEPTH_VARIANTS`, `ASSIGNMENT_VARIANTS`, `LOSS_VARIANTS`), trained by the same engine with the same
+# data, budget and validation-based model selection, and scored on the test split. The plain AVGN
+# runs of chapter 3 are the reference row of every table (their depth is the profile's, 2 for
+# `cpu`). Seeds: the ablations use the first `n_ablation_seeds` training seeds of the profile (two
+# on `cpu`, to fit the chapter's compute budget on two CPU cores); tables show mean ± std over them.
+
+# %% tags=["parameters"]
+profile = "cpu"
+seed = 0
+device = "auto"
+data_dir = "../data/embedded"
+runs_dir = "../data/runs"
+figures_dir = "../figures"
+n_ablation_seeds = 2
+
+# %%
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import seaborn as sns
+from matplotlib import pyplot as plt
+
+from avgn.analysis import DEFAULT_RULES, binarization_sweep, mean_std_table, predict_reference, predict_run, ranking_table
+from avgn.config import get_profile
+from avgn.data.build import build_dataset, dataset_dir
+from avgn.env import seed_everything
+from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, get_experiment
+from avgn.train import collect_variants, run_variant, variant_dirs
+from avgn.viz import save_figure, set_style
+
+cfg = get_profile(profile)
+seeds = list(cfg.seeds)[: max(1, n_ablation_seeds)]
+seed_everything(seed)
+set_style()
+data = dataset_dir(data_dir, profile, seed)
+build_dataset(profile=profile, seed=seed, out=data, progress=False)
+runs = Path(runs_dir)
+base_depth = get_experiment("avgn", profile).model.depth
+main = {v.label: v for v in MAIN_VARIANTS}
+reference = replace(main["AVGN"], label=f"depth {base_depth} (profile default)")
+print(f"profile {profile}: ablation seeds {seeds}; AVGN depth {base_depth}; data {data}; runs {runs}")
+
+# %% [markdown]
+# ## Training the variants
+#
+# `run_variant` trains each variant (or reuses a finished run in `runs_dir`) and evaluates its
+# best-on-validation checkpoint on the test split. The commands printed below reproduce every run
+# from a shell; `python scripts/run_variants.py --group ablations --profile cpu --seeds 0 1` runs the
+# whole queue ahead of this notebook.
+
+# %%
+GROUPS = {
+    "depth": [reference, *DEPTH_VARIANTS],
+    "assignment": [replace(main["AVGN"], label="Softmax (default)"), *ASSIGNMENT_VARIANTS],
+    "loss": [replace(main["AVGN"], label="all losses, Eq. 10 (default)"), *LOSS_VARIANTS,
+             replace(main["AVGN (public-code target)"], label="public-code localization target")],
+}
+for group, variants in GROUPS.items():
+    for s in seeds:
+        for v in variants:
+            out = run_variant(v, profile, s, data, runs, device=device, progress=False)
+            print(f"[{group}] {v.label} / seed {s}: {out['commands'][0]}")
+for v in MAIN_VARIANTS:  # chapter 3's runs (reused): the baselines of the verdicts and of the protocol study
+    for s in cfg.seeds:
+        run_variant(v, profile, s, data, runs, device=device, progress=False)
+results = {g: collect_variants(vs, runs, profile, seeds) for g, vs in GROUPS.items()}
+pd.concat([r.assign(group=g) for g, r in results.items()]).to_csv(runs / profile / "ablations_long.csv", index=False)
+
+# %% [markdown]
+# ## Depth of the per-modality transformers
+#
+# The paper's Table 4 metrics: one source (`test/solo/scene`: AP, IoU@0.5, AUC) and two sources in
+# one frame (`test/duet/scene`, the MUSIC-Duet analogue: CAP, PIAP, CIoU@0.3, AUC), ground-truth
+# (oracle) source selection, in %.
+
+# %%
+SINGLE = ["ap", "iou@0.5", "auc"]
+MULTI = ["cap", "piap", "ciou@0.3", "auc"]
+
+
+def ablation_table(group: str) -> pd.DataFrame:
+    res = results[group][results[group]["mode"] == "oracle"]
+    order = [v.label for v in GROUPS[group]]
+    solo = mean_std_table(res, "test/solo/scene", SINGLE, rows=("variant",), order=order)
+    duet = mean_std_table(res, "test/duet/scene", MULTI, rows=("variant",), order=order)
+    return pd.concat({"one source (solo)": solo, "two sources (duet scene)": duet}, axis=1)
+
+
+depth_order = sorted(GROUPS["depth"], key=lambda v: dict(v.overrides).get("model.depth", base_depth))
+GROUPS["depth"] = depth_order
+ablation_table("depth")
+
+# %%
+def depth_of(label: str) -> int:
+    return int(label.split()[1])
+
+
+plot = results["depth"][(results["depth"]["mode"] == "oracle")
+                        & (((results["depth"]["set"] == "test/solo/scene") & results["depth"]["metric"].isin(["ap", "iou@0.5"]))
+                           | ((results["depth"]["set"] == "test/duet/scene") & results["depth"]["metric"].isin(["cap", "piap", "ciou@0.3"])))]
+plot = plot.assign(depth=plot["variant"].map(depth_of), what=plot["set"].str.split("/").str[1] + " " + plot["metric"])
+fig, ax = plt.subplots(figsize=(7.5, 4))
+sns.pointplot(data=plot, x="depth", y="value", hue="what", errorbar="sd", dodge=0.3, ax=ax, markersize=5)
+ax.set(xlabel="transformer depth (blocks per modality)", ylabel="score (test, oracle selection)",
+       title=f"Depth ablation ({len(seeds)} seed(s), mean ± sd)")
+ax.legend(title="", ncols=2, fontsize=9)
+save_figure(fig, "04_depth", figures_dir)
+plt.close(fig)
+
+# %% [markdown]
+# ```{figure} ../figures/04_depth.png
+# :label: fig-depth
+# :alt: Localization scores against transformer depth 1, 2, 3, 6 and 12
+# Test scores against the depth of the per-modality transformers; points are means over training
+# seeds, bars one standard deviation. The paper reports depth 3 as best.
+# ```
+
+# %% [markdown]
+# ## Assignment of features to class tokens
+#
+# Softmax assigns every feature to all tokens with soft weights; Hard-Softmax takes the arg-max in
+# the forward pass and the softmax gradient in the backward pass (straight-through); Gumbel-Softmax
+# adds Gumbel noise before a hard straight-through assignment during training (soft at test time).
+
+# %%
+ablation_table("assignment")
+
+# %% [markdown]
+# ## Losses
+#
+# Without the token loss the class tokens are free to collapse; without the presence losses nothing
+# tells the class-aware embeddings which classes sound or are visible (predicted source selection
+# then has no meaning, so the tables use oracle selection). The last row trains the localization
+# loss against the raw visual features, as the released code does, instead of the paper's Eq. 10
+# (visual features gated by the class-aware visual embedding).
+
+# %%
+ablation_table("loss")
+
+# %%
+res = results["loss"]
+tok = res[(res["set"] == "test/duet/scene") & (res["mode"] == "predicted") & res["metric"].isin(["token_f1", "presence_f1", "cap"])]
+tok.pivot_table(index="variant", columns="metric", values="value", aggfunc="mean", sort=False).reindex(
+    [v.label for v in GROUPS["loss"]]).round(3)
+
+# %% [markdown]
+# The table above uses **predicted** selection on the duet scenes: `presence_f1` measures how well the
+# presence heads tell which classes sound, `token_f1` how well the token classifier recognises each
+# source's class-aware audio embedding, and `cap` what predicted selection makes of the maps.
+
+# %% [markdown]
+# ## How much the protocol decides: binarisation rule and threshold
+#
+# AP and CAP do not depend on a threshold, but IoU@0.5, CIoU@0.3 and AUC do: the map must be cut into
+# a mask. The book's protocol (chapter 0) uses the median rule of the AVGN and EZ-VSL test scripts
+# (`top_fraction 0.5`: keep the upper half of the min-max normalised map); DSOL and T-VSL use other
+# rules. Here the seed-0 predictions of every method are re-scored under seven rules without another
+# forward pass (`avgn.analysis.binarization_sweep`).
+
+# %%
+sets = ["test/solo/scene", "test/duet/scene"]
+preds = {}
+for v in MAIN_VARIANTS:
+    run_dir, _ = variant_dirs(v, runs, profile, seeds[0])
+    preds[v.label] = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
+for kind, label in (("centre", "centre prior"), ("object", "object prior")):
+    preds[label] = predict_reference(kind, data, sets, profile=profile, device=device)
+sweep = pd.concat([binarization_sweep(p, DEFAULT_RULES).assign(method=m) for m, p in preds.items()], ignore_index=True)
+sweep.to_csv(runs / profile / "binarization_sweep.csv", index=False)
+
+method_order = list(preds)
+panels = [("test/solo/scene", "iou@0.5"), ("test/duet/scene", "ciou@0.3"), ("test/duet/scene", "auc")]
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=False)
+for ax, (set_name, metric) in zip(axes, panels):
+    sub = sweep[(sweep["set"] == set_name) & (sweep["metric"] == metric)]
+    sns.pointplot(data=sub, x="label", y="score", hue="method", hue_order=method_order, ax=ax, markersize=4, linewidth=1.4)
+    ax.set(title=f"{set_name}: {metric}", xlabel="binarisation rule", ylabel=metric)
+    ax.tick_params(axis="x", rotation=45)
+    ax.axvline(2, color="0.6", ls=":", lw=1)  # top_fraction 0.5: the book's protocol
+    if ax is not axes[-1]:
+        ax.get_legend().remove()
+axes[-1].legend(title="", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+save_figure(fig, "04_binarization", figures_dir)
+plt.close(fig)
+
+# %% [markdown]
+# ```{figure} ../figures/04_binarization.png
+# :label: fig-binarization
+# :alt: IoU@0.5, CIoU@0.3 and AUC of every method under seven binarisation rules
+# Threshold-dependent metrics of every method (seed 0) under seven binarisation rules; the dotted line
+# marks the book's protocol (`top_fraction 0.5`). `fixed t` keeps the pixels whose min-max normalised
+# value is at least `t`.
+# ```
+#
+# The rank of each method (1 = best) under each rule, for CIoU@0.3 on the duet scenes:
+
+# %%
+ranks = ranking_table(sweep, "ciou@0.3", "test/duet/scene")
+ranks.reindex(method_order)
+
+# %%
+spread = ranks.max(axis=1) - ranks.min(axis=1)
+print("methods whose rank changes with the rule:", ", ".join(f"{m} ({ranks.loc[m].min()}-{ranks.loc[m].max()})" for m in spread[spread > 0].index) or "none")
+
+# %% [markdown]
+# ## Verdicts on the paper's claims
+#
+# Each claim is checked against the numbers above (means over the ablation seeds; "margin" is the
+# difference in percentage points). A claim counts as reproduced when the ordering holds on both
+# the single-source AP and the duet CAP.
+
+# %%
+def mean_of(df: pd.DataFrame, variant: str, set_name: str, metric: str, mode: str = "oracle") -> float:
+    sel = df[(df["variant"] == variant) & (df["set"] == set_name) & (df["metric"] == metric) & (df["mode"] == mode)]
+    return float(sel["value"].mean())
+
+
+verdicts = []
+dep = results["depth"]
+for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap")):
+    scores = {v.label: mean_of(dep, v.label, set_name, metric) for v in GROUPS["depth"]}
+    best = max(scores, key=scores.get)
+    verdicts.append({"claim": "depth 3 is best", "evidence": f"{set_name} {metric}: best is {best} ({100 * scores[best]:.1f}); depth 3: {100 * scores['depth 3']:.1f}",
+                     "holds": best == "depth 3"})
+asg = results["assignment"]
+for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap")):
+    soft, hard = mean_of(asg, "Softmax (default)", set_name, metric), mean_of(asg, "Hard-Softmax", set_name, metric)
+    verdicts.append({"claim": "Softmax beats Hard-Softmax by a large margin", "evidence": f"{set_name} {metric}: {100 * soft:.1f} vs {100 * hard:.1f} (margin {100 * (soft - hard):+.1f})",
+                     "holds": soft - hard >= 0.05})
+main_res = collect_variants(MAIN_VARIANTS, runs, profile, list(cfg.seeds))  # chapter 3: all seeds
+for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
+    avgn_score = mean_of(main_res, "AVGN", set_name, metric)
+    others = {v.label: mean_of(main_res, v.label, set_name, metric) for v in MAIN_VARIANTS if v.method != "avgn"}
+    best_other = max(others, key=others.get)
+    verdicts.append({"claim": "AVGN beats the baselines", "evidence": f"{set_name} {metric}: AVGN {100 * avgn_score:.1f} vs best baseline {best_other} {100 * others[best_other]:.1f}",
+                     "holds": avgn_score > others[best_other]})
+verdict_df = pd.DataFrame(verdicts)
+verdict_df.to_csv(runs / profile / "ablation_verdicts.csv", index=False)
+summary = verdict_df.groupby("claim", sort=False)["holds"].agg(["all", "any"])
+summary["verdict"] = ["reproduces" if a else "partly (one metric)" if y else "does not reproduce" for a, y in zip(summary["all"], summary["any"])]
+display(verdict_df)
+summary[["verdict"]]
+
+# %% [markdown]
+# The verdicts above are computed, not written by hand: rerunning the chapter with more seeds or
+# another profile updates them. On the `cpu` profile the models are small (D = 128) and trained for
+# four short epochs on frozen, cached backbone features, so a claim that does not reproduce here is
+# a statement about this budget and this benchmark, not a refutation of the paper; with only two
+# seeds per ablation, differences smaller than the standard deviations in the tables are not
+# evidence either way.

@@ -1,0 +1,58 @@
+"""Train and evaluate a group of the book's variants ahead of executing the chapters.
+
+The chapters call the same :func:`avgn.train.run_variant` and reuse finished runs, so running this
+first (e.g. in the background, or on another machine with the same data) only moves the work:
+
+    python scripts/run_variants.py --group main --profile cpu                  # chapter 3
+    python scripts/run_variants.py --group ablations --profile cpu --seeds 0 1 # chapter 4
+    python scripts/run_variants.py --group main --splits test_style test_audio test_real  # chapter 5
+
+Runs go to ``data/runs`` and the data to ``data/embedded/<profile>`` (the chapters' defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from avgn.config import get_profile
+    from avgn.data.build import build_dataset, dataset_dir
+    from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS
+    from avgn.train import run_variant
+
+    groups = {
+        "main": MAIN_VARIANTS,
+        "depth": DEPTH_VARIANTS,
+        "assignment": ASSIGNMENT_VARIANTS,
+        "loss": LOSS_VARIANTS,
+        "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
+    }
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--group", choices=sorted(groups), required=True)
+    p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the profile's seeds")
+    p.add_argument("--splits", nargs="+", default=["test"])
+    p.add_argument("--data-dir", default=str(ROOT / "data" / "embedded"))
+    p.add_argument("--runs-dir", default=str(ROOT / "data" / "runs"))
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+
+    seeds = args.seeds if args.seeds is not None else list(get_profile(args.profile).seeds)
+    data = dataset_dir(args.data_dir, args.profile, 0)
+    build_dataset(profile=args.profile, seed=0, out=data, progress=False)
+    for s in seeds:  # every variant of seed 0 first: a partial queue still gives complete comparisons
+        for v in groups[args.group]:
+            t0 = time.perf_counter()
+            out = run_variant(v, args.profile, s, data, args.runs_dir, device=args.device, eval_splits=args.splits, progress=False)
+            print(f"[{v.label} / seed {s}] {time.perf_counter() - t0:.0f} s\n  " + "\n  ".join(out["commands"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
