@@ -76,7 +76,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise SystemExit("avgn eval needs RUN_DIR (or --reference)")
         payload = evaluate_run(args.run_dir, split, sets=args.sets, checkpoint=args.checkpoint, data_dir=args.data,
                                device=args.device, progress=not args.quiet, model_overrides=_parse_sets(args.set) or None,
-                               out_dir=args.out)
+                               out_dir=args.out, tag=args.tag)
     df = results_frame(payload["results"])
     if len(df):
         table = df.pivot_table(index=["set", "mode"], columns="metric", values="value", sort=False)
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--profile", choices=PROFILES, default="cpu", help="inputs of the reference (with --reference)")
     p_eval.add_argument("--data", default=None, help="the built benchmark (default: the run's)")
     p_eval.add_argument("--out", default=None, help="output folder of a reference evaluation, or of a run evaluated with --set")
+    p_eval.add_argument("--tag", default=None, help="name of the output files eval_<tag>.* (default: the split)")
     p_eval.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="inference-time model setting, e.g. object_prior_alpha=0.4 (needs --out)")
     p_eval.add_argument("--device", default="auto")

@@ -653,8 +653,12 @@ def evaluate_run(
     progress: bool = True,
     model_overrides: dict[str, Any] | None = None,
     out_dir: str | Path | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split`` (all its ``task/layout`` sets, or ``sets`` by name).
+
+    ``tag`` names the output files ``eval_<tag>.*`` (default: the split), e.g. to keep an
+    evaluation on chosen ``sets`` apart from the split's full one.
 
     Loads the run's configuration and its ``best`` (validation-selected) checkpoint, and writes
     ``eval_<split>.json`` / ``.csv`` / ``_samples.csv`` into the run folder (the same library calls
@@ -690,6 +694,7 @@ def evaluate_run(
         "checkpoint": checkpoint,
         "checkpoint_epoch": info.get("checkpoint_epoch"),
         "split": _split_tag(split),
+        "tag": tag or _split_tag(split),
         "sets": names,
         "git_revision": git_revision(),
         "device": str(dev),
@@ -702,7 +707,7 @@ def evaluate_run(
     if write:
         dest = Path(out_dir) if out_dir is not None else run_dir
         dest.mkdir(parents=True, exist_ok=True)
-        payload["files"] = {k: str(v) for k, v in _write_eval(dest, _split_tag(split), payload, ev["rows"], {"method": exp.method, "profile": exp.profile, "seed": info.get("seed")}).items()}
+        payload["files"] = {k: str(v) for k, v in _write_eval(dest, tag or _split_tag(split), payload, ev["rows"], {"method": exp.method, "profile": exp.profile, "seed": info.get("seed")}).items()}
     return payload
 
 

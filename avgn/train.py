@@ -262,7 +262,10 @@ def experiment_overrides(exp: Experiment) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if json.dumps(base.get(k)) != json.dumps(v) and k != "model.num_classes"}
 
 
-def eval_command(run_dir: str | Path, split: str = "test", model_overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None) -> str:
+def eval_command(
+    run_dir: str | Path, split: str = "test", model_overrides: dict[str, Any] | None = None, out_dir: str | Path | None = None,
+    sets: Sequence[str] | None = None, tag: str | None = None,
+) -> str:
     """The ``avgn eval`` command line that evaluates a run on ``split`` (optionally with
     inference-time model changes, written to ``out_dir``)."""
     import json
@@ -272,6 +275,10 @@ def eval_command(run_dir: str | Path, split: str = "test", model_overrides: dict
         cmd += ["--set", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     if out_dir is not None:
         cmd += ["--out", _rel(Path(out_dir))]
+    if sets:
+        cmd += ["--sets", *sets]
+    if tag and tag != split:
+        cmd += ["--tag", tag]
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -689,11 +696,14 @@ def run_variant(
     *,
     device: str = "auto",
     eval_splits: Sequence[str] = ("test",),
+    eval_sets: dict[str, Sequence[str]] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (or reuse) the runs of ``variant`` and evaluate them on ``eval_splits`` (finished
-    evaluations of the same checkpoint are reused). Returns ``{"run_dir", "eval_dir", "commands"}``
-    with the shell commands that reproduce the run and its evaluation."""
+    """Train (or reuse) the runs of ``variant`` and evaluate them on ``eval_splits`` (all sets of
+    each split, written as ``eval_<split>.*``) and on ``eval_sets`` (``{tag: [set names]}``,
+    written as ``eval_<tag>.*``). Finished evaluations of the same checkpoint are reused.
+    Returns ``{"run_dir", "eval_dir", "commands"}`` with the shell commands that reproduce the run
+    and its evaluations."""
     import json
 
     from avgn.evaluate import evaluate_run
@@ -705,27 +715,32 @@ def run_variant(
     best = read_checkpoint_info(run_dir, "best")
     ev_over = dict(variant.eval_overrides) or None
     commands = [reproduce_command(variant.method, profile, seed, data_dir, run_dir, overrides)]
-    for split in eval_splits:
-        path = eval_dir / f"eval_{split}.json"
+    jobs: list[tuple[str, str | list[str], list[str] | None]] = [(sp, sp, None) for sp in eval_splits]
+    jobs += [(tag, sorted({n.split("/")[0] for n in names}), list(names)) for tag, names in (eval_sets or {}).items()]
+    for tag, split, sets in jobs:
+        path = eval_dir / f"eval_{tag}.json"
         prev = json.loads(path.read_text()) if path.is_file() else None
         if not (prev and best is not None and prev.get("checkpoint_epoch") == best["epoch"]
-                and prev.get("model_overrides", {}) == (ev_over or {})):
-            evaluate_run(run_dir, split, device=device, progress=progress, model_overrides=ev_over,
-                         out_dir=eval_dir if ev_over else None)
-        commands.append(eval_command(run_dir, split, ev_over, eval_dir if ev_over else None))
+                and prev.get("model_overrides", {}) == (ev_over or {}) and (sets is None or prev.get("sets") == sets)):
+            evaluate_run(run_dir, split, sets=sets, device=device, progress=progress, model_overrides=ev_over,
+                         out_dir=eval_dir if ev_over else None, tag=tag)
+        commands.append(eval_command(run_dir, split if isinstance(split, str) else split[0], ev_over, eval_dir if ev_over else None, sets=sets, tag=tag))
     return {"run_dir": run_dir, "eval_dir": eval_dir, "commands": commands}
 
 
-def collect_variants(variants: Sequence[Any], runs_dir: str | Path, profile: str, seeds: Sequence[int], split: str = "test"):
+def collect_variants(variants: Sequence[Any], runs_dir: str | Path, profile: str, seeds: Sequence[int], split: str = "test", samples: bool = False):
     """The long results table (:func:`avgn.evaluate.collect_results` columns, plus ``variant``) of
-    ``variants`` over ``seeds``; a missing evaluation is an error naming the command that makes it."""
+    ``variants`` over ``seeds``; a missing evaluation is an error naming the command that makes it.
+    ``split`` is the evaluation's tag (``eval_<split>.csv``); ``samples=True`` reads the per-source
+    rows instead (``eval_<split>_samples.csv``: ``set, mode, scene_id, source, class_id, ap, ciou,
+    has_map``)."""
     import pandas as pd
 
     frames = []
     for v in variants:
         for s in seeds:
             _, eval_dir = variant_dirs(v, runs_dir, profile, s)
-            path = eval_dir / f"eval_{split}.csv"
+            path = eval_dir / (f"eval_{split}_samples.csv" if samples else f"eval_{split}.csv")
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: run `run_variant` for {v.label!r} seed {s} (split {split}) first")
             frames.append(pd.read_csv(path).assign(variant=v.label, seed=s))

@@ -226,6 +226,13 @@ def test_variants_share_weights_when_only_inference_changes(fake_build, tmp_path
     assert set(df["variant"]) == {"EZ-VSL", "EZ-VSL + prior"}
     cap = df[(df["metric"] == "cap") & (df["mode"] == "oracle")].groupby("variant")["value"].mean()
     assert cap["EZ-VSL"] != cap["EZ-VSL + prior"]
+    # chosen sets under a tag of their own, beside the split's evaluation
+    c = tr.run_variant(ogl, "smoke", 0, fake_build, runs, device="cpu", eval_splits=(), progress=False,
+                       eval_sets={"duets": ["val/duet/concat"]})
+    assert (c["eval_dir"] / "eval_duets.json").is_file() and (c["eval_dir"] / "eval_val.json").is_file()
+    assert "--tag duets" in c["commands"][-1] and "--sets val/duet/concat" in c["commands"][-1]
+    rows = tr.collect_variants([ogl], runs, "smoke", [0], split="duets", samples=True)
+    assert {"scene_id", "ap", "ciou", "has_map"} <= set(rows.columns) and set(rows["set"]) == {"val/duet/concat"}
     with pytest.raises(ValueError, match="folder name"):
         Variant("x", "avgn", overrides=(("model.depth", 3),))
 
