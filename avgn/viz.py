@@ -51,3 +51,62 @@ def set_style() -> None:
 
     sns.set_theme(style="whitegrid", context="notebook")
     plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "axes.titleweight": "bold"})
+
+
+#: Outline colours of the ground-truth sources (source 1, 2, 3, 4), readable on photos and icons.
+SOURCE_COLOURS = ("#ff2d2d", "#2dd4ff", "#ffe12d", "#b62dff")
+#: The colour map of every localization map in the book (0 = lowest similarity, 1 = highest,
+#: after per-map min-max normalisation).
+MAP_CMAP = "jet"
+
+
+def show_frame(ax, image, masks=None, title: str | None = None) -> None:
+    """Draw a frame ``image [3, H, W]`` (float in [0, 1]) with the outlines of ``masks [S, H, W]``
+    in :data:`SOURCE_COLOURS` order."""
+    import numpy as np
+
+    img = image.permute(1, 2, 0).numpy() if hasattr(image, "permute") else np.asarray(image)
+    ax.imshow(img)
+    for k, m in enumerate(masks if masks is not None else []):
+        m = m.numpy() if hasattr(m, "numpy") else np.asarray(m)
+        if m.any():
+            ax.contour(m.astype(float), levels=[0.5], colors=[SOURCE_COLOURS[k % len(SOURCE_COLOURS)]], linewidths=1.4)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(False)
+    ax.axis("off")
+
+
+def qualitative_grid(samples: list[dict], methods: list[str], title: str | None = None) -> Figure:
+    """The paper's Figure 6 layout: one row per (sample, source); columns: the frame with every
+    source's outline, then the map each method gives that source (outlined: the source's mask).
+
+    Args:
+        samples: dicts with ``image [3, H, W]``, ``masks [S, H, W]``, ``class_names`` (S), and
+            ``maps``: ``{method: [S, H, W]}`` (min-max normalised) and ``ap``: ``{method: [S]}``.
+        methods: the column order.
+
+    Returns:
+        the figure (rows = sum of sources, columns = 1 + len(methods)).
+    """
+    rows = [(i, k) for i, s in enumerate(samples) for k in range(len(s["class_names"]))]
+    wide = samples[0]["image"].shape[-1] / samples[0]["image"].shape[-2]
+    fig, axes = plt.subplots(len(rows), 1 + len(methods), figsize=(2.4 * wide * (1 + len(methods)), 2.5 * len(rows)), squeeze=False)
+    for r, (i, k) in enumerate(rows):
+        s = samples[i]
+        colour = SOURCE_COLOURS[k % len(SOURCE_COLOURS)]
+        show_frame(axes[r, 0], s["image"], s["masks"], f"{s.get('label', '')} source {k + 1}: {s['class_names'][k]}".strip())
+        axes[r, 0].title.set_color(colour)
+        img = s["image"].permute(1, 2, 0).numpy()
+        for c, m in enumerate(methods):
+            ax = axes[r, c + 1]
+            ax.imshow(img)
+            ax.imshow(s["maps"][m][k].numpy(), cmap=MAP_CMAP, alpha=0.5, vmin=0, vmax=1)
+            ax.contour(s["masks"][k].numpy().astype(float), levels=[0.5], colors="white", linewidths=1.2)
+            ax.set_title(f"{m}: AP {s['ap'][m][k]:.2f}", fontsize=9)
+            ax.grid(False)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,241 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5. A flexible number of sources
+#
+# AVGN's selling point is that it localizes "a flexible number of sources": one class token per
+# class, so a mixture of three or four sounds needs no retraining, whereas Mix-and-Localize has a
+# fixed number of audio slots (K = 2 here) and EZ-VSL a single map. Every model of chapter 3 was
+# trained on mixtures of **at most two** sources. This chapter tests them on 1, 2, 3 and 4 sources:
+#
+# * **scenes**: all sounding objects in one 224 x 224 frame, with silent distractors
+#   (`test/{solo,duet,trio,quartet}/scene`, built in chapter 1);
+# * **concatenated frames**: one object per frame, n frames side by side (`test/duet/concat` is
+#   built; the trios and quartets of frames, `test/{trio,quartet}/concat`, are composed
+#   deterministically from the test split's solo scenes by `avgn.evaluate.composed_concat_set`).
+#
+# It then asks how well AVGN hears *which* classes sound (presence precision / recall / F1 and
+# source counting), whether visible but silent objects fool it, and how every method fares under
+# three domain shifts.
+
+# %% tags=["parameters"]
+profile = "cpu"
+seed = 0
+device = "auto"
+data_dir = "../data/embedded"
+runs_dir = "../data/runs"
+figures_dir = "../figures"
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import pyplot as plt
+
+from avgn.analysis import class_presence_table, predict_run, presence_summary
+from avgn.config import get_profile
+from avgn.data.build import build_dataset, dataset_dir
+from avgn.env import seed_everything
+from avgn.experiment import MAIN_VARIANTS, get_experiment
+from avgn.train import collect_variants, load_run, run_variant, variant_dirs
+from avgn.viz import save_figure, set_style
+
+cfg = get_profile(profile)
+seeds = list(cfg.seeds)
+seed_everything(seed)
+set_style()
+data = dataset_dir(data_dir, profile, seed)
+build_dataset(profile=profile, seed=seed, out=data, progress=False)
+runs = Path(runs_dir)
+K = get_experiment("mal", profile).model.num_sources
+print(f"profile {profile}: seeds {seeds}; Mix-and-Localize slots K = {K}; data {data}; runs {runs}")
+
+# %% [markdown]
+# ## Evaluating the trained models on more sources
+#
+# The runs are chapter 3's (reused from `runs_dir`, trained if missing). Besides the test split's
+# own sets, each run is scored on the composed trios and quartets of frames (`eval_composed.*`) and
+# on the three domain-shift splits (`eval_test_style.*`, `eval_test_audio.*`, `eval_test_real.*`).
+
+# %%
+COMPOSED = {"composed": ["test/trio/concat", "test/quartet/concat"]}
+SHIFTS = ["test_style", "test_audio", "test_real"]
+for v in MAIN_VARIANTS:
+    for s in seeds:
+        out = run_variant(v, profile, s, data, runs, device=device, progress=False,
+                          eval_splits=("test", *SHIFTS), eval_sets=COMPOSED)
+        print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
+res = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t) for t in ("test", "composed")], ignore_index=True)
+rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t, samples=True) for t in ("test", "composed")], ignore_index=True)
+
+# %% [markdown]
+# ## Localization against the number of sources
+#
+# CAP, PIAP and CIoU@0.3 are mixture metrics; for one source they reduce to the AP of its map and
+# the share of sources whose cIoU reaches 0.3, computed here from the per-source rows so that the
+# n = 1 point is on the same scale. AVGN is shown with oracle and with predicted source selection;
+# the class-agnostic methods give the same numbers in both modes. Mix-and-Localize has K = 2 slots:
+# with three or four sources the unmatched sources score 0 (its CAP is moreover an oracle-matched
+# number: chapter 3).
+
+# %%
+NSRC = {"solo": 1, "duet": 2, "trio": 3, "quartet": 4}
+
+
+def curve_frame(res: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    parts = res[["variant", "seed", "set", "mode", "metric", "value"]].copy()
+    parts = parts[parts["metric"].isin(["cap", "piap", "ciou@0.3"])]
+    solo = rows[rows["set"].str.contains("/solo/")]
+    per = solo.groupby(["variant", "seed", "set", "mode"]).agg(ap=("ap", "mean"), c=("ciou", lambda x: float(np.mean(np.asarray(x) >= 0.3))))
+    per = per.reset_index()
+    extra = pd.concat([per.assign(metric=m, value=per["ap"]) for m in ("cap", "piap")] + [per.assign(metric="ciou@0.3", value=per["c"])])
+    out = pd.concat([parts, extra[parts.columns]], ignore_index=True)
+    out["n_sources"] = out["set"].str.split("/").str[1].map(NSRC)
+    out["layout"] = out["set"].str.split("/").str[2]
+    out["method"] = np.where(out["variant"].str.startswith("AVGN"), out["variant"] + " · " + out["mode"], out["variant"])
+    # class-agnostic methods: one line (both modes are identical)
+    return out[(out["variant"].str.startswith("AVGN")) | (out["mode"] == "oracle")]
+
+
+curves = curve_frame(res, rows)
+curves.to_csv(runs / profile / "sources_curves.csv", index=False)
+order = [m for m in ["AVGN · oracle", "AVGN · predicted", "AVGN (public-code target) · oracle", "AVGN (public-code target) · predicted",
+                     "EZ-VSL", "EZ-VSL + object prior", "Mix-and-Localize"] if m in set(curves["method"])]
+grid = sns.relplot(data=curves, x="n_sources", y="value", hue="method", hue_order=order, col="metric", row="layout",
+                   col_order=["cap", "piap", "ciou@0.3"], row_order=["scene", "concat"], kind="line", marker="o",
+                   errorbar="sd", height=3.0, aspect=1.15, facet_kws={"sharey": False})
+grid.set(xticks=[1, 2, 3, 4])
+grid.set_axis_labels("sounding sources in the mixture", "score (test)")
+grid.set_titles("{row_name}: {col_name}")
+for ax in grid.axes.flat:
+    ax.axvspan(2.5, 4.5, color="0.92", zorder=0)
+save_figure(grid.figure, "05_sources", figures_dir)
+plt.close(grid.figure)
+
+# %% [markdown]
+# ```{figure} ../figures/05_sources.png
+# :label: fig-sources
+# :alt: CAP, PIAP and CIoU@0.3 against the number of sources for every method
+# Localization against the number of sounding sources (top: objects in one frame with silent
+# distractors; bottom: frames side by side). The grey band marks source counts never seen in
+# training. Lines are means over training seeds, bands one standard deviation.
+# ```
+
+# %%
+tab = curves.groupby(["layout", "method", "n_sources", "metric"])["value"].mean().unstack(["n_sources"]).round(3)
+tab.loc[(slice(None), order, "cap"), :].droplevel("metric")
+
+# %% [markdown]
+# ## Which classes sound: presence and counting
+#
+# With predicted selection AVGN decides which classes sound from its audio presence probabilities
+# (threshold 0.5, at least one). Precision, recall and F1 of that decision over all (scene, class)
+# pairs, and how often the number of predicted classes equals the number of sources:
+
+# %%
+avgn_variants = [v.label for v in MAIN_VARIANTS if v.method == "avgn"]
+pres = res[res["variant"].isin(avgn_variants) & (res["mode"] == "predicted")
+           & res["metric"].isin(["presence_precision", "presence_recall", "presence_f1", "count_acc"])].copy()
+pres["n_sources"] = pres["set"].str.split("/").str[1].map(NSRC)
+pres["layout"] = pres["set"].str.split("/").str[2]
+grid = sns.relplot(data=pres, x="n_sources", y="value", hue="metric", style="layout", col="variant", kind="line", marker="o",
+                   errorbar="sd", height=3.2, aspect=1.2)
+grid.set(xticks=[1, 2, 3, 4], ylim=(0, 1.02))
+grid.set_axis_labels("sounding sources in the mixture", "")
+grid.set_titles("{col_name}")
+save_figure(grid.figure, "05_presence", figures_dir)
+plt.close(grid.figure)
+pres.groupby(["variant", "layout", "n_sources", "metric"])["value"].agg(["mean", "std"]).unstack("metric").round(3)
+
+# %% [markdown]
+# ```{figure} ../figures/05_presence.png
+# :label: fig-presence
+# :alt: Presence precision, recall, F1 and count accuracy against the number of sources
+# AVGN's presence decision (predicted source selection) against the number of sounding sources.
+# ```
+
+# %% [markdown]
+# ## Silent distractors
+#
+# Scenes contain pasted objects of other classes that make no sound. For every (scene, class) pair
+# of AVGN's seed-0 predictions on the scene sets, the class is **sounding**, a **distractor**
+# (visible, silent) or **absent**. "Gets a map" means predicted selection selects the class; the
+# map peak is the maximum cosine similarity of the class's map.
+
+# %%
+scene_sets = [f"test/{t}/scene" for t in NSRC]
+avgn_run, _ = variant_dirs(MAIN_VARIANTS[0], runs, profile, seeds[0])
+preds = predict_run(avgn_run, scene_sets, device=device)
+class_names = load_run(avgn_run)["config"]["class_names"]
+roles = pd.concat([class_presence_table(p, data, class_names) for p in preds.values()], ignore_index=True)
+summ = presence_summary(roles)
+summ.pivot_table(index=["set", "n_sources"], columns="role", values="share_selected").reindex(columns=["sounding", "distractor", "absent"]).round(3)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+sns.boxplot(data=roles, x="n_sources", y="map_peak", hue="role", hue_order=["sounding", "distractor", "absent"], ax=axes[0], fliersize=1)
+axes[0].set(xlabel="sounding sources", ylabel="peak of the class's map (cosine)", title="map confidence by role")
+sns.barplot(data=roles, x="n_sources", y="selected", hue="role", hue_order=["sounding", "distractor", "absent"], ax=axes[1], errorbar=None)
+axes[1].set(xlabel="sounding sources", ylabel="share given a map (predicted selection)", title="selected as sounding", ylim=(0, 1))
+save_figure(fig, "05_distractors", figures_dir)
+plt.close(fig)
+
+# %% [markdown]
+# ```{figure} ../figures/05_distractors.png
+# :label: fig-distractors
+# :alt: Map peaks and selection rates of sounding, distractor and absent classes
+# Left: the peak of each class's map, by whether the class sounds, is a visible silent distractor,
+# or is absent. Right: how often predicted selection gives the class a map. A model that "hears what
+# it sees" would select distractors more often than absent classes.
+# ```
+
+# %%
+d = roles[roles["role"] != "sounding"].groupby("role")[["selected", "map_peak"]].mean()
+print(f"distractor selected: {d.loc['distractor', 'selected']:.3f} vs absent class: {d.loc['absent', 'selected']:.3f}; "
+      f"mean map peak: distractor {d.loc['distractor', 'map_peak']:.3f} vs absent {d.loc['absent', 'map_peak']:.3f} "
+      f"vs sounding {roles.loc[roles['role'] == 'sounding', 'map_peak'].mean():.3f}")
+
+# %% [markdown]
+# ## Domain shift
+#
+# Three held-out test splits from chapter 1: **test_style** (every object drawn in an icon style never
+# seen in training: Twemoji), **test_audio** (every sound rendered with a soundfont never heard in
+# training: MuseScore General), **test_real** (only real recordings and photographs). Scores relative
+# to the in-domain test split:
+
+# %%
+shift = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=sp) for sp in ["test", *SHIFTS]], ignore_index=True)
+key = shift[(shift["mode"] == "oracle") & (((shift["task"] == "solo") & (shift["metric"] == "ap"))
+                                          | ((shift["task"] == "duet") & (shift["metric"] == "cap")))]
+key = key.assign(what=key["task"] + "/" + key["layout"] + " " + key["metric"])
+table = key.groupby(["variant", "what", "split"])["value"].mean().unstack("split")[["test", *SHIFTS]]
+display((100 * table).round(1))
+rel = key.merge(key[key["split"] == "test"].groupby(["variant", "what"])["value"].mean().rename("in_domain").reset_index(), on=["variant", "what"])
+rel = rel[rel["split"] != "test"].assign(change=lambda d: d["value"] - d["in_domain"])
+grid = sns.catplot(data=rel, x="split", y="change", hue="variant", hue_order=[v.label for v in MAIN_VARIANTS], col="what",
+                   kind="bar", errorbar="sd", height=3.2, aspect=1.05)
+grid.set_axis_labels("", "change against in-domain test")
+grid.set_titles("{col_name}")
+for ax in grid.axes.flat:
+    ax.axhline(0, color="0.3", lw=0.8)
+save_figure(grid.figure, "05_domain_shift", figures_dir)
+plt.close(grid.figure)
+
+# %% [markdown]
+# ```{figure} ../figures/05_domain_shift.png
+# :label: fig-domain-shift
+# :alt: Change in AP and CAP under three domain shifts, per method
+# Change of the single-source AP and the duet CAP (oracle selection) on the three shifted test
+# splits against the in-domain test split; bars are means over training seeds, whiskers one
+# standard deviation.
+# ```
