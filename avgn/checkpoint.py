@@ -37,6 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from avgn import io as _io
+from avgn.io import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported: one atomic writer)
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
@@ -74,16 +77,6 @@ def _atomic(path: Path, write: Callable[[str], None]) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
@@ -102,7 +95,7 @@ def _json_default(obj: Any) -> Any:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (NaN is written as ``NaN``, numpy/tensors as lists)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return _io.atomic_write_json(path, obj, indent=2, default=_json_default)
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
