@@ -1,0 +1,96 @@
+"""avgn.analysis on hand-made predictions: sweeps, rankings, tables, roles of classes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from avgn.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table
+from avgn.config import EvalConfig
+from avgn.evaluate import SetName, SetPredictions, score_set
+
+
+def _pred(kind: str = "shared", n: int = 4, seed: int = 0) -> SetPredictions:
+    """``n`` one-source samples on 16x16: a square mask; a noisy map peaking on it."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, 1, 16, 16, dtype=torch.bool)
+    masks[:, 0, 4:10, 5:11] = True
+    maps = masks.float() + 0.8 * torch.rand(n, 1, 16, 16, generator=g)
+    classes = torch.zeros(n, 1, dtype=torch.long)
+    labels = torch.zeros(n, 3)
+    labels[:, 0] = 1
+    return SetPredictions(SetName.parse("test/solo/scene"), kind, maps, masks, classes, labels, [f"s{i}" for i in range(n)])
+
+
+def test_sweep_at_the_protocol_rule_equals_the_evaluation():
+    p = _pred()
+    sweep = binarization_sweep({"test/solo/scene": p}, [("top_fraction", 0.5), ("fixed", 0.7)])
+    ref, _ = score_set(p, "oracle", EvalConfig())
+    got = sweep[(sweep["label"] == "top_fraction 0.5")].set_index("metric")["score"]
+    for m in ("ap", "iou@0.5", "auc"):
+        assert got[m] == pytest.approx(ref[m], abs=1e-12)
+    # AP does not depend on the rule; the thresholded metrics may
+    ap = sweep[sweep["metric"] == "ap"]["score"]
+    assert ap.max() - ap.min() < 1e-12
+    assert set(sweep["label"]) == {"top_fraction 0.5", "fixed 0.7"}
+
+
+def test_ranking_table_is_exact():
+    sweep = pd.DataFrame(
+        {
+            "set": "s", "metric": "m",
+            "method": ["A", "B", "C"] * 2,
+            "label": ["r1"] * 3 + ["r2"] * 3,
+            "score": [0.9, 0.5, 0.7, 0.2, 0.6, 0.6],
+        }
+    )
+    r = ranking_table(sweep, "m", "s")
+    assert list(r.columns) == ["r1", "r2"]
+    assert r.loc["A"].tolist() == [1, 3] and r.loc["B"].tolist() == [3, 1] and r.loc["C"].tolist() == [2, 1]  # ties share the best rank
+    with pytest.raises(ValueError, match="no 'x' scores"):
+        ranking_table(sweep, "x", "s")
+
+
+def test_mean_std_table_cells():
+    res = pd.DataFrame(
+        {
+            "variant": ["A", "A", "B"], "mode": "oracle", "set": "t", "metric": "ap", "value": [0.5, 0.7, 0.25],
+        }
+    )
+    t = mean_std_table(res, "t", ["ap"], order=["B", "A"])
+    assert t.loc[("A", "oracle"), "ap"] == f"60.0 ± {100 * np.std([0.5, 0.7], ddof=1):.1f}"
+    assert t.loc[("B", "oracle"), "ap"] == "25.0"  # one seed: no std
+    assert list(t.index.get_level_values(0)) == ["B", "A"]
+    with pytest.raises(ValueError, match="no"):
+        mean_std_table(res, "other", ["ap"])
+
+
+def test_class_presence_roles(tmp_path, monkeypatch):
+    """Sounding / distractor / absent from the manifest; selection = presence >= 0.5 or the top class."""
+    import avgn.data.manifest as man
+
+    manifest = pd.DataFrame({"scene_id": ["a", "b"], "classes": [["cat"], ["dog", "cat"]], "distractor_classes": [["dog"], ["cow"]]})
+    monkeypatch.setattr(man, "load_manifest", lambda root, split=None: manifest.copy())
+    names = ["cat", "dog", "cow", "owl"]
+    maps = torch.zeros(2, 4, 2, 2)
+    maps[0, 0, 0, 0], maps[1, 2, 1, 1] = 0.9, 0.4
+    probs = torch.tensor([[0.2, 0.6, 0.1, 0.1], [0.7, 0.3, 0.2, 0.9]])
+    p = SetPredictions(SetName.parse("test/duet/scene"), "class_aware", maps, torch.zeros(2, 2, 2, 2, dtype=torch.bool),
+                       torch.tensor([[0, -1], [1, 0]]), torch.zeros(2, 4), ["a", "b"], audio_probs=probs)
+    t = class_presence_table(p, tmp_path, names).set_index(["scene_id", "class"])
+    assert t.loc[("a", "cat"), "role"] == "sounding" and t.loc[("a", "dog"), "role"] == "distractor" and t.loc[("a", "owl"), "role"] == "absent"
+    assert t.loc[("b", "cow"), "role"] == "distractor" and t.loc[("b", "dog"), "role"] == "sounding"
+    # scene a: dog (0.6) is selected, cat (0.2) is not; scene b: cat (0.7) and owl (0.9)
+    assert t.loc[("a", "dog"), "selected"] and not t.loc[("a", "cat"), "selected"]
+    assert t.loc[("b", "owl"), "selected"] and t.loc[("b", "cat"), "selected"] and not t.loc[("b", "dog"), "selected"]
+    assert t.loc[("a", "cat"), "map_peak"] == pytest.approx(0.9) and t.loc[("b", "cow"), "map_peak"] == pytest.approx(0.4)
+    s = presence_summary(class_presence_table(p, tmp_path, names)).set_index(["set", "n_sources", "role"])
+    assert s.loc[("test/duet/scene", 1, "distractor"), "share_selected"] == 1.0
+    assert s.loc[("test/duet/scene", 2, "absent"), "share_selected"] == 1.0  # owl
+    assert math.isclose(s.loc[("test/duet/scene", 2, "sounding"), "share_selected"], 0.5)
+    with pytest.raises(ValueError, match="class-aware"):
+        class_presence_table(_pred(), tmp_path, names)
