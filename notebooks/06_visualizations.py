@@ -146,7 +146,7 @@ print(f"5-NN class purity: audio {knn_purity(ga, labels):.3f}, visual {knn_purit
 # %% [markdown]
 # ## The same scenes, every method (the paper's Figure 6)
 #
-# Six duet scenes of the test split: the two where seed-0 AVGN's mean AP is highest, two around its
+# Up to six duet scenes of the test split: the two where seed-0 AVGN's mean AP is highest, two around its
 # median and its two worst (failures included on purpose). Each row is one sounding source; each
 # map is min-max normalised (colour map `jet`: blue = lowest similarity in the frame, red = highest;
 # the white outline is the source's ground-truth mask). AVGN uses the map of the source's class
@@ -158,8 +158,12 @@ rows = collect_variants([variants["AVGN"]], runs, profile, [seeds[0]], samples=T
 per_scene = rows[(rows["set"] == set_name) & (rows["mode"] == "oracle")].groupby("scene_id", sort=False)["ap"].mean()
 order = per_scene.sort_values(ascending=False)
 mid = len(order) // 2
-chosen = list(order.index[:2]) + list(order.index[mid - 1: mid + 1]) + list(order.index[-2:])
-tags = ["best", "best", "median", "median", "worst", "worst"]
+picks = [(sid, "best") for sid in order.index[:2]] + [(sid, "median") for sid in order.index[max(0, mid - 1): mid + 1]]
+picks += [(sid, "worst") for sid in order.index[-2:]]
+first_tag: dict[str, str] = {}
+for sid, tag in picks:  # a small set can pick a scene twice: keep its first tag
+    first_tag.setdefault(sid, tag)
+chosen, tags = list(first_tag), list(first_tag.values())
 scene_index = {sid: i for i, sid in enumerate(per_scene.index)}  # the evaluation's order = the set's order
 indices = [scene_index[sid] for sid in chosen]
 methods = {"AVGN": "AVGN", "EZ-VSL": "EZ-VSL", "MaL": "Mix-and-Localize"}

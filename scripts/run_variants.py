@@ -5,7 +5,8 @@ first (e.g. in the background, or on another machine with the same data) only mo
 
     python scripts/run_variants.py --group main --profile cpu                  # chapter 3
     python scripts/run_variants.py --group ablations --profile cpu --seeds 0 1 # chapter 4
-    python scripts/run_variants.py --group main --splits test_style test_audio test_real  # chapter 5
+    python scripts/run_variants.py --group main --splits test test_style test_audio test_real \
+        --eval-sets composed=test/trio/concat,test/quartet/concat                          # chapter 5
 
 Runs go to ``data/runs`` and the data to ``data/embedded/<profile>`` (the chapters' defaults).
 """
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from avgn.config import get_profile
     from avgn.data.build import build_dataset, dataset_dir
     from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS
-    from avgn.train import run_variant
+    from avgn.train import run_variant, variant_dirs
 
     groups = {
         "main": MAIN_VARIANTS,
@@ -38,18 +39,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the profile's seeds")
     p.add_argument("--splits", nargs="+", default=["test"])
+    p.add_argument("--eval-sets", nargs="*", default=[], metavar="TAG=SET,SET",
+                   help="extra evaluations of chosen sets, e.g. composed=test/trio/concat,test/quartet/concat (chapter 5)")
+    p.add_argument("--only-finished", action="store_true",
+                   help="evaluate runs that have finished training and skip the others (never trains; safe beside a training job)")
     p.add_argument("--data-dir", default=str(ROOT / "data" / "embedded"))
     p.add_argument("--runs-dir", default=str(ROOT / "data" / "runs"))
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
 
     seeds = args.seeds if args.seeds is not None else list(get_profile(args.profile).seeds)
+    eval_sets = {}
+    for item in args.eval_sets:
+        tag, sep, names = item.partition("=")
+        if not sep or not names:
+            raise SystemExit(f"--eval-sets expects TAG=SET[,SET...], got {item!r}")
+        eval_sets[tag] = names.split(",")
     data = dataset_dir(args.data_dir, args.profile, 0)
     build_dataset(profile=args.profile, seed=0, out=data, progress=False)
     for s in seeds:  # every variant of seed 0 first: a partial queue still gives complete comparisons
         for v in groups[args.group]:
+            if args.only_finished and not (variant_dirs(v, args.runs_dir, args.profile, s)[0] / "run.json").is_file():
+                print(f"[{v.label} / seed {s}] not finished: skipped", flush=True)
+                continue
             t0 = time.perf_counter()
-            out = run_variant(v, args.profile, s, data, args.runs_dir, device=args.device, eval_splits=args.splits, progress=False)
+            out = run_variant(v, args.profile, s, data, args.runs_dir, device=args.device, eval_splits=args.splits,
+                              eval_sets=eval_sets or None, progress=False)
             print(f"[{v.label} / seed {s}] {time.perf_counter() - t0:.0f} s\n  " + "\n  ".join(out["commands"]), flush=True)
     return 0
 
