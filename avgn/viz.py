@@ -106,7 +106,7 @@ def qualitative_grid(samples: list[dict], methods: list[str], title: str | None 
             ax.set_title(f"{m}: AP {s['ap'][m][k]:.2f}", fontsize=9)
             ax.grid(False)
             ax.axis("off")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return fig

@@ -206,7 +206,7 @@ items = explorer_items(ex_runs, set_name, indices[: max(1, explorer_items_n)], d
 ex = Explorer(items)
 print({k: ex.state[k] for k in ("scene_id", "method", "map_name", "source", "threshold", "ciou")})
 fig = ex.render_still()
-save_figure(fig, "06_explorer_still", figures_dir)
+_ = save_figure(fig, "06_explorer_still", figures_dir)
 
 # %% [markdown]
 # ```{figure} ../figures/06_explorer_still.png
