@@ -86,7 +86,8 @@ rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t,
 # n = 1 point is on the same scale. AVGN is shown with oracle and with predicted source selection;
 # the class-agnostic methods give the same numbers in both modes. Mix-and-Localize has K = 2 slots:
 # with three or four sources the unmatched sources score 0 (its CAP is moreover an oracle-matched
-# number: chapter 3).
+# number: chapter 3). The concatenated layout starts at two frames (one source is the single-frame
+# scene of the top row).
 
 # %%
 NSRC = {"solo": 1, "duet": 2, "trio": 3, "quartet": 4}
