@@ -23,8 +23,13 @@
 # `DEPTH_VARIANTS`, `ASSIGNMENT_VARIANTS`, `LOSS_VARIANTS`), trained by the same engine with the same
 # data, budget and validation-based model selection, and scored on the test split. The plain AVGN
 # runs of chapter 3 are the reference row of every table (their depth is the profile's, 2 for
-# `cpu`). Seeds: the ablations use the first `n_ablation_seeds` training seeds of the profile (two
-# on `cpu`, to fit the chapter's compute budget on two CPU cores); tables show mean ± std over them.
+# `cpu`). Seeds: the ablations use the first `n_ablation_seeds` training seeds of the profile, and
+# tables show mean ± std over them. **This edition of the book ran one seed per ablation** (the
+# compute budget of the session that executed it), so the ablation tables show single runs; the
+# seed-to-seed spread of the plain AVGN runs of chapter 3 (three seeds) is printed below as the
+# yardstick, and the verdicts say whether a difference exceeds it. Rerun with
+# `n_ablation_seeds = 3` (after `python scripts/run_variants.py --group ablations --seeds 1 2`) for
+# the full table.
 
 # %% tags=["parameters"]
 profile = "cpu"
@@ -33,12 +38,13 @@ device = "auto"
 data_dir = "../data/embedded"
 runs_dir = "../data/runs"
 figures_dir = "../figures"
-n_ablation_seeds = 2
+n_ablation_seeds = 1
 
 # %%
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
@@ -239,26 +245,41 @@ def mean_of(df: pd.DataFrame, variant: str, set_name: str, metric: str, mode: st
     return float(sel["value"].mean())
 
 
+main_all = collect_variants([main["AVGN"]], runs, profile, list(cfg.seeds))
+noise = {}
+for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
+    sel = main_all[(main_all["set"] == set_name) & (main_all["metric"] == metric) & (main_all["mode"] == "oracle")]
+    noise[(set_name, metric)] = float(sel.groupby("seed")["value"].mean().std(ddof=1)) if sel["seed"].nunique() > 1 else float("nan")
+print("seed-to-seed std of the plain AVGN runs (" + ", ".join(str(s) for s in cfg.seeds) + "): "
+      + "; ".join(f"{k[0]} {k[1]} {100 * v:.1f} points" for k, v in noise.items()))
+
+
+def beyond_noise(diff: float, set_name: str, metric: str) -> str:
+    sd = noise[(set_name, metric)]
+    return "n/a (one seed)" if np.isnan(sd) else ("yes" if abs(diff) > 2 * sd else "no")
+
+
 verdicts = []
 dep = results["depth"]
 for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap")):
     scores = {v.label: mean_of(dep, v.label, set_name, metric) for v in GROUPS["depth"]}
     best = max(scores, key=scores.get)
     d3 = next(label for label in scores if depth_of(label) == 3)
+    runner_up = max((v for k, v in scores.items() if k != best), default=scores[best])
     verdicts.append({"claim": "depth 3 is best", "evidence": f"{set_name} {metric}: best is {best} ({100 * scores[best]:.1f}); depth 3: {100 * scores[d3]:.1f}",
-                     "holds": best == d3})
+                     "holds": best == d3, "beyond seed noise (> 2 sd)": beyond_noise(scores[best] - runner_up, set_name, metric)})
 asg = results["assignment"]
 for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap")):
     soft, hard = mean_of(asg, "Softmax (default)", set_name, metric), mean_of(asg, "Hard-Softmax", set_name, metric)
     verdicts.append({"claim": "Softmax beats Hard-Softmax by a large margin", "evidence": f"{set_name} {metric}: {100 * soft:.1f} vs {100 * hard:.1f} (margin {100 * (soft - hard):+.1f})",
-                     "holds": soft - hard >= 0.05})
+                     "holds": soft - hard >= 0.05, "beyond seed noise (> 2 sd)": beyond_noise(soft - hard, set_name, metric)})
 main_res = collect_variants(MAIN_VARIANTS, runs, profile, list(cfg.seeds))  # chapter 3: all seeds
 for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
     avgn_score = mean_of(main_res, "AVGN", set_name, metric)
     others = {v.label: mean_of(main_res, v.label, set_name, metric) for v in MAIN_VARIANTS if v.method != "avgn"}
     best_other = max(others, key=others.get)
     verdicts.append({"claim": "AVGN beats the baselines", "evidence": f"{set_name} {metric}: AVGN {100 * avgn_score:.1f} vs best baseline {best_other} {100 * others[best_other]:.1f}",
-                     "holds": avgn_score > others[best_other]})
+                     "holds": avgn_score > others[best_other], "beyond seed noise (> 2 sd)": beyond_noise(avgn_score - others[best_other], set_name, metric)})
 refs = []
 for kind, label in (("centre", "centre prior"), ("object", "object prior")):
     ref_dir = runs / profile / f"reference-{kind}"
@@ -272,7 +293,7 @@ for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), 
     best_prior = max(prior, key=prior.get)
     verdicts.append({"claim": "AVGN beats the non-learned priors (not a claim of the paper; a sanity check)",
                      "evidence": f"{set_name} {metric}: AVGN {100 * avgn_score:.1f} vs {best_prior} {100 * prior[best_prior]:.1f}",
-                     "holds": avgn_score > prior[best_prior]})
+                     "holds": avgn_score > prior[best_prior], "beyond seed noise (> 2 sd)": beyond_noise(avgn_score - prior[best_prior], set_name, metric)})
 verdict_df = pd.DataFrame(verdicts)
 verdict_df.to_csv(runs / profile / "ablation_verdicts.csv", index=False)
 summary = verdict_df.groupby("claim", sort=False)["holds"].agg(["all", "any"])
@@ -285,6 +306,6 @@ summary[["verdict"]]
 # The verdicts above are computed, not written by hand: rerunning the chapter with more seeds or
 # another profile updates them. On the `cpu` profile the models are small (D = 128) and trained for
 # four short epochs on frozen, cached backbone features, so a claim that does not reproduce here is
-# a statement about this budget and this benchmark, not a refutation of the paper; with only two
-# seeds per ablation, differences smaller than the standard deviations in the tables are not
-# evidence either way.
+# a statement about this budget and this benchmark, not a refutation of the paper; with one seed per
+# ablation, a difference that does not exceed twice the seed-to-seed spread of the plain AVGN runs
+# (the last column) is not evidence either way.
