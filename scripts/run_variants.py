@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--splits", nargs="+", default=["test"])
     p.add_argument("--eval-sets", nargs="*", default=[], metavar="TAG=SET,SET",
                    help="extra evaluations of chosen sets, e.g. composed=test/trio/concat,test/quartet/concat (chapter 5)")
+    p.add_argument("--labels", nargs="+", default=None, help="only the variants with these labels, e.g. 'depth 12'")
     p.add_argument("--only-finished", action="store_true",
                    help="evaluate runs that have finished training and skip the others (never trains; safe beside a training job)")
     p.add_argument("--data-dir", default=str(ROOT / "data" / "embedded"))
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     build_dataset(profile=args.profile, seed=0, out=data, progress=False)
     for s in seeds:  # every variant of seed 0 first: a partial queue still gives complete comparisons
         for v in groups[args.group]:
+            if args.labels and v.label not in args.labels:
+                continue
             if args.only_finished and not (variant_dirs(v, args.runs_dir, args.profile, s)[0] / "run.json").is_file():
                 print(f"[{v.label} / seed {s}] not finished: skipped", flush=True)
                 continue
