@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_RULES",
     "binarization_sweep",
     "class_embeddings",
+    "embedding_dependence",
     "class_presence_table",
     "mean_std_table",
     "predict_reference",
@@ -212,12 +213,14 @@ def presence_summary(table):
 # class-aware embeddings
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = "auto", max_items: int | None = None):
+def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = "auto", max_items: int | None = None, all_classes: bool = False):
     """AVGN's class-aware embeddings of every sounding source of ``sets``: for a source of class
     ``c``, the audio embedding ``g^a_c`` and the visual embedding ``g^v_c`` of its scene.
 
     Returns ``(audio [M, D], visual [M, D], labels [M])`` as numpy arrays (``labels``: class ids)
-    and the class names."""
+    and the class names. With ``all_classes=True`` it returns every class's embeddings of every
+    scene instead: ``(audio [N, C, D], visual [N, C, D], sounding [N, C] bool)`` and the names —
+    to ask how much an embedding depends on whether its class sounds (:func:`embedding_dependence`)."""
     from avgn.env import resolve_device
     from avgn.evaluate import model_inputs
     from avgn.train import load_trained_model
@@ -237,6 +240,11 @@ def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = 
             out = model(**model_inputs(batch, dev))
             ga, gv = out["audio_emb"].float().cpu(), out["visual_emb"].float().cpu()  # [B, C, D]
             cls = batch["classes"].long()
+            if all_classes:
+                auds.append(ga)
+                viss.append(gv)
+                labs.append(batch["labels"].bool())
+                continue
             b, s = torch.nonzero(cls >= 0, as_tuple=True)
             c = cls[b, s]
             auds.append(ga[b, c])
@@ -245,3 +253,26 @@ def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = 
     if not labs:
         raise ValueError(f"no sounding sources in {list(sets)}")
     return torch.cat(auds).numpy(), torch.cat(viss).numpy(), torch.cat(labs).numpy(), list(names)
+
+
+def embedding_dependence(emb: np.ndarray, sounding: np.ndarray, names: Sequence[str]):
+    """How much class-aware embeddings ``emb [N, C, D]`` depend on the input: per class, the cosine
+    similarity between its mean embedding over scenes where it sounds and over scenes where it does
+    not (``cos_sounding_vs_silent``: 1 = the embedding ignores whether the class sounds), and the
+    mean cosine similarity of single embeddings to their class mean (``within_class_cos``: 1 = the
+    same vector for every input). Returns a :class:`pandas.DataFrame`, one row per class that both
+    sounds and is silent somewhere."""
+    import pandas as pd
+
+    x = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    rows = []
+    for c, name in enumerate(names):
+        on, off = sounding[:, c], ~sounding[:, c]
+        if not on.any() or not off.any():
+            continue
+        mu_on, mu_off = x[on, c].mean(0), x[off, c].mean(0)
+        mu_all = x[:, c].mean(0)
+        cos = float(mu_on @ mu_off / (np.linalg.norm(mu_on) * np.linalg.norm(mu_off)))
+        within = float((x[:, c] @ (mu_all / np.linalg.norm(mu_all))).mean())
+        rows.append({"class": name, "scenes_sounding": int(on.sum()), "cos_sounding_vs_silent": cos, "within_class_cos": within})
+    return pd.DataFrame(rows)

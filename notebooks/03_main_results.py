@@ -147,6 +147,14 @@ plt.close(grid.figure)
 # ```
 
 # %% [markdown]
+# **How to read the oracle rows.** Oracle selection hands AVGN the ground-truth classes at test time
+# and AVGN has one map per class, so the oracle comparison gives AVGN label information that the
+# class-agnostic methods (EZ-VSL, Mix-and-Localize, the priors) cannot use. The `predicted` rows are
+# the label-free comparison. Chapter 6 measures how much AVGN's class-aware embeddings depend on the
+# input at all (if they barely change with the audio, the oracle maps are class-conditional visual
+# detectors rather than sound-driven ones).
+
+# %% [markdown]
 # ## Is the difference real? Paired differences over seeds
 #
 # Each seed trains every method on the same data order, so the differences below are paired by seed:

@@ -94,3 +94,20 @@ def test_class_presence_roles(tmp_path, monkeypatch):
     assert math.isclose(s.loc[("test/duet/scene", 2, "sounding"), "share_selected"], 0.5)
     with pytest.raises(ValueError, match="class-aware"):
         class_presence_table(_pred(), tmp_path, names)
+
+
+def test_embedding_dependence_separates_constant_from_input_driven_embeddings():
+    from avgn.analysis import embedding_dependence
+
+    rng = np.random.default_rng(0)
+    n, c, d = 40, 3, 8
+    sounding = np.zeros((n, c), dtype=bool)
+    sounding[np.arange(n), np.arange(n) % c] = True
+    token = rng.normal(size=(c, d))
+    const = np.broadcast_to(token, (n, c, d)).copy()  # the same vector whatever the input
+    t = embedding_dependence(const, sounding, ["a", "b", "c"])
+    assert np.allclose(t["cos_sounding_vs_silent"], 1.0) and np.allclose(t["within_class_cos"], 1.0)
+    driven = const.copy()
+    driven[sounding] = -token[np.arange(n) % c]  # the embedding flips when its class sounds
+    t2 = embedding_dependence(driven, sounding, ["a", "b", "c"])
+    assert (t2["cos_sounding_vs_silent"] < -0.99).all() and list(t2["scenes_sounding"]) == [14, 13, 13]
