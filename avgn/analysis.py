@@ -106,12 +106,14 @@ def predict_run(
 
 
 def predict_reference(kind: str, data_dir: str | Path, sets: Sequence[str], *, profile: str = "cpu", device: str = "auto") -> dict[str, SetPredictions]:
-    """Predictions of a non-learned reference (``centre`` | ``object``) on ``sets``."""
+    """Predictions of a non-learned reference (``centre`` | ``object`` | ``perfect``) on ``sets``."""
     from avgn.env import resolve_device
     from avgn.experiment import get_experiment
 
-    if kind not in ("centre", "object"):
-        raise ValueError(f"unknown reference {kind!r}; choose 'centre' or 'object'")
+    from avgn.evaluate import REFERENCE_KINDS
+
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"unknown reference {kind!r}; choose one of {REFERENCE_KINDS}")
     exp = get_experiment("avgn", profile)
     data = Path(data_dir)
     dev = resolve_device(device)

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--split", nargs="+", default=["test"], help="split(s), e.g. test test_style (default: test)")
     p_eval.add_argument("--sets", nargs="+", default=None, help="only these sets, e.g. test/duet/concat")
     p_eval.add_argument("--checkpoint", default="best", help="best (default) or last")
-    p_eval.add_argument("--reference", choices=["centre", "object"], default=None, help="evaluate a non-learned reference")
+    p_eval.add_argument("--reference", choices=["centre", "object", "perfect"], default=None, help="evaluate a non-learned reference")
     p_eval.add_argument("--profile", choices=PROFILES, default="cpu", help="inputs of the reference (with --reference)")
     p_eval.add_argument("--data", default=None, help="the built benchmark (default: the run's)")
     p_eval.add_argument("--out", default=None, help="output folder of a reference evaluation, or of a run evaluated with --set")

@@ -84,13 +84,17 @@ __all__ = [
     "evaluate_run",
     "evaluate_reference",
     "run_reference",
+    "REFERENCE_KINDS",
     "collect_results",
     "collect_runs",
     "example_maps",
 ]
 
 MODES = ("oracle", "predicted")
-KIND = {"avgn": "class_aware", "ezvsl": "shared", "mal": "slots", "centre": "shared", "object": "shared"}
+KIND = {"avgn": "class_aware", "ezvsl": "shared", "mal": "slots", "centre": "shared", "object": "shared", "perfect": "slots"}
+#: The non-learned references: the centre and object priors, and the ceiling of a "perfect map"
+#: (each source's ground-truth mask scored as its map).
+REFERENCE_KINDS = ("centre", "object", "perfect")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,8 +315,10 @@ class ModelPredictor(Predictor):
 
 
 class ReferencePredictor(Predictor):
-    """The non-learned references: ``centre`` (Gaussian bump per 224x224 frame) and ``object``
-    (ImageNet-feature object prior of the frame's frozen backbone features).
+    """The non-learned references: ``centre`` (Gaussian bump per 224x224 frame), ``object``
+    (ImageNet-feature object prior of the frame's frozen backbone features) and ``perfect`` (the
+    ceiling: every source's ground-truth mask, at full resolution, as its own map — scored as slots,
+    so each mask is matched to its source; what the protocol gives a map that is exactly right).
 
     Args:
         backbone: a frozen :class:`avgn.models.encoders.VisualEncoder` for ``object`` when batches
@@ -322,9 +328,9 @@ class ReferencePredictor(Predictor):
     """
 
     def __init__(self, kind: str, backbone: torch.nn.Module | None = None, sigma: float = 0.25, stride: int = 32, device: torch.device | str = "cpu"):
-        if kind not in ("centre", "object"):
-            raise ValueError(f"reference must be 'centre' or 'object', got {kind!r}")
-        self.method, self.kind = kind, "shared"
+        if kind not in REFERENCE_KINDS:
+            raise ValueError(f"reference must be one of {REFERENCE_KINDS}, got {kind!r}")
+        self.method, self.kind = kind, KIND[kind]
         self.backbone, self.sigma, self.stride = backbone, sigma, stride
         self.device = torch.device(device)
 
@@ -339,6 +345,8 @@ class ReferencePredictor(Predictor):
         from avgn.models import centre_prior, object_prior
 
         b = batch["spec"].shape[0]
+        if self.method == "perfect":
+            return {"maps": batch["masks"].float()}
         if self.method == "centre":
             h, w = self._feature_hw(batch)
             frames = 2 if w == 2 * h else 1  # concat: one bump per frame
@@ -735,7 +743,7 @@ def evaluate_reference(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a non-learned reference (``centre`` | ``object``) like a run; writes
+    """Evaluate a non-learned reference (``centre`` | ``object`` | ``perfect``) like a run; writes
     ``eval_<split>.*`` into ``out_dir``. Uses the profile's inputs (the object prior reads the
     profile's frozen backbone features: cached when the profile caches them); ``overrides`` are
     dotted :class:`avgn.experiment.Experiment` fields (e.g. ``{"inputs.features.image_size": 96}``)."""

@@ -84,9 +84,13 @@ __all__ = [
 ]
 
 METHODS = ("avgn", "ezvsl", "mal")
-#: The two non-learned references evaluated through the same code.
-REFERENCES = ("centre", "object")
-METHOD_NAMES = {"avgn": "AVGN", "ezvsl": "EZ-VSL", "mal": "Mix-and-Localize", "centre": "centre prior", "object": "object prior"}
+#: The non-learned references evaluated through the same code (``perfect``: the ground-truth mask
+#: scored as the map, the protocol's ceiling).
+REFERENCES = ("centre", "object", "perfect")
+METHOD_NAMES = {
+    "avgn": "AVGN", "ezvsl": "EZ-VSL", "mal": "Mix-and-Localize", "centre": "centre prior", "object": "object prior",
+    "perfect": "perfect map",
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ class TrainConfig:
         resample_audio: draw each source's clip afresh from its class's training pool.
         bf16: bfloat16 autocast (CPU and CUDA).
         channels_last: channels-last memory format for the model and 4-D inputs.
-        num_workers: DataLoader worker processes (0: load in the main process).
+        num_workers: training batches rendered ahead in a background thread (0: in the training
+            thread); evaluation loading has its own ``inputs.eval_workers``.
         torch_threads: ``torch.set_num_threads`` for the run (None: leave as is).
         early_stopping_patience: stop after this many epochs without a better validation score
             (None: off); ``min_delta`` is the smallest improvement that counts.

@@ -22,10 +22,7 @@ from the build's frame size (a reduced-resolution profile).
 :class:`FeatureStore` looks the features of a dataset sample up from its ``meta["scene_ids"]``;
 :class:`CachedFeatureDataset` wraps any dataset of :mod:`avgn.data.datasets` to add
 ``visual_feats`` and drop what a model fed with cached features does not read.
-:class:`CachedFeatureMixtures` is the training-time fast path: the same mixtures as
-:class:`avgn.data.datasets.OnTheFlyMixtureDataset` (the same draws from the same generator, tested
-sample for sample), without decoding frames and masks that a cached-feature model never reads and
-with the split's clips decoded once, in memory.
+Training batches read the store directly (:class:`avgn.data.batching.MixtureBatcher`).
 """
 
 from __future__ import annotations
@@ -48,7 +45,6 @@ __all__ = [
     "compute_features",
     "FeatureStore",
     "CachedFeatureDataset",
-    "CachedFeatureMixtures",
     "collate_samples",
 ]
 
@@ -287,6 +283,27 @@ class CachedFeatureDataset(Dataset):
         for k in self.drop:
             s.pop(k, None)
         return s
+
+
+def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples with ``image`` and/or cached ``visual_feats`` (``meta`` becomes a list).
+
+    Like :func:`avgn.data.datasets.collate_scenes` (which it calls when samples carry images), but
+    also for samples whose image was replaced by cached features.
+    """
+    if not batch:
+        raise ValueError("empty batch")
+    if "image" in batch[0]:
+        from avgn.data.datasets import collate_scenes
+
+        return collate_scenes(batch)
+    shapes = {tuple(b["visual_feats"].shape) for b in batch}
+    if len(shapes) > 1:
+        raise ValueError(f"samples with different feature shapes {sorted(shapes)} in one batch: keep 'concat' and 'scene' layouts apart")
+    out: dict[str, Any] = {}
+    for k in batch[0]:
+        out[k] = [b[k] for b in batch] if k == "meta" else torch.stack([b[k] for b in batch])
+    return out
 
 
 def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

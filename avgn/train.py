@@ -10,8 +10,9 @@
   features are read instead of images (:mod:`avgn.features`).
 * **Determinism**: Python / NumPy / torch are seeded from ``seed``; each epoch's batch order comes
   from a generator seeded with ``(seed, epoch)``, every item's mixture from
-  ``(seed, component, epoch, index)``, DataLoader workers are seeded by ``worker_init_fn`` and an
-  explicit generator. The result does not depend on the number of workers.
+  ``(seed, component, epoch, index)`` (:meth:`OnTheFlyMixtureDataset.recipe`); a batch is rendered at
+  once by :class:`avgn.data.batching.MixtureBatcher`, optionally a few batches ahead in a thread
+  (``num_workers``). The result does not depend on the prefetch depth.
 * **Model selection**: after every epoch the model is evaluated on the validation sets
   (``val/solo/scene``, ``val/duet/concat``, ``val/duet/scene``; never on test); the selection
   score is the mean of their primary metrics (AP for solo, CAP for duets, ground-truth classes).
@@ -32,24 +33,23 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from avgn.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, read_checkpoint_info, save_checkpoint
 from avgn.experiment import Experiment, get_experiment
 
 __all__ = [
     "epoch_seed",
-    "seed_worker",
     "GroupedBatchSampler",
     "build_train_data",
+    "prefetch",
     "compute_loss",
     "train",
     "load_trained_model",
@@ -70,13 +70,6 @@ __all__ = [
 def epoch_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (e.g. ``(seed, epoch, stream)``) via NumPy's SeedSequence."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed Python and NumPy from the worker's torch seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
 
 
 class GroupedBatchSampler(Sampler[list[int]]):
@@ -121,43 +114,21 @@ class GroupedBatchSampler(Sampler[list[int]]):
             yield batches[i]
 
 
-class _DropKeys(Dataset):
-    """Drop sample keys a training step does not read (masks, waveforms) before batching."""
-
-    def __init__(self, base: Dataset, drop: Sequence[str]):
-        self.base, self.drop = base, tuple(drop)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        s = self.base[i]
-        for k in self.drop:
-            s.pop(k, None)
-        return s
-
-
-_TRAIN_DROP = ("audio", "masks", "boxes", "gains_db", "sources")
-
-
-def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: Any = None) -> tuple[ConcatDataset, list[tuple[int, int]], dict[str, int]]:
-    """The epoch's training items: ``(dataset, groups for GroupedBatchSampler, items per component)``.
+def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: Any = None) -> tuple[Any, list[tuple[int, int]], dict[str, int]]:
+    """The epoch's training items: ``(batcher, groups for GroupedBatchSampler, items per component)``.
 
     Components (:class:`avgn.data.datasets.OnTheFlyMixtureDataset` on the train split): ``solo``
     (one source), ``concat`` (two solo scenes of different classes side by side) and ``scene``
-    (pre-built two-source scenes); each draws its items from its own seed stream.
+    (pre-built two-source scenes); each draws its items from its own seed stream. The
+    :class:`avgn.data.batching.MixtureBatcher` renders a whole batch of them at once (clips in
+    memory, one batched mix + STFT; cached features instead of frames when ``store`` is given).
     """
+    from avgn.data.batching import MixtureBatcher
     from avgn.data.datasets import OnTheFlyMixtureDataset
-    from avgn.features import CachedFeatureMixtures
 
     t = exp.train
     specs = [("solo", "concat", 1, t.solo_items), ("scene", "scene", 2, t.scene_items), ("concat", "concat", 2, t.concat_items)]
     parts: list[tuple[str, Dataset]] = []
-    clip_cache: dict[str, Any] = {}  # decoded training clips, shared by the components
     for k, (name, layout, n_src, items) in enumerate(specs):
         if items == 0:
             continue
@@ -165,11 +136,7 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
             data_dir, split="train", layout=layout, n_sources=n_src, seed=epoch_seed(seed, k) % 2**31, resample_audio=t.resample_audio,
             length=items, spec=exp.inputs.spec,
         )
-        if exp.inputs.cached_features:
-            wrapped: Dataset = CachedFeatureMixtures(base, store, clip_cache=clip_cache)
-        else:
-            wrapped = _DropKeys(base, _TRAIN_DROP)
-        parts.append((name, wrapped))
+        parts.append((name, base))
     if not parts:
         raise ValueError("the training configuration selects no data (solo_items = concat_items = scene_items = 0)")
     ds = ConcatDataset([p for _, p in parts])
@@ -177,13 +144,50 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     # groups by frame shape: 224x224 (solo + scene duets) and 224x448 (concat duets)
     square = sizes.get("solo", 0) + sizes.get("scene", 0)
     groups = [(0, square), (square, sizes.get("concat", 0))]
-    return ds, groups, sizes
+    return MixtureBatcher(ds, store if exp.inputs.cached_features else None), groups, sizes
 
 
-def _set_epoch(ds: ConcatDataset, epoch: int) -> None:
-    for d in ds.datasets:
-        if hasattr(d, "set_epoch"):
-            d.set_epoch(epoch)
+def prefetch(batches: Iterator[dict[str, Any]], depth: int) -> Iterator[dict[str, Any]]:
+    """Iterate ``batches`` with up to ``depth`` of them rendered ahead in a background thread
+    (``depth=0``: in the caller's thread). Rendering is NumPy / torch work that releases the GIL;
+    an exception in the thread is raised in the caller."""
+    if depth <= 0:
+        yield from batches
+        return
+    import queue
+    import threading
+
+    q: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                if stop.is_set():
+                    return
+                q.put(b)
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    th = threading.Thread(target=work, daemon=True, name="avgn-prefetch")
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.01)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,12 +509,8 @@ def train(
             break
         # ---- one epoch of training ------------------------------------------------------------
         sampler.set_epoch(epoch)
-        _set_epoch(train_ds, epoch)
-        loader = DataLoader(
-            train_ds, batch_sampler=sampler, num_workers=t.num_workers, collate_fn=_collate, worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch, 11)), pin_memory=dev.type == "cuda",
-            persistent_workers=False,
-        )
+        train_ds.set_epoch(epoch)
+        loader = prefetch(train_ds.iterate(sampler), t.num_workers)
         model.train()
         sums: dict[str, float] = {}
         n_seen = 0
@@ -621,12 +621,6 @@ def train(
     log(f"[avgn.train] done: best epoch {state['best_epoch']} (val score {state['best_score']:.4f}), "
         f"{summary['samples_per_s']:.0f} samples/s, {time.perf_counter() - t_wall:.0f} s in this call")
     return summary
-
-
-def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    from avgn.features import collate_samples
-
-    return collate_samples(batch)
 
 
 def run_experiment(

@@ -109,28 +109,49 @@ def _history_numbers(run_dir: Path) -> list:
     return [{k: v for k, v in h.items() if not k.endswith("seconds") and k != "samples_per_s"} for h in hist]
 
 
-@pytest.mark.parametrize("layout,n_sources", [("concat", 1), ("concat", 2), ("scene", 2)])
-def test_cached_feature_mixtures_equal_the_data_module_items(fake_build, layout, n_sources):
-    """The fast training path gives exactly the base dataset's mixtures (+ the frame's features)."""
+@pytest.mark.parametrize("layout,n_sources", [("concat", 1), ("concat", 2), ("scene", 2), ("concat", 3)])
+def test_batched_mixtures_equal_the_data_module_items(fake_build, layout, n_sources):
+    """The batched training path renders exactly the per-item dataset's mixtures (the same recipe:
+    scenes, clips, gains, noise) and the frame's cached features, item for item, in any epoch."""
+    from torch.utils.data import ConcatDataset
+
+    from avgn.data.batching import MixtureBatcher
     from avgn.data.datasets import OnTheFlyMixtureDataset
-    from avgn.features import CachedFeatureMixtures, FeatureStore
+    from avgn.features import FeatureStore
 
     exp = _tiny()
     store = FeatureStore(fake_build, exp.inputs.features, preload=False)
     kw = dict(split="train", layout=layout, n_sources=n_sources, seed=11, length=8, spec=exp.inputs.spec)
     base = OnTheFlyMixtureDataset(fake_build, **kw)
-    fast = CachedFeatureMixtures(OnTheFlyMixtureDataset(fake_build, **kw), store)
+    fast = MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), store)
     for epoch in (0, 3):
         base.set_epoch(epoch)
         fast.set_epoch(epoch)
-        for i in range(len(base)):
-            a, b = base[i], fast[i]
-            assert torch.equal(a["spec"], b["spec"]) and torch.equal(a["labels"], b["labels"])
-            assert torch.equal(a["classes"], b["classes"]) and a["meta"]["scene_ids"] == b["meta"]["scene_ids"]
-            assert a["meta"]["clip_paths"] == b["meta"]["clip_paths"]
-            feats = b["visual_feats"]
-            assert feats.shape[-1] == feats.shape[-2] * (2 if a["meta"]["layout"] == "concat" else 1)
+        batch = fast.batch(list(range(len(base)))[::-1])  # any order
+        for r, i in enumerate(range(len(base))[::-1]):
+            a = base[i]
+            assert torch.equal(a["spec"], batch["spec"][r]) and torch.equal(a["labels"], batch["labels"][r])
+            assert torch.equal(a["classes"], batch["classes"][r]) and a["meta"]["scene_id"] == batch["scene_ids"][r]
+            feats = batch["visual_feats"][r]
+            assert torch.equal(feats, store.for_scenes(a["meta"]["scene_ids"]).float())
             assert feats.shape[-1] * 32 == a["image"].shape[-1] * exp.inputs.features.image_size // a["image"].shape[-2]
+    noisy = [base.recipe(i).white is not None for i in range(len(base))]
+    assert any(noisy) or base.noise_prob == 0  # the noise path is exercised
+
+
+def test_prefetch_keeps_order_and_raises_in_the_caller():
+    from avgn.train import prefetch
+
+    assert list(prefetch(iter(range(7)), 2)) == list(range(7)) == list(prefetch(iter(range(7)), 0))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    it = prefetch(broken(), 3)
+    assert next(it) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
 
 
 def test_resume_reaches_the_same_weights_and_metrics(fake_build, tmp_path):

@@ -72,6 +72,7 @@ __all__ = [
     "dataset_dir",
     "plan_groups",
     "pink_noise",
+    "pink_from_white",
     "atomic_write_bytes",
     "atomic_write_text",
 ]
@@ -110,8 +111,15 @@ def _seed_of(*parts: int) -> int:
 
 
 def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of 1/f (pink) noise with unit RMS, float32."""
-    white = rng.standard_normal(n)
+    """``n`` samples of 1/f (pink) noise with unit RMS, float32 (``rng.standard_normal(n)`` shaped)."""
+    return pink_from_white(rng.standard_normal(n))
+
+
+def pink_from_white(white: np.ndarray) -> np.ndarray:
+    """Shape a standard-normal draw ``[T]`` into 1/f noise with unit RMS (float32).
+
+    :func:`avgn.data.batching.pink_from_white_batch` is the same function on a ``[B, T]`` tensor."""
+    n = white.shape[-1]
     spec = np.fft.rfft(white)
     f = np.arange(spec.shape[0], dtype=np.float64)
     f[0] = 1.0

@@ -48,6 +48,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+#: Number of sources -> task name.
+TASK_NAMES = {1: "solo", 2: "duet", 3: "trio", 4: "quartet"}
+
 __all__ = [
     "SpecConfig",
     "DataFileError",
@@ -57,6 +60,7 @@ __all__ = [
     "read_clip",
     "SceneDataset",
     "OnTheFlyMixtureDataset",
+    "MixtureRecipe",
     "collate_scenes",
 ]
 
@@ -127,6 +131,41 @@ def log_spectrogram(wave: Tensor | np.ndarray, cfg: SpecConfig = SpecConfig()) -
     )
     spec = torch.log(st.abs() + cfg.eps)
     return spec.reshape(*lead, *spec.shape[-2:])
+
+
+@dataclass(frozen=True)
+class MixtureRecipe:
+    """Every random draw of one training mixture (:meth:`OnTheFlyMixtureDataset.recipe`).
+
+    The single source of truth for *what* an item is: :meth:`OnTheFlyMixtureDataset.__getitem__`
+    renders it with frames and masks, :class:`avgn.data.batching.MixtureBatcher` renders a batch of
+    them at once (audio mixed and transformed in one pass, cached features instead of frames), so the
+    two can never draw different mixtures.
+
+    Attributes:
+        table: ``solo`` (rows of the split's solo scenes, side by side when several) or ``duets``
+            (one row of the pre-built duet scenes).
+        rows: row indices into that table, in frame order (left to right).
+        class_ids / clip_paths / scene_ids: per source, in frame order.
+        gains_db: ``[S]`` float64 gains of the sources.
+        snr_db: mixture-to-noise ratio, or None (no noise).
+        white: ``[T]`` float64 standard-normal draw shaped into the pink noise (None without noise).
+        layout: ``scene`` or ``concat``.
+    """
+
+    table: str
+    rows: tuple[int, ...]
+    class_ids: tuple[int, ...]
+    clip_paths: tuple[str, ...]
+    scene_ids: tuple[str, ...]
+    gains_db: np.ndarray
+    snr_db: float | None
+    white: np.ndarray | None
+    layout: str
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.class_ids)
 
 
 class DataFileError(RuntimeError):
@@ -423,6 +462,14 @@ class OnTheFlyMixtureDataset(Dataset):
         self.pool_classes = np.unique(solo_cls)
         self.pools = {int(c): np.flatnonzero(solo_cls == c) for c in self.pool_classes}
         self._solo_cls = solo_cls
+        # plain per-row lists: recipe() runs once per training item, pandas row access would dominate
+        self._solo_name = [v[0] for v in self.solo["classes"]]
+        self._solo_clip = [v[0] for v in self.solo["clip_paths"]]
+        self._solo_scene = list(self.solo["scene_id"])
+        self._duet_cls = [tuple(int(c) for c in v) for v in self.duets["class_ids"]]
+        self._duet_names = [tuple(v) for v in self.duets["classes"]]
+        self._duet_clips = [tuple(v) for v in self.duets["clip_paths"]]
+        self._duet_scene = list(self.duets["scene_id"])
         if n_sources >= 2 and layout == "concat" and len(self.pool_classes) < n_sources:
             raise ValueError(f"split {split!r} has solo scenes of {len(self.pool_classes)} class(es); need >= {n_sources}")
         if n_sources == 2 and layout == "scene" and len(self.duets) == 0:
@@ -457,40 +504,67 @@ class OnTheFlyMixtureDataset(Dataset):
             j += 1
         return int(self.pool_classes[j])
 
-    def _clip_path(self, rng, r, k: int) -> str:
+    def _clip_path(self, rng: np.random.Generator, class_name: str, own: str) -> str:
         if self.resample_audio:
-            pool = self.clip_pools.get(r.classes[k])
+            pool = self.clip_pools.get(class_name)
             if pool is not None and len(pool):
                 return str(pool[int(rng.integers(len(pool)))])
-        return r.clip_paths[k]
+        return own
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from avgn.data.audio import mix
-        from avgn.data.build import pink_noise
+    def recipe(self, i: int) -> MixtureRecipe:
+        """All random draws of item ``i`` of the current epoch, from ``default_rng([seed, epoch, i])``.
 
+        Draw order (part of the data's definition, do not reorder): partner scene(s) and frame
+        order, one clip per source, the gains, whether there is noise, its SNR and its white draw.
+        """
         if not 0 <= i < len(self):
             raise IndexError(i)
-        d = self.data
         rng = np.random.default_rng([self.seed, self.epoch, int(i)])
         if self.n_sources == 1 or self.layout == "concat":
-            a = self.solo.iloc[i % self.anchors]
+            a = int(i % self.anchors)
             rows = [a]
             if self.n_sources == 2:
-                pc = self.partner_class(rng, int(a.class_ids[0]))
-                pool = self.pools[pc]
-                rows.append(self.solo.iloc[int(pool[int(rng.integers(len(pool)))])])
+                pool = self.pools[self.partner_class(rng, int(self._solo_cls[a]))]
+                rows.append(int(pool[int(rng.integers(len(pool)))]))
                 if rng.random() < 0.5:
                     rows.reverse()
             elif self.n_sources > 2:  # distinct partner classes, then a random frame order
-                others = self.pool_classes[self.pool_classes != int(a.class_ids[0])]
+                others = self.pool_classes[self.pool_classes != int(self._solo_cls[a])]
                 for pc in rng.choice(others, size=self.n_sources - 1, replace=False):
                     pool = self.pools[int(pc)]
-                    rows.append(self.solo.iloc[int(pool[int(rng.integers(len(pool)))])])
+                    rows.append(int(pool[int(rng.integers(len(pool)))]))
                 rows = [rows[j] for j in rng.permutation(len(rows))]
+            class_ids = tuple(int(self._solo_cls[r]) for r in rows)
+            paths = tuple(self._clip_path(rng, self._solo_name[r], self._solo_clip[r]) for r in rows)
+            scene_ids = tuple(self._solo_scene[r] for r in rows)
+            table, layout = "solo", "concat" if len(rows) >= 2 else "scene"
+        else:
+            r = int(i % self.anchors)
+            rows = [r]
+            class_ids = self._duet_cls[r]
+            paths = tuple(self._clip_path(rng, name, own) for name, own in zip(self._duet_names[r], self._duet_clips[r]))
+            scene_ids = (self._duet_scene[r],)
+            table, layout = "duets", "scene"
+        n = len(class_ids)
+        gains = rng.uniform(*self.gain_db_range, size=n) if n > 1 else np.zeros(1)
+        snr, white = None, None
+        if rng.random() < self.noise_prob:
+            snr = float(rng.uniform(*self.noise_snr_db))
+            white = rng.standard_normal(self.data.n_samples)
+        return MixtureRecipe(table, tuple(rows), tuple(class_ids), paths, scene_ids, gains, snr, white, layout)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from avgn.data.audio import mix
+        from avgn.data.build import pink_from_white
+
+        rc = self.recipe(i)
+        d = self.data
+        if rc.table == "solo":
+            rows = [self.solo.iloc[r] for r in rc.rows]
             frames = [read_image(d.path(r.image_path)) for r in rows]
             image = torch.cat(frames, dim=-1)
             W = image.shape[-1]
-            masks, boxes, class_ids, paths = [], [], [], []
+            masks, boxes = [], []
             for k, r in enumerate(rows):
                 m = torch.zeros(image.shape[-2:], dtype=torch.bool)
                 w = frames[k].shape[-1]
@@ -498,41 +572,28 @@ class OnTheFlyMixtureDataset(Dataset):
                 masks.append(m)
                 x1, y1, x2, y2 = r.boxes[0]
                 boxes.append([(x1 * w + k * w) / W, y1, (x2 * w + k * w) / W, y2])
-                class_ids.append(int(r.class_ids[0]))
-                paths.append(self._clip_path(rng, r, 0))
-            scene_ids = [r.scene_id for r in rows]
-            layout = "concat" if len(rows) >= 2 else "scene"
         else:
-            r = self.duets.iloc[i % self.anchors]
+            r = self.duets.iloc[rc.rows[0]]
             image = read_image(d.path(r.image_path))
             masks = [read_mask(d.path(p)) for p in r.mask_paths]
             boxes = list(r.boxes)
-            class_ids = list(r.class_ids)
-            paths = [self._clip_path(rng, r, k) for k in range(len(class_ids))]
-            scene_ids = [r.scene_id]
-            layout = "scene"
         if self.image_transform is not None:
             image = self.image_transform(image)
-        waves = np.stack([read_clip(d.path(p), d.sample_rate, d.n_samples) for p in paths])
-        S = len(class_ids)
-        gains = rng.uniform(*self.gain_db_range, size=S) if S > 1 else np.zeros(1)
-        noise, snr = None, None
-        if rng.random() < self.noise_prob:
-            snr = float(rng.uniform(*self.noise_snr_db))
-            noise = pink_noise(d.n_samples, rng)
-        y, comps, _ = mix(waves, gains, noise=noise, snr_db=snr, return_components=True)
+        waves = np.stack([read_clip(d.path(p), d.sample_rate, d.n_samples) for p in rc.clip_paths])
+        noise = None if rc.white is None else pink_from_white(rc.white)
+        y, comps, _ = mix(waves, rc.gains_db, noise=noise, snr_db=rc.snr_db, return_components=True)
         meta = {
-            "scene_id": "+".join(scene_ids),
+            "scene_id": "+".join(rc.scene_ids),
             "split": self.split,
-            "task": {1: "solo", 2: "duet", 3: "trio", 4: "quartet"}[S],
-            "layout": layout,
-            "class_names": [self.class_names[c] for c in class_ids],
-            "scene_ids": scene_ids,
-            "clip_paths": paths,
-            "snr_db": snr,
+            "task": TASK_NAMES[rc.n_sources],
+            "layout": rc.layout,
+            "class_names": [self.class_names[c] for c in rc.class_ids],
+            "scene_ids": list(rc.scene_ids),
+            "clip_paths": list(rc.clip_paths),
+            "snr_db": rc.snr_db,
         }
         return _sample(
-            image, y, class_ids, masks, boxes, gains, len(self.class_names), self.max_sources,
+            image, y, list(rc.class_ids), masks, boxes, rc.gains_db, len(self.class_names), self.max_sources,
             self.spec, meta, comps if self.return_sources else None,
         )
 

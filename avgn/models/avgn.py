@@ -49,12 +49,13 @@ class AVGN(nn.Module):
         self.audio_transformer = TokenTransformer(d, cfg.audio_depth, **kw)
         self.visual_transformer = TokenTransformer(d, cfg.visual_depth, **kw)
         gkw: dict[str, Any] = dict(
-            kw, assign_eps=cfg.assign_eps, gumbel_hard=cfg.gumbel_hard, pre_assign_attn=cfg.pre_assign_attn
+            kw, assign_eps=cfg.assign_eps, gumbel_hard=cfg.gumbel_hard, pre_assign_attn=cfg.pre_assign_attn,
+            token_residual=cfg.token_residual,
         )
         self.audio_grouping = GroupingBlock(d, c, cfg.assignment, cfg.gumbel_tau, **gkw)
         self.visual_grouping = GroupingBlock(d, c, cfg.assignment, cfg.gumbel_tau, **gkw)
-        self.audio_presence = nn.Linear(d, 1)
-        self.visual_presence = nn.Linear(d, 1)
+        self.audio_presence = PresenceHead(d, c, cfg.presence_head)
+        self.visual_presence = PresenceHead(d, c, cfg.presence_head)
         self.token_classifier = nn.Linear(d, c)
         for mod in (
             self.audio_transformer,
@@ -113,8 +114,8 @@ class AVGN(nn.Module):
         out.update(
             audio_emb=audio_emb,
             visual_emb=visual_emb,
-            audio_logits=self.audio_presence(audio_emb).squeeze(-1),
-            visual_logits=self.visual_presence(visual_emb).squeeze(-1),
+            audio_logits=self.audio_presence(audio_emb),
+            visual_logits=self.visual_presence(visual_emb),
             token_logits=self.token_classifier(self.class_tokens),
             assign_audio=assign_a,
             assign_visual=assign_v,
@@ -157,6 +158,32 @@ class AVGN(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+class PresenceHead(nn.Module):
+    """Presence logits ``[B, C]`` from class-aware embeddings ``[B, C, D]``.
+
+    ``shared``: one ``Linear(D, 1)`` for every class (the released code); ``per_class``: class ``c``
+    has its own weight vector and bias, ``logit_c = <w_c, g_c> + b_c`` (an einsum, no loop).
+    """
+
+    def __init__(self, dim: int, num_classes: int, kind: str = "shared") -> None:
+        super().__init__()
+        if kind not in ("shared", "per_class"):
+            raise ValueError(f"presence head must be 'shared' or 'per_class', got {kind!r}")
+        self.kind = kind
+        rows = 1 if kind == "shared" else num_classes
+        self.weight = nn.Parameter(torch.empty(rows, dim))
+        self.bias = nn.Parameter(torch.zeros(rows))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.kind == "shared":
+            return emb @ self.weight[0] + self.bias[0]
+        return torch.einsum("bcd,cd->bc", emb, self.weight) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, classes={self.weight.shape[0] if self.kind == 'per_class' else 'shared'}, dim={self.weight.shape[1]}"
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:

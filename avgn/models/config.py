@@ -90,6 +90,11 @@ class AVGNConfig:
         assign_eps: each class embedding is ``sum_n w_nc v_n / (sum_n w_nc + assign_eps)``
             (GroupViT uses 1.0: a token that receives almost no feature stays near 0).
         pre_assign_attn: GroupViT/AVGN grouping blocks first let tokens cross-attend to features.
+        token_residual: add the (layer-normalised) class token to its grouped embedding, as
+            GroupViT and the paper do. Off by default: it dominates the input-dependent term and
+            the embeddings stop depending on the input (:mod:`avgn.models.grouping`, chapter 2).
+        presence_head: ``shared`` (one ``Linear(D, 1)`` over all classes, the released code) or
+            ``per_class`` (a weight vector and bias per class).
         tau: contrastive temperature (paper 0.03).
         loc_target: ``paper`` = Eq. 10, audio class embedding ``g^a_n`` scored against
             ``f_p * g^v_n`` (feature gated by the class-aware visual embedding); ``public`` = the
@@ -115,6 +120,8 @@ class AVGNConfig:
     gumbel_hard: bool = True
     assign_eps: float = 1.0
     pre_assign_attn: bool = True
+    token_residual: bool = False
+    presence_head: str = "shared"
     tau: float = 0.03
     loc_target: str = "paper"
     audio_grouping: str = "spatial"
@@ -128,6 +135,8 @@ class AVGNConfig:
     def __post_init__(self) -> None:
         if self.assignment not in ASSIGNMENTS:
             raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+        if self.presence_head not in ("shared", "per_class"):
+            raise ValueError(f"presence_head must be 'shared' or 'per_class', got {self.presence_head!r}")
         if self.loc_target not in LOC_TARGETS:
             raise ValueError(f"loc_target must be one of {LOC_TARGETS}, got {self.loc_target!r}")
         if self.audio_grouping not in AUDIO_GROUPING:

@@ -6,8 +6,17 @@ to the class tokens and pools one class-aware embedding per class:
 
     logits[b, n, c] = <W_q LN(t_c), W_k LN(x_n)> / sqrt(D)         (dot product, scaled)
     A[b, n, :]      = assign(logits[b, n, :])                      (over TOKENS, per feature)
-    g[b, c]         = W_o( sum_n A[b,n,c] W_v LN(x_n) / (sum_n A[b,n,c] + eps) ) + t_c
+    g[b, c]         = W_o( sum_n A[b,n,c] W_v LN(x_n) / (sum_n A[b,n,c] + eps) ) [+ t_c]
     g[b, c]         = g[b, c] + MLP(LN(g[b, c]))
+
+The token residual ``+ t_c`` (``token_residual=True``, GroupViT's and the paper's form) adds the
+layer-normalised token, whose norm is about ``sqrt(D)``, to an input-dependent term that starts
+about 30x smaller (two small-init projections, and ``eps = 1`` against a handful of audio cells).
+Every head reading ``g`` then sees the token first: the presence heads learn the class prior and the
+maps become a detector of the class they are handed (chapter 2 measures it). Without it
+(``token_residual=False``, the default) ``g`` is built from the features assigned to the token only;
+the token still decides *which* features those are (through the assignment logits and the
+pre-assignment attention).
 
 ``assign`` is ``softmax``; ``hard`` (one-hot of the argmax, straight-through: forward one-hot,
 backward the softmax gradient); or ``gumbel`` (Gumbel-Softmax at temperature ``tau`` in training,
@@ -199,9 +208,11 @@ class GroupingBlock(nn.Module):
         assign_eps: float = 1.0,
         gumbel_hard: bool = True,
         pre_assign_attn: bool = True,
+        token_residual: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.token_residual = token_residual
         if assignment not in ("softmax", "hard", "gumbel"):
             raise ValueError(f"unknown assignment mode {assignment!r}; use softmax, hard or gumbel")
         self.dim = dim
@@ -244,6 +255,18 @@ class GroupingBlock(nn.Module):
         assign = assign_tokens(logits, self.assignment, self.tau, self.training, self.gumbel_hard)
         weights = assign / (assign.sum(dim=1, keepdim=True) + self.assign_eps)  # [B, N, C]
         pooled = torch.einsum("bnc,bnd->bcd", weights, self.v(x))
-        grouped = self.out(pooled) + t
+        grouped = self.out(pooled)
+        if self.token_residual:
+            grouped = grouped + t
         grouped = grouped + self.mlp(self.norm_out(grouped))
         return grouped, assign
+
+    def residual_source(self) -> nn.Module:
+        """The module whose output is the token residual ``t`` (before pre-assignment attention)."""
+        return self.norm_tokens
+
+    def extra_repr(self) -> str:
+        return (
+            f"assignment={self.assignment}, tokens={self.num_tokens}, assign_eps={self.assign_eps}, "
+            f"token_residual={self.token_residual}, pre_assign_attn={self.pre_attn is not None}"
+        )

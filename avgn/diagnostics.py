@@ -1,0 +1,283 @@
+"""Does a model learn from the audio? Controls and references for chapter 2's diagnosis.
+
+* :func:`prior_bce` — the presence BCE of the best *constant* predictor (the class frequencies):
+  a presence loss that settles there has learned the class prior and nothing from the input.
+* :func:`gradient_norms` — per loss term, the gradient norm that reaches each part of a model
+  (audio encoder, grouping blocks, class tokens, ...), from one batch, one backward per term.
+* :func:`grouping_balance` — inside AVGN's audio grouping block: the norm of the input-dependent
+  term ``out(pooled)`` against the residual it is added to, how peaked the assignment is, and how
+  much the presence logits vary across samples vs across classes.
+* :class:`PresenceCNN` and :func:`train_presence_reference` — a plain 4-block CNN trained with BCE
+  on the multi-hot labels of the *same* training mixtures (same batcher, steps and spectrograms):
+  the reference for how much class information the audio holds at this budget.
+* :func:`audio_probe` — a linear probe (scikit-learn logistic regression, one per class) on a
+  model's pooled audio-encoder features: is the class information in the encoder at all?
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "prior_bce",
+    "micro_f1",
+    "gradient_norms",
+    "grouping_balance",
+    "PresenceCNN",
+    "train_presence_reference",
+    "audio_probe",
+]
+
+
+def prior_bce(labels: torch.Tensor | np.ndarray) -> float:
+    """Mean binary entropy of the per-class frequencies of multi-hot ``labels [N, C]``: the BCE of
+    predicting every class with its frequency, whatever the input."""
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
+    p = y.mean(dim=0).clamp(1e-12, 1 - 1e-12)
+    h = -(p * p.log() + (1 - p) * (1 - p).log())
+    return float(h.mean())
+
+
+def micro_f1(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> float:
+    """Micro F1 of ``probs >= threshold`` (at least the top class per row) against ``labels``."""
+    from avgn.evaluate import presence_metrics
+
+    return presence_metrics(probs, labels, threshold)["presence_f1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# gradients per loss term
+# --------------------------------------------------------------------------------------------------
+def gradient_norms(
+    model: nn.Module,
+    parts: Mapping[str, torch.Tensor],
+    groups: Mapping[str, Sequence[nn.Parameter] | nn.Module],
+    weights: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """``[{"loss", "module", "grad_norm"}]``: the L2 norm of ``d (w * loss) / d params`` for each
+    weighted loss term of ``parts`` (graph-carrying scalars of one forward) and each parameter group
+    of ``groups`` (name -> module or parameters). Gradients are computed with :func:`torch.autograd.grad`,
+    so the model's ``.grad`` fields are untouched."""
+    params = {k: [p for p in (g.parameters() if isinstance(g, nn.Module) else g) if p.requires_grad] for k, g in groups.items()}
+    flat = [p for ps in params.values() for p in ps]
+    rows = []
+    names = list(parts)
+    for n, name in enumerate(names):
+        w = 1.0 if weights is None else float(weights.get(name, 1.0))
+        loss = parts[name]
+        if not loss.requires_grad or w == 0.0:
+            grads = [None] * len(flat)
+        else:
+            grads = torch.autograd.grad(w * loss, flat, retain_graph=n < len(names) - 1, allow_unused=True)
+        k = 0
+        for g_name, ps in params.items():
+            sq = 0.0
+            for _ in ps:
+                gr = grads[k]
+                k += 1
+                if gr is not None:
+                    sq += float(gr.detach().double().pow(2).sum())
+            rows.append({"loss": name, "module": g_name, "grad_norm": math.sqrt(sq)})
+    return rows
+
+
+def avgn_parameter_groups(model: nn.Module) -> dict[str, Any]:
+    """The parts of an AVGN whose gradients chapter 2 follows."""
+    return {
+        "audio encoder": model.audio,
+        "audio transformer": model.audio_transformer,
+        "audio grouping": model.audio_grouping,
+        "class tokens": [model.class_tokens],
+        "visual projection": model.visual.proj,
+        "visual transformer": model.visual_transformer,
+        "visual grouping": model.visual_grouping,
+        "presence heads": list(model.audio_presence.parameters()) + list(model.visual_presence.parameters()),
+    }
+
+
+__all__.append("avgn_parameter_groups")
+
+
+@torch.no_grad()
+def grouping_balance(model: nn.Module, batch: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, float]:
+    """Inside AVGN's audio grouping block on one batch: mean norms of the input-dependent term
+    (``out(pooled)``) and of the residual it is added to, their ratio, the mean of each feature's
+    largest assignment weight, the number of audio cells, and the standard deviation of the audio
+    presence logits across samples (mean over classes) and across classes (of the per-class means)."""
+    from avgn.evaluate import model_inputs
+
+    g = model.audio_grouping
+    rec: dict[str, torch.Tensor] = {}
+    hooks = [
+        g.out.register_forward_hook(lambda m, i, o: rec.__setitem__("input_term", o)),
+        g.residual_source().register_forward_hook(lambda m, i, o: rec.__setitem__("residual", o)),
+    ]
+    was = model.training
+    model.eval()
+    try:
+        out = model(**model_inputs(dict(batch), torch.device(device)))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    a, r = rec["input_term"].float(), rec["residual"].float()
+    logits = out["audio_logits"].float()
+    return {
+        "input_term_norm": float(a.norm(dim=-1).mean()),
+        "residual_norm": float(r.norm(dim=-1).mean()),
+        "ratio": float(r.norm(dim=-1).mean() / a.norm(dim=-1).mean().clamp_min(1e-12)),
+        "assign_max_weight": float(out["assign_audio"].float().amax(-1).mean()),
+        "audio_cells": int(out["assign_audio"].shape[1]),
+        "logit_sd_samples": float(logits.std(0).mean()),
+        "logit_sd_classes": float(logits.mean(0).std()),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# a plain CNN presence reference on the same data
+# --------------------------------------------------------------------------------------------------
+class PresenceCNN(nn.Module):
+    """Four conv blocks (``3x3 conv -> BN -> ReLU -> 2x2 max-pool``; ``widths`` channels), global
+    max + mean pooling, a linear layer to ``C`` presence logits. ``forward(spec [B, 1, F, T]) -> [B, C]``."""
+
+    def __init__(self, num_classes: int, widths: Sequence[int] = (32, 64, 128, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+            cin = w
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * cin, num_classes)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        x = self.body(spec)
+        return self.head(torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1))
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """What :func:`train_presence_reference` measured."""
+
+    history: list[dict[str, float]]  # per evaluation: step, train BCE, val F1 per set
+    val: dict[str, float]  # final micro F1 per validation set
+    seconds: float
+    steps: int
+
+
+def _presence_eval(model: nn.Module, sets: Sequence[Any]) -> dict[str, float]:
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for es in sets:
+            probs, labels = [], []
+            for b in es.batches():
+                probs.append(torch.sigmoid(model(b["spec"])))
+                labels.append(b["labels"])
+            out[str(es.name)] = micro_f1(torch.cat(probs), torch.cat(labels))
+    model.train()
+    return out
+
+
+def train_presence_reference(
+    exp: Any,
+    data_dir: str | Path,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    lr: float = 1e-3,
+    val_sets: Sequence[str] = ("val/solo/scene", "val/duet/scene"),
+    eval_every: int = 100,
+    progress: bool = False,
+) -> ReferenceResult:
+    """Train :class:`PresenceCNN` on ``exp``'s training mixtures (its batcher, batch size and, by
+    default, its number of steps) with BCE on the multi-hot labels; Adam, constant ``lr``."""
+    from avgn.evaluate import load_eval_set
+    from avgn.train import GroupedBatchSampler, build_train_data
+
+    torch.manual_seed(seed)
+    data_dir = Path(data_dir)
+    batcher, groups, _ = build_train_data(exp, data_dir, seed, store=None)
+    batcher.audio_only = True
+    sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=seed)
+    total = steps or exp.train.epochs * len(sampler)
+    sets = [load_eval_set(data_dir, n, _audio_only(exp.inputs), None, materialize=True, workers=0) for n in val_sets]
+    model = PresenceCNN(batcher.n_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    hist: list[dict[str, float]] = []
+    step, epoch, t0, run_loss = 0, 0, time.perf_counter(), 0.0
+    while step < total:
+        sampler.set_epoch(epoch)
+        batcher.set_epoch(epoch)
+        for b in batcher.iterate(sampler):
+            loss = F.binary_cross_entropy_with_logits(model(b["spec"]), b["labels"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            run_loss += float(loss.detach())
+            step += 1
+            if step % eval_every == 0 or step == total:
+                row = {"step": step, "train_bce": run_loss / (eval_every if step % eval_every == 0 else step % eval_every)}
+                row.update(_presence_eval(model, sets))
+                hist.append(row)
+                run_loss = 0.0
+                if progress:
+                    print(f"[presence CNN] step {step}/{total}: {row}", flush=True)
+            if step >= total:
+                break
+        epoch += 1
+    return ReferenceResult(history=hist, val=hist[-1] if hist else {}, seconds=time.perf_counter() - t0, steps=step)
+
+
+def _audio_only(inputs: Any) -> Any:
+    """``inputs`` without cached features (evaluation sets then carry frames; only ``spec`` is read)."""
+    from dataclasses import replace
+
+    return replace(inputs, cached_features=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# linear probe of the audio encoder
+# --------------------------------------------------------------------------------------------------
+def audio_probe(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    train_batches: Sequence[Mapping[str, Any]],
+    test_batches: Sequence[Mapping[str, Any]],
+    C: float = 1.0,
+) -> dict[str, float]:
+    """Micro F1 on ``test_batches`` of one logistic regression per class (scikit-learn, standardised
+    inputs) fitted on ``encode(spec)`` features of ``train_batches``. Classes absent from the
+    training labels are predicted absent."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def feats(batches):
+        xs, ys = [], []
+        with torch.no_grad():
+            for b in batches:
+                xs.append(encode(b["spec"]).float())
+                ys.append(b["labels"])
+        return torch.cat(xs).numpy(), torch.cat(ys).numpy() > 0.5
+
+    xtr, ytr = feats(train_batches)
+    xte, yte = feats(test_batches)
+    sc = StandardScaler().fit(xtr)
+    xtr, xte = sc.transform(xtr), sc.transform(xte)
+    probs = np.zeros(yte.shape, dtype=np.float64)
+    for c in range(ytr.shape[1]):
+        if ytr[:, c].all() or not ytr[:, c].any():
+            probs[:, c] = float(ytr[:, c].mean())
+            continue
+        clf = LogisticRegression(C=C, max_iter=2000).fit(xtr, ytr[:, c])
+        probs[:, c] = clf.predict_proba(xte)[:, 1]
+    f1 = micro_f1(torch.from_numpy(probs), torch.from_numpy(yte.astype(np.float32)))
+    return {"probe_f1": f1, "n_train": int(len(xtr)), "n_test": int(len(xte))}

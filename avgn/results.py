@@ -1,0 +1,97 @@
+"""The book's tables as data: one long CSV format under ``results/``, written and read by the chapters.
+
+Every table a chapter shows is first written here and then read back, so the numbers of the book are
+files a reader can load (``pandas.read_csv("results/03_main.csv")``) and a rerun can diff. One row
+per number, columns :data:`COLUMNS`:
+
+==========  ===============================================================================
+chapter     the chapter that wrote it (``"02"`` ... ``"06"``)
+variant     the row label of the table (``AVGN``, ``EZ-VSL + object prior``, ``depth 3`` ...)
+method      the code name: ``avgn``, ``ezvsl``, ``mal``, ``centre``, ``object``, ``perfect``, ...
+seed        the training seed (``-1`` for the non-learned references)
+set         ``split/task/layout`` (``test/duet/scene``)
+mode        ``oracle`` (ground-truth sources) or ``predicted`` (the method's own selection)
+metric      as the metric summaries name it: ``ap``, ``cap``, ``piap``, ``ciou@0.3``, ``auc``,
+            ``presence_f1``, ... (with a binarisation suffix such as ``ciou@0.3|fixed 0.5``)
+value       a fraction in ``[0, 1]``
+==========  ===============================================================================
+
+Counts (``n``, ``n_empty``) and timings are not results and are not written. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "RESULTS_DIR", "NON_FRACTION_METRICS", "to_results", "write_results", "read_results"]
+
+COLUMNS = ("chapter", "variant", "method", "seed", "set", "mode", "metric", "value")
+#: ``results/`` at the repository root (chapters pass their own relative path).
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+#: Summary entries that are counts or times, never written as results.
+NON_FRACTION_METRICS = frozenset({"n", "n_empty", "n_sources", "seconds", "items"})
+
+
+def to_results(df: Any, chapter: str, **fixed: Any):
+    """A long table (e.g. :func:`avgn.train.collect_variants` or :func:`avgn.evaluate.results_frame`
+    output) in the results format: ``fixed`` fills missing columns (``variant="centre prior"``,
+    ``seed=-1``), count metrics are dropped, columns are ordered as :data:`COLUMNS`."""
+    import pandas as pd
+
+    out = df.copy()
+    out["chapter"] = str(chapter)
+    for k, v in fixed.items():
+        out[k] = v
+    missing = [c for c in COLUMNS if c not in out.columns]
+    if missing:
+        raise KeyError(f"results need columns {missing} (give them as keyword arguments, e.g. variant='AVGN')")
+    out = out[~out["metric"].isin(NON_FRACTION_METRICS)]
+    out = out[list(COLUMNS)].copy()
+    out["seed"] = out["seed"].astype(int)
+    out["value"] = pd.to_numeric(out["value"], errors="raise").astype(float)
+    return out.reset_index(drop=True)
+
+
+def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR) -> Path:
+    """Validate ``df`` (columns :data:`COLUMNS`, every finite value in ``[0, 1]``) and write it to
+    ``<results_dir>/<name>.csv`` atomically. Returns the path."""
+    from avgn.io import atomic_write_text
+
+    cols = tuple(df.columns)
+    if cols != COLUMNS:
+        raise ValueError(f"results columns must be {COLUMNS}, got {cols}; build the table with to_results()")
+    vals = df["value"].astype(float)
+    bad = df[vals.notna() & ((vals < 0) | (vals > 1))]
+    if len(bad):
+        raise ValueError(f"{name}: {len(bad)} values outside [0, 1], e.g. {bad.iloc[0].to_dict()}")
+    if not all(isinstance(x, str) and x.count("/") == 2 for x in df["set"]):
+        raise ValueError(f"{name}: every set must be named split/task/layout")
+    path = Path(results_dir) / f"{name}.csv"
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    return path
+
+
+def read_results(name: str, results_dir: str | Path = RESULTS_DIR):
+    """Read ``<results_dir>/<name>.csv`` back (a missing file is an error naming the chapter to run)."""
+    import pandas as pd
+
+    path = Path(results_dir) / f"{name}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: execute the chapter that writes it (results/README.md)")
+    df = pd.read_csv(path, dtype={"chapter": str})
+    if tuple(df.columns) != COLUMNS:
+        raise ValueError(f"{path} is not a results table (columns {tuple(df.columns)})")
+    return df
+
+
+def mean_sd(df: Any, by: tuple[str, ...] = ("variant", "set", "mode", "metric")):
+    """Mean, sample sd and number of seeds of ``value`` per group (NaN sd for a single seed)."""
+    g = df.groupby(list(by), sort=False)["value"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].where(out["count"] > 1, math.nan)
+    return out
+
+
+__all__.append("mean_sd")
