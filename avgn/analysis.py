@@ -278,3 +278,54 @@ def embedding_dependence(emb: np.ndarray, sounding: np.ndarray, names: Sequence[
         within = float((x[:, c] @ (mu_all / np.linalg.norm(mu_all))).mean())
         rows.append({"class": name, "scenes_sounding": int(on.sum()), "cos_sounding_vs_silent": cos, "within_class_cos": within})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# a whole comparison re-scored under another binarisation rule
+# --------------------------------------------------------------------------------------------------
+def rescore_variants(
+    variants: Sequence[Any],
+    references: Sequence[str],
+    runs_dir: str | Path,
+    profile: str,
+    seeds: Sequence[int],
+    data_dir: str | Path,
+    sets: Sequence[str],
+    rule: tuple[str, float] = ("fixed", 0.5),
+    *,
+    device: str = "auto",
+):
+    """Every variant (each seed's best checkpoint, with its inference-time overrides and its
+    validation-chosen presence threshold) and every reference re-scored on ``sets`` with cIoU under
+    ``rule`` instead of the protocol's: a long :class:`pandas.DataFrame` with columns ``variant,
+    method, seed, set, mode, metric, value`` (``seed = -1`` for references). AP-type metrics do not
+    depend on the rule and are left out."""
+    import pandas as pd
+
+    from avgn.evaluate import MODES
+    from avgn.experiment import METHOD_NAMES
+    from avgn.train import load_trained_model, variant_dirs
+
+    cfg = EvalConfig(binarize_rule=rule[0], binarize_value=rule[1])
+    rows: list[dict[str, Any]] = []
+
+    def add(preds: Mapping[str, SetPredictions], threshold: float, **labels: Any) -> None:
+        for name, p in preds.items():
+            for mode in MODES:
+                summary, _ = score_set(p, mode, cfg, threshold)
+                for metric, value in summary.items():
+                    if metric.startswith(("ciou", "iou")):
+                        rows.append(dict(labels, set=name, mode=mode, metric=f"{metric}|{rule[0]} {rule[1]:g}", value=float(value)))
+
+    for v in variants:
+        for s in seeds:
+            run_dir, _ = variant_dirs(v, runs_dir, profile, s)
+            th = float(load_trained_model(run_dir, device="cpu")[2].get("presence_threshold", 0.5))
+            preds = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
+            add(preds, th, variant=v.label, method=v.method, seed=int(s))
+    for kind in references:
+        add(predict_reference(kind, data_dir, sets, profile=profile, device=device), 0.5, variant=METHOD_NAMES[kind], method=kind, seed=-1)
+    return pd.DataFrame(rows)
+
+
+__all__.append("rescore_variants")

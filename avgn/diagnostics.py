@@ -281,3 +281,105 @@ def audio_probe(
         probs[:, c] = clf.predict_proba(xte)[:, 1]
     f1 = micro_f1(torch.from_numpy(probs), torch.from_numpy(yte.astype(np.float32)))
     return {"probe_f1": f1, "n_train": int(len(xtr)), "n_test": int(len(xte))}
+
+
+@torch.no_grad()
+def embedding_dependence_summary(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> dict[str, float]:
+    """Mean over classes of :func:`avgn.analysis.embedding_dependence`'s ``cos_sounding_vs_silent``
+    for AVGN's audio and visual class-aware embeddings on ``batches`` (e.g. the materialised
+    validation duets): 1 = the embedding of a class is the same whether the class sounds or not."""
+    from avgn.analysis import embedding_dependence
+    from avgn.evaluate import model_inputs
+
+    was = model.training
+    model.eval()
+    auds, viss, labs = [], [], []
+    try:
+        for b in batches:
+            out = model(**model_inputs(dict(b), torch.device(device)))
+            auds.append(out["audio_emb"].float().cpu())
+            viss.append(out["visual_emb"].float().cpu())
+            labs.append(b["labels"].bool())
+    finally:
+        model.train(was)
+    sounding = torch.cat(labs).numpy()
+    names = [str(c) for c in range(sounding.shape[1])]
+    res = {}
+    for key, embs in (("audio", auds), ("visual", viss)):
+        df = embedding_dependence(torch.cat(embs).numpy(), sounding, names)
+        res[key] = float(df["cos_sounding_vs_silent"].mean()) if len(df) else math.nan
+    return res
+
+
+__all__.append("embedding_dependence_summary")
+
+
+# --------------------------------------------------------------------------------------------------
+# chapter-level helpers (thin cells)
+# --------------------------------------------------------------------------------------------------
+def training_batches(exp: Any, data_dir: str | Path, seed: int = 0, n: int = 8, epoch: int = 0) -> list[dict[str, Any]]:
+    """The first ``n`` training batches of ``epoch`` exactly as :func:`avgn.train.train` draws them."""
+    from avgn.data.manifest import load_build_info
+    from avgn.features import FeatureStore, compute_features
+    from avgn.train import GroupedBatchSampler, build_train_data
+
+    data_dir = Path(data_dir)
+    exp = exp.with_num_classes(len(load_build_info(data_dir)["classes"]))
+    store = None
+    if exp.inputs.cached_features:
+        compute_features(data_dir, exp.inputs.features, progress=False, splits=["train"])
+        store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+    batcher, groups, _ = build_train_data(exp, data_dir, seed, store)
+    sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=seed)
+    sampler.set_epoch(epoch)
+    batcher.set_epoch(epoch)
+    out = []
+    for idx in sampler:
+        out.append(batcher.batch(idx))
+        if len(out) >= n:
+            break
+    return out
+
+
+def avgn_loss_parts(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """AVGN's four loss terms on one batch, unweighted, with their graphs (for :func:`gradient_norms`)."""
+    from avgn.evaluate import model_inputs
+    from avgn.losses import avgn_localization_loss, presence_bce_loss, token_ce_loss
+
+    out = model(**model_inputs(dict(batch), next(model.parameters()).device))
+    classes = batch["classes"]
+    cfg = model.cfg
+    return {
+        "localization": avgn_localization_loss(out["audio_emb"], out["visual_map_feats"], classes, classes >= 0, tau=cfg.tau,
+                                               target=cfg.loc_target, visual_emb=out["visual_emb"]),
+        "token": token_ce_loss(out["token_logits"]),
+        "audio presence": presence_bce_loss(out["audio_logits"], batch["labels"]),
+        "visual presence": presence_bce_loss(out["visual_logits"], batch["labels"]),
+    }
+
+
+def avgn_gradient_table(model: nn.Module, batches: Sequence[Mapping[str, Any]], weighted: bool = True):
+    """Mean over ``batches`` of :func:`gradient_norms` for AVGN's loss terms (times their weights if
+    ``weighted``) and :func:`avgn_parameter_groups`: a long :class:`pandas.DataFrame`."""
+    import pandas as pd
+
+    cfg = model.cfg
+    w = {"localization": cfg.w_loc, "token": cfg.w_token, "audio presence": cfg.w_audio_cls, "visual presence": cfg.w_visual_cls}
+    rows = []
+    model.train()
+    for b in batches:
+        rows += gradient_norms(model, avgn_loss_parts(model, b), avgn_parameter_groups(model), w if weighted else None)
+    return pd.DataFrame(rows).groupby(["loss", "module"], sort=False, as_index=False)["grad_norm"].mean()
+
+
+def audio_encoder_probe(model: nn.Module, train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """:func:`audio_probe` on ``model``'s max-pooled audio-trunk features (AVGN / EZ-VSL encoders)."""
+    was = model.training
+    model.eval()
+    try:
+        return audio_probe(lambda spec: model.audio.trunk_pooled(spec)[1], train, test)
+    finally:
+        model.train(was)
+
+
+__all__ += ["training_batches", "avgn_loss_parts", "avgn_gradient_table", "audio_encoder_probe"]

@@ -59,6 +59,7 @@ __all__ = [
     "run_experiment",
     "variant_dirs",
     "run_variant",
+    "refresh_presence_threshold",
     "collect_variants",
     "load_run",
 ]
@@ -358,7 +359,13 @@ def load_trained_model(
     if info is None:
         raise FileNotFoundError(f"{run_dir} has no '{checkpoint}' checkpoint yet (is the run finished? `avgn train ... --resume`)")
     model.to(resolve_device(device)).eval()
-    return model, exp, {"seed": cfg["seed"], "data_dir": cfg["data_dir"], "checkpoint_epoch": info["epoch"], "config": cfg}
+    out = {"seed": cfg["seed"], "data_dir": cfg["data_dir"], "checkpoint_epoch": info["epoch"], "config": cfg}
+    summary = run_dir / "run.json"
+    if summary.is_file():  # the presence threshold chosen on validation (predicted selection)
+        th = json.loads(summary.read_text()).get("presence_threshold")
+        if th is not None:
+            out["presence_threshold"] = float(th)
+    return model, exp, out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,7 +407,7 @@ def train(
     from tqdm.auto import tqdm
 
     from avgn.env import environment_report, git_revision, resolve_device, seed_everything
-    from avgn.evaluate import ModelPredictor, evaluate_sets, load_eval_set, model_inputs, selection_score
+    from avgn.evaluate import ModelPredictor, choose_presence_threshold, evaluate_sets, load_eval_set, model_inputs, selection_score
     from avgn.models import build_model
 
     t_wall = time.perf_counter()
@@ -538,7 +545,7 @@ def train(
         train_s = time.perf_counter() - t0
         # ---- validation (model selection) -----------------------------------------------------
         ev = evaluate_sets(predictor, val_sets, exp.eval, modes)
-        score = selection_score(ev["results"], "oracle")
+        score = selection_score(ev["results"], modes)
         row: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
@@ -551,9 +558,14 @@ def train(
             "val_score": score,
         }
         if exp.method == "avgn":
+            from avgn.diagnostics import embedding_dependence_summary
+
             with torch.no_grad():
                 tok = model.token_classifier(model.class_tokens).argmax(-1).cpu()
             row["token_raw_accuracy"] = float((tok == torch.arange(len(tok))).float().mean())
+            # does a class's embedding change when the class sounds? (1 = no; chapter 2)
+            multi = [es for es in val_sets if es.name.n_sources > 1] or val_sets
+            row["embedding_dependence"] = embedding_dependence_summary(model, [b for es in multi for b in es.batches()], dev)
         improved = score > state["best_score"] + t.min_delta
         row["is_best"] = bool(improved)
         state["history"].append(row)
@@ -585,7 +597,13 @@ def train(
             log(f"[avgn.train] stopping after {epochs_this_call} epoch(s) as asked; resume to continue")
             return {"finished": False, "epoch": epoch + 1, "step": step, "state": state}
 
-    # ---- finished: the run summary ------------------------------------------------------------
+    # ---- finished: the presence threshold of the selected epoch, chosen on validation -----------
+    threshold, curve = None, None
+    if "predicted" in modes:
+        load_checkpoint(run_dir, model, name="best", map_location=dev)
+        threshold, curve = choose_presence_threshold(predictor, val_sets, exp.eval)
+        log(f"[avgn.train] presence threshold {threshold:.2f} (chosen on {', '.join(exp.inputs.val_sets)})")
+    # ---- the run summary ---------------------------------------------------------------------------
     best_row = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
     summary = {
         "method": exp.method,
@@ -603,6 +621,9 @@ def train(
         "steps": step,
         "best_epoch": state["best_epoch"],
         "best_val_score": state["best_score"],
+        "selection_modes": list(modes),
+        "presence_threshold": threshold,
+        "threshold_curve": curve,
         "stopped_early": state["stopped_early"],
         "train_seconds": state["train_seconds"],
         "wall_seconds": state["wall_seconds"],
@@ -616,7 +637,7 @@ def train(
     atomic_write_json(run_dir / "run.json", summary)
     import pandas as pd
 
-    flat = _flatten("", {k: v for k, v in summary.items() if k not in ("environment", "config", "features")}, {})
+    flat = _flatten("", {k: v for k, v in summary.items() if k not in ("environment", "config", "features", "threshold_curve")}, {})
     atomic_write_text(run_dir / "run.csv", pd.DataFrame([flat]).to_csv(index=False))
     log(f"[avgn.train] done: best epoch {state['best_epoch']} (val score {state['best_score']:.4f}), "
         f"{summary['samples_per_s']:.0f} samples/s, {time.perf_counter() - t_wall:.0f} s in this call")
@@ -666,6 +687,31 @@ def run_experiment(
     return {"run": summary, "eval": evals}
 
 
+def refresh_presence_threshold(run_dir: str | Path, device: str = "auto") -> float | None:
+    """Choose a finished run's presence threshold on its validation sets again
+    (:func:`avgn.evaluate.choose_presence_threshold`, e.g. after that rule changed) and store it in
+    ``run.json`` (atomic); evaluations made with another threshold are then redone by
+    :func:`run_variant`. Returns the threshold (None for a method without predicted selection)."""
+    import json
+
+    from avgn.evaluate import ModelPredictor, choose_presence_threshold, load_eval_set
+    from avgn.features import FeatureStore
+
+    run_dir = Path(run_dir)
+    model, exp, info = load_trained_model(run_dir, device=device)
+    predictor = ModelPredictor(model, exp.method, next(model.parameters()).device)
+    if predictor.kind != "class_aware":
+        return None
+    data = Path(info["data_dir"])
+    store = FeatureStore(data, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
+    sets = [load_eval_set(data, n, exp.inputs, store, max_items=exp.inputs.val_max_items) for n in exp.inputs.val_sets]
+    threshold, curve = choose_presence_threshold(predictor, sets, exp.eval)
+    summary = json.loads((run_dir / "run.json").read_text())
+    summary.update(presence_threshold=threshold, threshold_curve=curve)
+    atomic_write_json(run_dir / "run.json", summary)
+    return threshold
+
+
 # --------------------------------------------------------------------------------------------------
 # named variants (the book's comparisons)
 # --------------------------------------------------------------------------------------------------
@@ -707,6 +753,8 @@ def run_variant(
     data_dir = Path(data_dir)
     train(variant.method, data_dir, run_dir, seed=seed, profile=profile, device=device, resume=True, progress=progress, overrides=overrides)
     best = read_checkpoint_info(run_dir, "best")
+    summary = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    threshold = summary.get("presence_threshold") or 0.5
     ev_over = dict(variant.eval_overrides) or None
     commands = [reproduce_command(variant.method, profile, seed, data_dir, run_dir, overrides)]
     jobs: list[tuple[str, str | list[str], list[str] | None]] = [(sp, sp, None) for sp in eval_splits]
@@ -715,7 +763,8 @@ def run_variant(
         path = eval_dir / f"eval_{tag}.json"
         prev = json.loads(path.read_text()) if path.is_file() else None
         if not (prev and best is not None and prev.get("checkpoint_epoch") == best["epoch"]
-                and prev.get("model_overrides", {}) == (ev_over or {}) and (sets is None or prev.get("sets") == sets)):
+                and prev.get("model_overrides", {}) == (ev_over or {}) and (sets is None or prev.get("sets") == sets)
+                and prev.get("presence_threshold", 0.5) == threshold):
             evaluate_run(run_dir, split, sets=sets, device=device, progress=progress, model_overrides=ev_over,
                          out_dir=eval_dir if ev_over else None, tag=tag)
         commands.append(eval_command(run_dir, split if isinstance(split, str) else split[0], ev_over, eval_dir if ev_over else None, sets=sets, tag=tag))

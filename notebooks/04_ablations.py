@@ -37,6 +37,7 @@ seed = 0
 device = "auto"
 data_dir = "../data/embedded"
 runs_dir = "../data/runs"
+results_dir = "../results"
 figures_dir = "../figures"
 n_ablation_seeds = 2
 
@@ -55,6 +56,7 @@ from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.evaluate import evaluate_reference
 from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, get_experiment
+from avgn.results import to_results, write_results
 from avgn.train import collect_variants, run_variant, variant_dirs
 from avgn.viz import save_figure, set_style
 
@@ -94,7 +96,7 @@ for v in MAIN_VARIANTS:  # chapter 3's runs (reused): the baselines of the verdi
     for s in cfg.seeds:
         run_variant(v, profile, s, data, runs, device=device, progress=False)
 results = {g: collect_variants(vs, runs, profile, seeds) for g, vs in GROUPS.items()}
-pd.concat([r.assign(group=g) for g, r in results.items()]).to_csv(runs / profile / "ablations_long.csv", index=False)
+print("wrote", write_results(to_results(pd.concat(results.values(), ignore_index=True), "04"), "04_ablations", results_dir))
 
 # %% [markdown]
 # ## Depth of the per-modality transformers

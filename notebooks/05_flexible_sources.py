@@ -32,6 +32,7 @@ seed = 0
 device = "auto"
 data_dir = "../data/embedded"
 runs_dir = "../data/runs"
+results_dir = "../results"
 figures_dir = "../figures"
 
 # %%
@@ -47,6 +48,7 @@ from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.experiment import MAIN_VARIANTS, get_experiment
+from avgn.results import read_results, to_results, write_results
 from avgn.train import collect_variants, load_run, run_variant, variant_dirs
 from avgn.viz import save_figure, set_style
 
@@ -76,6 +78,8 @@ for v in MAIN_VARIANTS:
                           eval_splits=("test", *SHIFTS), eval_sets=COMPOSED)
         print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
 res = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t) for t in ("test", "composed")], ignore_index=True)
+print("wrote", write_results(to_results(res, "05"), "05_sources", results_dir))
+res = read_results("05_sources", results_dir)
 rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t, samples=True) for t in ("test", "composed")], ignore_index=True)
 
 # %% [markdown]
@@ -216,6 +220,8 @@ print(f"distractor selected: {d.loc['distractor', 'selected']:.3f} vs absent cla
 
 # %%
 shift = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=sp) for sp in ["test", *SHIFTS]], ignore_index=True)
+print("wrote", write_results(to_results(shift, "05"), "05_domain_shift", results_dir))
+shift = read_results("05_domain_shift", results_dir)
 key = shift[(shift["mode"] == "oracle") & (((shift["task"] == "solo") & (shift["metric"] == "ap"))
                                           | ((shift["task"] == "duet") & (shift["metric"] == "cap")))]
 key = key.assign(what=key["task"] + "/" + key["layout"] + " " + key["metric"])

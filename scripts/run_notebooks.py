@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     staging.mkdir(parents=True, exist_ok=True)
     params: dict[str, object] = {"profile": args.profile, "seed": args.seed}
     if args.prepare_only:
-        params.update(data_dir=str(out / "data"), figures_dir=str(out / "figures"), runs_dir=str(out / "runs"))
+        params.update(data_dir=str(out / "data"), figures_dir=str(out / "figures"), runs_dir=str(out / "runs"),
+                      results_dir=str(out / "results"))
     params.update(_parse_params(args.param))
 
     for src in chapters(args.only):

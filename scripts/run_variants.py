@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     from avgn.config import get_profile
     from avgn.data.build import build_dataset, dataset_dir
-    from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS
+    from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, PAPER_DESIGN_VARIANT
     from avgn.train import run_variant, variant_dirs
 
     groups = {
         "main": MAIN_VARIANTS,
+        "paper": (PAPER_DESIGN_VARIANT,),
         "depth": DEPTH_VARIANTS,
         "assignment": ASSIGNMENT_VARIANTS,
         "loss": LOSS_VARIANTS,
@@ -47,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(ROOT / "data" / "embedded"))
     p.add_argument("--runs-dir", default=str(ROOT / "data" / "runs"))
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (e.g. 1 each for two queues on two cores)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     seeds = args.seeds if args.seeds is not None else list(get_profile(args.profile).seeds)
     eval_sets = {}

@@ -17,6 +17,7 @@ from avgn.evaluate import (
     evaluate_reference,
     evaluate_sets,
     list_sets,
+    predict_set,
     presence_metrics,
     score_set,
     selection_score,
@@ -218,3 +219,37 @@ def test_reference_evaluation_writes_results(fake_build, tmp_path):
     assert len(samples[samples["mode"] == "oracle"]) == int(load_manifest(fake_build, "test")["n_sources"].sum())
     sub = evaluate_reference("object", fake_build, tmp_path / "object", profile="smoke", sets=["test_style/duet/concat"], device="cpu", progress=False, write=False, overrides=small)
     assert list(sub["results"]) == ["test_style/duet/concat"]
+
+
+def test_presence_threshold_is_chosen_by_f1_on_the_given_sets():
+    """Probabilities 0.9 for the sounding classes, 0.7 for one silent class, 0.2 elsewhere: F1 is
+    1 for any threshold in (0.7, 0.9] and lower below; CAP alone would favour selecting everything."""
+    from avgn.evaluate import choose_presence_threshold
+
+    masks, classes = _masks(2)
+    probs = torch.full((3, C), 0.2)
+    for i in range(3):
+        probs[i, classes[i]] = 0.9
+        probs[i, (classes[i, 1] + 1) % C] = 0.7
+    es = _set("val/duet/scene", masks, classes)
+    th, curve = choose_presence_threshold(GroundTruthClassAware(probs), [es], EvalConfig(), grid=(0.1, 0.5, 0.75, 0.85))
+    assert th == 0.75  # F1 = 1 at 0.75 and 0.85; the tie goes to the value closest to 0.5
+    by = {r["threshold"]: r for r in curve}
+    assert by[0.75]["presence_f1"] == pytest.approx(1.0) and by[0.5]["presence_f1"] == pytest.approx(0.8)
+    assert by[0.1]["presence_precision"] == pytest.approx(0.5) and by[0.1]["presence_recall"] == pytest.approx(1.0)
+    # ... while CAP is blind to false positives: selecting every class (0.1) scores as well as the best F1
+    p = predict_set(GroundTruthClassAware(probs), es)
+    assert score_set(p, "predicted", EvalConfig(), 0.1)[0]["cap"] == pytest.approx(1.0)
+    assert score_set(p, "predicted", EvalConfig(), 0.75)[0]["cap"] == pytest.approx(1.0)
+
+
+def test_perfect_reference_scores_one_and_selection_score_modes():
+    from avgn.evaluate import ReferencePredictor, selection_score
+
+    masks, classes = _masks(2)
+    res = evaluate_sets(ReferencePredictor("perfect"), [_set("test/duet/scene", masks, classes)], EvalConfig(), ("oracle",))
+    s = res["results"]["test/duet/scene"]["oracle"]
+    assert s["cap"] == pytest.approx(1.0) and s["piap"] == pytest.approx(1.0) and s["ciou@0.3"] == pytest.approx(1.0)
+    results = {"val/solo/scene": {"oracle": {"ap": 0.6}, "predicted": {"ap": 0.2}}, "val/duet/scene": {"oracle": {"cap": 0.4}, "predicted": {"cap": 0.2}}}
+    assert selection_score(results, "oracle") == pytest.approx(0.5)
+    assert selection_score(results, ("oracle", "predicted")) == pytest.approx(0.35)

@@ -73,6 +73,10 @@ def _sync_encoder_dim(obj: Any) -> None:
         object.__setattr__(obj, "encoder", replace(obj.encoder, dim=obj.dim))
 
 
+#: The fields in which :class:`AVGNConfig`'s defaults depart from the paper's design, at the paper's values.
+PAPER_DESIGN: dict[str, Any] = {"token_residual": True, "presence_head": "shared", "w_audio_cls": 1.0}
+
+
 @dataclass(frozen=True)
 class AVGNConfig:
     """AVGN (class tokens + per-modality transformer + grouping + per-source contrastive loss).
@@ -91,10 +95,13 @@ class AVGNConfig:
             (GroupViT uses 1.0: a token that receives almost no feature stays near 0).
         pre_assign_attn: GroupViT/AVGN grouping blocks first let tokens cross-attend to features.
         token_residual: add the (layer-normalised) class token to its grouped embedding, as
-            GroupViT and the paper do. Off by default: it dominates the input-dependent term and
-            the embeddings stop depending on the input (:mod:`avgn.models.grouping`, chapter 2).
-        presence_head: ``shared`` (one ``Linear(D, 1)`` over all classes, the released code) or
-            ``per_class`` (a weight vector and bias per class).
+            GroupViT and the paper do (default). On its own it dominates the input-dependent term
+            (:mod:`avgn.models.grouping`); with the per-class presence head and the audio presence
+            weight below the embeddings depend on the input again (chapter 2).
+        presence_head: ``per_class`` (a weight vector and bias per class; default) or ``shared``
+            (one ``Linear(D, 1)`` for every class, the released code). A shared head sees the same
+            pooled audio for every class while the assignment is still uniform, so its gradient
+            can only move the number of present classes, not which ones (chapter 2).
         tau: contrastive temperature (paper 0.03).
         loc_target: ``paper`` = Eq. 10, audio class embedding ``g^a_n`` scored against
             ``f_p * g^v_n`` (feature gated by the class-aware visual embedding); ``public`` = the
@@ -104,7 +111,11 @@ class AVGNConfig:
             (released code).
         token_init_std: class tokens ~ truncated normal (the released code initialises them to
             zeros; we do not, so tokens start distinguishable).
-        w_loc / w_token / w_audio_cls / w_visual_cls: loss weights (released code: all 1).
+        w_loc / w_token / w_audio_cls / w_visual_cls: loss weights (released code: all 1). The
+            default ``w_audio_cls = 100`` departs from it: at initialisation the localisation loss
+            sends a gradient about 1000x larger than the audio presence loss into the audio
+            encoder (chapter 2 measures it), so with equal weights the encoder never learns which
+            classes sound. :meth:`paper` restores the released weights and the shared head.
     """
 
     num_classes: int = 37
@@ -120,15 +131,15 @@ class AVGNConfig:
     gumbel_hard: bool = True
     assign_eps: float = 1.0
     pre_assign_attn: bool = True
-    token_residual: bool = False
-    presence_head: str = "shared"
+    token_residual: bool = True
+    presence_head: str = "per_class"
     tau: float = 0.03
     loc_target: str = "paper"
     audio_grouping: str = "spatial"
     token_init_std: float = 0.02
     w_loc: float = 1.0
     w_token: float = 1.0
-    w_audio_cls: float = 1.0
+    w_audio_cls: float = 100.0
     w_visual_cls: float = 1.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
@@ -157,8 +168,9 @@ class AVGNConfig:
 
     @classmethod
     def paper(cls, **overrides: Any) -> "AVGNConfig":
-        """The paper's configuration (C=37, D=512, depth 3, 8 heads, tau 0.03, ResNet-18)."""
-        return cls(**overrides)
+        """The paper's and released code's design exactly (C=37, D=512, depth 3, 8 heads, tau 0.03,
+        ResNet-18, token residual, one shared presence head, every loss weight 1)."""
+        return cls(**{**PAPER_DESIGN, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,11 +12,11 @@ to the class tokens and pools one class-aware embedding per class:
 The token residual ``+ t_c`` (``token_residual=True``, GroupViT's and the paper's form) adds the
 layer-normalised token, whose norm is about ``sqrt(D)``, to an input-dependent term that starts
 about 30x smaller (two small-init projections, and ``eps = 1`` against a handful of audio cells).
-Every head reading ``g`` then sees the token first: the presence heads learn the class prior and the
-maps become a detector of the class they are handed (chapter 2 measures it). Without it
-(``token_residual=False``, the default) ``g`` is built from the features assigned to the token only;
-the token still decides *which* features those are (through the assignment logits and the
-pre-assignment attention).
+A head reading ``g`` then sees the token first. It is kept by default (the paper's design); chapter 2
+shows that with a per-class presence head and an audio presence weight that can move the audio
+encoder the embeddings depend on the input anyway. With ``token_residual=False`` ``g`` is built from
+the features assigned to the token only; the token still decides *which* features those are
+(through the assignment logits and the pre-assignment attention).
 
 ``assign`` is ``softmax``; ``hard`` (one-hot of the argmax, straight-through: forward one-hot,
 backward the softmax gradient); or ``gumbel`` (Gumbel-Softmax at temperature ``tau`` in training,
@@ -208,7 +208,7 @@ class GroupingBlock(nn.Module):
         assign_eps: float = 1.0,
         gumbel_hard: bool = True,
         pre_assign_attn: bool = True,
-        token_residual: bool = False,
+        token_residual: bool = True,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()

@@ -1,0 +1,121 @@
+"""Chapter 2's controls: prior BCE, per-loss gradient norms, the presence head, the grouping flags,
+the results format, the CPU-precision rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from avgn.diagnostics import PresenceCNN, audio_probe, gradient_norms, prior_bce
+
+
+def test_prior_bce_is_the_entropy_of_the_class_frequencies():
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])  # p = 0.75, 0.25
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert prior_bce(labels) == pytest.approx(h)  # both classes have the same binary entropy
+    # and it is the BCE of predicting each class with its frequency
+    p = labels.mean(0).expand_as(labels)
+    assert prior_bce(labels) == pytest.approx(float(nn.functional.binary_cross_entropy(p, labels)))
+
+
+def test_gradient_norms_per_loss_and_group_match_autograd_and_leave_grads_alone():
+    torch.manual_seed(0)
+    a, b = nn.Linear(3, 2), nn.Linear(2, 1)
+    x = torch.randn(5, 3)
+    h = a(x)
+    parts = {"only_a": h.pow(2).sum(), "both": b(h).sum()}
+    rows = gradient_norms(nn.Sequential(a, b), parts, {"a": a, "b": b}, weights={"both": 2.0})
+    got = {(r["loss"], r["module"]): r["grad_norm"] for r in rows}
+    assert got[("only_a", "b")] == 0.0
+    ga = torch.autograd.grad(2.0 * b(a(x)).sum(), list(a.parameters()))
+    assert got[("both", "a")] == pytest.approx(math.sqrt(sum(float(g.pow(2).sum()) for g in ga)), rel=1e-6)
+    assert all(p.grad is None for p in a.parameters())
+
+
+def test_presence_head_shared_and_per_class():
+    from avgn.models.avgn import PresenceHead
+
+    emb = torch.randn(4, 3, 8)
+    shared, per = PresenceHead(8, 3, "shared"), PresenceHead(8, 3, "per_class")
+    assert torch.allclose(shared(emb), emb @ shared.weight[0] + shared.bias[0])
+    want = torch.stack([emb[:, c] @ per.weight[c] + per.bias[c] for c in range(3)], dim=1)
+    assert torch.allclose(per(emb), want, atol=1e-6)
+    # a shared head gives every class the same logit when the class embeddings are equal
+    same = emb[:, :1].expand(-1, 3, -1)
+    assert torch.allclose(shared(same)[:, 0:1].expand(-1, 3), shared(same))
+    with pytest.raises(ValueError, match="shared"):
+        PresenceHead(8, 3, "nope")
+
+
+def test_token_residual_flag_changes_only_the_residual():
+    from avgn.models.grouping import GroupingBlock
+
+    torch.manual_seed(0)
+    on = GroupingBlock(16, 4, heads=2, token_residual=True)
+    off = GroupingBlock(16, 4, heads=2, token_residual=False)
+    off.load_state_dict(on.state_dict())
+    t, x = torch.randn(2, 4, 16), torch.randn(2, 6, 16)
+    g_on, a_on = on(t, x)
+    g_off, a_off = off(t, x)
+    assert torch.equal(a_on, a_off)
+    assert not torch.allclose(g_on, g_off)
+    assert "token_residual=False" in repr(off)
+
+
+def test_paper_design_config():
+    from avgn.models.config import PAPER_DESIGN, AVGNConfig
+
+    p = AVGNConfig.paper()
+    assert (p.token_residual, p.presence_head, p.w_audio_cls) == (True, "shared", 1.0)
+    assert AVGNConfig().presence_head == "per_class" and AVGNConfig().w_audio_cls == 100.0
+    assert set(PAPER_DESIGN) <= set(AVGNConfig.__dataclass_fields__)
+
+
+def test_linear_probe_finds_a_linearly_coded_class():
+    rng = np.random.default_rng(0)
+
+    def batches(n):
+        out = []
+        for _ in range(4):
+            lab = torch.zeros(n, 3)
+            lab[torch.arange(n), torch.as_tensor(rng.integers(0, 3, n))] = 1.0
+            spec = (lab @ torch.eye(3, 5) * 3 + torch.as_tensor(rng.normal(size=(n, 5)), dtype=torch.float32))
+            out.append({"spec": spec, "labels": lab})
+        return out
+
+    res = audio_probe(lambda s: s, batches(50), batches(50))
+    assert res["probe_f1"] > 0.9 and res["n_train"] == 200
+    assert PresenceCNN(7)(torch.randn(2, 1, 33, 17)).shape == (2, 7)
+
+
+def test_results_round_trip_and_validation(tmp_path):
+    from avgn.results import COLUMNS, read_results, to_results, write_results
+
+    long = pd.DataFrame({"variant": ["AVGN"] * 3, "method": "avgn", "seed": [0, 0, 0], "set": "test/duet/scene",
+                         "mode": "oracle", "metric": ["cap", "n", "piap"], "value": [0.5, 200, 0.25]})
+    df = to_results(long, "03")
+    assert tuple(df.columns) == COLUMNS and list(df["metric"]) == ["cap", "piap"]  # counts dropped
+    path = write_results(df, "t", tmp_path)
+    back = read_results("t", tmp_path)
+    assert back["chapter"].tolist() == ["03", "03"] and back["value"].tolist() == [0.5, 0.25]
+    with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+        write_results(df.assign(value=[0.5, 1.5]), "bad", tmp_path)
+    with pytest.raises(KeyError, match="variant"):
+        to_results(long.drop(columns="variant"), "03")
+    with pytest.raises(FileNotFoundError, match="execute the chapter"):
+        read_results("missing", tmp_path)
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch):
+    from avgn import env
+
+    monkeypatch.setattr(env, "cpu_flags", lambda: {f: f == "avx2" for f in env.CPU_FLAGS})
+    assert not env.native_bf16("cpu")
+    monkeypatch.setattr(env, "cpu_flags", lambda: {f: f in ("avx2", "avx512f", "avx512_bf16") for f in env.CPU_FLAGS})
+    assert env.native_bf16("cpu")
