@@ -383,3 +383,33 @@ def audio_encoder_probe(model: nn.Module, train: Sequence[Mapping[str, Any]], te
 
 
 __all__ += ["training_batches", "avgn_loss_parts", "avgn_gradient_table", "audio_encoder_probe"]
+
+
+# --------------------------------------------------------------------------------------------------
+# which way does a map point?
+# --------------------------------------------------------------------------------------------------
+def map_orientation(p: Any, cfg: Any = None, mode: str = "oracle") -> dict[str, float]:
+    """The primary metric (AP / CAP) of a set's maps, of the *negated* maps and of a constant map.
+
+    ``p`` is a :class:`avgn.evaluate.SetPredictions`. A map that scores below the constant map (whose
+    AP is the mask's share of the frame) while its negation scores above it points *away* from the
+    sources: the model has learned something, but not where the sound comes from. Chapter 2 and the
+    closing note of the learning issue use it on EZ-VSL, whose contrastive loss falls below chance
+    while its maps score under a constant.
+
+    Returns ``{"map", "negated", "constant"}``.
+    """
+    import dataclasses
+
+    from avgn.config import EvalConfig
+    from avgn.evaluate import primary_metric, score_set
+
+    cfg = cfg or EvalConfig()
+    key = primary_metric(p.name)
+    out = {}
+    for name, maps in (("map", p.maps), ("negated", -p.maps), ("constant", torch.zeros_like(p.maps))):
+        out[name] = float(score_set(dataclasses.replace(p, maps=maps), mode, cfg)[0][key])
+    return out
+
+
+__all__.append("map_orientation")

@@ -42,7 +42,7 @@ What the ``cpu`` profile reduces, and why: the backbone is frozen and its featur
 the audio width are 4x / 1.5x / 4x smaller; the spectrogram has a 16 ms window and a 50 ms hop (129
 x 61 instead of the paper's 401 x 121: 6x fewer cells); it trains for 6 epochs over 5,000 fresh
 mixtures each, with a larger learning rate than the paper's (1e-3 with warm-up and cosine decay:
-there are ~600 steps instead of tens of thousands). Frames stay 224 x 224, so maps have the paper's
+there are ~940 steps instead of tens of thousands). Frames stay 224 x 224, so maps have the paper's
 7 x 7 resolution. The token classifier, the presence heads, the grouping and the per-source
 contrastive loss are unchanged. The ``smoke`` profile is sized for CI: its chapters run in
 seconds, and ``tests/test_train.py`` trains it (for 20 epochs) to check that AVGN learns from the

@@ -31,7 +31,7 @@ COLUMNS = ("chapter", "variant", "method", "seed", "set", "mode", "metric", "val
 #: ``results/`` at the repository root (chapters pass their own relative path).
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 #: Summary entries that are counts or times, never written as results.
-NON_FRACTION_METRICS = frozenset({"n", "n_empty", "n_sources", "seconds", "items"})
+NON_FRACTION_METRICS = frozenset({"n", "n_empty", "n_pairs", "n_samples", "n_sources", "seconds", "items"})
 
 
 def to_results(df: Any, chapter: str, **fixed: Any):
@@ -95,3 +95,14 @@ def mean_sd(df: Any, by: tuple[str, ...] = ("variant", "set", "mode", "metric"))
 
 
 __all__.append("mean_sd")
+
+
+def with_set_parts(df: Any):
+    """``df`` with ``split``, ``task`` and ``layout`` columns taken from ``set`` (``split/task/layout``)."""
+    parts = df["set"].str.split("/", expand=True)
+    if parts.shape[1] != 3:
+        raise ValueError("every set must be named split/task/layout")
+    return df.assign(split=parts[0], task=parts[1], layout=parts[2])
+
+
+__all__.append("with_set_parts")

@@ -110,3 +110,34 @@ def qualitative_grid(samples: list[dict], methods: list[str], title: str | None 
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def gradient_heatmap(grads, by: str = "design") -> Figure:
+    """Heatmaps of gradient norms (one panel per value of ``by``): rows ``module``, columns ``loss``,
+    colour ``log10(grad_norm)`` on one shared scale, each cell annotated with its value; a zero norm
+    (no path from that loss to that module) is left blank. ``grads``: the long table of
+    :func:`avgn.diagnostics.avgn_gradient_table` with a ``by`` column."""
+    import numpy as np
+
+    panels = list(dict.fromkeys(grads[by]))
+    modules = list(dict.fromkeys(grads["module"]))
+    losses = list(dict.fromkeys(grads["loss"]))
+    vals = grads["grad_norm"].to_numpy(dtype=float)
+    pos = vals[vals > 0]
+    lo, hi = (np.log10(pos.min()), np.log10(pos.max())) if len(pos) else (0.0, 1.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.2, 0.42 * len(modules) + 1.6), squeeze=False)
+    im = None
+    for ax, name in zip(axes[0], panels):
+        sub = grads[grads[by] == name].pivot_table(index="module", columns="loss", values="grad_norm").reindex(index=modules, columns=losses)
+        m = sub.to_numpy(dtype=float)
+        logm = np.where(m > 0, np.log10(np.where(m > 0, m, 1.0)), np.nan)
+        im = ax.imshow(logm, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
+        for (r, c), v in np.ndenumerate(m):
+            if v > 0:
+                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=8, color="white" if logm[r, c] < (lo + hi) / 2 else "black")
+        ax.set_xticks(range(len(losses)), losses, rotation=30, ha="right")
+        ax.set_yticks(range(len(modules)), modules if ax is axes[0][0] else [""] * len(modules))
+        ax.set_title(str(name))
+        ax.grid(False)
+    fig.colorbar(im, ax=axes[0].tolist(), label="log10 gradient norm", shrink=0.9)
+    return fig

@@ -48,7 +48,7 @@ from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.experiment import MAIN_VARIANTS, get_experiment
-from avgn.results import read_results, to_results, write_results
+from avgn.results import read_results, to_results, with_set_parts, write_results
 from avgn.train import collect_variants, load_run, run_variant, variant_dirs
 from avgn.viz import save_figure, set_style
 
@@ -221,7 +221,7 @@ print(f"distractor selected: {d.loc['distractor', 'selected']:.3f} vs absent cla
 # %%
 shift = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=sp) for sp in ["test", *SHIFTS]], ignore_index=True)
 print("wrote", write_results(to_results(shift, "05"), "05_domain_shift", results_dir))
-shift = read_results("05_domain_shift", results_dir)
+shift = with_set_parts(read_results("05_domain_shift", results_dir))
 key = shift[(shift["mode"] == "oracle") & (((shift["task"] == "solo") & (shift["metric"] == "ap"))
                                           | ((shift["task"] == "duet") & (shift["metric"] == "cap")))]
 key = key.assign(what=key["task"] + "/" + key["layout"] + " " + key["metric"])

@@ -96,8 +96,8 @@ def test_linear_probe_finds_a_linearly_coded_class():
 def test_results_round_trip_and_validation(tmp_path):
     from avgn.results import COLUMNS, read_results, to_results, write_results
 
-    long = pd.DataFrame({"variant": ["AVGN"] * 3, "method": "avgn", "seed": [0, 0, 0], "set": "test/duet/scene",
-                         "mode": "oracle", "metric": ["cap", "n", "piap"], "value": [0.5, 200, 0.25]})
+    long = pd.DataFrame({"variant": ["AVGN"] * 5, "method": "avgn", "seed": [0] * 5, "set": "test/duet/scene", "mode": "oracle",
+                         "metric": ["cap", "n", "piap", "n_pairs", "n_samples"], "value": [0.5, 200, 0.25, 400, 200]})
     df = to_results(long, "03")
     assert tuple(df.columns) == COLUMNS and list(df["metric"]) == ["cap", "piap"]  # counts dropped
     path = write_results(df, "t", tmp_path)
@@ -110,6 +110,12 @@ def test_results_round_trip_and_validation(tmp_path):
     with pytest.raises(FileNotFoundError, match="execute the chapter"):
         read_results("missing", tmp_path)
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    from avgn.results import with_set_parts
+
+    parts = with_set_parts(back)
+    assert parts[["split", "task", "layout"]].iloc[0].tolist() == ["test", "duet", "scene"]
+    with pytest.raises(ValueError, match="split/task/layout"):
+        with_set_parts(back.assign(set="test/duet"))
 
 
 def test_native_bf16_follows_the_cpu_flags(monkeypatch):
@@ -119,3 +125,36 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch):
     assert not env.native_bf16("cpu")
     monkeypatch.setattr(env, "cpu_flags", lambda: {f: f in ("avx2", "avx512f", "avx512_bf16") for f in env.CPU_FLAGS})
     assert env.native_bf16("cpu")
+
+
+def test_map_orientation_scores_the_map_its_negation_and_a_constant():
+    """One 4x4 frame, a 2x2 source: the mask as the map has AP 1; its negation ranks the 12
+    background pixels first (one tie) and then all 16, so AP = 4/16, which is also the AP of a
+    constant map (one tie of all pixels: precision 4/16 at recall 1)."""
+    from avgn.diagnostics import map_orientation
+    from avgn.evaluate import SetName, SetPredictions
+
+    masks = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    masks[0, 0, 1:3, 1:3] = True
+    p = SetPredictions(SetName.parse("val/solo/scene"), "shared", masks.float(), masks, torch.tensor([[0]]), torch.tensor([[1.0, 0.0]]), ["s0"])
+    r = map_orientation(p)
+    assert r["map"] == pytest.approx(1.0)
+    assert r["negated"] == pytest.approx(0.25)
+    assert r["constant"] == pytest.approx(0.25)
+
+
+def test_gradient_heatmap_one_panel_per_design_and_blank_zeros():
+    from avgn.viz import gradient_heatmap
+
+    grads = pd.DataFrame({
+        "design": ["a"] * 4 + ["b"] * 4,
+        "module": ["enc", "enc", "head", "head"] * 2,
+        "loss": ["loc", "cls"] * 4,
+        "grad_norm": [10.0, 0.1, 0.0, 1.0, 5.0, 5.0, 0.0, 2.0],
+    })
+    fig = gradient_heatmap(grads)
+    panels = [ax for ax in fig.axes if ax.get_title() in ("a", "b")]
+    assert [ax.get_title() for ax in panels] == ["a", "b"]
+    assert sorted(t.get_text() for t in panels[0].texts) == ["0.1", "1", "10"]  # the zero cell is blank
+    img = panels[0].images[0].get_array()
+    assert img.mask[1, 0] and img[0, 0] == pytest.approx(1.0)  # log10(10); columns follow first appearance

@@ -113,9 +113,9 @@ class AVGNConfig:
             zeros; we do not, so tokens start distinguishable).
         w_loc / w_token / w_audio_cls / w_visual_cls: loss weights (released code: all 1). The
             default ``w_audio_cls = 100`` departs from it: at initialisation the localisation loss
-            sends a gradient about 1000x larger than the audio presence loss into the audio
-            encoder (chapter 2 measures it), so with equal weights the encoder never learns which
-            classes sound. :meth:`paper` restores the released weights and the shared head.
+            sends a gradient tens of times larger than the audio presence loss into the audio
+            encoder (chapter 2 measures it on the cpu profile), so with equal weights the encoder
+            never learns which classes sound. :meth:`paper` restores the released weights and the shared head.
     """
 
     num_classes: int = 37
