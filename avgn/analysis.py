@@ -304,7 +304,7 @@ def rescore_variants(
 
     from avgn.evaluate import MODES
     from avgn.experiment import METHOD_NAMES
-    from avgn.train import load_trained_model, variant_dirs
+    from avgn.train import run_presence_threshold, variant_dirs
 
     cfg = EvalConfig(binarize_rule=rule[0], binarize_value=rule[1])
     rows: list[dict[str, Any]] = []
@@ -320,7 +320,7 @@ def rescore_variants(
     for v in variants:
         for s in seeds:
             run_dir, _ = variant_dirs(v, runs_dir, profile, s)
-            th = float(load_trained_model(run_dir, device="cpu")[2].get("presence_threshold", 0.5))
+            th = run_presence_threshold(run_dir) or 0.5
             preds = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
             add(preds, th, variant=v.label, method=v.method, seed=int(s))
     for kind in references:

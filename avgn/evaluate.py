@@ -583,7 +583,7 @@ THRESHOLD_GRID = tuple(round(x, 2) for x in np.arange(0.05, 0.96, 0.05))
 
 
 def choose_presence_threshold(
-    predictor: Predictor, sets: Sequence[EvalSet], cfg: EvalConfig = EvalConfig(), grid: Sequence[float] = THRESHOLD_GRID
+    predictor: Predictor, sets: Sequence[EvalSet], grid: Sequence[float] = THRESHOLD_GRID
 ) -> tuple[float, list[dict[str, float]]]:
     """The presence threshold of the ``predicted`` selection that maximises the mean presence micro-F1
     over ``sets`` — validation sets, never test. Returns ``(threshold, curve)`` with one

@@ -72,7 +72,7 @@ from typing import Any
 from avgn.config import EvalConfig, get_profile
 from avgn.data.datasets import SpecConfig
 from avgn.features import FeatureSpec
-from avgn.models.config import AVGNConfig, EncoderConfig, EZVSLConfig, MALConfig
+from avgn.models.config import PAPER_DESIGN, AVGNConfig, EncoderConfig, EZVSLConfig, MALConfig
 
 __all__ = [
     "METHODS",
@@ -420,9 +420,7 @@ MAIN_VARIANTS: tuple[Variant, ...] = (
 #: Chapter 2: AVGN exactly as the paper and its released code design it (shared presence head, every
 #: loss weight 1), against which chapter 2 diagnoses why it does not learn from the audio.
 PAPER_DESIGN_VARIANT = Variant(
-    "AVGN (paper design)", "avgn",
-    overrides=(("model.token_residual", True), ("model.presence_head", "shared"), ("model.w_audio_cls", 1.0)),
-    name="avgn-paper-design",
+    "AVGN (paper design)", "avgn", overrides=tuple((f"model.{k}", v) for k, v in PAPER_DESIGN.items()), name="avgn-paper-design",
 )
 #: Chapter 4: depth of the per-modality transformers (the profile's own depth is the plain AVGN run).
 DEPTH_VARIANTS: tuple[Variant, ...] = tuple(

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -59,7 +60,7 @@ __all__ = [
     "run_experiment",
     "variant_dirs",
     "run_variant",
-    "refresh_presence_threshold",
+    "run_presence_threshold",
     "collect_variants",
     "load_run",
 ]
@@ -360,12 +361,20 @@ def load_trained_model(
         raise FileNotFoundError(f"{run_dir} has no '{checkpoint}' checkpoint yet (is the run finished? `avgn train ... --resume`)")
     model.to(resolve_device(device)).eval()
     out = {"seed": cfg["seed"], "data_dir": cfg["data_dir"], "checkpoint_epoch": info["epoch"], "config": cfg}
-    summary = run_dir / "run.json"
-    if summary.is_file():  # the presence threshold chosen on validation (predicted selection)
-        th = json.loads(summary.read_text()).get("presence_threshold")
-        if th is not None:
-            out["presence_threshold"] = float(th)
+    threshold = run_presence_threshold(run_dir)
+    if threshold is not None:
+        out["presence_threshold"] = threshold
     return model, exp, out
+
+
+def run_presence_threshold(run_dir: str | Path) -> float | None:
+    """The presence threshold of the ``predicted`` selection that a finished run chose on its
+    validation sets (``run.json``); None for an unfinished run or a method without that selection."""
+    summary = Path(run_dir) / "run.json"
+    if not summary.is_file():
+        return None
+    th = json.loads(summary.read_text()).get("presence_threshold")
+    return None if th is None else float(th)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -601,7 +610,7 @@ def train(
     threshold, curve = None, None
     if "predicted" in modes:
         load_checkpoint(run_dir, model, name="best", map_location=dev)
-        threshold, curve = choose_presence_threshold(predictor, val_sets, exp.eval)
+        threshold, curve = choose_presence_threshold(predictor, val_sets)
         log(f"[avgn.train] presence threshold {threshold:.2f} (chosen on {', '.join(exp.inputs.val_sets)})")
     # ---- the run summary ---------------------------------------------------------------------------
     best_row = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
@@ -687,31 +696,6 @@ def run_experiment(
     return {"run": summary, "eval": evals}
 
 
-def refresh_presence_threshold(run_dir: str | Path, device: str = "auto") -> float | None:
-    """Choose a finished run's presence threshold on its validation sets again
-    (:func:`avgn.evaluate.choose_presence_threshold`, e.g. after that rule changed) and store it in
-    ``run.json`` (atomic); evaluations made with another threshold are then redone by
-    :func:`run_variant`. Returns the threshold (None for a method without predicted selection)."""
-    import json
-
-    from avgn.evaluate import ModelPredictor, choose_presence_threshold, load_eval_set
-    from avgn.features import FeatureStore
-
-    run_dir = Path(run_dir)
-    model, exp, info = load_trained_model(run_dir, device=device)
-    predictor = ModelPredictor(model, exp.method, next(model.parameters()).device)
-    if predictor.kind != "class_aware":
-        return None
-    data = Path(info["data_dir"])
-    store = FeatureStore(data, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
-    sets = [load_eval_set(data, n, exp.inputs, store, max_items=exp.inputs.val_max_items) for n in exp.inputs.val_sets]
-    threshold, curve = choose_presence_threshold(predictor, sets, exp.eval)
-    summary = json.loads((run_dir / "run.json").read_text())
-    summary.update(presence_threshold=threshold, threshold_curve=curve)
-    atomic_write_json(run_dir / "run.json", summary)
-    return threshold
-
-
 # --------------------------------------------------------------------------------------------------
 # named variants (the book's comparisons)
 # --------------------------------------------------------------------------------------------------
@@ -753,8 +737,7 @@ def run_variant(
     data_dir = Path(data_dir)
     train(variant.method, data_dir, run_dir, seed=seed, profile=profile, device=device, resume=True, progress=progress, overrides=overrides)
     best = read_checkpoint_info(run_dir, "best")
-    summary = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    threshold = summary.get("presence_threshold") or 0.5
+    threshold = run_presence_threshold(run_dir) or 0.5
     ev_over = dict(variant.eval_overrides) or None
     commands = [reproduce_command(variant.method, profile, seed, data_dir, run_dir, overrides)]
     jobs: list[tuple[str, str | list[str], list[str] | None]] = [(sp, sp, None) for sp in eval_splits]

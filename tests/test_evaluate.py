@@ -232,7 +232,7 @@ def test_presence_threshold_is_chosen_by_f1_on_the_given_sets():
         probs[i, classes[i]] = 0.9
         probs[i, (classes[i, 1] + 1) % C] = 0.7
     es = _set("val/duet/scene", masks, classes)
-    th, curve = choose_presence_threshold(GroundTruthClassAware(probs), [es], EvalConfig(), grid=(0.1, 0.5, 0.75, 0.85))
+    th, curve = choose_presence_threshold(GroundTruthClassAware(probs), [es], grid=(0.1, 0.5, 0.75, 0.85))
     assert th == 0.75  # F1 = 1 at 0.75 and 0.85; the tie goes to the value closest to 0.5
     by = {r["threshold"]: r for r in curve}
     assert by[0.75]["presence_f1"] == pytest.approx(1.0) and by[0.5]["presence_f1"] == pytest.approx(0.8)

@@ -142,7 +142,7 @@ def _write_table(path: Path, rows: list[dict[str, Any]], schema) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from avgn.data.build import atomic_write_bytes
+    from avgn.io import atomic_write_bytes
 
     cols = {name: [r[name] for r in rows] for name in schema.names}
     table = pa.Table.from_pydict(cols, schema=schema)

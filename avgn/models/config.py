@@ -73,7 +73,8 @@ def _sync_encoder_dim(obj: Any) -> None:
         object.__setattr__(obj, "encoder", replace(obj.encoder, dim=obj.dim))
 
 
-#: The fields in which :class:`AVGNConfig`'s defaults depart from the paper's design, at the paper's values.
+#: The paper's (and released code's) values of the design fields this book varies; :class:`AVGNConfig`'s
+#: defaults depart from them in ``presence_head`` and ``w_audio_cls``.
 PAPER_DESIGN: dict[str, Any] = {"token_residual": True, "presence_head": "shared", "w_audio_cls": 1.0}
 
 
