@@ -23,7 +23,7 @@ smoke-notebooks: setup
 	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --out build/smoke
 
 test: setup html smoke-notebooks
-	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests build/smoke --nbval-lax -p no:cacheprovider --durations=25
 
 bench: setup
 	$(PY) benchmarks/bench_metrics.py

@@ -413,3 +413,97 @@ def map_orientation(p: Any, cfg: Any = None, mode: str = "oracle") -> dict[str, 
 
 
 __all__.append("map_orientation")
+
+
+# --------------------------------------------------------------------------------------------------
+# do the baselines learn? (chapter 3)
+# --------------------------------------------------------------------------------------------------
+def _eval_outputs(model: nn.Module, batch: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    from avgn.evaluate import model_inputs
+
+    model.eval()
+    with torch.no_grad():
+        return model(**model_inputs(batch, torch.device(device)))
+
+
+def audio_embedding_collapse(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> float:
+    """Mean pairwise cosine between the audio embeddings of different items of a batch (EZ-VSL's
+    ``audio_emb`` ``[B, D]``; Mix-and-Localize's slots ``[B, K, D]`` flattened to ``[B*K, D]``),
+    averaged over ``batches``. Near 1: every clip gets the same embedding, so the contrastive loss
+    cannot tell the pairs apart and stays at chance (``2 ln B``); a working encoder is far below 1."""
+    vals = []
+    for batch in batches:
+        out = _eval_outputs(model, batch, device)
+        emb = out["audio_emb"] if "audio_emb" in out else out["slots"].flatten(0, 1)
+        emb = F.normalize(emb.float(), dim=-1)
+        n = emb.shape[0]
+        if n < 2:
+            raise ValueError("audio_embedding_collapse needs batches of at least 2 items")
+        sim = emb @ emb.t()
+        vals.append(float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1))))
+    return float(np.mean(vals))
+
+
+def walk_locality(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> dict[str, float]:
+    """Where Mix-and-Localize's first walk step goes (``graph='regions'``): the transition mass from
+    each slot to the regions of its *own* frame, and how often a slot's most likely region lies in its
+    own frame, averaged over ``batches``; ``uniform`` = ``1 / B``, what a walk that ignores which frame
+    goes with the audio gives. A slot can return to itself through any region of the batch that
+    prefers it over the other slots, so the cycle loss can fall without any audio-visual
+    correspondence; these two numbers show whether it did."""
+    own, top_own, uniform = [], [], []
+    for batch in batches:
+        out = _eval_outputs(model, batch, device)
+        slots, v = out["slots"].float(), out["visual_map_feats"].float()
+        b, k, d = slots.shape
+        regions = v.flatten(2).transpose(1, 2)  # [B, Q, D]
+        q = regions.shape[1]
+        temp = model.cfg.cycle_temp  # type: ignore[union-attr]
+        p = torch.softmax(slots.reshape(b * k, d) @ regions.reshape(b * q, d).t() / temp, dim=-1).reshape(b, k, b, q)
+        idx = torch.arange(b)
+        own.append(float(p[idx, :, idx].sum(-1).mean()))
+        top_frame = p.reshape(b, k, b * q).argmax(-1) // q
+        top_own.append(float((top_frame == idx[:, None]).float().mean()))
+        uniform.append(1.0 / b)
+    return {"own_frame_mass": float(np.mean(own)), "own_frame_top": float(np.mean(top_own)), "uniform": float(np.mean(uniform))}
+
+
+__all__ += ["audio_embedding_collapse", "walk_locality"]
+
+
+def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_batches: int = 8, device: str = "cpu") -> dict[str, float]:
+    """Does a trained EZ-VSL / Mix-and-Localize run learn? One dict of diagnostics:
+
+    * ``audio_collapse``: :func:`audio_embedding_collapse` on ``n_batches`` training batches;
+    * ``loss_over_chance``: the last epoch's training loss over its chance level (EZ-VSL: ``2 ln B``
+      for the two directions of the contrastive loss; Mix-and-Localize: ``ln(B K)``, a uniform walk);
+    * ``map`` / ``negated`` / ``constant``: :func:`map_orientation` of the ``best`` checkpoint on
+      ``val/solo/scene`` (AP of the map, of its negation and of a constant map);
+    * Mix-and-Localize only: ``own_frame_mass`` / ``own_frame_top`` / ``uniform`` of
+      :func:`walk_locality` (for ``graph='frames'`` on the frames' regions as well: a walk over frames
+      can only reach a frame through its regions).
+    """
+    from avgn.evaluate import ModelPredictor, _store_for, load_eval_set, predict_set
+    from avgn.train import load_run, load_trained_model
+
+    run_dir = Path(run_dir)
+    model, exp, info = load_trained_model(run_dir, device=device)
+    if exp.method not in ("ezvsl", "mal"):
+        raise ValueError(f"baseline_report is for EZ-VSL and Mix-and-Localize runs; {run_dir} is a {exp.method} run")
+    data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
+    batches = training_batches(exp, data_dir, seed=int(info.get("seed") or 0), n=n_batches)
+    b = exp.train.batch_size
+    chance = 2 * math.log(b) if exp.method == "ezvsl" else math.log(b * exp.model.num_sources)
+    hist = load_run(run_dir)["history"]
+    out = {"audio_collapse": audio_embedding_collapse(model, batches, device),
+           "loss_over_chance": float(hist["train/total"].iloc[-1]) / chance}
+    name = "val/solo/scene"
+    store = _store_for(exp, data_dir, [name], device=device)
+    p = predict_set(ModelPredictor(model, exp.method, device), load_eval_set(data_dir, name, exp.inputs, store, materialize=False))
+    out.update(map_orientation(p, exp.eval))
+    if exp.method == "mal":
+        out.update(walk_locality(model, batches, device))
+    return out
+
+
+__all__.append("baseline_report")

@@ -54,9 +54,10 @@ def to_results(df: Any, chapter: str, **fixed: Any):
     return out.reset_index(drop=True)
 
 
-def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR) -> Path:
-    """Validate ``df`` (columns :data:`COLUMNS`, every finite value in ``[0, 1]``) and write it to
-    ``<results_dir>/<name>.csv`` atomically. Returns the path."""
+def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR, fractions: bool = True) -> Path:
+    """Validate ``df`` (columns :data:`COLUMNS`; with ``fractions`` every finite value in ``[0, 1]``,
+    as every metric of the protocol is; ``fractions=False`` for diagnostics such as a mean cosine or a
+    loss over its chance level) and write it to ``<results_dir>/<name>.csv`` atomically. Returns the path."""
     from avgn.io import atomic_write_text
 
     cols = tuple(df.columns)
@@ -64,7 +65,7 @@ def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR) -> 
         raise ValueError(f"results columns must be {COLUMNS}, got {cols}; build the table with to_results()")
     vals = df["value"].astype(float)
     bad = df[vals.notna() & ((vals < 0) | (vals > 1))]
-    if len(bad):
+    if fractions and len(bad):
         raise ValueError(f"{name}: {len(bad)} values outside [0, 1], e.g. {bad.iloc[0].to_dict()}")
     if not all(isinstance(x, str) and x.count("/") == 2 for x in df["set"]):
         raise ValueError(f"{name}: every set must be named split/task/layout")

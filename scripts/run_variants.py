@@ -4,6 +4,7 @@ The chapters call the same :func:`avgn.train.run_variant` and reuse finished run
 first (e.g. in the background, or on another machine with the same data) only moves the work:
 
     python scripts/run_variants.py --group main --profile cpu                  # chapter 3
+    python scripts/run_variants.py --group baselines --profile cpu             # chapter 3, public designs
     python scripts/run_variants.py --group ablations --profile cpu --seeds 0 1 # chapter 4
     python scripts/run_variants.py --group main --splits test test_style test_audio test_real \
         --eval-sets composed=test/trio/concat,test/quartet/concat                          # chapter 5
@@ -24,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     from avgn.config import get_profile
     from avgn.data.build import build_dataset, dataset_dir
-    from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, PAPER_DESIGN_VARIANT
+    from avgn.experiment import ASSIGNMENT_VARIANTS, BASELINE_DESIGN_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, PAPER_DESIGN_VARIANT
     from avgn.train import run_variant, variant_dirs
 
     groups = {
         "main": MAIN_VARIANTS,
+        "baselines": BASELINE_DESIGN_VARIANTS,
         "paper": (PAPER_DESIGN_VARIANT,),
         "depth": DEPTH_VARIANTS,
         "assignment": ASSIGNMENT_VARIANTS,

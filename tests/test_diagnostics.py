@@ -158,3 +158,44 @@ def test_gradient_heatmap_one_panel_per_design_and_blank_zeros():
     assert sorted(t.get_text() for t in panels[0].texts) == ["0.1", "1", "10"]  # the zero cell is blank
     img = panels[0].images[0].get_array()
     assert img.mask[1, 0] and img[0, 0] == pytest.approx(1.0)  # log10(10); columns follow first appearance
+
+
+class _Fixed(nn.Module):
+    """A stand-in model whose outputs are given tensors (the batch only supplies shapes)."""
+
+    def __init__(self, **outputs: torch.Tensor) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.cfg = type("Cfg", (), {"cycle_temp": 0.07})()
+
+    def forward(self, spec=None, visual_feats=None, image=None):
+        return dict(self.outputs)
+
+
+def _batch(b: int) -> dict:
+    return {"spec": torch.zeros(b, 1, 4, 4), "visual_feats": torch.zeros(b, 2, 1, 1)}
+
+
+def test_audio_embedding_collapse_is_the_mean_pairwise_cosine():
+    from avgn.diagnostics import audio_embedding_collapse
+
+    e = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])  # cos: (0,1) = 1, (0,2) = (1,2) = 0
+    assert audio_embedding_collapse(_Fixed(audio_emb=e), [_batch(3)]) == pytest.approx(2 / 6)
+    assert audio_embedding_collapse(_Fixed(audio_emb=e[:1].repeat(4, 1)), [_batch(4)]) == pytest.approx(1.0)
+    slots = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]])  # [B=2, K=2, D]: 4 vectors
+    assert audio_embedding_collapse(_Fixed(slots=slots), [_batch(2)]) == pytest.approx(4 / 12)
+
+
+def test_walk_locality_own_frame_versus_another_frame():
+    from avgn.diagnostics import walk_locality
+
+    # 2 frames of 2 regions, D = 4, one slot per frame (K = 1): each slot equals one region
+    r = torch.eye(4).reshape(2, 2, 4)  # frame b, region q -> basis vector 2b + q
+    visual = r.permute(0, 2, 1).reshape(2, 4, 1, 2)  # [B, D, h=1, w=2]
+    own = walk_locality(_Fixed(slots=r[:, :1], visual_map_feats=visual), [_batch(2)])
+    swapped = walk_locality(_Fixed(slots=r.flip(0)[:, :1], visual_map_feats=visual), [_batch(2)])
+    # softmax over 4 regions of (1, 0, 0, 0) / 0.07: mass e^(1/0.07) / (e^(1/0.07) + 3) on the slot's region
+    p = math.exp(1 / 0.07) / (math.exp(1 / 0.07) + 3)
+    assert own["own_frame_mass"] == pytest.approx(p + (1 - p) / 3) and own["own_frame_top"] == 1.0
+    assert swapped["own_frame_mass"] == pytest.approx(2 * (1 - p) / 3) and swapped["own_frame_top"] == 0.0
+    assert own["uniform"] == 0.5

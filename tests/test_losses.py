@@ -19,7 +19,7 @@ from avgn.losses import (
     token_ce_loss,
 )
 from avgn.models.config import AVGNConfig
-from avgn.models.mal import mal_cycle_loss_images, mal_cycle_loss_regions
+from avgn.models.mal import frame_nodes, mal_cycle_loss_frames, mal_cycle_loss_images, mal_cycle_loss_regions
 
 E0 = torch.tensor([1.0, 0.0])
 E1 = torch.tensor([0.0, 1.0])
@@ -232,3 +232,32 @@ def test_mal_cycle_exact_regions_graph():
     p = 1 / (1 + math.exp(-1 / temp))
     assert loss.item() == pytest.approx(-math.log(p * p + (1 - p) * (1 - p)), abs=1e-5)
     assert acc.item() == 1.0
+
+
+def test_frame_nodes_split_a_concat_image_into_its_frames():
+    v = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)  # [B, D, h=2, w=4]: two 2x2 frames
+    f = frame_nodes(v)
+    assert f.shape == (2, 2, 3, 4)
+    assert torch.equal(f[1, 0], v[1, :, :, :2].reshape(3, 4)) and torch.equal(f[1, 1], v[1, :, :, 2:].reshape(3, 4))
+    assert frame_nodes(v[..., :2]).shape == (2, 1, 3, 4)  # a square map is one frame
+
+
+def test_mal_cycle_exact_frames_graph():
+    temp = 0.5
+    # a concat duet (frames e0 | e1, one region each) with slots e0, e1: the public graph of one group
+    visual = torch.stack([E0, E1], dim=1).view(1, 2, 1, 2)
+    slots = torch.stack([E0, E1]).unsqueeze(0)
+    loss, acc = mal_cycle_loss_frames(visual, slots, temp=temp)
+    p = 1 / (1 + math.exp(-1 / temp))
+    assert loss.item() == pytest.approx(-math.log(p * p + (1 - p) * (1 - p)), abs=1e-5)
+    assert acc.item() == 1.0
+    # the private-bridge shortcut: each mixture's second slot matches a region of the *other* frame
+    e = torch.eye(4)
+    visual = torch.stack([e[:, [0, 1]], e[:, [2, 3]]]).view(2, 4, 2, 1)  # one 2x1 frame each: (e0, e1), (e2, e3)
+    slots = torch.stack([e[[0, 2]], e[[1, 3]]])  # mixture 0: e0, e2; mixture 1: e1, e3
+    frames, _ = mal_cycle_loss_frames(visual, slots, temp=temp)
+    regions, _ = mal_cycle_loss_regions(visual, slots, temp=temp)
+    x = math.exp(-1 / temp)
+    q, r, r_other = 1 / (1 + x), 1 / (2 + 2 * x), x / (2 + 2 * x)  # slot -> frame; frame -> one of its 2 near slots; -> a far slot
+    assert frames.item() == pytest.approx(-math.log(q * r + (1 - q) * r_other), abs=1e-5)
+    assert regions.item() < frames.item() - 0.25  # a region graph rewards the shortcut, a frame graph does not

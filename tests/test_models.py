@@ -210,13 +210,32 @@ def test_ezvsl_shapes_loss_and_prior_fusion():
     assert torch.allclose(model.localize(out, alpha=0.0), object_prior(out["visual_backbone_feats"]), atol=1e-6)
 
 
-@pytest.mark.parametrize("graph", ["regions", "images"])
+def test_ezvsl_audio_norm_flag():
+    """``audio_norm='batchnorm'`` (default) = Linear -> BatchNorm1d -> L2; ``'none'`` = the public
+    Linear -> L2 exactly (the block becomes ``nn.Identity``), shown in ``extra_repr``."""
+    torch.manual_seed(0)
+    x = spec()
+    public = EZVSL(EZVSLConfig(dim=D, encoder=ENC, audio_norm="none")).train()
+    assert isinstance(public.audio_norm, torch.nn.Identity) and "audio_norm=none" in repr(public)
+    _, pooled = public.audio.trunk_pooled(x)
+    assert torch.allclose(public.embed_audio(x), F.normalize(public.audio.proj(pooled), dim=1), atol=1e-6)
+    model = EZVSL(EZVSLConfig(dim=D, encoder=ENC)).train()
+    assert isinstance(model.audio_norm, torch.nn.BatchNorm1d) and "audio_norm=batchnorm" in repr(model)
+    model.load_state_dict(public.state_dict(), strict=False)
+    z = model.audio.proj(pooled)
+    want = F.normalize((z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5), dim=1)
+    assert torch.allclose(model.embed_audio(x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="audio_norm"):
+        EZVSLConfig(audio_norm="layernorm")
+
+
+@pytest.mark.parametrize("graph", ["frames", "regions", "images"])
 def test_mal_shapes_and_loss(graph):
     torch.manual_seed(0)
     k = 2
     model = MixAndLocalize(MALConfig(num_sources=k, dim=D, hidden=16, graph=graph, encoder=ENC))
     n_img = 4
-    n_mix = n_img if graph == "regions" else n_img // k
+    n_mix = n_img // k if graph == "images" else n_img
     out = model(spec=spec(n_mix), visual_feats=feats(n_img), spec2=spec(n_mix, seed=5))
     assert out["slots"].shape == (n_mix, k, D) and out["slots2"].shape == (n_mix, k, D)
     assert torch.allclose(out["slots"].norm(dim=-1), torch.ones(n_mix, k), atol=1e-5)

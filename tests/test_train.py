@@ -369,3 +369,29 @@ def test_composed_concat_sets_are_deterministic_and_well_formed(fake_build, tmp_
     ev = ev_mod.evaluate_run(run, "test", sets=["test/trio/concat"], device="cpu", progress=False, write=False)
     r = ev["results"]["test/trio/concat"]["oracle"]
     assert 0.0 <= r["cap"] <= 1.0 and ev["items"] == 12
+
+
+@pytest.mark.parametrize("method", ["ezvsl", "mal"])
+def test_baseline_report_on_a_tiny_run(fake_build, tmp_path, method):
+    """``baseline_report`` reads a finished EZ-VSL / Mix-and-Localize run: every diagnostic present and
+    in its range, the loss ratio equal to the history's last loss over the chance level."""
+    import math
+
+    from avgn.diagnostics import baseline_report
+
+    exp = _tiny(method, **{"train.epochs": 1})
+    train(exp, fake_build, tmp_path / method, seed=0, device="cpu", progress=False)
+    rep = baseline_report(tmp_path / method, fake_build, n_batches=2)
+    last = load_run(tmp_path / method)["history"]["train/total"].iloc[-1]
+    b = exp.train.batch_size
+    chance = 2 * math.log(b) if method == "ezvsl" else math.log(b * exp.model.num_sources)
+    assert rep["loss_over_chance"] == pytest.approx(last / chance)
+    assert -1.0 <= rep["audio_collapse"] <= 1.0
+    assert all(0.0 <= rep[k] <= 1.0 for k in ("map", "negated", "constant"))
+    assert ("own_frame_mass" in rep) == (method == "mal")
+    if method == "mal":
+        assert 0.0 <= rep["own_frame_mass"] <= 1.0 and rep["uniform"] == pytest.approx(1 / b)
+        avgn_run = tmp_path / "avgn"
+        train(_tiny("avgn", **{"train.epochs": 1}), fake_build, avgn_run, seed=0, device="cpu", progress=False)
+        with pytest.raises(ValueError, match="EZ-VSL and Mix-and-Localize"):
+            baseline_report(avgn_run, fake_build, n_batches=1)

@@ -16,6 +16,11 @@ VISUAL_BACKBONES = ("resnet18", "efficientnet_lite0")
 ASSIGNMENTS = ("softmax", "hard", "gumbel")
 LOC_TARGETS = ("paper", "public")
 AUDIO_GROUPING = ("spatial", "global")
+#: How an audio embedding is normalised before L2 (EZ-VSL, Mix-and-Localize): ``none`` (public code)
+#: or ``batchnorm`` (``BatchNorm1d`` across the batch: stops the collapse of from-scratch audio embeddings).
+AUDIO_NORMS = ("none", "batchnorm")
+#: Mix-and-Localize's random-walk graphs (:mod:`avgn.models.mal`).
+MAL_GRAPHS = ("frames", "images", "regions")
 
 
 @dataclass(frozen=True)
@@ -188,11 +193,16 @@ class EZVSLConfig:
         prior_norm: how the two maps are brought to a common range before fusing: ``minmax`` (per
             map, EZ-VSL test script) or ``fixed`` (cosine ``[-1, 1]`` -> ``[0, 1]`` and the prior
             divided by ``prior_max``, AVGN test script: 2.5 for ResNet-18 features).
+        audio_norm: ``batchnorm`` = ``Linear -> BatchNorm1d -> L2`` for the audio embedding (this
+            book's default: without it the from-scratch audio embeddings collapse to one direction
+            within a few dozen steps and the contrastive loss stays at chance, chapter 03);
+            ``none`` = ``Linear -> L2``, the public code.
     """
 
     dim: int = 512
     tau: float = 0.03
     object_prior_alpha: float | None = None
+    audio_norm: str = "batchnorm"
     prior_norm: str = "minmax"
     prior_max: float = 2.5
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -200,6 +210,8 @@ class EZVSLConfig:
     def __post_init__(self) -> None:
         if self.prior_norm not in ("minmax", "fixed"):
             raise ValueError(f"prior_norm must be 'minmax' or 'fixed', got {self.prior_norm!r}")
+        if self.audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm must be one of {AUDIO_NORMS}, got {self.audio_norm!r}")
         if self.object_prior_alpha is not None and not 0.0 <= self.object_prior_alpha <= 1.0:
             raise ValueError("object_prior_alpha must lie in [0, 1]")
         _sync_encoder_dim(self)
@@ -214,22 +226,26 @@ class MALConfig:
         dim: embedding dimension (public: 128).
         hidden: hidden width of the per-slot audio MLP heads.
         cycle_temp: temperature of the random-walk transitions (public default 0.07).
-        graph: ``images`` = the public graph: groups of ``K`` images, image node affinity = max over
+        graph: ``frames`` (default) = every frame of the batch is an image node (the halves of a
+            ``concat`` duet are two frames), affinity = max over its regions, walk over all frames
+            and slots of the batch (see :mod:`avgn.models.mal`);
+            ``images`` = the public graph: groups of ``K`` images, image node affinity = max over
             its regions, audio of the group mixed; ``regions`` = one (possibly composite) image per
             mixture, nodes are all regions and all slots of the batch (adaptation for this
-            project's benchmark, see :mod:`avgn.models.mal`).
+            project's benchmark and this book's earlier default; it has a shortcut, see
+            :mod:`avgn.models.mal`).
     """
 
     num_sources: int = 2
     dim: int = 128
     hidden: int = 128
     cycle_temp: float = 0.07
-    graph: str = "regions"
+    graph: str = "frames"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
-        if self.graph not in ("images", "regions"):
-            raise ValueError(f"graph must be 'images' or 'regions', got {self.graph!r}")
+        if self.graph not in MAL_GRAPHS:
+            raise ValueError(f"graph must be one of {MAL_GRAPHS}, got {self.graph!r}")
         if self.num_sources < 1:
             raise ValueError("num_sources must be >= 1")
         _sync_encoder_dim(self)

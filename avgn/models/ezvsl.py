@@ -12,6 +12,7 @@ features: with a frozen pretrained backbone (or cached features) that is exactly
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from avgn.losses import maxmil_contrastive_loss
@@ -31,6 +32,16 @@ class EZVSL(nn.Module):
         self.cfg = cfg
         self.visual = VisualEncoder(cfg.encoder)
         self.audio = AudioEncoder(cfg.encoder, spatial=False)
+        self.audio_norm = nn.BatchNorm1d(cfg.dim) if cfg.audio_norm == "batchnorm" else nn.Identity()
+
+    def extra_repr(self) -> str:
+        return f"audio_norm={self.cfg.audio_norm}, tau={self.cfg.tau}, object_prior_alpha={self.cfg.object_prior_alpha}"
+
+    def embed_audio(self, spec: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, F, T]`` -> ``[B, D]``: ``L2(norm(linear(maxpool(trunk(spec)))))``; ``norm`` is
+        ``BatchNorm1d`` (``audio_norm='batchnorm'``) or the identity (public code)."""
+        _, pooled = self.audio.trunk_pooled(spec)
+        return F.normalize(self.audio_norm(self.audio.proj(self.audio.dropout(pooled))), dim=1)
 
     def forward(
         self,
@@ -42,7 +53,7 @@ class EZVSL(nn.Module):
         if spec is None:
             raise ValueError("EZVSL needs a spectrogram spec=[B, 1, F, T]")
         vmap, vback = self.visual(image=image, feats=visual_feats)
-        a, _ = self.audio(spec)
+        a = self.embed_audio(spec)
         return {"audio_emb": a, "visual_map_feats": vmap, "visual_backbone_feats": vback}
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -16,11 +16,17 @@ Here:
 
 * ``graph='images'`` is that public graph: ``image`` holds ``G*K`` frames in groups of ``K``
   consecutive ones, ``spec`` (and optionally ``spec2``) holds the ``G`` mixtures.
-* ``graph='regions'`` (default, for this project's benchmark where one — possibly composite —
-  frame goes with one mixture): the nodes are *all* regions and *all* slots of the batch; the walk
-  slot -> region -> slot must come back to its start, so a slot's regions must prefer it over the
-  other slots of its own mixture (separation) and over every other mixture's slots (audio-visual
-  correspondence).
+* ``graph='frames'`` (default, for this project's benchmark where one — possibly composite —
+  image goes with one mixture): the nodes are *all* frames (the two halves of a ``concat`` duet are
+  two frames) and *all* slots of the batch, a frame's affinity is the max over its regions as in the
+  public graph; the walk slot -> frame -> slot must come back to its start, so a slot must find the
+  frame of its own sound among all frames of the batch (audio-visual correspondence) and, on
+  ``concat`` duets, each frame must prefer its own sound's slot (separation).
+* ``graph='regions'`` (this book's earlier adaptation, kept as an ablation): the nodes are *all*
+  regions and *all* slots of the batch. It has a shortcut, measured in chapter 3
+  (:func:`avgn.diagnostics.walk_locality`): a slot can return to itself through any single region of
+  the batch that prefers it, in any frame, so the cycle loss falls while the walk's first step puts
+  no more mass on the slot's own frame than on any other (1 / B).
 * Differences from the public code: the shared :class:`~avgn.models.encoders.VisualEncoder` (one 1x1
   conv + L2, 7x7 map) instead of two 1x1 convs on a 14x14 map; no learned scalar on the similarity
   map; an L2-normalised slot instead of the public un-normalised ``[B, 128, 1, 1]`` reshape.
@@ -39,7 +45,7 @@ from torch import nn
 from avgn.models.config import MALConfig
 from avgn.models.encoders import AudioResNet18, VisualEncoder, _init_from_scratch
 
-__all__ = ["MixAndLocalize", "mal_cycle_loss_images", "mal_cycle_loss_regions"]
+__all__ = ["MixAndLocalize", "frame_nodes", "mal_cycle_loss_frames", "mal_cycle_loss_images", "mal_cycle_loss_regions"]
 
 
 def _cycle_nll(walk: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +87,45 @@ def mal_cycle_loss_regions(
     r = visual.flatten(2).transpose(1, 2).reshape(-1, d)  # [B*Q, D]
     walk = torch.softmax(s2 @ r.t() / temp, dim=-1) @ torch.softmax(r @ s1.t() / temp, dim=-1)  # [BK, BK]
     return _cycle_nll(walk)
+
+
+def frame_nodes(visual: torch.Tensor) -> torch.Tensor:
+    """``[B, D, h, w]`` -> ``[B, n, D, h * w / n]``: the regions of each of the ``n = w // h`` frames of
+    an image (``n = 2`` for a ``concat`` duet of two square frames side by side, 1 for a single frame)."""
+    b, d, h, w = visual.shape
+    n = w // h if w >= h and w % h == 0 else 1
+    return visual.reshape(b, d, h, n, w // n).permute(0, 3, 1, 2, 4).reshape(b, n, d, h * (w // n))
+
+
+def mal_cycle_loss_frames(
+    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame graph (this book's default). ``visual`` ``[B, D, h, w]`` (each image one frame, or ``n``
+    frames side by side: :func:`frame_nodes`), ``slots`` / ``slots2`` ``[B, K, D]``.
+
+    The image nodes are the frames of the whole batch, as in the public graph an image's affinity to a
+    slot is the max over its regions, and the walk goes slot (of ``slots2``) -> any frame of the batch
+    -> any slot (of ``slots``). A frame is one node for all of its regions, so it can prefer only the
+    few slots near its best region, and a slot has to find a frame that prefers it among all frames of
+    the batch, which across batches only the frame holding its sound does consistently; with single
+    regions as nodes any region of any frame that is near the slot will do
+    (:func:`mal_cycle_loss_regions`). On ``concat`` duets (two frames with the mixture of their
+    two sounds) it is the public graph with every other pair of the batch added as negatives; with a
+    single frame per mixture the return step cannot prefer one of its ``K`` slots, a constant floor of
+    ``ln K`` that carries no gradient on average."""
+    b, k, d = slots.shape
+    if visual.shape[0] != b:
+        raise ValueError(f"graph='frames' needs one image per mixture, got {visual.shape[0]} images, {b} mixtures")
+    frames = frame_nodes(visual).flatten(0, 1)  # [B*n, D, Q]
+    s1 = slots.reshape(b * k, d)
+    s2 = (slots if slots2 is None else slots2).reshape(b * k, d)
+    a_sf = torch.einsum("sd,fdq->sfq", s2, frames).amax(-1)  # slot -> frame [BK, Bn]
+    a_fs = torch.einsum("sd,fdq->fsq", s1, frames).amax(-1)  # frame -> slot [Bn, BK]
+    walk = torch.softmax(a_sf / temp, dim=-1) @ torch.softmax(a_fs / temp, dim=-1)  # [BK, BK]
+    return _cycle_nll(walk)
+
+
+_LOSSES = {"frames": mal_cycle_loss_frames, "images": mal_cycle_loss_images, "regions": mal_cycle_loss_regions}
 
 
 class MixAndLocalize(nn.Module):
@@ -125,8 +170,7 @@ class MixAndLocalize(nn.Module):
         return out
 
     def loss(self, outputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fn = mal_cycle_loss_images if self.cfg.graph == "images" else mal_cycle_loss_regions
-        loss, acc = fn(outputs["visual_map_feats"], outputs["slots"], outputs.get("slots2"), self.cfg.cycle_temp)
+        loss, acc = _LOSSES[self.cfg.graph](outputs["visual_map_feats"], outputs["slots"], outputs.get("slots2"), self.cfg.cycle_temp)
         return loss, {"cycle": loss.detach(), "cycle_acc": acc.detach(), "total": loss.detach()}
 
     def localize(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
