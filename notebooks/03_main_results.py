@@ -20,9 +20,9 @@
 # |---|---|
 # | **AVGN** | class tokens, per-modality transformers, grouping; per-source contrastive loss of the paper's Eq. 10 |
 # | AVGN (public-code target) | the same, but the localization loss scores the raw visual features against the grouped audio feature, as the released code does |
-# | **EZ-VSL** | max-MIL contrastive learning with a single global audio feature |
+# | **EZ-VSL** | max-MIL contrastive learning with a single global audio feature (batch-normalised before the L2 norm, a departure from the public code: see "Do the baselines learn?") |
 # | EZ-VSL + object prior | the same trained weights, maps fused with the ImageNet-feature object prior as in EZ-VSL's test script (`0.4 * av + 0.6 * prior`) |
-# | **Mix-and-Localize** | contrastive random walk between image regions and a fixed number (K = 2) of audio slots |
+# | **Mix-and-Localize** | contrastive random walk between frames (a frame's affinity: the max over its regions) and a fixed number (K = 2) of audio slots |
 # | centre prior, object prior | non-learned references: a centred Gaussian; the ImageNet-feature activation energy of the frame |
 #
 # Every learned method is trained with several seeds (set by the profile); tables show mean ± std
