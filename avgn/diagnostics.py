@@ -445,25 +445,32 @@ def audio_embedding_collapse(model: nn.Module, batches: Sequence[Mapping[str, An
 
 
 def walk_locality(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> dict[str, float]:
-    """Where Mix-and-Localize's first walk step goes (``graph='regions'``): the transition mass from
-    each slot to the regions of its *own* frame, and how often a slot's most likely region lies in its
-    own frame, averaged over ``batches``; ``uniform`` = ``1 / B``, what a walk that ignores which frame
-    goes with the audio gives. A slot can return to itself through any region of the batch that
-    prefers it over the other slots, so the cycle loss can fall without any audio-visual
-    correspondence; these two numbers show whether it did."""
+    """Where Mix-and-Localize's first walk step goes: the transition mass from each slot to the nodes
+    of its *own* image (``graph='regions'``: the image's regions; ``graph='frames'``: its frames, two
+    for a ``concat`` duet), and how often a slot's most likely node lies in its own image, averaged
+    over ``batches``; ``uniform`` = ``1 / B``, what a walk that ignores which image goes with the
+    audio gives. With single regions as nodes a slot can return to itself through any region of the
+    batch that prefers it, so the cycle loss can fall without any audio-visual correspondence; these
+    numbers show whether it did."""
+    from avgn.models.mal import frame_nodes
+
+    graph = model.cfg.graph  # type: ignore[union-attr]
+    if graph not in ("regions", "frames"):
+        raise ValueError(f"walk_locality needs graph='regions' or 'frames', got {graph!r}")
     own, top_own, uniform = [], [], []
     for batch in batches:
         out = _eval_outputs(model, batch, device)
         slots, v = out["slots"].float(), out["visual_map_feats"].float()
         b, k, d = slots.shape
-        regions = v.flatten(2).transpose(1, 2)  # [B, Q, D]
-        q = regions.shape[1]
-        temp = model.cfg.cycle_temp  # type: ignore[union-attr]
-        p = torch.softmax(slots.reshape(b * k, d) @ regions.reshape(b * q, d).t() / temp, dim=-1).reshape(b, k, b, q)
+        nodes = frame_nodes(v) if graph == "frames" else v.flatten(2).unsqueeze(1)  # [B, n, D, Q]
+        aff = torch.einsum("sd,bndq->sbnq", slots.reshape(b * k, d), nodes)
+        aff = aff.amax(-1) if graph == "frames" else aff.flatten(2)  # [BK, B, nodes per image]
+        m = aff.shape[-1]
+        p = torch.softmax(aff.reshape(b * k, -1) / model.cfg.cycle_temp, dim=-1).reshape(b, k, b, m)  # type: ignore[union-attr]
         idx = torch.arange(b)
         own.append(float(p[idx, :, idx].sum(-1).mean()))
-        top_frame = p.reshape(b, k, b * q).argmax(-1) // q
-        top_own.append(float((top_frame == idx[:, None]).float().mean()))
+        top_image = p.reshape(b, k, b * m).argmax(-1) // m
+        top_own.append(float((top_image == idx[:, None]).float().mean()))
         uniform.append(1.0 / b)
     return {"own_frame_mass": float(np.mean(own)), "own_frame_top": float(np.mean(top_own)), "uniform": float(np.mean(uniform))}
 
@@ -480,8 +487,7 @@ def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_b
     * ``map`` / ``negated`` / ``constant``: :func:`map_orientation` of the ``best`` checkpoint on
       ``val/solo/scene`` (AP of the map, of its negation and of a constant map);
     * Mix-and-Localize only: ``own_frame_mass`` / ``own_frame_top`` / ``uniform`` of
-      :func:`walk_locality` (for ``graph='frames'`` on the frames' regions as well: a walk over frames
-      can only reach a frame through its regions).
+      :func:`walk_locality` (the nodes of the run's own graph).
     """
     from avgn.evaluate import ModelPredictor, _store_for, load_eval_set, predict_set
     from avgn.train import load_run, load_trained_model

@@ -273,11 +273,15 @@ pd.DataFrame({c: [cell.get((v, c), "") for v in order] for c in cols}, index=ord
 #   embeddings stay apart, the loss falls below chance, and the maps point at the sources (map above
 #   constant, negation below).
 # - **Mix-and-Localize, region graph.** The cycle loss falls far below chance while the first step
-#   of the walk puts *less* mass on a slot's own frame than a uniform walk would. A slot returns to
-#   itself through whichever regions of the batch prefer it, in any frame, so the loss is met without
-#   audio-visual correspondence.
-# - **Mix-and-Localize, frame graph.** A frame is one node for all of its regions. To close the
-#   cycle, a slot has to find the frame that holds its sound.
+#   of the walk puts no more mass on a slot's own frame than a uniform walk would (often less). A slot
+#   returns to itself through whichever regions of the batch prefer it, in any frame, so the loss is
+#   met without audio-visual correspondence. Its AP above the constant map is what picking the better
+#   of two unrelated maps gives (the negated maps score above the constant too).
+# - **Mix-and-Localize, frame graph.** A frame is one node for all of its regions, which removes the
+#   single-region bridge, but the walk still barely prefers the slot's own frame, and the maps point
+#   away from the sources more than towards them (negated above map). **Neither form of
+#   Mix-and-Localize learns to localise on this benchmark**; its rows in the tables above are
+#   reported as measured.
 
 # %% [markdown]
 # ## Oracle versus predicted source selection

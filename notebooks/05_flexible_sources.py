@@ -144,7 +144,8 @@ tab.loc[(slice(None), order, "cap"), :].droplevel("metric")
 # ## Which classes sound: presence and counting
 #
 # With predicted selection AVGN decides which classes sound from its audio presence probabilities
-# (threshold 0.5, at least one). Precision, recall and F1 of that decision over all (scene, class)
+# (threshold chosen on the validation split by presence F1 and stored with the run; at least one
+# class). Precision, recall and F1 of that decision over all (scene, class)
 # pairs, and how often the number of predicted classes equals the number of sources:
 
 # %%

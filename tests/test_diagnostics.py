@@ -166,7 +166,7 @@ class _Fixed(nn.Module):
     def __init__(self, **outputs: torch.Tensor) -> None:
         super().__init__()
         self.outputs = outputs
-        self.cfg = type("Cfg", (), {"cycle_temp": 0.07})()
+        self.cfg = type("Cfg", (), {"cycle_temp": 0.07, "graph": "regions"})()
 
     def forward(self, spec=None, visual_feats=None, image=None):
         return dict(self.outputs)
@@ -199,3 +199,8 @@ def test_walk_locality_own_frame_versus_another_frame():
     assert own["own_frame_mass"] == pytest.approx(p + (1 - p) / 3) and own["own_frame_top"] == 1.0
     assert swapped["own_frame_mass"] == pytest.approx(2 * (1 - p) / 3) and swapped["own_frame_top"] == 0.0
     assert own["uniform"] == 0.5
+    # the frame graph: a frame's affinity is the max over its regions, so each frame is one node
+    frames = _Fixed(slots=r[:, :1], visual_map_feats=visual.reshape(2, 4, 2, 1))  # square-ish: one frame per image
+    frames.cfg.graph = "frames"
+    q = math.exp(1 / 0.07) / (math.exp(1 / 0.07) + 1)  # softmax over 2 frames of (1, 0) / 0.07
+    assert walk_locality(frames, [_batch(2)])["own_frame_mass"] == pytest.approx(q)
