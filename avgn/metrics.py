@@ -540,10 +540,50 @@ def pairwise_ap(pred_maps: Tensor, masks: Tensor, *, chunk_size: int = _DEFAULT_
         m = upsample_maps(pred_maps[start : start + step].to(masks.device), size)  # [b, K, H, W]
         g = masks[start : start + step]
         b = m.shape[0]
+        if _use_numpy(m, backend):
+            out[start : start + b] = _pairwise_numpy(m.reshape(b, k, -1), g.reshape(b, s, -1))
+            continue
         mm = m[:, :, None].expand(b, k, s, *size).reshape(b * k * s, *size)
         gg = g[:, None].expand(b, k, s, *size).reshape(b * k * s, *size)
         out[start : start + b] = pixel_average_precision(mm, gg, empty="nan", backend=backend).reshape(b, k, s)
     return out
+
+
+def _pairwise_numpy(maps: Tensor, masks: Tensor) -> Tensor:
+    """:func:`pairwise_ap` on CPU: ``maps [b, K, M]`` against ``masks [b, S, M]`` -> ``[b, K, S]``.
+
+    Each map is sorted once for all ``S`` masks, each mask's pixel indices found once for all ``K``
+    maps. For the ``j``-th positive (values sorted ascending) the precision is ``#positives >= p_j /
+    #pixels >= p_j``: the first is a search among the (few) sorted positives, the second a search in
+    the sorted map. The terms, and the order they are averaged in, are those of :func:`_row_kernel`,
+    so every pair is bit-identical to :func:`pixel_average_precision`.
+    """
+    s_np = maps.detach().contiguous().numpy()
+    g_np = masks.contiguous().numpy()
+    b, k, m = s_np.shape
+    n_src = g_np.shape[1]
+    out = np.full((b, k, n_src), np.nan, dtype=np.float64)
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            pos_idx = [np.flatnonzero(g_np[i, t]) for t in range(n_src)]
+            for j in range(k):
+                ss = np.sort(s_np[i, j])
+                for t, idx in enumerate(pos_idx):
+                    if idx.size == 0:
+                        continue
+                    pv = np.sort(s_np[i, j][idx])
+                    tp = idx.size - np.searchsorted(pv, pv, "left")
+                    out[i, j, t] = float(np.mean(tp / (m - np.searchsorted(ss, pv, "left"))))
+
+    workers = _num_workers()
+    if workers == 1 or b < 2 * workers:
+        work(0, b)
+    else:
+        bounds = np.linspace(0, b, workers + 1).astype(int)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda bd: work(*bd), zip(bounds[:-1], bounds[1:])))
+    return torch.from_numpy(out)
 
 
 def best_assignment_mean(scores: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -224,6 +224,28 @@ def test_piap_is_permutation_invariant_and_handles_padding():
         assert base[i].item() == pytest.approx(best, abs=1e-12)
 
 
+def test_pairwise_ap_cpu_path_is_bit_identical_to_per_pair_ap_and_sklearn():
+    """The CPU path sorts each map once for all masks; every pair must equal the per-pair pixel AP
+    bit for bit (ties and empty masks included) and scikit-learn to rounding."""
+    from sklearn.metrics import average_precision_score
+
+    gen = torch.Generator().manual_seed(9)
+    maps = torch.randn(4, 5, 7, 7, generator=gen)
+    maps[1] = maps[1].round()  # heavy ties after upsampling too
+    masks = torch.rand(4, 3, 28, 28, generator=gen) < torch.rand(4, 3, 1, 1, generator=gen) * 0.4
+    masks[2, 1] = False  # an empty mask -> NaN
+    pairs = M.pairwise_ap(maps, masks)
+    up = M.upsample_maps(maps, (28, 28))
+    for k in range(5):
+        for s in range(3):
+            ref = M.pixel_average_precision(up[:, k], masks[:, s], empty="nan")
+            assert torch.equal(torch.nan_to_num(pairs[:, k, s], nan=-1.0), torch.nan_to_num(ref, nan=-1.0))
+    assert torch.isnan(pairs[2, :, 1]).all() and not torch.isnan(pairs[2, :, 0]).any()
+    sk = average_precision_score(masks[3, 0].flatten().numpy(), up[3, 2].flatten().numpy())
+    assert pairs[3, 2, 0].item() == pytest.approx(sk, abs=1e-12)
+    torch.testing.assert_close(M.pairwise_ap(maps, masks, backend="torch"), pairs, rtol=0, atol=1e-12, equal_nan=True)
+
+
 def test_piap_with_fewer_maps_than_sources_scores_missing_sources_zero():
     g, all_maps = _two_source_case()
     one = all_maps[:, 1:2]  # a single predicted map (the left one)
