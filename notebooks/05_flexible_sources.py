@@ -47,7 +47,8 @@ from avgn.analysis import class_presence_table, predict_run, presence_summary
 from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
-from avgn.experiment import MAIN_VARIANTS, get_experiment
+from avgn.evaluate import evaluate_reference
+from avgn.experiment import MAIN_VARIANTS, METHOD_NAMES, REFERENCES, get_experiment
 from avgn.results import read_results, to_results, with_set_parts, write_results
 from avgn.train import collect_variants, load_run, run_variant, variant_dirs
 from avgn.viz import save_figure, set_style
@@ -77,10 +78,25 @@ for v in MAIN_VARIANTS:
         out = run_variant(v, profile, s, data, runs, device=device, progress=False,
                           eval_splits=("test", *SHIFTS), eval_sets=COMPOSED)
         print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
-res = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t) for t in ("test", "composed")], ignore_index=True)
+
+# %% [markdown]
+# The non-learned references go through the same evaluation: the centre and object priors, and the
+# **perfect map** (each source's ground-truth mask scored as its map), the protocol's ceiling.
+
+# %%
+ref_res, ref_rows = [], []
+for kind in REFERENCES:
+    for tag, where in (("test", {"split": "test"}), ("composed", {"sets": COMPOSED["composed"]})):
+        ref_dir = runs / profile / f"reference-{kind}" / ("" if tag == "test" else "composed")
+        if not (ref_dir / "eval_test.csv").is_file():
+            evaluate_reference(kind, data, ref_dir, profile=profile, device=device, progress=False, **where)
+        label = {"variant": METHOD_NAMES[kind], "seed": -1}
+        ref_res.append(pd.read_csv(ref_dir / "eval_test.csv").assign(**label))
+        ref_rows.append(pd.read_csv(ref_dir / "eval_test_samples.csv").assign(**label))
+res = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t) for t in ("test", "composed")] + ref_res, ignore_index=True)
 print("wrote", write_results(to_results(res, "05"), "05_sources", results_dir))
 res = read_results("05_sources", results_dir)
-rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t, samples=True) for t in ("test", "composed")], ignore_index=True)
+rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t, samples=True) for t in ("test", "composed")] + ref_rows, ignore_index=True)
 
 # %% [markdown]
 # ## Localization against the number of sources
@@ -115,7 +131,8 @@ def curve_frame(res: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 curves = curve_frame(res, rows)
 curves.to_csv(runs / profile / "sources_curves.csv", index=False)
 order = [m for m in ["AVGN · oracle", "AVGN · predicted", "AVGN (public-code target) · oracle", "AVGN (public-code target) · predicted",
-                     "EZ-VSL", "EZ-VSL + object prior", "Mix-and-Localize"] if m in set(curves["method"])]
+                     "EZ-VSL", "EZ-VSL + object prior", "Mix-and-Localize", *[METHOD_NAMES[k] for k in REFERENCES]]
+         if m in set(curves["method"])]
 grid = sns.relplot(data=curves, x="n_sources", y="value", hue="method", hue_order=order, col="metric", row="layout",
                    col_order=["cap", "piap", "ciou@0.3"], row_order=["scene", "concat"], kind="line", marker="o",
                    errorbar="sd", height=3.0, aspect=1.15, facet_kws={"sharey": False})
