@@ -55,7 +55,7 @@ from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.evaluate import evaluate_reference
-from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, get_experiment
+from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, METHOD_NAMES, REFERENCES, get_experiment
 from avgn.results import to_results, write_results
 from avgn.train import collect_variants, run_variant, variant_dirs
 from avgn.viz import save_figure, set_style
@@ -97,6 +97,13 @@ for v in MAIN_VARIANTS:  # chapter 3's runs (reused): the baselines of the verdi
         run_variant(v, profile, s, data, runs, device=device, progress=False)
 results = {g: collect_variants(vs, runs, profile, seeds) for g, vs in GROUPS.items()}
 print("wrote", write_results(to_results(pd.concat(results.values(), ignore_index=True), "04"), "04_ablations", results_dir))
+refs = []  # the non-learned references (chapter 3's evaluations), the perfect map as the ceiling row
+for kind in REFERENCES:
+    ref_dir = runs / profile / f"reference-{kind}"
+    if not (ref_dir / "eval_test.csv").is_file():
+        evaluate_reference(kind, data, ref_dir, profile=profile, split="test", device=device, progress=False)
+    refs.append(pd.read_csv(ref_dir / "eval_test.csv").assign(variant=METHOD_NAMES[kind]))
+refs = pd.concat(refs, ignore_index=True)
 
 # %% [markdown]
 # ## Depth of the per-modality transformers
@@ -111,8 +118,9 @@ MULTI = ["cap", "piap", "ciou@0.3", "auc"]
 
 
 def ablation_table(group: str) -> pd.DataFrame:
-    res = results[group][results[group]["mode"] == "oracle"]
-    order = [v.label for v in GROUPS[group]]
+    res = pd.concat([results[group], refs], ignore_index=True)
+    res = res[res["mode"] == "oracle"]
+    order = [v.label for v in GROUPS[group]] + [METHOD_NAMES[k] for k in REFERENCES]
     solo = mean_std_table(res, "test/solo/scene", SINGLE, rows=("variant",), order=order)
     duet = mean_std_table(res, "test/duet/scene", MULTI, rows=("variant",), order=order)
     return pd.concat({"one source (solo)": solo, "two sources (duet scene)": duet}, axis=1)
@@ -282,13 +290,6 @@ for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), 
     best_other = max(others, key=others.get)
     verdicts.append({"claim": "AVGN beats the baselines", "evidence": f"{set_name} {metric}: AVGN {100 * avgn_score:.1f} vs best baseline {best_other} {100 * others[best_other]:.1f}",
                      "holds": avgn_score > others[best_other], "beyond seed noise (> 2 sd)": beyond_noise(avgn_score - others[best_other], set_name, metric)})
-refs = []
-for kind, label in (("centre", "centre prior"), ("object", "object prior")):
-    ref_dir = runs / profile / f"reference-{kind}"
-    if not (ref_dir / "eval_test.csv").is_file():
-        evaluate_reference(kind, data, ref_dir, profile=profile, split="test", device=device, progress=False)
-    refs.append(pd.read_csv(ref_dir / "eval_test.csv").assign(variant=label))
-refs = pd.concat(refs, ignore_index=True)
 for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
     avgn_score = mean_of(main_res, "AVGN", set_name, metric)
     prior = {lab: mean_of(refs, lab, set_name, metric) for lab in ("centre prior", "object prior")}
