@@ -105,6 +105,8 @@ def test_results_round_trip_and_validation(tmp_path):
     assert back["chapter"].tolist() == ["03", "03"] and back["value"].tolist() == [0.5, 0.25]
     with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
         write_results(df.assign(value=[0.5, 1.5]), "bad", tmp_path)
+    diag = write_results(df.assign(value=[-0.02, 1.5]), "diag", tmp_path, fractions=False)  # a cosine, a loss ratio
+    assert read_results("diag", tmp_path)["value"].tolist() == [-0.02, 1.5] and diag.name == "diag.csv"
     with pytest.raises(KeyError, match="variant"):
         to_results(long.drop(columns="variant"), "03")
     with pytest.raises(FileNotFoundError, match="execute the chapter"):
