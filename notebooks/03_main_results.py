@@ -270,7 +270,7 @@ per_seed.round(3).rename(columns={"map": "val AP: map", "negated": "val AP: nega
 #   embeddings stay apart. That is necessary, not sufficient. On a seed where the run leaves chance,
 #   the loss falls below it and the maps point at the sources (map above constant, negation below).
 #   On a seed where it does not, the loss stays near chance for all six epochs and the maps score
-#   about what a constant map does. Compare the seeds' rows: the mean ± sd of Tables 1 and 2 averages
+#   about what a constant map does, their negation more: they point away from the sources. Compare the seeds' rows: the mean ± sd of Tables 1 and 2 averages
 #   both kinds of run, which is what its large standard deviation shows. Whether longer training
 #   lets every seed leave chance is not tested here: the cpu profile gives every method the same six
 #   epochs.
@@ -280,8 +280,9 @@ per_seed.round(3).rename(columns={"map": "val AP: map", "negated": "val AP: nega
 #   met without audio-visual correspondence. Its AP above the constant map is what picking the better
 #   of two unrelated maps gives (the negated maps score above the constant too).
 # - **Mix-and-Localize, frame graph.** A frame is one node for all of its regions, which removes the
-#   single-region bridge, but the walk still barely prefers the slot's own frame, and the maps point
-#   away from the sources more than towards them (negated above map). **Neither form of
+#   single-region bridge, but the walk does not prefer the slot's own frame either (its mass there
+#   stays around 1/B), and the maps point away from the sources more than towards them (negated
+#   above map). **Neither form of
 #   Mix-and-Localize learns to localise on this benchmark**; its rows in the tables above are
 #   reported as measured.
 
