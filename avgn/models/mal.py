@@ -21,7 +21,9 @@ Here:
   two frames) and *all* slots of the batch, a frame's affinity is the max over its regions as in the
   public graph; the walk slot -> frame -> slot must come back to its start, so a slot must find the
   frame of its own sound among all frames of the batch (audio-visual correspondence) and, on
-  ``concat`` duets, each frame must prefer its own sound's slot (separation).
+  ``concat`` duets, each frame must prefer its own sound's slot (separation). Measured in chapter 3:
+  on this benchmark the trained walk does not prefer the slot's own frame either, and the maps do
+  not localise; the frame graph is the default as the adaptation closest to the public graph.
 * ``graph='regions'`` (this book's earlier adaptation, kept as an ablation): the nodes are *all*
   regions and *all* slots of the batch. It has a shortcut, measured in chapter 3
   (:func:`avgn.diagnostics.walk_locality`): a slot can return to itself through any single region of
@@ -111,8 +113,7 @@ def mal_cycle_loss_frames(
     regions as nodes any region of any frame that is near the slot will do
     (:func:`mal_cycle_loss_regions`). On ``concat`` duets (two frames with the mixture of their
     two sounds) it is the public graph with every other pair of the batch added as negatives; with a
-    single frame per mixture the return step cannot prefer one of its ``K`` slots, a constant floor of
-    ``ln K`` that carries no gradient on average."""
+    single frame per mixture the return step cannot tell its ``K`` slots apart by the frame alone."""
     b, k, d = slots.shape
     if visual.shape[0] != b:
         raise ValueError(f"graph='frames' needs one image per mixture, got {visual.shape[0]} images, {b} mixtures")
