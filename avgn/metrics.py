@@ -52,7 +52,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -262,14 +262,21 @@ def _rows_numpy(scores: Tensor, labels: Tensor, rule: str | None, value: float) 
         for i in range(lo, hi):
             ap[i], ci[i], npos[i] = _row_kernel(s[i], g[i], rule, value)
 
+    _in_threads(work, n)
+    return torch.from_numpy(ap), torch.from_numpy(ci), torch.from_numpy(npos)
+
+
+def _in_threads(work: Any, n: int) -> None:
+    """Run ``work(lo, hi)`` over ``range(n)`` split into contiguous blocks across
+    :func:`_num_workers` threads (NumPy's sorts release the GIL); in the caller's thread when one
+    worker suffices."""
     workers = _num_workers()
     if workers == 1 or n < 2 * workers:
         work(0, n)
-    else:
-        bounds = np.linspace(0, n, workers + 1).astype(int)
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda b: work(*b), zip(bounds[:-1], bounds[1:])))
-    return torch.from_numpy(ap), torch.from_numpy(ci), torch.from_numpy(npos)
+        return
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda b: work(*b), zip(bounds[:-1], bounds[1:])))
 
 
 def _use_numpy(t: Tensor, backend: Backend) -> bool:
@@ -576,13 +583,7 @@ def _pairwise_numpy(maps: Tensor, masks: Tensor) -> Tensor:
                     tp = idx.size - np.searchsorted(pv, pv, "left")
                     out[i, j, t] = float(np.mean(tp / (m - np.searchsorted(ss, pv, "left"))))
 
-    workers = _num_workers()
-    if workers == 1 or b < 2 * workers:
-        work(0, b)
-    else:
-        bounds = np.linspace(0, b, workers + 1).astype(int)
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda bd: work(*bd), zip(bounds[:-1], bounds[1:])))
+    _in_threads(work, b)
     return torch.from_numpy(out)
 
 
