@@ -1,13 +1,32 @@
 """avgn — Audio-Visual Grouping Network for sound localization from mixtures.
 
-A thin research library backing the avgn book. Submodules have one job each:
+A thin research library backing the avgn book. Each module has one job; from the bottom of the
+import graph to the top (a module imports only from those above it in this list; no import circle,
+``tests/test_imports.py``):
 
-- :mod:`avgn.config`   profiles (``smoke`` | ``cpu`` | ``gpu``) as dataclasses
-- :mod:`avgn.env`      device resolution, seeding and the environment report
-- :mod:`avgn.metrics`  the evaluation protocol (pixel AP, cIoU, AUC, CAP, PIAP)
-- :mod:`avgn.boxes`    box/mask helpers for the public annotation formats
-- :mod:`avgn.data`     the embedded audio-visual mixture benchmark and dataset adapters
-- :mod:`avgn.viz`      figure helpers (save to ``figures/``)
+- :mod:`avgn.io`           atomic writes
+- :mod:`avgn.env`          device resolution, seeding and the environment report
+- :mod:`avgn.metrics`      the evaluation protocol (pixel AP, cIoU, AUC, CAP, PIAP)
+- :mod:`avgn.boxes`        box/mask helpers for the public annotation formats
+- :mod:`avgn.data`         the embedded audio-visual mixture benchmark, its datasets and batching, dataset adapters
+- :mod:`avgn.features`     cached backbone features of a frozen visual backbone
+- :mod:`avgn.models`       AVGN, EZ-VSL, Mix-and-Localize, the priors (``nn.Module`` s and their configs)
+- :mod:`avgn.losses`       the training losses
+- :mod:`avgn.checkpoint`   checkpoints: atomic, resumable
+- :mod:`avgn.config`       configuration dataclasses and the one profile table (``smoke`` | ``cpu`` | ``gpu``)
+- :mod:`avgn.methods`      the method interface and registry: every method and reference, one module each
+- :mod:`avgn.experiment`   one run's configuration (method x profile, dotted overrides)
+- :mod:`avgn.runs`         run folders, named variants, reproduce commands, loading a trained run
+- :mod:`avgn.evaluate`     evaluation sets, predictions, scoring under both source-selection modes
+- :mod:`avgn.train`        the training loop
+- :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
+- :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
+- :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
+- :mod:`avgn.results`      the committed long-format results files
+- :mod:`avgn.explorer`     the interactive explorer of chapter 6
+- :mod:`avgn.viz`          figure helpers (save to ``figures/``)
+- :mod:`avgn.synthetic`    synthetic maps for the protocol demonstrations of chapter 0
+- :mod:`avgn.cli`          the ``avgn`` command line
 """
 
 __version__ = "0.1.0"

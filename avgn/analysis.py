@@ -25,15 +25,12 @@ import numpy as np
 import torch
 
 from avgn.config import EvalConfig
-from avgn.evaluate import (
-    ModelPredictor,
-    ReferencePredictor,
-    SetPredictions,
-    _store_for,
-    load_eval_set,
-    predict_set,
-    score_set,
-)
+from avgn.data.manifest import load_manifest
+from avgn.env import resolve_device
+from avgn.evaluate import MODES, SetPredictions, _store_for, load_eval_set, predict_set, reference_predictor, score_set
+from avgn.methods import MethodPredictor, get_method, model_inputs
+from avgn.methods.avgn import embedding_dependence
+from avgn.runs import Variant, load_trained_model, run_presence_threshold, variant_dirs
 
 __all__ = [
     "DEFAULT_RULES",
@@ -95,36 +92,17 @@ def predict_run(
 ) -> dict[str, SetPredictions]:
     """Predictions of a trained run (its ``best`` checkpoint) on each set of ``sets``
     (``{set name: SetPredictions}``; maps ``[N, K, h, w]`` at the model's resolution)."""
-    from avgn.env import resolve_device
-    from avgn.train import load_trained_model
-
     model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device, model_overrides=model_overrides)
     data = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
     store = _store_for(exp, data, sets, device=device)
-    pred = ModelPredictor(model, exp.method, resolve_device(device), bf16=exp.train.bf16, channels_last=exp.train.channels_last)
+    pred = MethodPredictor(get_method(exp.method), model, resolve_device(device), bf16=exp.train.bf16, channels_last=exp.train.channels_last)
     return {n: predict_set(pred, load_eval_set(data, n, exp.inputs, store, materialize=False)) for n in sets}
 
 
 def predict_reference(kind: str, data_dir: str | Path, sets: Sequence[str], *, profile: str = "cpu", device: str = "auto") -> dict[str, SetPredictions]:
     """Predictions of a non-learned reference (``centre`` | ``object`` | ``perfect``) on ``sets``."""
-    from avgn.env import resolve_device
-    from avgn.experiment import get_experiment
-
-    from avgn.evaluate import REFERENCE_KINDS
-
-    if kind not in REFERENCE_KINDS:
-        raise ValueError(f"unknown reference {kind!r}; choose one of {REFERENCE_KINDS}")
-    exp = get_experiment("avgn", profile)
-    data = Path(data_dir)
-    dev = resolve_device(device)
-    store = _store_for(exp, data, sets, device=device)
-    backbone = None
-    if kind == "object" and store is None:
-        from avgn.models.encoders import VisualEncoder
-
-        backbone = VisualEncoder(exp.inputs.features.encoder_config()).to(dev).eval()
-    pred = ReferencePredictor(kind, backbone=backbone, device=dev)
-    return {n: predict_set(pred, load_eval_set(data, n, exp.inputs, store, materialize=False)) for n in sets}
+    pred, exp, store = reference_predictor(kind, profile, data_dir, sets, device=device)
+    return {n: predict_set(pred, load_eval_set(Path(data_dir), n, exp.inputs, store, materialize=False)) for n in sets}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +156,6 @@ def class_presence_table(p: SetPredictions, data_dir: str | Path, class_names: S
     Returns a :class:`pandas.DataFrame` with one row per (scene, class)."""
     import pandas as pd
 
-    from avgn.data.manifest import load_manifest
 
     if p.kind != "class_aware" or p.audio_probs is None:
         raise ValueError(f"class_presence_table needs a class-aware prediction with presence probabilities, got kind {p.kind!r}")
@@ -223,13 +200,9 @@ def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = 
     and the class names. With ``all_classes=True`` it returns every class's embeddings of every
     scene instead: ``(audio [N, C, D], visual [N, C, D], sounding [N, C] bool)`` and the names —
     to ask how much an embedding depends on whether its class sounds (:func:`embedding_dependence`)."""
-    from avgn.env import resolve_device
-    from avgn.evaluate import model_inputs
-    from avgn.train import load_trained_model
-
     model, exp, info = load_trained_model(run_dir, device=device)
-    if exp.method != "avgn":
-        raise ValueError(f"class_embeddings needs an AVGN run, {run_dir} is {exp.method!r}")
+    if get_method(exp.method).kind != "class_aware":
+        raise ValueError(f"class_embeddings needs a class-aware run (e.g. AVGN), {run_dir} is a {exp.method!r} run")
     dev = resolve_device(device)
     data = Path(info["data_dir"])
     store = _store_for(exp, data, sets, device=device)
@@ -257,34 +230,11 @@ def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = 
     return torch.cat(auds).numpy(), torch.cat(viss).numpy(), torch.cat(labs).numpy(), list(names)
 
 
-def embedding_dependence(emb: np.ndarray, sounding: np.ndarray, names: Sequence[str]):
-    """How much class-aware embeddings ``emb [N, C, D]`` depend on the input: per class, the cosine
-    similarity between its mean embedding over scenes where it sounds and over scenes where it does
-    not (``cos_sounding_vs_silent``: 1 = the embedding ignores whether the class sounds), and the
-    mean cosine similarity of single embeddings to their class mean (``within_class_cos``: 1 = the
-    same vector for every input). Returns a :class:`pandas.DataFrame`, one row per class that both
-    sounds and is silent somewhere."""
-    import pandas as pd
-
-    x = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
-    rows = []
-    for c, name in enumerate(names):
-        on, off = sounding[:, c], ~sounding[:, c]
-        if not on.any() or not off.any():
-            continue
-        mu_on, mu_off = x[on, c].mean(0), x[off, c].mean(0)
-        mu_all = x[:, c].mean(0)
-        cos = float(mu_on @ mu_off / (np.linalg.norm(mu_on) * np.linalg.norm(mu_off)))
-        within = float((x[:, c] @ (mu_all / np.linalg.norm(mu_all))).mean())
-        rows.append({"class": name, "scenes_sounding": int(on.sum()), "cos_sounding_vs_silent": cos, "within_class_cos": within})
-    return pd.DataFrame(rows)
-
-
 # --------------------------------------------------------------------------------------------------
 # a whole comparison re-scored under another binarisation rule
 # --------------------------------------------------------------------------------------------------
 def rescore_variants(
-    variants: Sequence[Any],
+    variants: Sequence[Variant],
     references: Sequence[str],
     runs_dir: str | Path,
     profile: str,
@@ -301,10 +251,6 @@ def rescore_variants(
     method, seed, set, mode, metric, value`` (``seed = -1`` for references). AP-type metrics do not
     depend on the rule and are left out."""
     import pandas as pd
-
-    from avgn.evaluate import MODES
-    from avgn.experiment import METHOD_NAMES
-    from avgn.train import run_presence_threshold, variant_dirs
 
     cfg = EvalConfig(binarize_rule=rule[0], binarize_value=rule[1])
     rows: list[dict[str, Any]] = []
@@ -324,7 +270,7 @@ def rescore_variants(
             preds = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
             add(preds, th, variant=v.label, method=v.method, seed=int(s))
     for kind in references:
-        add(predict_reference(kind, data_dir, sets, profile=profile, device=device), 0.5, variant=METHOD_NAMES[kind], method=kind, seed=-1)
+        add(predict_reference(kind, data_dir, sets, profile=profile, device=device), 0.5, variant=get_method(kind).label, method=kind, seed=-1)
     return pd.DataFrame(rows)
 
 

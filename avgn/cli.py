@@ -2,7 +2,7 @@
 
     avgn env                                   print the environment report
     avgn data build --profile P --seed S --out DIR
-    avgn train --method avgn|ezvsl|mal --profile P --seed S --data DIR --out RUN_DIR [--resume]
+    avgn train --method METHOD --profile P --seed S --data DIR --out RUN_DIR [--resume]
     avgn eval RUN_DIR --split test                 evaluate a trained run (its best checkpoint)
     avgn eval RUN_DIR --set object_prior_alpha=0.4 --out DIR   ... with an inference-time model change
     avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from avgn.config import PROFILES
+from avgn.config import PROFILE_NAMES
+from avgn.methods import list_methods
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -50,7 +51,8 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from avgn.train import run_dir_for, train
+    from avgn.runs import run_dir_for
+    from avgn.train import train
 
     out = Path(args.out) if args.out else run_dir_for("data/runs", args.method, args.profile, args.seed)
     summary = train(
@@ -70,7 +72,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not (args.data and args.out):
             raise SystemExit("avgn eval --reference needs --data DIR and --out DIR")
         payload = evaluate_reference(args.reference, args.data, args.out, profile=args.profile, split=split,
-                                     sets=args.sets, device=args.device, progress=not args.quiet)
+                                     sets=args.sets, device=args.device, progress=not args.quiet, tag=args.tag)
     else:
         if not args.run_dir:
             raise SystemExit("avgn eval needs RUN_DIR (or --reference)")
@@ -98,15 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_data = sub.add_parser("data", help="build or inspect the embedded benchmark")
     data_sub = p_data.add_subparsers(dest="data_command", required=True)
     p_build = data_sub.add_parser("build", help="build the embedded benchmark for a profile")
-    p_build.add_argument("--profile", choices=PROFILES, default="cpu")
+    p_build.add_argument("--profile", choices=PROFILE_NAMES, default="cpu")
     p_build.add_argument("--seed", type=int, default=0)
     p_build.add_argument("--out", default=None, help="output folder (default: data/embedded/<profile>[_seed<S>])")
     p_build.add_argument("--quiet", action="store_true", help="no progress bars")
     p_build.set_defaults(func=_cmd_data_build)
 
     p_train = sub.add_parser("train", help="train AVGN / EZ-VSL / Mix-and-Localize (validation-selected)")
-    p_train.add_argument("--method", choices=["avgn", "ezvsl", "mal"], required=True)
-    p_train.add_argument("--profile", choices=PROFILES, default="cpu")
+    p_train.add_argument("--method", choices=list_methods(learned=True), required=True)
+    p_train.add_argument("--profile", choices=PROFILE_NAMES, default="cpu")
     p_train.add_argument("--seed", type=int, default=0)
     p_train.add_argument("--data", default="data/embedded", help="the built benchmark (default: data/embedded)")
     p_train.add_argument("--out", default=None, help="run folder (default: data/runs/PROFILE/METHOD-seedS)")
@@ -122,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--split", nargs="+", default=["test"], help="split(s), e.g. test test_style (default: test)")
     p_eval.add_argument("--sets", nargs="+", default=None, help="only these sets, e.g. test/duet/concat")
     p_eval.add_argument("--checkpoint", default="best", help="best (default) or last")
-    p_eval.add_argument("--reference", choices=["centre", "object", "perfect"], default=None, help="evaluate a non-learned reference")
-    p_eval.add_argument("--profile", choices=PROFILES, default="cpu", help="inputs of the reference (with --reference)")
+    p_eval.add_argument("--reference", choices=list_methods(learned=False), default=None, help="evaluate a non-learned reference")
+    p_eval.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="inputs of the reference (with --reference)")
     p_eval.add_argument("--data", default=None, help="the built benchmark (default: the run's)")
     p_eval.add_argument("--out", default=None, help="output folder of a reference evaluation, or of a run evaluated with --set")
     p_eval.add_argument("--tag", default=None, help="name of the output files eval_<tag>.* (default: the split)")

@@ -1,18 +1,29 @@
-"""Run profiles: one named bundle of settings per compute budget.
+"""Configuration dataclasses and the one profile table.
 
-Notebooks and the command line select a profile by name (``smoke`` for CI, ``cpu`` for the book's
-default on a 2-core machine, ``gpu`` for the paper's settings); nothing about sizes is hard-coded in a
-notebook. Each sub-config is a frozen dataclass owned by the module that uses it.
+A *profile* is one named compute budget (``smoke`` for CI, ``cpu`` for the book's default on a
+2-core machine, ``gpu`` for the paper's settings). :data:`PROFILES` holds them as literal,
+frozen :class:`Profile` instances — the data build, the encoder and model sizes every method reads,
+the optimisation, the inputs, the evaluation protocol, the seeds — and everything reads it:
+:func:`avgn.data.build.build_dataset` (``profile.data``), each method's
+:meth:`avgn.methods.Method.default_config`, :func:`avgn.experiment.get_experiment`, the run folders
+(:mod:`avgn.runs`) and the chapters (:func:`get_profile`). Nothing else interprets a profile name.
+
+Sub-configurations are frozen dataclasses owned here (:class:`TrainConfig`, :class:`InputConfig`,
+:class:`EvalConfig`) or by the module that uses them (:class:`avgn.data.config.DataConfig`,
+:class:`avgn.data.datasets.SpecConfig`, :class:`avgn.features.FeatureSpec`,
+:class:`avgn.models.config.EncoderConfig`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 from avgn.data.config import DATA_PROFILES, DataConfig
+from avgn.data.datasets import SpecConfig
+from avgn.features import FeatureSpec
+from avgn.models.config import EncoderConfig
 
-PROFILES = ("smoke", "cpu", "gpu")
+__all__ = ["EvalConfig", "TrainConfig", "InputConfig", "ModelSizes", "Profile", "PROFILES", "PROFILE_NAMES", "get_profile"]
 
 
 @dataclass(frozen=True)
@@ -27,28 +38,169 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the training data of one run.
+
+    Attributes:
+        epochs: passes over ``solo_items + concat_items + scene_items`` fresh mixtures.
+        batch_size: samples per step (a batch never mixes ``concat`` and 224x224 frames).
+        lr / weight_decay / optimizer: ``adam`` or ``adamw``.
+        schedule: ``constant`` or ``cosine`` (to ``min_lr_ratio * lr``), after ``warmup_epochs`` of
+            linear warm-up (fractions allowed).
+        grad_clip: clip the global gradient norm (None: off).
+        solo_items / concat_items / scene_items: training items per epoch: single-source scenes,
+            ``concat`` duets composed on the fly from two solo scenes of different classes, and
+            pre-built two-source ``scene`` duets with fresh gains / clips (None: one per anchor
+            scene; 0: none). See :class:`avgn.data.datasets.OnTheFlyMixtureDataset`.
+        resample_audio: draw each source's clip afresh from its class's training pool.
+        bf16: bfloat16 autocast (CPU and CUDA).
+        channels_last: channels-last memory format for the model and 4-D inputs.
+        num_workers: training batches rendered ahead in a background thread (0: in the training
+            thread); evaluation loading has its own ``inputs.eval_workers``.
+        torch_threads: ``torch.set_num_threads`` for the run (None: leave as is).
+        early_stopping_patience: stop after this many epochs without a better validation score
+            (None: off); ``min_delta`` is the smallest improvement that counts.
+        deterministic: ``torch.use_deterministic_algorithms`` (CUDA also needs
+            ``CUBLAS_WORKSPACE_CONFIG``, which the trainer sets).
+    """
+
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.05
+    grad_clip: float | None = 5.0
+    solo_items: int | None = None
+    concat_items: int | None = None
+    scene_items: int | None = None
+    resample_audio: bool = True
+    bf16: bool = False
+    channels_last: bool = False
+    num_workers: int = 1
+    torch_threads: int | None = None
+    early_stopping_patience: int | None = None
+    min_delta: float = 1e-4
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (contrastive losses need negatives)")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the models read.
+
+    Attributes:
+        spec: the spectrogram front end (:class:`avgn.data.datasets.SpecConfig`).
+        cached_features: feed cached backbone features (needs a frozen backbone) instead of images.
+        features: which cache (:class:`avgn.features.FeatureSpec`; must match the model's encoder).
+        val_sets: validation sets by name ``split/task/layout`` (model selection; never test).
+        val_max_items: at most this many scenes per validation set (the first ones; None: all).
+        eval_batch_size: batch size of evaluation forward passes.
+        eval_workers: DataLoader workers while loading evaluation sets.
+    """
+
+    spec: SpecConfig = field(default_factory=SpecConfig)
+    cached_features: bool = True
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    val_sets: tuple[str, ...] = ("val/solo/scene", "val/duet/concat", "val/duet/scene")
+    val_max_items: int | None = None
+    eval_batch_size: int = 64
+    eval_workers: int = 1
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """The sizes a profile gives every method (a method may document a departure, e.g.
+    Mix-and-Localize keeps its public 128-d embedding): embedding dim ``D``, transformer depth,
+    attention heads and MLP ratio (AVGN)."""
+
+    dim: int = 512
+    depth: int = 3
+    heads: int = 8
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
 class Profile:
-    """All settings for one compute budget."""
+    """All settings of one compute budget (see the module docstring)."""
 
     name: str
     data: DataConfig
+    encoder: EncoderConfig
+    sizes: ModelSizes
+    train: TrainConfig
+    inputs: InputConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
-    demo_samples: int = 400  # samples in the synthetic protocol demonstrations (chapter 00)
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of the comparison tables (mean ± std)
+    demo_samples: int = 400  # samples in the synthetic protocol demonstrations (chapter 00)
 
-    def with_overrides(self, **overrides: Any) -> "Profile":
-        """Return a copy with top-level fields replaced (sub-configs are replaced whole)."""
-        return replace(self, **overrides)
+
+_LITE0 = FeatureSpec(backbone="efficientnet_lite0", features="head")
+
+#: The profile table (see :mod:`avgn.experiment` for what the ``cpu`` profile reduces and why).
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        data=DATA_PROFILES["smoke"],
+        encoder=EncoderConfig(visual_backbone="efficientnet_lite0", freeze_visual=True, audio_width=0.125),
+        sizes=ModelSizes(dim=64, depth=1, heads=4, mlp_ratio=2.0),
+        train=TrainConfig(
+            epochs=4, batch_size=16, lr=2e-3, schedule="constant", warmup_epochs=0.0,
+            solo_items=160, concat_items=160, scene_items=32, num_workers=0,
+        ),
+        inputs=InputConfig(spec=SpecConfig(win_ms=16.0, hop_ms=50.0), cached_features=True, features=_LITE0,
+                           eval_batch_size=32, eval_workers=0),
+        seeds=(0,),
+        demo_samples=24,
+    ),
+    "cpu": Profile(
+        name="cpu",
+        data=DATA_PROFILES["cpu"],
+        encoder=EncoderConfig(visual_backbone="efficientnet_lite0", freeze_visual=True, audio_width=0.25),
+        sizes=ModelSizes(dim=128, depth=2, heads=4, mlp_ratio=2.0),
+        train=TrainConfig(
+            epochs=6, batch_size=32, lr=1e-3, schedule="cosine", warmup_epochs=0.5,
+            solo_items=2000, concat_items=2000, scene_items=1000, num_workers=1, early_stopping_patience=3,
+        ),
+        inputs=InputConfig(spec=SpecConfig(win_ms=16.0, hop_ms=50.0), cached_features=True, features=_LITE0,
+                           eval_batch_size=64, eval_workers=1),
+        seeds=(0, 1, 2),
+        demo_samples=400,
+    ),
+    "gpu": Profile(
+        name="gpu",
+        data=DATA_PROFILES["gpu"],
+        encoder=EncoderConfig(visual_backbone="efficientnet_lite0", freeze_visual=False, audio_width=1.0),
+        sizes=ModelSizes(dim=512, depth=3, heads=8, mlp_ratio=4.0),  # the paper's
+        train=TrainConfig(
+            epochs=20, batch_size=128, lr=1e-4, schedule="constant", warmup_epochs=0.0, grad_clip=None,
+            solo_items=14000, concat_items=14000, scene_items=8000, bf16=True, channels_last=True,
+            num_workers=8, early_stopping_patience=5,
+        ),
+        inputs=InputConfig(spec=SpecConfig(), cached_features=False, features=_LITE0, eval_batch_size=128, eval_workers=8),
+        seeds=(0, 1, 2),
+        demo_samples=2000,
+    ),
+}
+PROFILE_NAMES: tuple[str, ...] = tuple(PROFILES)
 
 
 def get_profile(name: str) -> Profile:
-    """Return the :class:`Profile` called ``name`` (one of :data:`PROFILES`).
+    """The :class:`Profile` called ``name`` (one of :data:`PROFILE_NAMES`).
 
     Raises:
         ValueError: if ``name`` is not a known profile.
     """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
-    demo = {"smoke": 24, "cpu": 400, "gpu": 2000}[name]
-    seeds = (0,) if name == "smoke" else (0, 1, 2)
-    return Profile(name=name, data=DATA_PROFILES[name], demo_samples=demo, seeds=seeds)
+    return PROFILES[name]
+

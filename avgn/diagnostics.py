@@ -27,6 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avgn.config import EvalConfig
+from avgn.data.manifest import load_build_info
+from avgn.evaluate import _store_for, load_eval_set, predict_set, presence_metrics, primary_metric, score_set
+from avgn.features import FeatureStore, compute_features
+from avgn.losses import avgn_loss_terms
+from avgn.methods import MethodPredictor, get_method, model_inputs
+from avgn.methods.avgn import embedding_dependence_summary
+from avgn.models.mal import frame_nodes
+from avgn.runs import load_run, load_trained_model
+from avgn.train import GroupedBatchSampler, build_train_data
+
 __all__ = [
     "prior_bce",
     "micro_f1",
@@ -49,7 +60,6 @@ def prior_bce(labels: torch.Tensor | np.ndarray) -> float:
 
 def micro_f1(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> float:
     """Micro F1 of ``probs >= threshold`` (at least the top class per row) against ``labels``."""
-    from avgn.evaluate import presence_metrics
 
     return presence_metrics(probs, labels, threshold)["presence_f1"]
 
@@ -113,7 +123,6 @@ def grouping_balance(model: nn.Module, batch: Mapping[str, Any], device: str | t
     (``out(pooled)``) and of the residual it is added to, their ratio, the mean of each feature's
     largest assignment weight, the number of audio cells, and the standard deviation of the audio
     presence logits across samples (mean over classes) and across classes (of the per-class means)."""
-    from avgn.evaluate import model_inputs
 
     g = model.audio_grouping
     rec: dict[str, torch.Tensor] = {}
@@ -201,8 +210,6 @@ def train_presence_reference(
 ) -> ReferenceResult:
     """Train :class:`PresenceCNN` on ``exp``'s training mixtures (its batcher, batch size and, by
     default, its number of steps) with BCE on the multi-hot labels; Adam, constant ``lr``."""
-    from avgn.evaluate import load_eval_set
-    from avgn.train import GroupedBatchSampler, build_train_data
 
     torch.manual_seed(seed)
     data_dir = Path(data_dir)
@@ -283,35 +290,7 @@ def audio_probe(
     return {"probe_f1": f1, "n_train": int(len(xtr)), "n_test": int(len(xte))}
 
 
-@torch.no_grad()
-def embedding_dependence_summary(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> dict[str, float]:
-    """Mean over classes of :func:`avgn.analysis.embedding_dependence`'s ``cos_sounding_vs_silent``
-    for AVGN's audio and visual class-aware embeddings on ``batches`` (e.g. the materialised
-    validation duets): 1 = the embedding of a class is the same whether the class sounds or not."""
-    from avgn.analysis import embedding_dependence
-    from avgn.evaluate import model_inputs
-
-    was = model.training
-    model.eval()
-    auds, viss, labs = [], [], []
-    try:
-        for b in batches:
-            out = model(**model_inputs(dict(b), torch.device(device)))
-            auds.append(out["audio_emb"].float().cpu())
-            viss.append(out["visual_emb"].float().cpu())
-            labs.append(b["labels"].bool())
-    finally:
-        model.train(was)
-    sounding = torch.cat(labs).numpy()
-    names = [str(c) for c in range(sounding.shape[1])]
-    res = {}
-    for key, embs in (("audio", auds), ("visual", viss)):
-        df = embedding_dependence(torch.cat(embs).numpy(), sounding, names)
-        res[key] = float(df["cos_sounding_vs_silent"].mean()) if len(df) else math.nan
-    return res
-
-
-__all__.append("embedding_dependence_summary")
+__all__.append("embedding_dependence_summary")  # re-exported from avgn.methods.avgn
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,9 +298,6 @@ __all__.append("embedding_dependence_summary")
 # --------------------------------------------------------------------------------------------------
 def training_batches(exp: Any, data_dir: str | Path, seed: int = 0, n: int = 8, epoch: int = 0) -> list[dict[str, Any]]:
     """The first ``n`` training batches of ``epoch`` exactly as :func:`avgn.train.train` draws them."""
-    from avgn.data.manifest import load_build_info
-    from avgn.features import FeatureStore, compute_features
-    from avgn.train import GroupedBatchSampler, build_train_data
 
     data_dir = Path(data_dir)
     exp = exp.with_num_classes(len(load_build_info(data_dir)["classes"]))
@@ -342,20 +318,12 @@ def training_batches(exp: Any, data_dir: str | Path, seed: int = 0, n: int = 8, 
 
 
 def avgn_loss_parts(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """AVGN's four loss terms on one batch, unweighted, with their graphs (for :func:`gradient_norms`)."""
-    from avgn.evaluate import model_inputs
-    from avgn.losses import avgn_localization_loss, presence_bce_loss, token_ce_loss
-
+    """AVGN's four loss terms on one batch, unweighted, with their graphs (for :func:`gradient_norms`):
+    the terms of the training loss (:func:`avgn.losses.avgn_loss_terms`) under readable names."""
     out = model(**model_inputs(dict(batch), next(model.parameters()).device))
     classes = batch["classes"]
-    cfg = model.cfg
-    return {
-        "localization": avgn_localization_loss(out["audio_emb"], out["visual_map_feats"], classes, classes >= 0, tau=cfg.tau,
-                                               target=cfg.loc_target, visual_emb=out["visual_emb"]),
-        "token": token_ce_loss(out["token_logits"]),
-        "audio presence": presence_bce_loss(out["audio_logits"], batch["labels"]),
-        "visual presence": presence_bce_loss(out["visual_logits"], batch["labels"]),
-    }
+    terms = avgn_loss_terms(out, {"labels": batch["labels"], "source_classes": classes, "source_mask": classes >= 0}, model.cfg)
+    return {"localization": terms["loc"], "token": terms["token"], "audio presence": terms["audio_cls"], "visual presence": terms["visual_cls"]}
 
 
 def avgn_gradient_table(model: nn.Module, batches: Sequence[Mapping[str, Any]], weighted: bool = True):
@@ -401,8 +369,6 @@ def map_orientation(p: Any, cfg: Any = None, mode: str = "oracle") -> dict[str, 
     """
     import dataclasses
 
-    from avgn.config import EvalConfig
-    from avgn.evaluate import primary_metric, score_set
 
     cfg = cfg or EvalConfig()
     key = primary_metric(p.name)
@@ -419,7 +385,6 @@ __all__.append("map_orientation")
 # do the baselines learn? (chapter 3)
 # --------------------------------------------------------------------------------------------------
 def _eval_outputs(model: nn.Module, batch: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    from avgn.evaluate import model_inputs
 
     model.eval()
     with torch.no_grad():
@@ -452,7 +417,6 @@ def walk_locality(model: nn.Module, batches: Sequence[Mapping[str, Any]], device
     audio gives. With single regions as nodes a slot can return to itself through any region of the
     batch that prefers it, so the cycle loss can fall without any audio-visual correspondence; these
     numbers show whether it did."""
-    from avgn.models.mal import frame_nodes
 
     graph = model.cfg.graph  # type: ignore[union-attr]
     if graph not in ("regions", "frames"):
@@ -489,8 +453,6 @@ def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_b
     * Mix-and-Localize only: ``own_frame_mass`` / ``own_frame_top`` / ``uniform`` of
       :func:`walk_locality` (the nodes of the run's own graph).
     """
-    from avgn.evaluate import ModelPredictor, _store_for, load_eval_set, predict_set
-    from avgn.train import load_run, load_trained_model
 
     run_dir = Path(run_dir)
     model, exp, info = load_trained_model(run_dir, device=device)
@@ -505,7 +467,7 @@ def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_b
            "loss_over_chance": float(hist["train/total"].iloc[-1]) / chance}
     name = "val/solo/scene"
     store = _store_for(exp, data_dir, [name], device=device)
-    p = predict_set(ModelPredictor(model, exp.method, device), load_eval_set(data_dir, name, exp.inputs, store, materialize=False))
+    p = predict_set(MethodPredictor(get_method(exp.method), model, device), load_eval_set(data_dir, name, exp.inputs, store, materialize=False))
     out.update(map_orientation(p, exp.eval))
     if exp.method == "mal":
         out.update(walk_locality(model, batches, device))

@@ -61,7 +61,17 @@ import torch
 from torch import Tensor
 
 from avgn import metrics
+from avgn.checkpoint import atomic_write_json, atomic_write_text
 from avgn.config import EvalConfig
+from avgn.data.config import TASK_SOURCES
+from avgn.data.datasets import OnTheFlyMixtureDataset, SceneDataset
+from avgn.data.manifest import load_manifest
+from avgn.env import git_revision, resolve_device
+from avgn.experiment import get_experiment
+from avgn.features import CachedFeatureDataset, FeatureStore, collate_samples, compute_features
+from avgn.methods import Method, MethodPredictor, get_method, list_methods
+from avgn.models.avgn import select_sources
+from avgn.runs import check_data, load_trained_model
 
 __all__ = [
     "MODES",
@@ -72,8 +82,6 @@ __all__ = [
     "is_composed",
     "composed_concat_set",
     "Predictor",
-    "ModelPredictor",
-    "ReferencePredictor",
     "SetPredictions",
     "predict_set",
     "score_set",
@@ -84,18 +92,13 @@ __all__ = [
     "presence_metrics",
     "evaluate_run",
     "evaluate_reference",
-    "run_reference",
-    "REFERENCE_KINDS",
     "collect_results",
-    "collect_runs",
     "example_maps",
 ]
 
 MODES = ("oracle", "predicted")
-KIND = {"avgn": "class_aware", "ezvsl": "shared", "mal": "slots", "centre": "shared", "object": "shared", "perfect": "slots"}
-#: The non-learned references: the centre and object priors, and the ceiling of a "perfect map"
-#: (each source's ground-truth mask scored as its map).
-REFERENCE_KINDS = ("centre", "object", "perfect")
+#: Anything that turns a batch into maps and declares their ``kind`` (:class:`avgn.methods.MethodPredictor`).
+Predictor = MethodPredictor
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,8 +124,6 @@ class SetName:
 
     @property
     def n_sources(self) -> int:
-        from avgn.data.config import TASK_SOURCES
-
         return TASK_SOURCES[self.task]
 
 
@@ -131,8 +132,6 @@ _TASK_ORDER = {"solo": 0, "duet": 1, "trio": 2, "quartet": 3}
 
 def list_sets(data_dir: str | Path, split: str | Sequence[str] = "test") -> list[str]:
     """The ``split/task/layout`` groups the manifest holds for ``split`` (one name or several)."""
-    from avgn.data.manifest import load_manifest
-
     splits = [split] if isinstance(split, str) else list(split)
     df = load_manifest(data_dir)
     out = []
@@ -188,8 +187,6 @@ def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_
     defaults to :data:`COMPOSED_ITEMS` (200, the size of the built trio / quartet sets)."""
     import zlib
 
-    from avgn.data.datasets import OnTheFlyMixtureDataset
-
     sn = SetName.parse(name) if isinstance(name, str) else name
     if not is_composed(sn):
         raise ValueError(f"{sn} is not a composed concat set (use layout 'concat' with task 'trio' or 'quartet')")
@@ -222,9 +219,6 @@ def load_eval_set(
     """
     from torch.utils.data import DataLoader, Subset
 
-    from avgn.data.datasets import SceneDataset
-    from avgn.features import CachedFeatureDataset, collate_samples
-
     sn = SetName.parse(name) if isinstance(name, str) else name
     if is_composed(sn):
         ds: Any = composed_concat_set(data_dir, sn, inputs.spec)
@@ -246,121 +240,6 @@ def load_eval_set(
     if materialize:
         return EvalSet(sn, len(ds), list(loader()), class_names)
     return EvalSet(sn, len(ds), loader, class_names)
-
-
-# --------------------------------------------------------------------------------------------------
-# predictors: batch -> maps
-# --------------------------------------------------------------------------------------------------
-class Predictor:
-    """Turns a batch into maps. ``kind``: ``class_aware`` (``[B, C, h, w]`` + audio probabilities),
-    ``shared`` (``[B, 1, h, w]``, used for every source) or ``slots`` (``[B, K, h, w]``)."""
-
-    method: str = ""
-    kind: str = "shared"
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def model_inputs(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Tensor]:
-    """``spec`` and ``visual_feats`` (float32) or ``image`` of a batch, on ``device``."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    kw = {"spec": batch["spec"].to(device, non_blocking=True).contiguous(memory_format=fmt)}
-    if "visual_feats" in batch:
-        kw["visual_feats"] = batch["visual_feats"].to(device, non_blocking=True).float().contiguous(memory_format=fmt)
-    else:
-        kw["image"] = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    return kw
-
-
-def avgn_map_target(cfg: Any) -> str:
-    """The AVGN map that matches its training loss: ``gated`` (``cos(g^a_c, f_p * g^v_c)``, the
-    paper's Eq. 10) when trained with ``loc_target='paper'``, ``features`` (``cos(g^a_c, f_p)``) when
-    trained with the released code's ``loc_target='public'``. Scoring a ``paper``-trained model with
-    the ungated map evaluates a similarity it was never trained on (on the smoke run: val AP 0.23
-    ungated vs 0.43 gated)."""
-    return "gated" if getattr(cfg, "loc_target", "public") == "paper" else "features"
-
-
-class ModelPredictor(Predictor):
-    """Maps of a trained AVGN / EZ-VSL / Mix-and-Localize model (eval mode, no gradients)."""
-
-    def __init__(self, model: torch.nn.Module, method: str, device: torch.device | str = "cpu", bf16: bool = False, channels_last: bool = False):
-        self.model, self.method, self.kind = model, method, KIND[method]
-        self.device = torch.device(device)
-        self.bf16, self.channels_last = bf16, channels_last
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with _autocast(self.device, self.bf16):
-                out = self.model(**model_inputs(batch, self.device, self.channels_last))
-                if self.method == "avgn":
-                    maps = self.model.localize(out, target=avgn_map_target(self.model.cfg))
-                    res = {
-                        "maps": maps,
-                        "audio_probs": torch.sigmoid(out["audio_logits"]),
-                        "token_pred": self.model.token_classifier(out["audio_emb"]).argmax(-1),  # [B, C]
-                    }
-                else:
-                    res = {"maps": self.model.localize(out)}
-        finally:
-            self.model.train(was_training)
-        return {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in res.items()}
-
-
-class ReferencePredictor(Predictor):
-    """The non-learned references: ``centre`` (Gaussian bump per 224x224 frame), ``object``
-    (ImageNet-feature object prior of the frame's frozen backbone features) and ``perfect`` (the
-    ceiling: every source's ground-truth mask, at full resolution, as its own map — scored as slots,
-    so each mask is matched to its source; what the protocol gives a map that is exactly right).
-
-    Args:
-        backbone: a frozen :class:`avgn.models.encoders.VisualEncoder` for ``object`` when batches
-            carry images instead of cached ``visual_feats``.
-        sigma: the centre bump's standard deviation as a fraction of the frame side.
-        stride: backbone stride (maps are at feature resolution: ``H / stride`` x ``W / stride``).
-    """
-
-    def __init__(self, kind: str, backbone: torch.nn.Module | None = None, sigma: float = 0.25, stride: int = 32, device: torch.device | str = "cpu"):
-        if kind not in REFERENCE_KINDS:
-            raise ValueError(f"reference must be one of {REFERENCE_KINDS}, got {kind!r}")
-        self.method, self.kind = kind, KIND[kind]
-        self.backbone, self.sigma, self.stride = backbone, sigma, stride
-        self.device = torch.device(device)
-
-    def _feature_hw(self, batch: dict[str, Any]) -> tuple[int, int]:
-        if "visual_feats" in batch:
-            return tuple(batch["visual_feats"].shape[-2:])  # type: ignore[return-value]
-        h, w = batch["image"].shape[-2:]
-        return math.ceil(h / self.stride), math.ceil(w / self.stride)
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        from avgn.models import centre_prior, object_prior
-
-        b = batch["spec"].shape[0]
-        if self.method == "perfect":
-            return {"maps": batch["masks"].float()}
-        if self.method == "centre":
-            h, w = self._feature_hw(batch)
-            frames = 2 if w == 2 * h else 1  # concat: one bump per frame
-            bump = centre_prior(h, w // frames, sigma=self.sigma)
-            m = bump.repeat(1, frames)
-            return {"maps": m.expand(b, 1, h, w).clone()}
-        if "visual_feats" in batch:
-            feats = batch["visual_feats"].float()
-        else:
-            if self.backbone is None:
-                raise ValueError("the object prior needs cached visual_feats or a backbone")
-            feats = self.backbone.backbone_features(batch["image"].to(self.device)).float().cpu()
-        return {"maps": object_prior(feats)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -491,8 +370,6 @@ def _source_maps(p: SetPredictions, mode: str, threshold: float) -> dict[str, An
         maps, _ = metrics.class_aware_maps(p.maps, p.classes)
         if mode == "oracle":
             return {"maps": maps, "hit": valid, "pred_maps": None}
-        from avgn.models import select_sources
-
         if p.audio_probs is None:
             raise ValueError("predicted mode needs audio presence probabilities")
         sel, sel_classes, sel_mask = select_sources(p.maps, "predicted", audio_probs=p.audio_probs, threshold=threshold)
@@ -596,7 +473,7 @@ def choose_presence_threshold(
     probabilities are read, so the curve costs one forward pass per set, not one scoring per value.
     """
     if predictor.kind != "class_aware":
-        raise ValueError(f"{predictor.method} does not select its sources from presence probabilities")
+        raise ValueError(f"{predictor.method.name} does not select its sources from presence probabilities")
     preds = [predict_set(predictor, es) for es in sets]
     curve = []
     for t in grid:
@@ -617,8 +494,9 @@ def evaluate_sets(
     presence_threshold: float = 0.5,
     keep_predictions: bool = False,
 ) -> dict[str, Any]:
-    """Predict and score every set. Modes that do not apply to a method (EZ-VSL, Mix-and-Localize,
-    the references) give the same numbers as ``oracle`` and are copied, not recomputed.
+    """Predict and score every set. Modes a method does not support (``predicted`` for a method
+    that cannot select its sources: EZ-VSL, Mix-and-Localize, the references) give the same numbers
+    as ``oracle`` and are copied, not recomputed.
 
     Returns ``{"results": {set: {mode: summary}}, "rows": [...], "seconds": s, "items": n,
     "predictions": {set: SetPredictions} (if keep_predictions)}``.
@@ -633,7 +511,7 @@ def evaluate_sets(
         items += len(p.scene_ids)
         results[str(es.name)] = {}
         for mode in modes:
-            if mode != "oracle" and predictor.kind != "class_aware" and "oracle" in results[str(es.name)]:
+            if mode not in predictor.method.modes and "oracle" in results[str(es.name)]:
                 results[str(es.name)][mode] = dict(results[str(es.name)]["oracle"])
                 rows += [dict(r, mode=mode) for r in rows if r["set"] == str(es.name) and r["mode"] == "oracle"]
                 continue
@@ -666,8 +544,6 @@ def results_frame(results: dict[str, dict[str, dict[str, float]]], **labels: Any
 
 def _write_eval(out_dir: Path, split_tag: str, payload: dict[str, Any], rows: list[dict[str, Any]], labels: dict[str, Any]) -> dict[str, Path]:
     import pandas as pd
-
-    from avgn.checkpoint import atomic_write_json, atomic_write_text
 
     paths = {
         "json": out_dir / f"eval_{split_tag}.json",
@@ -713,9 +589,6 @@ def evaluate_run(
     ``{"object_prior_alpha": 0.4}``). Such an evaluation is a different variant, so it must be
     written to its own ``out_dir`` (never beside the run's own evaluation).
     """
-    from avgn.env import git_revision, resolve_device
-    from avgn.train import load_trained_model
-
     run_dir = Path(run_dir)
     if model_overrides and write and out_dir is None:
         raise ValueError(
@@ -723,11 +596,14 @@ def evaluate_run(
             "evaluation, so it does not replace the run's own eval files"
         )
     model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device, model_overrides=model_overrides)
+    if data_dir is not None and info.get("data"):
+        check_data(data_dir, exp.profile, expected=info["data"])  # the build it was trained on, nothing else
     data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
     dev = resolve_device(device)
     names = list(sets) if sets is not None else list_sets(data_dir, split)
     store = _store_for(exp, data_dir, names, progress=progress, device=device)
-    predictor = ModelPredictor(model, exp.method, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)
+    method = get_method(exp.method)
+    predictor = MethodPredictor(method, model, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)
     loaded = (load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in names)
     threshold = float(info.get("presence_threshold", 0.5))
     ev = evaluate_sets(predictor, list(loaded), exp.eval, modes, presence_threshold=threshold)
@@ -757,15 +633,29 @@ def evaluate_run(
     return payload
 
 
-def _store_for(exp: Any, data_dir: Path, names: Sequence[str], progress: bool = False, device: str = "auto"):
-    """The feature store of a cached-feature experiment, the features of the sets' splits computed."""
+def _store_for(exp: Any, data_dir: Path, names: Sequence[str], progress: bool = False, device: str = "auto") -> FeatureStore | None:
+    """The feature store of ``exp``'s cached backbone features for the splits of ``names`` (computed
+    where missing); None when the experiment reads images."""
     if not exp.inputs.cached_features:
         return None
-    from avgn.features import FeatureStore, compute_features
-
     splits = sorted({SetName.parse(n).split for n in names})
     compute_features(data_dir, exp.inputs.features, progress=progress, splits=splits, device=device)
     return FeatureStore(data_dir, exp.inputs.features, preload=False)
+
+
+def reference_predictor(name: str, profile: str, data_dir: str | Path, names: Sequence[str], *, device: str = "auto",
+                        progress: bool = False, overrides: dict[str, Any] | None = None) -> tuple[MethodPredictor, Any, FeatureStore | None]:
+    """``(predictor, experiment, store)`` of a non-learned reference under ``profile``'s inputs (the
+    object prior reads the profile's frozen backbone features: cached when the profile caches them);
+    ``overrides`` are dotted :class:`avgn.experiment.Experiment` fields."""
+    method = get_method(name)
+    if method.learned:
+        raise ValueError(f"{name!r} is a learned method; references are {', '.join(list_methods(learned=False))}")
+    exp = get_experiment(list_methods(learned=True)[0], profile, **(overrides or {}))  # the profile's inputs and protocol
+    dev = resolve_device(device)
+    store = _store_for(exp, Path(data_dir), names, progress=progress, device=device)
+    model = method.reference_model(exp.inputs, cached_features=store is not None)
+    return MethodPredictor(method, model.to(dev) if model is not None else None, dev), exp, store
 
 
 def evaluate_reference(
@@ -780,29 +670,15 @@ def evaluate_reference(
     write: bool = True,
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a non-learned reference (``centre`` | ``object`` | ``perfect``) like a run; writes
-    ``eval_<split>.*`` into ``out_dir``. Uses the profile's inputs (the object prior reads the
-    profile's frozen backbone features: cached when the profile caches them); ``overrides`` are
-    dotted :class:`avgn.experiment.Experiment` fields (e.g. ``{"inputs.features.image_size": 96}``)."""
-    from avgn.env import git_revision, resolve_device
-    from avgn.experiment import get_experiment
-
-    exp = get_experiment("avgn", profile, **(overrides or {}))
-    inputs = exp.inputs
+    ``eval_<tag>.*`` (default tag: the split) into ``out_dir``. See :func:`reference_predictor`."""
     data_dir = Path(data_dir)
-    dev = resolve_device(device)
-    backbone = None
+    check_data(data_dir, profile)
     names = list(sets) if sets is not None else list_sets(data_dir, split)
-    # the object prior reads the frozen backbone's features (cached when the profile caches them);
-    # the centre prior only the frame size
-    store = _store_for(exp, data_dir, names, progress=progress, device=device)
-    if kind == "object" and store is None:
-        from avgn.models.encoders import VisualEncoder
-
-        backbone = VisualEncoder(inputs.features.encoder_config()).to(dev).eval()
-    predictor = ReferencePredictor(kind, backbone=backbone, device=dev)
-    loaded = [load_eval_set(data_dir, n, inputs, store, materialize=False) for n in names]
+    predictor, exp, store = reference_predictor(kind, profile, data_dir, names, device=device, progress=progress, overrides=overrides)
+    loaded = [load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in names]
     ev = evaluate_sets(predictor, loaded, exp.eval, MODES)
     payload = {
         "method": kind,
@@ -810,9 +686,10 @@ def evaluate_reference(
         "seed": None,
         "run_dir": str(out_dir),
         "split": _split_tag(split),
+        "tag": tag or _split_tag(split),
         "sets": names,
         "git_revision": git_revision(),
-        "device": str(dev),
+        "device": str(predictor.device),
         "seconds": ev["seconds"],
         "items": ev["items"],
         "eval_config": exp.to_dict()["eval"],
@@ -821,28 +698,8 @@ def evaluate_reference(
     if write:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        payload["files"] = {k: str(v) for k, v in _write_eval(out, _split_tag(split), payload, ev["rows"], {"method": kind, "profile": profile, "seed": None}).items()}
+        payload["files"] = {k: str(v) for k, v in _write_eval(out, tag or _split_tag(split), payload, ev["rows"], {"method": kind, "profile": profile, "seed": None}).items()}
     return payload
-
-
-def run_reference(
-    kind: str,
-    profile: str,
-    data_dir: str | Path,
-    runs_dir: str | Path,
-    *,
-    eval_splits: Sequence[str] = ("test",),
-    device: str = "auto",
-    progress: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Evaluate reference ``kind`` into ``<runs_dir>/<profile>/<kind>/`` on every split of
-    ``eval_splits`` (an existing ``eval_<split>.json`` is read back instead). Returns ``{split: payload}``."""
-    out = Path(runs_dir) / profile / kind
-    res = {}
-    for split in eval_splits:
-        path = out / f"eval_{split}.json"
-        res[split] = read_json(path) if path.is_file() else evaluate_reference(kind, data_dir, out, profile=profile, split=split, device=device, progress=progress)
-    return res
 
 
 def collect_results(runs_dir: str | Path, split: str = "test"):
@@ -854,22 +711,6 @@ def collect_results(runs_dir: str | Path, split: str = "test"):
     if not frames:
         return pd.DataFrame(columns=["method", "profile", "seed", "set", "split", "task", "layout", "mode", "metric", "value"])
     return pd.concat(frames, ignore_index=True)
-
-
-def collect_runs(runs_dir: str | Path):
-    """One row per finished training run under ``runs_dir`` (its ``run.json``): method, profile,
-    seed, epochs, best epoch and validation score, training / wall seconds, samples/s, parameters,
-    git revision and the command line."""
-    import pandas as pd
-
-    keep = ("method", "profile", "seed", "epochs_run", "best_epoch", "best_val_score", "stopped_early", "train_seconds",
-            "wall_seconds", "samples_per_s", "trainable_parameters", "git_revision", "run_dir", "command")
-    rows = [{k: r.get(k) for k in keep} for r in (json.loads(p.read_text()) for p in sorted(Path(runs_dir).rglob("run.json")))]
-    return pd.DataFrame(rows, columns=list(keep))
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
 
 
 def example_maps(
@@ -889,10 +730,6 @@ def example_maps(
     ``maps [S, H, W]`` (min-max normalised per map), ``ap [S]``, ``scene_id`` and, for AVGN,
     ``audio_probs [C]`` and ``predicted`` (the predicted classes' names).
     """
-    from avgn.data.datasets import SceneDataset
-    from avgn.env import resolve_device
-    from avgn.features import collate_samples
-
     sn = SetName.parse(set_name)
     if is_composed(sn):
         ds: Any = composed_concat_set(data_dir, sn, exp.inputs.spec)
@@ -901,21 +738,18 @@ def example_maps(
     samples = [ds[i] for i in indices]
     batch = collate_samples([{k: v for k, v in s.items() if k != "audio"} for s in samples])
     if exp.inputs.cached_features:
-        from avgn.features import compute_features
-
         compute_features(data_dir, exp.inputs.features, splits=[sn.split], device=device, progress=False)
         if store is None:
-            from avgn.features import FeatureStore
-
             store = FeatureStore(data_dir, exp.inputs.features, preload=False)
         batch["visual_feats"] = torch.stack([store.for_meta(m).float() for m in batch["meta"]])
         images = batch.pop("image")
     else:
         images = batch["image"]
     batch["scene_ids"] = [m["scene_id"] for m in batch["meta"]]
-    pred = ModelPredictor(model, exp.method, resolve_device(device), bf16=exp.train.bf16)(batch)
+    method = get_method(exp.method)
+    pred = MethodPredictor(method, model, resolve_device(device), bf16=exp.train.bf16)(batch)
     p = SetPredictions(
-        name=sn, kind=KIND[exp.method], maps=pred["maps"], masks=batch["masks"].bool(), classes=batch["classes"].long(),
+        name=sn, kind=method.kind, maps=pred["maps"], masks=batch["masks"].bool(), classes=batch["classes"].long(),
         labels=batch["labels"], scene_ids=batch["scene_ids"], audio_probs=pred.get("audio_probs"), token_pred=pred.get("token_pred"),
     )
     sm = _source_maps(p, "oracle", 0.5)

@@ -66,123 +66,30 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from avgn.config import EvalConfig, get_profile
-from avgn.data.datasets import SpecConfig
-from avgn.features import FeatureSpec
-from avgn.models.config import PAPER_DESIGN, AVGNConfig, EncoderConfig, EZVSLConfig, MALConfig
+from avgn.config import PROFILE_NAMES, EvalConfig, InputConfig, TrainConfig, get_profile
+from avgn.methods import get_method, list_methods
 
 __all__ = [
     "METHODS",
     "REFERENCES",
+    "METHOD_NAMES",
     "TrainConfig",
     "InputConfig",
     "Experiment",
     "get_experiment",
     "profile_table",
-    "Variant",
-    "MAIN_VARIANTS",
-    "BASELINE_DESIGN_VARIANTS",
-    "PAPER_DESIGN_VARIANT",
-    "DEPTH_VARIANTS",
-    "ASSIGNMENT_VARIANTS",
-    "LOSS_VARIANTS",
 ]
 
-METHODS = ("avgn", "ezvsl", "mal")
+#: The learned methods of the registry (:mod:`avgn.methods`).
+METHODS = list_methods(learned=True)
 #: The non-learned references evaluated through the same code (``perfect``: the ground-truth mask
 #: scored as the map, the protocol's ceiling).
-REFERENCES = ("centre", "object", "perfect")
-METHOD_NAMES = {
-    "avgn": "AVGN", "ezvsl": "EZ-VSL", "mal": "Mix-and-Localize", "centre": "centre prior", "object": "object prior",
-    "perfect": "perfect map",
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and the training data of one run.
-
-    Attributes:
-        epochs: passes over ``solo_items + concat_items + scene_items`` fresh mixtures.
-        batch_size: samples per step (a batch never mixes ``concat`` and 224x224 frames).
-        lr / weight_decay / optimizer: ``adam`` or ``adamw``.
-        schedule: ``constant`` or ``cosine`` (to ``min_lr_ratio * lr``), after ``warmup_epochs`` of
-            linear warm-up (fractions allowed).
-        grad_clip: clip the global gradient norm (None: off).
-        solo_items / concat_items / scene_items: training items per epoch: single-source scenes,
-            ``concat`` duets composed on the fly from two solo scenes of different classes, and
-            pre-built two-source ``scene`` duets with fresh gains / clips (None: one per anchor
-            scene; 0: none). See :class:`avgn.data.datasets.OnTheFlyMixtureDataset`.
-        resample_audio: draw each source's clip afresh from its class's training pool.
-        bf16: bfloat16 autocast (CPU and CUDA).
-        channels_last: channels-last memory format for the model and 4-D inputs.
-        num_workers: training batches rendered ahead in a background thread (0: in the training
-            thread); evaluation loading has its own ``inputs.eval_workers``.
-        torch_threads: ``torch.set_num_threads`` for the run (None: leave as is).
-        early_stopping_patience: stop after this many epochs without a better validation score
-            (None: off); ``min_delta`` is the smallest improvement that counts.
-        deterministic: ``torch.use_deterministic_algorithms`` (CUDA also needs
-            ``CUBLAS_WORKSPACE_CONFIG``, which the trainer sets).
-    """
-
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    min_lr_ratio: float = 0.05
-    grad_clip: float | None = 5.0
-    solo_items: int | None = None
-    concat_items: int | None = None
-    scene_items: int | None = None
-    resample_audio: bool = True
-    bf16: bool = False
-    channels_last: bool = False
-    num_workers: int = 1
-    torch_threads: int | None = None
-    early_stopping_patience: int | None = None
-    min_delta: float = 1e-4
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (contrastive losses need negatives)")
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """What the models read.
-
-    Attributes:
-        spec: the spectrogram front end (:class:`avgn.data.datasets.SpecConfig`).
-        cached_features: feed cached backbone features (needs a frozen backbone) instead of images.
-        features: which cache (:class:`avgn.features.FeatureSpec`; must match the model's encoder).
-        val_sets: validation sets by name ``split/task/layout`` (model selection; never test).
-        val_max_items: at most this many scenes per validation set (the first ones; None: all).
-        eval_batch_size: batch size of evaluation forward passes.
-        eval_workers: DataLoader workers while loading evaluation sets.
-    """
-
-    spec: SpecConfig = field(default_factory=SpecConfig)
-    cached_features: bool = True
-    features: FeatureSpec = field(default_factory=FeatureSpec)
-    val_sets: tuple[str, ...] = ("val/solo/scene", "val/duet/concat", "val/duet/scene")
-    val_max_items: int | None = None
-    eval_batch_size: int = 64
-    eval_workers: int = 1
-
-
-ModelConfig = AVGNConfig | EZVSLConfig | MALConfig
-_MODEL_CFG = {"avgn": AVGNConfig, "ezvsl": EZVSLConfig, "mal": MALConfig}
+REFERENCES = list_methods(learned=False)
+#: Code name -> the name in tables.
+METHOD_NAMES = {m: get_method(m).label for m in list_methods()}
 
 
 @dataclass(frozen=True)
@@ -199,6 +106,8 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.profile not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILE_NAMES)}")
         enc = self.model.encoder
         if self.inputs.cached_features:
             if not enc.freeze_visual:
@@ -216,7 +125,7 @@ class Experiment:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Experiment":
         method = d["method"]
-        model = _build(_MODEL_CFG[method], d["model"])
+        model = _build(get_method(method).config_cls, d["model"])
         return cls(
             method=method,
             profile=d["profile"],
@@ -252,9 +161,9 @@ class Experiment:
         return Experiment.from_dict(d)
 
     def with_num_classes(self, num_classes: int) -> "Experiment":
-        if self.method != "avgn" or self.model.num_classes == num_classes:
-            return self
-        return replace(self, model=replace(self.model, num_classes=num_classes))
+        """This experiment for a label set of ``num_classes`` classes (the method decides what changes)."""
+        cfg = get_method(self.method).with_num_classes(self.model, num_classes)
+        return self if cfg is self.model else dataclasses.replace(self, model=cfg)
 
 
 def _build(cls: type, d: dict[str, Any]) -> Any:
@@ -273,54 +182,6 @@ def _build(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kw)
 
 
-# --------------------------------------------------------------------------------------------------
-# profiles
-# --------------------------------------------------------------------------------------------------
-def _encoder(profile: str) -> EncoderConfig:
-    frozen = profile in ("smoke", "cpu")
-    width = {"smoke": 0.125, "cpu": 0.25, "gpu": 1.0}[profile]
-    return EncoderConfig(visual_backbone="efficientnet_lite0", freeze_visual=frozen, audio_width=width)
-
-
-def _spec(profile: str) -> SpecConfig:
-    if profile == "smoke":
-        return SpecConfig(win_ms=16.0, hop_ms=50.0)
-    if profile == "cpu":
-        return SpecConfig(win_ms=16.0, hop_ms=50.0)
-    return SpecConfig()  # the paper's 50 ms / 25 ms
-
-
-def _model(method: str, profile: str) -> Any:
-    enc = _encoder(profile)
-    if method == "avgn":
-        if profile == "gpu":
-            return AVGNConfig(encoder=enc)  # the paper's sizes (D=512, depth 3, 8 heads)
-        dim, depth = {"smoke": (64, 1), "cpu": (128, 2)}[profile]
-        return AVGNConfig(dim=dim, depth=depth, heads=4, mlp_ratio=2.0, encoder=enc)
-    if method == "ezvsl":
-        return EZVSLConfig(dim={"smoke": 64, "cpu": 128, "gpu": 512}[profile], encoder=enc)
-    d = {"smoke": 64, "cpu": 128, "gpu": 128}[profile]
-    return MALConfig(dim=d, hidden=d, encoder=enc)
-
-
-def _train(profile: str) -> TrainConfig:
-    if profile == "smoke":
-        return TrainConfig(
-            epochs=4, batch_size=16, lr=2e-3, schedule="constant", warmup_epochs=0.0,
-            solo_items=160, concat_items=160, scene_items=32, num_workers=0,
-        )
-    if profile == "cpu":
-        return TrainConfig(
-            epochs=6, batch_size=32, lr=1e-3, schedule="cosine", warmup_epochs=0.5,
-            solo_items=2000, concat_items=2000, scene_items=1000, num_workers=1, early_stopping_patience=3,
-        )
-    return TrainConfig(
-        epochs=20, batch_size=128, lr=1e-4, schedule="constant", warmup_epochs=0.0, grad_clip=None,
-        solo_items=14000, concat_items=14000, scene_items=8000, bf16=True, channels_last=True,
-        num_workers=8, early_stopping_patience=5,
-    )
-
-
 def get_experiment(method: str, profile: str = "cpu", **overrides: Any) -> Experiment:
     """The configuration of ``method`` (``avgn`` | ``ezvsl`` | ``mal``) under ``profile``.
 
@@ -330,19 +191,12 @@ def get_experiment(method: str, profile: str = "cpu", **overrides: Any) -> Exper
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     prof = get_profile(profile)  # validates the name
-    model = _model(method, profile)
-    inputs = InputConfig(
-        spec=_spec(profile),
-        cached_features=profile in ("smoke", "cpu"),
-        features=FeatureSpec(backbone=model.encoder.visual_backbone, features=model.encoder.efficientnet_features),
-        eval_batch_size={"smoke": 32, "cpu": 64, "gpu": 128}[profile],
-        eval_workers={"smoke": 0, "cpu": 1, "gpu": 8}[profile],
-    )
-    exp = Experiment(method=method, profile=profile, model=model, train=_train(profile), inputs=inputs, eval=prof.eval)
+    exp = Experiment(method=method, profile=profile, model=get_method(method).default_config(prof), train=prof.train,
+                     inputs=prof.inputs, eval=prof.eval)
     return exp.with_overrides(**overrides) if overrides else exp
 
 
-def profile_table(methods: tuple[str, ...] = METHODS, profiles: tuple[str, ...] = ("smoke", "cpu", "gpu")):
+def profile_table(methods: tuple[str, ...] = METHODS, profiles: tuple[str, ...] = PROFILE_NAMES):
     """A :class:`pandas.DataFrame` of the main settings of every (method, profile) (for the book)."""
     import pandas as pd
 
@@ -369,78 +223,3 @@ def profile_table(methods: tuple[str, ...] = METHODS, profiles: tuple[str, ...] 
                 }
             )
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------------
-# the variants the book compares
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Variant:
-    """A named configuration compared in the book.
-
-    Attributes:
-        label: the name in tables and figures.
-        method: ``avgn`` | ``ezvsl`` | ``mal``.
-        overrides: training-time changes to the profile's experiment, as ``(dotted field, value)``
-            pairs (:meth:`Experiment.with_overrides`); a variant with overrides trains its own runs.
-        eval_overrides: inference-time changes to the model configuration, ``(field, value)``
-            pairs, applied to the *trained weights of the variant without them* (e.g. EZ-VSL's
-            object-prior fusion ``alpha``): no extra training.
-        name: the folder of the variant's runs / evaluations, ``<runs>/variants/<name>``; ``None``
-            for the method's plain runs (``<runs>/<profile>/<method>-seed<S>``).
-    """
-
-    label: str
-    method: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-    eval_overrides: tuple[tuple[str, Any], ...] = ()
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if (self.overrides or self.eval_overrides) and not self.name:
-            raise ValueError(f"variant {self.label!r} changes the configuration, so it needs its own folder name")
-
-    @property
-    def training(self) -> "Variant":
-        """The variant whose runs hold the weights (itself, less any inference-time change)."""
-        if not self.eval_overrides:
-            return self
-        return Variant(self.label, self.method, self.overrides, (), self.name if self.overrides else None)
-
-
-#: Chapter 3: every method, and the two readings of AVGN's and EZ-VSL's public code.
-MAIN_VARIANTS: tuple[Variant, ...] = (
-    Variant("AVGN", "avgn"),
-    Variant("AVGN (public-code target)", "avgn", overrides=(("model.loc_target", "public"),), name="avgn-public"),
-    Variant("EZ-VSL", "ezvsl"),
-    Variant("EZ-VSL + object prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ezvsl-ogl"),
-    Variant("Mix-and-Localize", "mal"),
-)
-#: Chapter 3, "Do the baselines learn?": the baselines as their public code (EZ-VSL: no batch norm on
-#: the audio embedding) or this book's earlier adaptation (Mix-and-Localize: a walk over single
-#: regions) builds them, against which the defaults' departures are measured.
-BASELINE_DESIGN_VARIANTS: tuple[Variant, ...] = (
-    Variant("EZ-VSL (public code: no audio batch norm)", "ezvsl", overrides=(("model.audio_norm", "none"),), name="ezvsl-public"),
-    Variant("Mix-and-Localize (region graph)", "mal", overrides=(("model.graph", "regions"),), name="mal-regions"),
-)
-#: Chapter 2: AVGN exactly as the paper and its released code design it (shared presence head, every
-#: loss weight 1), against which chapter 2 diagnoses why it does not learn from the audio.
-PAPER_DESIGN_VARIANT = Variant(
-    "AVGN (paper design)", "avgn", overrides=tuple((f"model.{k}", v) for k, v in PAPER_DESIGN.items()), name="avgn-paper-design",
-)
-#: Chapter 4: depth of the per-modality transformers (the profile's own depth is the plain AVGN run).
-DEPTH_VARIANTS: tuple[Variant, ...] = tuple(
-    Variant(f"depth {d}", "avgn", overrides=(("model.depth", d),), name=f"avgn-depth{d}") for d in (1, 3, 6, 12)
-)
-#: Chapter 4: how features are assigned to class tokens (Softmax is the plain AVGN run).
-ASSIGNMENT_VARIANTS: tuple[Variant, ...] = (
-    Variant("Hard-Softmax", "avgn", overrides=(("model.assignment", "hard"),), name="avgn-hard"),
-    Variant("Gumbel-Softmax", "avgn", overrides=(("model.assignment", "gumbel"),), name="avgn-gumbel"),
-)
-#: Chapter 4: losses removed (Eq. 10 against the public-code target is in :data:`MAIN_VARIANTS`).
-LOSS_VARIANTS: tuple[Variant, ...] = (
-    Variant("without token loss", "avgn", overrides=(("model.w_token", 0.0),), name="avgn-no-token"),
-    Variant("without presence losses", "avgn", overrides=(("model.w_audio_cls", 0.0), ("model.w_visual_cls", 0.0)), name="avgn-no-presence"),
-)

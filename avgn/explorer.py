@@ -49,6 +49,12 @@ from torch import Tensor
 
 import avgn.viz  # noqa: F401  (selects the non-interactive Agg backend before pyplot is used)
 from avgn import metrics
+from avgn.data.datasets import SceneDataset, log_spectrogram
+from avgn.env import resolve_device
+from avgn.evaluate import SetName, SetPredictions, _hungarian_match, list_sets
+from avgn.features import FeatureStore, collate_samples, compute_features
+from avgn.methods import MethodPredictor, get_method
+from avgn.runs import load_trained_model
 
 __all__ = [
     "RULES",
@@ -88,7 +94,7 @@ class ExplorerItem:
         source_map: method label -> {source name -> the map name that scores it}; a source no map
             scores (Mix-and-Localize with more sources than slots) is absent.
         audio_probs: AVGN only: method label -> {class name -> audio presence probability}.
-        kinds: method label -> :data:`avgn.evaluate.KIND` (``class_aware`` | ``shared`` | ``slots``).
+        kinds: method label -> the method's map kind (``class_aware`` | ``shared`` | ``slots``, :mod:`avgn.methods`).
         value_labels: method label -> what the raw map values are (colour-bar label).
     """
 
@@ -135,22 +141,6 @@ def _unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _value_label(method: str, model: torch.nn.Module) -> str:
-    from avgn.evaluate import avgn_map_target
-
-    if method == "avgn":
-        if avgn_map_target(model.cfg) == "gated":
-            return "cos(g$^a_c$, f$_p$ ⊙ g$^v_c$): class-c audio token vs. gated pixel feature"
-        return "cos(g$^a_c$, f$_p$): class-c audio token vs. pixel feature"
-    if method == "ezvsl":
-        if getattr(model.cfg, "object_prior_alpha", None) is not None:
-            return "audio-visual similarity fused with the object prior"
-        return "cos(audio, f$_p$): audio embedding vs. pixel feature"
-    if method == "mal":
-        return "cos(slot$_k$, f$_p$): audio slot vs. pixel feature"
-    return "map value"
-
-
 def explorer_items(
     runs: dict[str, str | Path],
     set_name: str,
@@ -179,12 +169,6 @@ def explorer_items(
         IndexError: an index outside the set (the message names the set and its size).
         FileNotFoundError: a run folder that does not exist (or holds no run).
     """
-    from avgn.data.datasets import SceneDataset, log_spectrogram
-    from avgn.env import resolve_device
-    from avgn.evaluate import KIND, ModelPredictor, SetName, SetPredictions, _hungarian_match, list_sets
-    from avgn.features import collate_samples
-    from avgn.train import load_trained_model
-
     if not runs:
         raise ValueError("explorer_items needs at least one run: {method label: run folder}")
     for label, run in runs.items():
@@ -234,15 +218,14 @@ def explorer_items(
         batch: dict[str, Any] = {k: v for k, v in base.items() if k != "spec"}
         batch["spec"] = torch.stack([log_spectrogram(s["audio"], exp.inputs.spec).unsqueeze(0) for s in samples])
         if exp.inputs.cached_features:
-            from avgn.features import FeatureStore, compute_features
-
             compute_features(data_dir, exp.inputs.features, splits=[sn.split], device=device, progress=False)
             store = FeatureStore(data_dir, exp.inputs.features, preload=False)
             batch["visual_feats"] = torch.stack([store.for_meta(m).float() for m in batch["meta"]])
             batch.pop("image")
-        pred = ModelPredictor(model, exp.method, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)(batch)
+        method = get_method(exp.method)
+        pred = MethodPredictor(method, model, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)(batch)
         raw = pred["maps"].float()  # [B, K, h, w]
-        kind = KIND[exp.method]
+        kind = method.kind
         if kind == "class_aware" and raw.shape[1] != len(class_names):
             raise ValueError(f"run {run} ({label}) has {raw.shape[1]} classes but the build {data_dir} has {len(class_names)}: trained on another build?")
         up = metrics.upsample_maps(raw, size)  # [B, K, H, W]
@@ -258,7 +241,7 @@ def explorer_items(
             p = SetPredictions(name=sn, kind=kind, maps=raw, masks=masks, classes=base["classes"].long(), labels=base["labels"], scene_ids=[it.scene_id for it in items])
             valid = (p.classes >= 0) & p.masks.flatten(2).any(-1)
             match = _hungarian_match(metrics.pairwise_ap(p.maps, p.masks), valid)  # [B, S_max], -1 unmatched
-        vlabel = _value_label(exp.method, model)
+        vlabel = method.value_label(model)
         for b, it in enumerate(items):
             it.maps[label] = {nm: up[b, k].contiguous() for k, nm in enumerate(names)}
             it.kinds[label] = kind

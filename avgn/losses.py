@@ -37,6 +37,7 @@ __all__ = [
     "sources_from_multihot",
     "avgn_pair_scores",
     "avgn_localization_loss",
+    "avgn_loss_terms",
     "avgn_total_loss",
 ]
 
@@ -215,14 +216,12 @@ def avgn_localization_loss(
     return loss
 
 
-def avgn_total_loss(
-    outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any], cfg: Any
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted AVGN loss. ``cfg`` is an :class:`avgn.models.config.AVGNConfig`.
-
-    ``loss = w_loc * L_loc + w_token * L_token + w_audio_cls * L_audio + w_visual_cls * L_visual``.
-    Returns ``(loss, {"loc", "token", "audio_cls", "visual_cls", "total"})`` (parts detached).
-    """
+def avgn_loss_terms(outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any], cfg: Any) -> dict[str, torch.Tensor]:
+    """AVGN's four loss terms, unweighted, with their graphs: ``loc`` (Eq. 10 per source,
+    :func:`avgn_localization_loss`), ``token`` (:func:`token_ce_loss`), ``audio_cls`` and
+    ``visual_cls`` (:func:`presence_bce_loss` on the multi-hot labels; ``visual_labels`` if the batch
+    has them). ``batch``: ``labels [B, C]`` and ``source_classes`` / ``source_mask`` ``[B, S]``
+    (derived from the labels when absent)."""
     labels = batch["labels"].to(outputs["audio_logits"].dtype)
     visual_labels = batch.get("visual_labels")
     visual_labels = labels if visual_labels is None else visual_labels.to(labels.dtype)
@@ -242,9 +241,24 @@ def avgn_total_loss(
         target=cfg.loc_target,
         visual_emb=outputs["visual_emb"],
     )
-    tok = token_ce_loss(outputs["token_logits"])
-    a_cls = presence_bce_loss(outputs["audio_logits"], labels)
-    v_cls = presence_bce_loss(outputs["visual_logits"], visual_labels)
-    total = cfg.w_loc * loc + cfg.w_token * tok + cfg.w_audio_cls * a_cls + cfg.w_visual_cls * v_cls
-    parts = {"loc": loc, "token": tok, "audio_cls": a_cls, "visual_cls": v_cls, "total": total}
+    return {
+        "loc": loc,
+        "token": token_ce_loss(outputs["token_logits"]),
+        "audio_cls": presence_bce_loss(outputs["audio_logits"], labels),
+        "visual_cls": presence_bce_loss(outputs["visual_logits"], visual_labels),
+    }
+
+
+def avgn_total_loss(
+    outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any], cfg: Any
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted AVGN loss. ``cfg`` is an :class:`avgn.models.config.AVGNConfig`.
+
+    ``loss = w_loc * L_loc + w_token * L_token + w_audio_cls * L_audio + w_visual_cls * L_visual``
+    (terms from :func:`avgn_loss_terms`).
+    Returns ``(loss, {"loc", "token", "audio_cls", "visual_cls", "total"})`` (parts detached).
+    """
+    t = avgn_loss_terms(outputs, batch, cfg)
+    total = cfg.w_loc * t["loc"] + cfg.w_token * t["token"] + cfg.w_audio_cls * t["audio_cls"] + cfg.w_visual_cls * t["visual_cls"]
+    parts = {**t, "total": total}
     return total, {k: v.detach() for k, v in parts.items()}

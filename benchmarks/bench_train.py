@@ -45,9 +45,8 @@ from avgn.env import cpu_flags  # noqa: E402
 from avgn.experiment import get_experiment  # noqa: E402
 from avgn.features import FeatureStore, collate_samples, compute_features  # noqa: E402
 from avgn.io import atomic_write_json  # noqa: E402
-from avgn.models import build_model  # noqa: E402
-from avgn.train import GroupedBatchSampler, build_train_data, compute_loss, prefetch  # noqa: E402
-from avgn.evaluate import model_inputs  # noqa: E402
+from avgn.methods import get_method, model_inputs  # noqa: E402
+from avgn.train import GroupedBatchSampler, build_train_data, prefetch  # noqa: E402
 
 
 class LegacyItems(Dataset):
@@ -92,7 +91,7 @@ class LegacyItems(Dataset):
 
 def _step_fn(method: str, exp: Any, seed: int):
     torch.manual_seed(seed)
-    model = build_model(method, exp.model)
+    model = get_method(method).build(exp.model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=exp.train.lr)
     model.train()
@@ -100,7 +99,7 @@ def _step_fn(method: str, exp: Any, seed: int):
 
     def step(batch: dict[str, Any]) -> int:
         out = model(**model_inputs(batch, dev))
-        loss, _ = compute_loss(model, method, out, batch)
+        loss, _ = get_method(method).loss(model, out, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 5.0)

@@ -55,13 +55,15 @@ from matplotlib import pyplot as plt
 
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import environment_report
-from avgn.evaluate import ModelPredictor, evaluate_run, evaluate_sets, example_maps, load_eval_set, token_confusion
+from avgn.evaluate import evaluate_run, evaluate_sets, example_maps, load_eval_set, token_confusion
 from avgn.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, prior_bce, train_presence_reference,
                               training_batches)
-from avgn.experiment import PAPER_DESIGN_VARIANT, get_experiment, profile_table
+from avgn.experiment import get_experiment, profile_table
 from avgn.features import FeatureStore
-from avgn.models import build_model
-from avgn.train import eval_command, load_run, load_trained_model, run_dir_for, run_variant, train
+from avgn.methods import MethodPredictor, create_model, get_method
+from avgn.pipeline import run_variant
+from avgn.runs import PAPER_DESIGN_VARIANT, eval_command, load_run, load_trained_model, run_dir_for
+from avgn.train import train
 from avgn.viz import gradient_heatmap, save_figure, set_style
 
 set_style()
@@ -194,7 +196,7 @@ prf.pivot_table(index="epoch", columns=["what", "metric"], values="value").round
 model, _, info = load_trained_model(run_dir, checkpoint="best", device=device)
 store = FeatureStore(data, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
 val_sets = [load_eval_set(data, name, exp.inputs, store) for name in exp.inputs.val_sets]
-val_eval = evaluate_sets(ModelPredictor(model, "avgn", next(model.parameters()).device), val_sets, exp.eval, keep_predictions=True)
+val_eval = evaluate_sets(MethodPredictor(get_method("avgn"), model, next(model.parameters()).device), val_sets, exp.eval, keep_predictions=True)
 conf = token_confusion(list(val_eval["predictions"].values()))
 names = run["config"]["class_names"]
 rows_keep = conf.sum(1) > 0  # classes with sounding sources in the val sets
@@ -272,7 +274,7 @@ grad_rows = []
 for name, overrides in (("this book's defaults", {}), ("paper design", dict(PAPER_DESIGN_VARIANT.overrides))):
     e = get_experiment("avgn", profile, **overrides).with_num_classes(len(run["config"]["class_names"]))
     torch.manual_seed(seed)
-    grad_rows.append(avgn_gradient_table(build_model("avgn", e.model), batches[:4]).assign(design=name))
+    grad_rows.append(avgn_gradient_table(create_model("avgn", e.model), batches[:4]).assign(design=name))
 grads = pd.concat(grad_rows, ignore_index=True)
 fig = gradient_heatmap(grads, by="design")
 save_figure(fig, "02_gradient_norms", figures_dir)

@@ -51,12 +51,12 @@ from matplotlib import pyplot as plt
 from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import environment_report, seed_everything
-from avgn.evaluate import evaluate_reference
 from avgn.diagnostics import baseline_report
-from avgn.experiment import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS, METHOD_NAMES, REFERENCES, profile_table
+from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
 from avgn.analysis import rescore_variants
 from avgn.results import read_results, to_results, write_results
-from avgn.train import collect_variants, run_variant, variant_dirs
+from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
+from avgn.runs import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS, variant_dirs
 from avgn.viz import save_figure, set_style
 
 cfg = get_profile(profile)
@@ -88,12 +88,9 @@ for v in MAIN_VARIANTS:
         out = run_variant(v, profile, s, data, runs, device=device, progress=False)
         print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
 frames = [collect_variants(MAIN_VARIANTS, runs, profile, seeds)]
-for kind in REFERENCES:
-    ref_dir = runs / profile / f"reference-{kind}"
-    if not (ref_dir / "eval_test.csv").is_file():
-        evaluate_reference(kind, data, ref_dir, profile=profile, split="test", device=device, progress=False)
-    print(f"{METHOD_NAMES[kind]}: avgn eval --reference {kind} --profile {profile} --data {data} --out {ref_dir} --split test")
-    frames.append(pd.read_csv(ref_dir / "eval_test.csv").assign(variant=METHOD_NAMES[kind]))
+for kind in REFERENCES:  # the non-learned references: the same evaluation, their own folders
+    print(f"{METHOD_NAMES[kind]}: " + "\n  ".join(run_reference(kind, profile, data, runs, device=device, progress=False)["commands"]))
+frames.append(collect_references(REFERENCES, runs, profile))
 long = pd.concat(frames, ignore_index=True)
 long["seed"] = long["seed"].fillna(-1)  # the references have no training seed
 print("wrote", write_results(to_results(long, "03"), "03_main", results_dir))

@@ -54,10 +54,10 @@ from avgn.analysis import DEFAULT_RULES, binarization_sweep, mean_std_table, pre
 from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
-from avgn.evaluate import evaluate_reference
-from avgn.experiment import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, METHOD_NAMES, REFERENCES, get_experiment
+from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgn.results import to_results, write_results
-from avgn.train import collect_variants, run_variant, variant_dirs
+from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
+from avgn.runs import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, variant_dirs
 from avgn.viz import save_figure, set_style
 
 cfg = get_profile(profile)
@@ -69,7 +69,7 @@ build_dataset(profile=profile, seed=seed, out=data, progress=False)
 runs = Path(runs_dir)
 base_depth = get_experiment("avgn", profile).model.depth
 main = {v.label: v for v in MAIN_VARIANTS}
-reference = replace(main["AVGN"], label=f"depth {base_depth} (profile default)")
+reference = replace(main["AVGN"], label=f"depth {base_depth} (profile default)", factor="depth", level=base_depth)
 print(f"profile {profile}: ablation seeds {seeds}; AVGN depth {base_depth}; data {data}; runs {runs}")
 
 # %% [markdown]
@@ -82,7 +82,7 @@ print(f"profile {profile}: ablation seeds {seeds}; AVGN depth {base_depth}; data
 
 # %%
 GROUPS = {  # a depth variant equal to the profile's own depth is the plain AVGN run (not trained twice)
-    "depth": [reference, *[v for v in DEPTH_VARIANTS if dict(v.overrides)["model.depth"] != base_depth]],
+    "depth": [reference, *[v for v in DEPTH_VARIANTS if v.level != base_depth]],
     "assignment": [replace(main["AVGN"], label="Softmax (default)"), *ASSIGNMENT_VARIANTS],
     "loss": [replace(main["AVGN"], label="all losses, Eq. 10 (default)"), *LOSS_VARIANTS,
              replace(main["AVGN (public-code target)"], label="public-code localization target")],
@@ -97,13 +97,9 @@ for v in MAIN_VARIANTS:  # chapter 3's runs (reused): the baselines of the verdi
         run_variant(v, profile, s, data, runs, device=device, progress=False)
 results = {g: collect_variants(vs, runs, profile, seeds) for g, vs in GROUPS.items()}
 print("wrote", write_results(to_results(pd.concat(results.values(), ignore_index=True), "04"), "04_ablations", results_dir))
-refs = []  # the non-learned references (chapter 3's evaluations), the perfect map as the ceiling row
-for kind in REFERENCES:
-    ref_dir = runs / profile / f"reference-{kind}"
-    if not (ref_dir / "eval_test.csv").is_file():
-        evaluate_reference(kind, data, ref_dir, profile=profile, split="test", device=device, progress=False)
-    refs.append(pd.read_csv(ref_dir / "eval_test.csv").assign(variant=METHOD_NAMES[kind]))
-refs = pd.concat(refs, ignore_index=True)
+for kind in REFERENCES:  # the non-learned references (chapter 3's evaluations), the perfect map as the ceiling row
+    run_reference(kind, profile, data, runs, device=device, progress=False)
+refs = collect_references(REFERENCES, runs, profile)
 
 # %% [markdown]
 # ## Depth of the per-modality transformers
@@ -126,7 +122,7 @@ def ablation_table(group: str) -> pd.DataFrame:
     return pd.concat({"one source (solo)": solo, "two sources (duet scene)": duet}, axis=1)
 
 
-depth_order = sorted(GROUPS["depth"], key=lambda v: dict(v.overrides).get("model.depth", base_depth))
+depth_order = sorted(GROUPS["depth"], key=lambda v: v.level)
 GROUPS["depth"] = depth_order
 ablation_table("depth")
 

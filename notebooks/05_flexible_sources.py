@@ -47,10 +47,10 @@ from avgn.analysis import class_presence_table, predict_run, presence_summary
 from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
-from avgn.evaluate import evaluate_reference
-from avgn.experiment import MAIN_VARIANTS, METHOD_NAMES, REFERENCES, get_experiment
+from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgn.results import read_results, to_results, with_set_parts, write_results
-from avgn.train import collect_variants, load_run, run_variant, variant_dirs
+from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
+from avgn.runs import MAIN_VARIANTS, load_run, variant_dirs
 from avgn.viz import save_figure, set_style
 
 cfg = get_profile(profile)
@@ -84,15 +84,10 @@ for v in MAIN_VARIANTS:
 # **perfect map** (each source's ground-truth mask scored as its map), the protocol's ceiling.
 
 # %%
-ref_res, ref_rows = [], []
 for kind in REFERENCES:
-    for tag, where in (("test", {"split": "test"}), ("composed", {"sets": COMPOSED["composed"]})):
-        ref_dir = runs / profile / f"reference-{kind}" / ("" if tag == "test" else "composed")
-        if not (ref_dir / "eval_test.csv").is_file():
-            evaluate_reference(kind, data, ref_dir, profile=profile, device=device, progress=False, **where)
-        label = {"variant": METHOD_NAMES[kind], "seed": -1}
-        ref_res.append(pd.read_csv(ref_dir / "eval_test.csv").assign(**label))
-        ref_rows.append(pd.read_csv(ref_dir / "eval_test_samples.csv").assign(**label))
+    run_reference(kind, profile, data, runs, device=device, progress=False, eval_sets=COMPOSED)
+ref_res = [collect_references(REFERENCES, runs, profile, split=t) for t in ("test", "composed")]
+ref_rows = [collect_references(REFERENCES, runs, profile, split=t, samples=True) for t in ("test", "composed")]
 res = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t) for t in ("test", "composed")] + ref_res, ignore_index=True)
 print("wrote", write_results(to_results(res, "05"), "05_sources", results_dir))
 res = read_results("05_sources", results_dir)

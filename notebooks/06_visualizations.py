@@ -45,9 +45,9 @@ from avgn.config import get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.evaluate import example_maps
-from avgn.experiment import MAIN_VARIANTS
 from avgn.explorer import Explorer, explorer_items
-from avgn.train import collect_variants, load_run, load_trained_model, run_variant, variant_dirs
+from avgn.pipeline import collect_variants, run_variant
+from avgn.runs import MAIN_VARIANTS, load_run, load_trained_model, variant_dirs
 from avgn.viz import MAP_CMAP, qualitative_grid, save_figure, set_style
 
 cfg = get_profile(profile)

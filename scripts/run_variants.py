@@ -1,6 +1,6 @@
 """Train and evaluate a group of the book's variants ahead of executing the chapters.
 
-The chapters call the same :func:`avgn.train.run_variant` and reuse finished runs, so running this
+The chapters call the same :func:`avgn.pipeline.run_variant` and reuse finished runs, so running this
 first (e.g. in the background, or on another machine with the same data) only moves the work:
 
     python scripts/run_variants.py --group main --profile cpu                  # chapter 3
@@ -23,23 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avgn.config import get_profile
+    from avgn.config import PROFILE_NAMES, get_profile
     from avgn.data.build import build_dataset, dataset_dir
-    from avgn.experiment import ASSIGNMENT_VARIANTS, BASELINE_DESIGN_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, PAPER_DESIGN_VARIANT
-    from avgn.train import run_variant, variant_dirs
+    from avgn.pipeline import run_variant
+    from avgn.runs import VARIANT_GROUPS as groups
+    from avgn.runs import variant_dirs
 
-    groups = {
-        "main": MAIN_VARIANTS,
-        "baselines": BASELINE_DESIGN_VARIANTS,
-        "paper": (PAPER_DESIGN_VARIANT,),
-        "depth": DEPTH_VARIANTS,
-        "assignment": ASSIGNMENT_VARIANTS,
-        "loss": LOSS_VARIANTS,
-        "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
-    }
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--group", choices=sorted(groups), required=True)
-    p.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu"])
+    p.add_argument("--profile", default="cpu", choices=PROFILE_NAMES)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the profile's seeds")
     p.add_argument("--splits", nargs="+", default=["test"])
     p.add_argument("--eval-sets", nargs="*", default=[], metavar="TAG=SET,SET",

@@ -18,12 +18,7 @@ from avgn.data.datasets import DataFileError, SpecConfig, collate_scenes
 SR = 16000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _frame(path: Path, color=(10, 200, 30), size=(64, 48)) -> None:

@@ -71,7 +71,7 @@ def test_mean_std_table_cells():
 
 def test_class_presence_roles(tmp_path, monkeypatch):
     """Sounding / distractor / absent from the manifest; selection = presence >= 0.5 or the top class."""
-    import avgn.data.manifest as man
+    import avgn.analysis as man  # the name the analysis module reads
 
     manifest = pd.DataFrame({"scene_id": ["a", "b"], "classes": [["cat"], ["dog", "cat"]], "distractor_classes": [["dog"], ["cow"]]})
     monkeypatch.setattr(man, "load_manifest", lambda root, split=None: manifest.copy())
@@ -97,7 +97,7 @@ def test_class_presence_roles(tmp_path, monkeypatch):
 
 
 def test_embedding_dependence_separates_constant_from_input_driven_embeddings():
-    from avgn.analysis import embedding_dependence
+    from avgn.methods.avgn import embedding_dependence
 
     rng = np.random.default_rng(0)
     n, c, d = 40, 3, 8

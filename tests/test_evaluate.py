@@ -11,8 +11,6 @@ import torch
 from avgn.config import EvalConfig
 from avgn.evaluate import (
     EvalSet,
-    Predictor,
-    ReferencePredictor,
     SetName,
     evaluate_reference,
     evaluate_sets,
@@ -23,6 +21,7 @@ from avgn.evaluate import (
     selection_score,
     token_confusion,
 )
+from avgn.methods import Method, MethodPredictor, get_method
 
 H = W = 32
 C = 4
@@ -55,15 +54,29 @@ def _set(name: str, masks: torch.Tensor, classes: torch.Tensor) -> EvalSet:
     return EvalSet(SetName.parse(name), n, [batch])
 
 
-class GroundTruthClassAware(Predictor):
+def ReferencePredictor(name: str) -> MethodPredictor:
+    """The predictor of a registered reference (no model)."""
+    return MethodPredictor(get_method(name))
+
+
+class _Stub(Method):
+    """A method for the tests, not registered: its maps come from the batch (no model)."""
+
+    label = "stub"
+
+    def predict_batch(self, model, batch, device, bf16=False, channels_last=False):
+        return self.maps(batch)
+
+
+class _GroundTruthClassAware(_Stub):
     """A stub AVGN: the map of class c is the mask of the source of class c (zero otherwise)."""
 
-    method, kind = "avgn", "class_aware"
+    name, kind, modes = "stub-class-aware", "class_aware", ("oracle", "predicted")
 
     def __init__(self, probs: torch.Tensor | None = None):
         self.probs = probs
 
-    def __call__(self, batch):
+    def maps(self, batch):
         masks, classes = batch["masks"], batch["classes"]
         n = masks.shape[0]
         maps = torch.zeros(n, C, H, W)
@@ -76,22 +89,34 @@ class GroundTruthClassAware(Predictor):
         return {"maps": maps, "audio_probs": probs, "token_pred": token_pred}
 
 
-class SwappedSlots(Predictor):
+class _SwappedSlots(_Stub):
     """A stub Mix-and-Localize with K=2 slots: the first two sources' masks in reversed order."""
 
-    method, kind = "mal", "slots"
+    name, kind = "stub-slots", "slots"
 
-    def __call__(self, batch):
+    def maps(self, batch):
         m = batch["masks"].float()
         slots = torch.stack([m[:, min(1, m.shape[1] - 1)], m[:, 0]], dim=1)
         return {"maps": slots}
 
 
-class UnionMap(Predictor):
-    method, kind = "ezvsl", "shared"
+class _UnionMap(_Stub):
+    name, kind = "stub-shared", "shared"
 
-    def __call__(self, batch):
+    def maps(self, batch):
         return {"maps": batch["masks"].any(1, keepdim=True).float()}
+
+
+def GroundTruthClassAware(probs: torch.Tensor | None = None) -> MethodPredictor:
+    return MethodPredictor(_GroundTruthClassAware(probs))
+
+
+def SwappedSlots() -> MethodPredictor:
+    return MethodPredictor(_SwappedSlots())
+
+
+def UnionMap() -> MethodPredictor:
+    return MethodPredictor(_UnionMap())
 
 
 @pytest.mark.parametrize("n_sources", [1, 2, 3])
@@ -189,13 +214,6 @@ def test_set_names():
 # --------------------------------------------------------------------------------------------------
 # on a (fake-asset) build: references end to end, files
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fake_build(tmp_path_factory) -> Path:
-    from test_data_build import build_fake
-
-    out = tmp_path_factory.getbasetemp() / "avgn_fake_build_shared"
-    build_fake(out)  # returns at once if a test module of this session built it already
-    return out
 
 
 def test_reference_evaluation_writes_results(fake_build, tmp_path):
@@ -244,7 +262,7 @@ def test_presence_threshold_is_chosen_by_f1_on_the_given_sets():
 
 
 def test_perfect_reference_scores_one_and_selection_score_modes():
-    from avgn.evaluate import ReferencePredictor, selection_score
+    from avgn.evaluate import selection_score
 
     masks, classes = _masks(2)
     res = evaluate_sets(ReferencePredictor("perfect"), [_set("test/duet/scene", masks, classes)], EvalConfig(), ("oracle",))

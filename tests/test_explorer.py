@@ -19,13 +19,7 @@ SET = "test/duet/scene"
 LABELS = {"AVGN": "avgn", "EZ-VSL": "ezvsl", "MaL": "mal"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,22 +106,11 @@ def test_wav_bytes_round_trip():
 # --------------------------------------------------------------------------------------------------
 # items from tiny trained runs
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fake_build(tmp_path_factory) -> Path:
-    from test_data_build import build_fake
-    from test_train import _tiny
-
-    out = tmp_path_factory.getbasetemp() / "avgn_fake_build_shared"
-    build_fake(out)  # returns at once if another test module of this session built it already
-    from avgn.features import compute_features
-
-    compute_features(out, _tiny().inputs.features, device="cpu", progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
 def runs(fake_build, tmp_path_factory) -> dict[str, Path]:
-    from test_train import _tiny
+    from helpers import tiny_experiment as _tiny
 
     from avgn.train import train
 
@@ -146,7 +129,7 @@ def items(runs) -> list[ExplorerItem]:
 
 def test_items_hold_every_map_and_the_evaluation_assignment(items, runs, fake_build):
     from avgn.evaluate import example_maps
-    from avgn.train import load_trained_model
+    from avgn.runs import load_trained_model
 
     assert [it.set_name for it in items] == [SET, SET]
     class_names = ("accordion", "cello", "flute", "violin", "dog", "cat", "cow")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from avgn.losses import avgn_total_loss
+from avgn.methods import create_model
 from avgn.models import (
     AVGN,
     EZVSL,
@@ -20,7 +21,6 @@ from avgn.models import (
     MixAndLocalize,
     TokenTransformer,
     VisualEncoder,
-    build_model,
     centre_prior,
     fuse_with_prior,
     object_prior,
@@ -381,10 +381,10 @@ def test_config_validation_and_factory():
     cfg = AVGNConfig(dim=64, heads=4)
     assert cfg.encoder.dim == 64  # cfg.dim is authoritative
     assert AVGNConfig.paper().dim == 512 and AVGNConfig.paper().tau == 0.03 and AVGNConfig.paper().depth == 3
-    model = build_model("ezvsl", dim=D, encoder=ENC)
+    model = create_model("ezvsl", dim=D, encoder=ENC)
     assert isinstance(model, EZVSL) and model.visual.proj.out_channels == D
     with pytest.raises(ValueError):
-        build_model("nope")
+        create_model("nope")
     # tokens are not zero-initialised and differ from each other
     m = AVGN(small_avgn())
     assert m.class_tokens.abs().sum() > 0 and torch.linalg.matrix_rank(m.class_tokens) == C

@@ -11,16 +11,12 @@ from safetensors.torch import load_file
 
 from avgn import checkpoint as ck
 from avgn.experiment import Experiment, get_experiment
-from avgn.train import GroupedBatchSampler, WarmupCosine, load_run, load_trained_model, train
+from avgn.runs import load_run, load_trained_model
+from helpers import tiny_experiment as _tiny
+from avgn.train import GroupedBatchSampler, WarmupCosine, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster on a shared machine, and keeps runs comparable."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_grouped_batch_sampler_is_seeded_per_epoch_and_never_mixes_groups():
@@ -71,32 +67,6 @@ def test_experiment_config_round_trip_and_overrides():
 # --------------------------------------------------------------------------------------------------
 # tiny runs on a fake-asset build
 # --------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fake_build(tmp_path_factory) -> Path:
-    from test_data_build import build_fake
-
-    out = tmp_path_factory.getbasetemp() / "avgn_fake_build_shared"
-    build_fake(out)  # returns at once if another test module of this session built it already
-    from avgn.features import compute_features
-
-    compute_features(out, _tiny().inputs.features, device="cpu", progress=False)
-    return out
-
-
-def _tiny(method: str = "avgn", **extra) -> Experiment:
-    o = {
-        "train.epochs": 2, "train.batch_size": 6, "train.solo_items": 12, "train.concat_items": 6, "train.scene_items": 6,
-        "train.num_workers": 0, "train.lr": 1e-3, "train.schedule": "cosine", "train.warmup_epochs": 0.5,
-        "model.dim": 16, "model.encoder.audio_width": 0.125,
-        "inputs.eval_batch_size": 8, "inputs.eval_workers": 0,
-        "inputs.features.image_size": 96,  # 3x3 feature maps: cheap to cache
-    }
-    if method == "avgn":
-        o.update({"model.heads": 2})
-    if method == "mal":
-        o.update({"model.hidden": 16})
-    o.update(extra)
-    return get_experiment(method, "smoke", **o)
 
 
 def _weights(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
@@ -228,10 +198,11 @@ def test_ezvsl_scored_with_and_without_the_object_prior(fake_build, tmp_path):
 
 def test_variants_share_weights_when_only_inference_changes(fake_build, tmp_path, monkeypatch):
     """An inference-only variant scores its base run's weights and writes its own evaluation."""
-    import avgn.train as tr
-    from avgn.experiment import Variant
+    import avgn.pipeline as tr
+    import avgn.train
+    from avgn.runs import Variant
 
-    monkeypatch.setattr(tr, "get_experiment", lambda m, p="smoke", **o: _tiny(m, **{"train.epochs": 1, **o}))
+    monkeypatch.setattr(avgn.train, "get_experiment", lambda m, p="smoke", **o: _tiny(m, **{"train.epochs": 1, **o}))
     base = Variant("EZ-VSL", "ezvsl")
     ogl = Variant("EZ-VSL + prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ogl")
     runs = tmp_path / "runs"

@@ -8,12 +8,11 @@
 - :mod:`avgn.models.mal`       ``MixAndLocalize`` (K fixed audio slots, cycle random walk)
 - :mod:`avgn.models.priors`    ``centre_prior``, ``object_prior``, ``fuse_with_prior``
 
-The losses live in :mod:`avgn.losses`.
+The losses live in :mod:`avgn.losses`; the methods that build these models by name, in
+:mod:`avgn.methods` (``create_model``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from avgn.models.avgn import AVGN, select_sources
 from avgn.models.config import AVGNConfig, EncoderConfig, EZVSLConfig, MALConfig
@@ -35,26 +34,8 @@ __all__ = [
     "MixAndLocalize",
     "TokenTransformer",
     "VisualEncoder",
-    "build_model",
     "centre_prior",
     "fuse_with_prior",
     "object_prior",
     "select_sources",
 ]
-
-_MODELS = {"avgn": (AVGN, AVGNConfig), "ezvsl": (EZVSL, EZVSLConfig), "mal": (MixAndLocalize, MALConfig)}
-
-
-def build_model(name: str, cfg: Any = None, **overrides: Any):
-    """Build ``avgn`` | ``ezvsl`` | ``mal`` from its config (default config + ``overrides`` if none)."""
-    key = name.lower()
-    if key not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(_MODELS)}")
-    model_cls, cfg_cls = _MODELS[key]
-    if cfg is None:
-        cfg = cfg_cls(**overrides)
-    elif overrides:
-        from dataclasses import replace
-
-        cfg = replace(cfg, **overrides)
-    return model_cls(cfg)

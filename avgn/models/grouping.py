@@ -147,7 +147,7 @@ class TokenTransformer(nn.Module):
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
-        self.depth = depth
+        self.depth, self.heads, self.mlp_ratio = depth, heads, mlp_ratio
         if depth > 0:
             layer = nn.TransformerEncoderLayer(
                 d_model=dim,
@@ -175,6 +175,9 @@ class TokenTransformer(nn.Module):
             if self.encoder.norm is not None:
                 out = self.encoder.norm(out)
         return out[:, :n], out[:, n:]
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}, heads={self.heads}, mlp_ratio={self.mlp_ratio}" + (" (identity)" if self.encoder is None else "")
 
 
 class _Mlp(nn.Module):
@@ -267,6 +270,6 @@ class GroupingBlock(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"assignment={self.assignment}, tokens={self.num_tokens}, assign_eps={self.assign_eps}, "
+            f"assignment={self.assignment}, tau={self.tau}, tokens={self.num_tokens}, assign_eps={self.assign_eps}, "
             f"token_residual={self.token_residual}, pre_assign_attn={self.pre_attn is not None}"
         )

@@ -1,0 +1,27 @@
+"""Helpers shared by the test modules (fixtures live in ``conftest.py``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avgn.experiment import Experiment, get_experiment
+
+__all__ = ["tiny_experiment"]
+
+
+def tiny_experiment(method: str = "avgn", **extra: Any) -> Experiment:
+    """A seconds-sized experiment of ``method`` on the smoke profile (16-d models, 3x3 feature maps,
+    2 epochs of a few dozen items); ``extra`` are further dotted overrides."""
+    o: dict[str, Any] = {
+        "train.epochs": 2, "train.batch_size": 6, "train.solo_items": 12, "train.concat_items": 6, "train.scene_items": 6,
+        "train.num_workers": 0, "train.lr": 1e-3, "train.schedule": "cosine", "train.warmup_epochs": 0.5,
+        "model.dim": 16, "model.encoder.audio_width": 0.125,
+        "inputs.eval_batch_size": 8, "inputs.eval_workers": 0,
+        "inputs.features.image_size": 96,  # 3x3 feature maps: cheap to cache
+    }
+    if method == "avgn":
+        o.update({"model.heads": 2})
+    if method == "mal":
+        o.update({"model.hidden": 16})
+    o.update(extra)
+    return get_experiment(method, "smoke", **o)
