@@ -212,6 +212,19 @@ def test_normalize_only_rewrites_files_in_place(rn, tmp_path):
     assert rn.normalize_file(path) is False and path.read_bytes() == first
 
 
+def test_committed_book_notebooks_are_normalised(rn):
+    """book/*.ipynb are written by run_notebooks.py (or normalised with --normalize-only)."""
+    books = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+    assert books
+    for path in books:
+        text = path.read_text(encoding="utf-8")
+        assert rn.normalized_text(text, path.stem) == text, (
+            f"{path.name} is not normalised: python scripts/run_notebooks.py --normalize-only {path.relative_to(ROOT)}"
+        )
+        nb = nbformat.reads(text, as_version=4)
+        assert len(_tagged(nb, "parameters")) == 1 and not _tagged(nb, "injected-parameters"), path.name
+
+
 # --------------------------------------------------------------------------- a real rerun
 
 
