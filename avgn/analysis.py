@@ -13,11 +13,17 @@
   sources.
 * :func:`class_embeddings`: AVGN's class-aware audio and visual embeddings of the sounding sources
   (for t-SNE).
+* :func:`verdict_best` / :func:`verdict_margin` / :func:`verdict_beats` / :func:`verdict_summary`:
+  claims checked as orderings of mean scores, each difference judged against the seed-to-seed
+  standard deviation (:func:`seed_sd`, :func:`beyond_noise`) — chapter 4's verdicts.
+* :func:`sources_curves`: mixture metrics against the number of sources, the single-source point on
+  the same scale (chapter 5).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ import torch
 from avgn.config import EvalConfig
 from avgn.data.manifest import load_manifest
 from avgn.env import resolve_device
-from avgn.evaluate import MODES, SetPredictions, _store_for, load_eval_set, predict_set, reference_predictor, score_set
+from avgn.evaluate import MODES, SetName, SetPredictions, _store_for, load_eval_set, predict_set, reference_predictor, score_set
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.avgn import embedding_dependence
 from avgn.runs import Variant, load_trained_model, run_presence_threshold, variant_dirs
@@ -275,3 +281,109 @@ def rescore_variants(
 
 
 __all__.append("rescore_variants")
+
+
+# --------------------------------------------------------------------------------------------------
+# verdicts on claims: orderings of mean scores, judged against seed-to-seed noise
+# --------------------------------------------------------------------------------------------------
+def cell_mean(df, variant: str, set_name: str, metric: str, mode: str = "oracle") -> float:
+    """Mean ``value`` of ``variant`` on one (set, metric, mode) cell of a long results table (over seeds)."""
+    sel = df[(df["variant"] == variant) & (df["set"] == set_name) & (df["metric"] == metric) & (df["mode"] == mode)]
+    return float(sel["value"].mean()) if len(sel) else math.nan
+
+
+def seed_sd(df, variant: str, set_name: str, metric: str, mode: str = "oracle") -> float:
+    """Sample standard deviation over seeds of ``variant``'s per-seed mean on one cell (NaN with one seed):
+    the noise a difference between variants must exceed to count."""
+    sel = df[(df["variant"] == variant) & (df["set"] == set_name) & (df["metric"] == metric) & (df["mode"] == mode)]
+    per_seed = sel.groupby("seed")["value"].mean()
+    return float(per_seed.std(ddof=1)) if len(per_seed) > 1 else math.nan
+
+
+def beyond_noise(diff: float, sd: float, k: float = 2.0) -> str:
+    """``yes`` when ``|diff| > k * sd``, ``no`` otherwise, ``n/a (one seed)`` without an sd."""
+    if math.isnan(sd):
+        return "n/a (one seed)"
+    return "yes" if abs(diff) > k * sd else "no"
+
+
+Cell = tuple[str, str]  # (set, metric)
+
+
+def verdict_best(df, claim: str, expected: str, candidates: Sequence[str], cells: Sequence[Cell], noise: Mapping[Cell, float]) -> list[dict[str, Any]]:
+    """One row per cell: does ``expected`` have the best mean among ``candidates``? (margin: best
+    minus runner-up)."""
+    rows = []
+    for set_name, metric in cells:
+        scores = {c: cell_mean(df, c, set_name, metric) for c in candidates}
+        best = max(scores, key=lambda c: scores[c])
+        runner_up = max((v for c, v in scores.items() if c != best), default=scores[best])
+        rows.append({"claim": claim, "evidence": f"{set_name} {metric}: best is {best} ({100 * scores[best]:.1f}); {expected}: {100 * scores[expected]:.1f}",
+                     "holds": best == expected, "beyond seed noise (> 2 sd)": beyond_noise(scores[best] - runner_up, noise.get((set_name, metric), math.nan))})
+    return rows
+
+
+def verdict_margin(df, claim: str, a: str, b: str, min_margin: float, cells: Sequence[Cell], noise: Mapping[Cell, float]) -> list[dict[str, Any]]:
+    """One row per cell: does ``a`` beat ``b`` by at least ``min_margin`` (a fraction)?"""
+    rows = []
+    for set_name, metric in cells:
+        x, y = cell_mean(df, a, set_name, metric), cell_mean(df, b, set_name, metric)
+        rows.append({"claim": claim, "evidence": f"{set_name} {metric}: {100 * x:.1f} vs {100 * y:.1f} (margin {100 * (x - y):+.1f})",
+                     "holds": x - y >= min_margin, "beyond seed noise (> 2 sd)": beyond_noise(x - y, noise.get((set_name, metric), math.nan))})
+    return rows
+
+
+def verdict_beats(df, claim: str, a: str, rivals: Sequence[str], cells: Sequence[Cell], noise: Mapping[Cell, float], rival_df=None) -> list[dict[str, Any]]:
+    """One row per cell: does ``a`` beat the best of ``rivals`` (read from ``rival_df``, default ``df``)?"""
+    rival_df = df if rival_df is None else rival_df
+    rows = []
+    for set_name, metric in cells:
+        x = cell_mean(df, a, set_name, metric)
+        others = {r: cell_mean(rival_df, r, set_name, metric) for r in rivals}
+        best = max(others, key=lambda r: others[r])
+        rows.append({"claim": claim, "evidence": f"{set_name} {metric}: {a} {100 * x:.1f} vs {best} {100 * others[best]:.1f}",
+                     "holds": x > others[best], "beyond seed noise (> 2 sd)": beyond_noise(x - others[best], noise.get((set_name, metric), math.nan))})
+    return rows
+
+
+def verdict_summary(rows: Sequence[Mapping[str, Any]]):
+    """Per claim: ``reproduces`` (holds on every cell), ``partly`` (on some) or ``does not reproduce``."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows))
+    s = df.groupby("claim", sort=False)["holds"].agg(["all", "any"])
+    s["verdict"] = ["reproduces" if a else "partly (not on every metric)" if y else "does not reproduce" for a, y in zip(s["all"], s["any"])]
+    return s
+
+
+# --------------------------------------------------------------------------------------------------
+# scores against the number of sources (chapter 5)
+# --------------------------------------------------------------------------------------------------
+def sources_curves(res, rows, selecting: Collection[str] = (), metrics: Sequence[str] = ("cap", "piap", "ciou@0.3"), iou: float = 0.3):
+    """Mixture metrics against the number of sources, one line per method (and mode).
+
+    ``res``: long results (``variant, seed, set, mode, metric, value``); ``rows``: the per-source rows
+    (``eval_*_samples``: ``ap``, ``ciou``) from which the single-source points are put on the mixture
+    metrics' scale (CAP = PIAP = the AP of the map; CIoU@``iou`` = the share of sources whose cIoU
+    reaches ``iou``). Variants in ``selecting`` (methods that select their sources themselves) get one
+    line per mode (``"<variant> · <mode>"``); the others one line (their modes are identical).
+    Returns a long frame with ``n_sources`` and ``layout`` columns added."""
+    import pandas as pd
+
+    parts = res[["variant", "seed", "set", "mode", "metric", "value"]]
+    parts = parts[parts["metric"].isin(metrics)]
+    solo = rows[rows["set"].map(lambda s: SetName.parse(s).n_sources == 1)]
+    per = solo.groupby(["variant", "seed", "set", "mode"]).agg(ap=("ap", "mean"), c=("ciou", lambda x: float(np.mean(np.asarray(x) >= iou))))
+    per = per.reset_index()
+    extra = [per.assign(metric=m, value=per["ap"]) for m in ("cap", "piap") if m in metrics]
+    extra += [per.assign(metric=f"ciou@{iou:g}", value=per["c"])] if f"ciou@{iou:g}" in metrics else []
+    out = pd.concat([parts, *[e[parts.columns] for e in extra]], ignore_index=True)
+    names = out["set"].map(SetName.parse)
+    out["n_sources"] = names.map(lambda n: n.n_sources)
+    out["layout"] = names.map(lambda n: n.layout)
+    sel = out["variant"].isin(set(selecting))
+    out["method"] = np.where(sel, out["variant"] + " · " + out["mode"], out["variant"])
+    return out[sel | (out["mode"] == "oracle")].reset_index(drop=True)
+
+
+__all__ += ["cell_mean", "seed_sd", "beyond_noise", "verdict_best", "verdict_margin", "verdict_beats", "verdict_summary", "sources_curves"]

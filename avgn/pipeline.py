@@ -28,6 +28,17 @@ def _jobs(eval_splits: Sequence[str], eval_sets: dict[str, Sequence[str]] | None
     return jobs
 
 
+def _finished(path: Path, sets: Sequence[str] | None, expect: dict[str, tuple[Any, Any]]) -> bool:
+    """Whether the evaluation in ``path`` exists, covers ``sets`` (None: the split's) and records
+    ``expect`` (``{key: (value, default when absent)}``): then it is reused, not recomputed."""
+    if not path.is_file():
+        return False
+    prev = json.loads(path.read_text())
+    if sets is not None and prev.get("sets") != sets:
+        return False
+    return all(prev.get(k, default) == v for k, (v, default) in expect.items())
+
+
 def run_variant(
     variant: Variant,
     profile: str,
@@ -53,12 +64,10 @@ def run_variant(
     threshold = run_presence_threshold(run_dir) or 0.5
     ev_over = dict(variant.eval_overrides) or None
     commands = [reproduce_command(variant.method, profile, seed, data_dir, run_dir, overrides)]
+    expect = {"checkpoint_epoch": (None if best is None else best["epoch"], None), "model_overrides": (ev_over or {}, {}),
+              "presence_threshold": (threshold, 0.5)}
     for tag, split, sets in _jobs(eval_splits, eval_sets):
-        path = eval_dir / f"eval_{tag}.json"
-        prev = json.loads(path.read_text()) if path.is_file() else None
-        if not (prev and best is not None and prev.get("checkpoint_epoch") == best["epoch"]
-                and prev.get("model_overrides", {}) == (ev_over or {}) and (sets is None or prev.get("sets") == sets)
-                and prev.get("presence_threshold", 0.5) == threshold):
+        if best is None or not _finished(eval_dir / f"eval_{tag}.json", sets, expect):
             evaluate_run(run_dir, split, sets=sets, device=device, progress=progress, model_overrides=ev_over,
                          out_dir=eval_dir if ev_over else None, tag=tag)
         commands.append(eval_command(run_dir, split if isinstance(split, str) else split[0], ev_over, eval_dir if ev_over else None, sets=sets, tag=tag))
@@ -82,9 +91,7 @@ def run_reference(
     out = reference_dir(runs_dir, name, profile)
     commands = []
     for tag, split, sets in _jobs(eval_splits, eval_sets):
-        path = out / f"eval_{tag}.json"
-        prev = json.loads(path.read_text()) if path.is_file() else None
-        if not (prev and (sets is None or prev.get("sets") == sets)):
+        if not _finished(out / f"eval_{tag}.json", sets, {}):
             evaluate_reference(name, data_dir, out, profile=profile, split=split, sets=sets, device=device, progress=progress, tag=tag)
         commands.append(reference_command(name, profile, data_dir, out, split if isinstance(split, str) else split[0], sets=sets, tag=tag))
     return {"eval_dir": out, "commands": commands}

@@ -42,37 +42,27 @@ figures_dir = "../figures"
 results_dir = "../results"
 
 # %%
-from pathlib import Path
-
 import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.config import get_profile
-from avgn.data.build import build_dataset, dataset_dir
-from avgn.env import environment_report, seed_everything
-from avgn.diagnostics import baseline_report
-from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
 from avgn.analysis import rescore_variants
-from avgn.results import read_results, to_results, write_results
-from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
-from avgn.runs import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS, variant_dirs
-from avgn.viz import save_figure, set_style
+from avgn.book import chapter_context
+from avgn.diagnostics import baseline_report
+from avgn.env import environment_report
+from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
+from avgn.methods import get_method
+from avgn.runs import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS
+from avgn.viz import save_figure
 
-cfg = get_profile(profile)
-seeds = list(cfg.seeds)
-seed_everything(seed)
-set_style()
-data = dataset_dir(data_dir, profile, seed)
-build_dataset(profile=profile, seed=seed, out=data, progress=False)
-runs = Path(runs_dir)
-print(f"profile {profile}: seeds {seeds}; data {data}; runs {runs}")
+ctx = chapter_context("03", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 print({k: v for k, v in environment_report(device).items() if k in ("torch", "cpu", "device")})
 
 # %% [markdown]
 # ## Training and evaluating every method
 #
-# `run_variant` trains a variant's run (or resumes / reuses a finished one in `runs_dir`) and
+# `ctx.run_variants` (`avgn.pipeline.run_variant` per seed) trains each variant's run (or resumes / reuses a finished one in `runs_dir`) and
 # evaluates its best-on-validation checkpoint on the test split; the commands printed for each run
 # reproduce it from a shell. "EZ-VSL + object prior" is not trained separately: it scores the trained
 # EZ-VSL weights with the object-prior fusion of EZ-VSL's test script (`alpha = 0.4`), so the two
@@ -83,18 +73,9 @@ print({k: v for k, v in environment_report(device).items() if k in ("torch", "cp
 profile_table(profiles=(profile,))
 
 # %%
-for v in MAIN_VARIANTS:
-    for s in seeds:
-        out = run_variant(v, profile, s, data, runs, device=device, progress=False)
-        print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
-frames = [collect_variants(MAIN_VARIANTS, runs, profile, seeds)]
-for kind in REFERENCES:  # the non-learned references: the same evaluation, their own folders
-    print(f"{METHOD_NAMES[kind]}: " + "\n  ".join(run_reference(kind, profile, data, runs, device=device, progress=False)["commands"]))
-frames.append(collect_references(REFERENCES, runs, profile))
-long = pd.concat(frames, ignore_index=True)
-long["seed"] = long["seed"].fillna(-1)  # the references have no training seed
-print("wrote", write_results(to_results(long, "03"), "03_main", results_dir))
-results = read_results("03_main", results_dir)  # the tables below read the file back
+ctx.run_variants(MAIN_VARIANTS)
+ctx.run_references()  # the non-learned references: the same evaluation, their own folders (seed -1)
+results = ctx.write(ctx.collect(MAIN_VARIANTS), "03_main")  # the tables below read the file back
 VARIANT_ORDER = [v.label for v in MAIN_VARIANTS] + [METHOD_NAMES[k] for k in REFERENCES]
 print(f"{len(results)} result rows; sets: {sorted(results['set'].unique())}")
 
@@ -143,8 +124,7 @@ for set_name in ("test/duet/concat", "test/duet/scene"):
 
 # %%
 fixed_long = rescore_variants(MAIN_VARIANTS, REFERENCES, runs, profile, seeds, data, ["test/duet/concat", "test/duet/scene"], device=device)
-print("wrote", write_results(to_results(fixed_long, "03"), "03_main_fixed_rule", results_dir))
-fixed = read_results("03_main_fixed_rule", results_dir)
+fixed = ctx.write(fixed_long, "03_main_fixed_rule")
 for set_name in ("test/duet/concat", "test/duet/scene"):
     display(pd.concat({set_name: table(fixed, set_name, sorted(fixed["metric"].unique()))}, names=["set"]))
 
@@ -233,23 +213,18 @@ pd.DataFrame(ref_rows).round(1).set_index(["set", "metric", "reference"])
 #   lands on its own frame, against 1/B for a walk that ignores the frame.
 
 # %%
-for v in BASELINE_DESIGN_VARIANTS:
-    for s in seeds:
-        out = run_variant(v, profile, s, data, runs, device=device, progress=False)
-        print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
-designs = [v for v in MAIN_VARIANTS if v.method in ("ezvsl", "mal") and not v.eval_overrides] + list(BASELINE_DESIGN_VARIANTS)
+ctx.run_variants(BASELINE_DESIGN_VARIANTS)
+designs = [v for v in MAIN_VARIANTS if get_method(v.method).kind != "class_aware" and not v.eval_overrides] + list(BASELINE_DESIGN_VARIANTS)
 diag = []
 for v in designs:
     for s in seeds:
-        run_dir, _ = variant_dirs(v, runs, profile, s)
-        rep = baseline_report(run_dir, data, device="cpu")
+        rep = baseline_report(ctx.run_dir(v, s), data, device="cpu")
         diag += [{"variant": v.label, "method": v.method, "seed": s, "set": "val/solo/scene", "mode": "oracle", "metric": k, "value": x}
                  for k, x in rep.items()]
-test_ap = collect_variants(designs, runs, profile, seeds)
+test_ap = ctx.collect(designs, references=())
 test_ap = test_ap[(test_ap["set"] == "test/solo/scene") & (test_ap["metric"] == "ap") & (test_ap["mode"] == "oracle")]
 diag_long = pd.concat([pd.DataFrame(diag), test_ap], ignore_index=True)
-print("wrote", write_results(to_results(diag_long, "03"), "03_baselines", results_dir, fractions=False))
-baselines = read_results("03_baselines", results_dir)
+baselines = ctx.write(diag_long, "03_baselines", fractions=False)
 
 # %%
 cols = ["audio_collapse", "loss_over_chance", "map", "negated", "constant", "own_frame_mass", "uniform", "ap"]

@@ -43,34 +43,25 @@ n_ablation_seeds = 2
 
 # %%
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import DEFAULT_RULES, binarization_sweep, mean_std_table, predict_reference, predict_run, ranking_table
-from avgn.config import get_profile
-from avgn.data.build import build_dataset, dataset_dir
-from avgn.env import seed_everything
+from avgn.analysis import (DEFAULT_RULES, binarization_sweep, mean_std_table, predict_reference, predict_run, ranking_table,
+                           seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
+from avgn.book import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
-from avgn.results import to_results, write_results
-from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
-from avgn.runs import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, variant_dirs
-from avgn.viz import save_figure, set_style
+from avgn.runs import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS
+from avgn.viz import save_figure
 
-cfg = get_profile(profile)
-seeds = list(cfg.seeds)[: max(1, n_ablation_seeds)]
-seed_everything(seed)
-set_style()
-data = dataset_dir(data_dir, profile, seed)
-build_dataset(profile=profile, seed=seed, out=data, progress=False)
-runs = Path(runs_dir)
+ctx = chapter_context("04", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+data, runs, cfg = ctx.data, ctx.runs, ctx.profile
+seeds = ctx.seeds[: max(1, n_ablation_seeds)]
 base_depth = get_experiment("avgn", profile).model.depth
 main = {v.label: v for v in MAIN_VARIANTS}
 reference = replace(main["AVGN"], label=f"depth {base_depth} (profile default)", factor="depth", level=base_depth)
-print(f"profile {profile}: ablation seeds {seeds}; AVGN depth {base_depth}; data {data}; runs {runs}")
+print(f"ablation seeds {seeds}; AVGN depth {base_depth}")
 
 # %% [markdown]
 # ## Training the variants
@@ -88,18 +79,13 @@ GROUPS = {  # a depth variant equal to the profile's own depth is the plain AVGN
              replace(main["AVGN (public-code target)"], label="public-code localization target")],
 }
 for group, variants in GROUPS.items():
-    for s in seeds:
-        for v in variants:
-            out = run_variant(v, profile, s, data, runs, device=device, progress=False)
-            print(f"[{group}] {v.label} / seed {s}: {out['commands'][0]}")
-for v in MAIN_VARIANTS:  # chapter 3's runs (reused): the baselines of the verdicts and of the protocol study
-    for s in cfg.seeds:
-        run_variant(v, profile, s, data, runs, device=device, progress=False)
-results = {g: collect_variants(vs, runs, profile, seeds) for g, vs in GROUPS.items()}
-print("wrote", write_results(to_results(pd.concat(results.values(), ignore_index=True), "04"), "04_ablations", results_dir))
-for kind in REFERENCES:  # the non-learned references (chapter 3's evaluations), the perfect map as the ceiling row
-    run_reference(kind, profile, data, runs, device=device, progress=False)
-refs = collect_references(REFERENCES, runs, profile)
+    print(f"[{group}]")
+    ctx.run_variants(variants, seeds=seeds)
+ctx.run_variants(MAIN_VARIANTS, verbose=False)  # chapter 3's runs (reused): the baselines of the verdicts and the protocol study
+results = {g: ctx.collect(vs, references=(), seeds=seeds) for g, vs in GROUPS.items()}
+ctx.write(pd.concat(results.values(), ignore_index=True), "04_ablations")
+ctx.run_references(verbose=False)  # chapter 3's evaluations; the perfect map is the ceiling row
+refs = ctx.collect([], split="test")
 
 # %% [markdown]
 # ## Depth of the per-modality transformers
@@ -127,10 +113,7 @@ GROUPS["depth"] = depth_order
 ablation_table("depth")
 
 # %%
-def depth_of(label: str) -> int:
-    return int(label.split()[1])
-
-
+depth_of = {v.label: v.level for v in GROUPS["depth"]}
 plot = results["depth"][(results["depth"]["mode"] == "oracle")
                         & (((results["depth"]["set"] == "test/solo/scene") & results["depth"]["metric"].isin(["ap", "iou@0.5"]))
                            | ((results["depth"]["set"] == "test/duet/scene") & results["depth"]["metric"].isin(["cap", "piap", "ciou@0.3"])))]
@@ -197,7 +180,7 @@ tok.pivot_table(index="variant", columns="metric", values="value", aggfunc="mean
 sets = ["test/solo/scene", "test/duet/scene"]
 preds = {}
 for v in MAIN_VARIANTS:
-    run_dir, _ = variant_dirs(v, runs, profile, seeds[0])
+    run_dir = ctx.run_dir(v, seeds[0])
     preds[v.label] = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
 for kind, label in (("centre", "centre prior"), ("object", "object prior")):
     preds[label] = predict_reference(kind, data, sets, profile=profile, device=device)
@@ -246,57 +229,21 @@ print("methods whose rank changes with the rule:", ", ".join(f"{m} ({ranks.loc[m
 # the single-source AP and the duet CAP.
 
 # %%
-def mean_of(df: pd.DataFrame, variant: str, set_name: str, metric: str, mode: str = "oracle") -> float:
-    sel = df[(df["variant"] == variant) & (df["set"] == set_name) & (df["metric"] == metric) & (df["mode"] == mode)]
-    return float(sel["value"].mean())
-
-
-main_all = collect_variants([main["AVGN"]], runs, profile, list(cfg.seeds))
-noise = {}
-for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
-    sel = main_all[(main_all["set"] == set_name) & (main_all["metric"] == metric) & (main_all["mode"] == "oracle")]
-    noise[(set_name, metric)] = float(sel.groupby("seed")["value"].mean().std(ddof=1)) if sel["seed"].nunique() > 1 else float("nan")
-print("seed-to-seed std of the plain AVGN runs (" + ", ".join(str(s) for s in cfg.seeds) + "): "
-      + "; ".join(f"{k[0]} {k[1]} {100 * v:.1f} points" for k, v in noise.items()))
-
-
-def beyond_noise(diff: float, set_name: str, metric: str) -> str:
-    sd = noise[(set_name, metric)]
-    return "n/a (one seed)" if np.isnan(sd) else ("yes" if abs(diff) > 2 * sd else "no")
-
-
-verdicts = []
-dep = results["depth"]
-for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap")):
-    scores = {v.label: mean_of(dep, v.label, set_name, metric) for v in GROUPS["depth"]}
-    best = max(scores, key=scores.get)
-    d3 = next(label for label in scores if depth_of(label) == 3)
-    runner_up = max((v for k, v in scores.items() if k != best), default=scores[best])
-    verdicts.append({"claim": "depth 3 is best", "evidence": f"{set_name} {metric}: best is {best} ({100 * scores[best]:.1f}); depth 3: {100 * scores[d3]:.1f}",
-                     "holds": best == d3, "beyond seed noise (> 2 sd)": beyond_noise(scores[best] - runner_up, set_name, metric)})
-asg = results["assignment"]
-for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap")):
-    soft, hard = mean_of(asg, "Softmax (default)", set_name, metric), mean_of(asg, "Hard-Softmax", set_name, metric)
-    verdicts.append({"claim": "Softmax beats Hard-Softmax by a large margin", "evidence": f"{set_name} {metric}: {100 * soft:.1f} vs {100 * hard:.1f} (margin {100 * (soft - hard):+.1f})",
-                     "holds": soft - hard >= 0.05, "beyond seed noise (> 2 sd)": beyond_noise(soft - hard, set_name, metric)})
-main_res = collect_variants(MAIN_VARIANTS, runs, profile, list(cfg.seeds))  # chapter 3: all seeds
-for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
-    avgn_score = mean_of(main_res, "AVGN", set_name, metric)
-    others = {v.label: mean_of(main_res, v.label, set_name, metric) for v in MAIN_VARIANTS if v.method != "avgn"}
-    best_other = max(others, key=others.get)
-    verdicts.append({"claim": "AVGN beats the baselines", "evidence": f"{set_name} {metric}: AVGN {100 * avgn_score:.1f} vs best baseline {best_other} {100 * others[best_other]:.1f}",
-                     "holds": avgn_score > others[best_other], "beyond seed noise (> 2 sd)": beyond_noise(avgn_score - others[best_other], set_name, metric)})
-for set_name, metric in (("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")):
-    avgn_score = mean_of(main_res, "AVGN", set_name, metric)
-    prior = {lab: mean_of(refs, lab, set_name, metric) for lab in ("centre prior", "object prior")}
-    best_prior = max(prior, key=prior.get)
-    verdicts.append({"claim": "AVGN beats the non-learned priors (not a claim of the paper; a sanity check)",
-                     "evidence": f"{set_name} {metric}: AVGN {100 * avgn_score:.1f} vs {best_prior} {100 * prior[best_prior]:.1f}",
-                     "holds": avgn_score > prior[best_prior], "beyond seed noise (> 2 sd)": beyond_noise(avgn_score - prior[best_prior], set_name, metric)})
+CELLS = [("test/solo/scene", "ap"), ("test/duet/scene", "cap")]
+main_res = ctx.collect(MAIN_VARIANTS, references=())  # chapter 3: all seeds
+noise = {c: seed_sd(main_res, "AVGN", *c) for c in CELLS + [("test/duet/concat", "cap")]}  # the plain AVGN runs' spread
+print("seed-to-seed sd of the plain AVGN runs: " + "; ".join(f"{k[0]} {k[1]} {100 * v:.1f} points" for k, v in noise.items()))
+baselines = [v.label for v in MAIN_VARIANTS if v.method != "avgn"]
+verdicts = (verdict_best(results["depth"], "depth 3 is best", next(v.label for v in GROUPS["depth"] if v.level == 3),
+                         [v.label for v in GROUPS["depth"]], CELLS, noise)
+            + verdict_margin(results["assignment"], "Softmax beats Hard-Softmax by a large margin (5 points)",
+                             "Softmax (default)", "Hard-Softmax", 0.05, CELLS, noise)
+            + verdict_beats(main_res, "AVGN beats the baselines", "AVGN", baselines, CELLS + [("test/duet/concat", "cap")], noise)
+            + verdict_beats(main_res, "AVGN beats the non-learned priors (not a claim of the paper; a sanity check)", "AVGN",
+                            ["centre prior", "object prior"], CELLS + [("test/duet/concat", "cap")], noise, rival_df=refs))
 verdict_df = pd.DataFrame(verdicts)
 verdict_df.to_csv(runs / profile / "ablation_verdicts.csv", index=False)
-summary = verdict_df.groupby("claim", sort=False)["holds"].agg(["all", "any"])
-summary["verdict"] = ["reproduces" if a else "partly (one metric)" if y else "does not reproduce" for a, y in zip(summary["all"], summary["any"])]
+summary = verdict_summary(verdicts)
 with pd.option_context("display.max_colwidth", 120):
     display(verdict_df)
 summary[["verdict"]]

@@ -36,32 +36,22 @@ results_dir = "../results"
 figures_dir = "../figures"
 
 # %%
-from pathlib import Path
-
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import class_presence_table, predict_run, presence_summary
-from avgn.config import get_profile
-from avgn.data.build import build_dataset, dataset_dir
-from avgn.env import seed_everything
+from avgn.analysis import class_presence_table, predict_run, presence_summary, sources_curves
+from avgn.book import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
-from avgn.results import read_results, to_results, with_set_parts, write_results
-from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
-from avgn.runs import MAIN_VARIANTS, load_run, variant_dirs
-from avgn.viz import save_figure, set_style
+from avgn.methods import get_method
+from avgn.results import with_set_parts
+from avgn.runs import MAIN_VARIANTS, load_run
+from avgn.viz import save_figure
 
-cfg = get_profile(profile)
-seeds = list(cfg.seeds)
-seed_everything(seed)
-set_style()
-data = dataset_dir(data_dir, profile, seed)
-build_dataset(profile=profile, seed=seed, out=data, progress=False)
-runs = Path(runs_dir)
+ctx = chapter_context("05", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 K = get_experiment("mal", profile).model.num_sources
-print(f"profile {profile}: seeds {seeds}; Mix-and-Localize slots K = {K}; data {data}; runs {runs}")
+print(f"Mix-and-Localize slots K = {K}")
 
 # %% [markdown]
 # ## Evaluating the trained models on more sources
@@ -73,25 +63,16 @@ print(f"profile {profile}: seeds {seeds}; Mix-and-Localize slots K = {K}; data {
 # %%
 COMPOSED = {"composed": ["test/trio/concat", "test/quartet/concat"]}
 SHIFTS = ["test_style", "test_audio", "test_real"]
-for v in MAIN_VARIANTS:
-    for s in seeds:
-        out = run_variant(v, profile, s, data, runs, device=device, progress=False,
-                          eval_splits=("test", *SHIFTS), eval_sets=COMPOSED)
-        print(f"{v.label} / seed {s}:\n  " + "\n  ".join(out["commands"]))
+ctx.run_variants(MAIN_VARIANTS, eval_splits=("test", *SHIFTS), eval_sets=COMPOSED)
 
 # %% [markdown]
 # The non-learned references go through the same evaluation: the centre and object priors, and the
 # **perfect map** (each source's ground-truth mask scored as its map), the protocol's ceiling.
 
 # %%
-for kind in REFERENCES:
-    run_reference(kind, profile, data, runs, device=device, progress=False, eval_sets=COMPOSED)
-ref_res = [collect_references(REFERENCES, runs, profile, split=t) for t in ("test", "composed")]
-ref_rows = [collect_references(REFERENCES, runs, profile, split=t, samples=True) for t in ("test", "composed")]
-res = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t) for t in ("test", "composed")] + ref_res, ignore_index=True)
-print("wrote", write_results(to_results(res, "05"), "05_sources", results_dir))
-res = read_results("05_sources", results_dir)
-rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t, samples=True) for t in ("test", "composed")] + ref_rows, ignore_index=True)
+ctx.run_references(eval_sets=COMPOSED)
+res = ctx.write(pd.concat([ctx.collect(MAIN_VARIANTS, split=t) for t in ("test", "composed")], ignore_index=True), "05_sources")
+rows = pd.concat([ctx.collect(MAIN_VARIANTS, split=t, samples=True) for t in ("test", "composed")], ignore_index=True)
 
 # %% [markdown]
 # ## Localization against the number of sources
@@ -106,24 +87,8 @@ rows = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=t,
 
 # %%
 NSRC = {"solo": 1, "duet": 2, "trio": 3, "quartet": 4}
-
-
-def curve_frame(res: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    parts = res[["variant", "seed", "set", "mode", "metric", "value"]].copy()
-    parts = parts[parts["metric"].isin(["cap", "piap", "ciou@0.3"])]
-    solo = rows[rows["set"].str.contains("/solo/")]
-    per = solo.groupby(["variant", "seed", "set", "mode"]).agg(ap=("ap", "mean"), c=("ciou", lambda x: float(np.mean(np.asarray(x) >= 0.3))))
-    per = per.reset_index()
-    extra = pd.concat([per.assign(metric=m, value=per["ap"]) for m in ("cap", "piap")] + [per.assign(metric="ciou@0.3", value=per["c"])])
-    out = pd.concat([parts, extra[parts.columns]], ignore_index=True)
-    out["n_sources"] = out["set"].str.split("/").str[1].map(NSRC)
-    out["layout"] = out["set"].str.split("/").str[2]
-    out["method"] = np.where(out["variant"].str.startswith("AVGN"), out["variant"] + " · " + out["mode"], out["variant"])
-    # class-agnostic methods: one line (both modes are identical)
-    return out[(out["variant"].str.startswith("AVGN")) | (out["mode"] == "oracle")]
-
-
-curves = curve_frame(res, rows)
+selecting = [v.label for v in MAIN_VARIANTS if "predicted" in get_method(v.method).modes]  # one line per mode
+curves = sources_curves(res, rows, selecting)
 curves.to_csv(runs / profile / "sources_curves.csv", index=False)
 order = [m for m in ["AVGN · oracle", "AVGN · predicted", "AVGN (public-code target) · oracle", "AVGN (public-code target) · predicted",
                      "EZ-VSL", "EZ-VSL + object prior", "Mix-and-Localize", *[METHOD_NAMES[k] for k in REFERENCES]]
@@ -161,8 +126,7 @@ tab.loc[(slice(None), order, "cap"), :].droplevel("metric")
 # pairs, and how often the number of predicted classes equals the number of sources:
 
 # %%
-avgn_variants = [v.label for v in MAIN_VARIANTS if v.method == "avgn"]
-pres = res[res["variant"].isin(avgn_variants) & (res["mode"] == "predicted")
+pres = res[res["variant"].isin(selecting) & (res["mode"] == "predicted")
            & res["metric"].isin(["presence_precision", "presence_recall", "presence_f1", "count_acc"])].copy()
 pres["n_sources"] = pres["set"].str.split("/").str[1].map(NSRC)
 pres["layout"] = pres["set"].str.split("/").str[2]
@@ -192,7 +156,7 @@ pres.groupby(["variant", "layout", "n_sources", "metric"])["value"].agg(["mean",
 
 # %%
 scene_sets = [f"test/{t}/scene" for t in NSRC]
-avgn_run, _ = variant_dirs(MAIN_VARIANTS[0], runs, profile, seeds[0])
+avgn_run = ctx.run_dir(MAIN_VARIANTS[0])
 preds = predict_run(avgn_run, scene_sets, device=device)
 class_names = load_run(avgn_run)["config"]["class_names"]
 roles = pd.concat([class_presence_table(p, data, class_names) for p in preds.values()], ignore_index=True)
@@ -232,9 +196,8 @@ print(f"distractor selected: {d.loc['distractor', 'selected']:.3f} vs absent cla
 # to the in-domain test split:
 
 # %%
-shift = pd.concat([collect_variants(MAIN_VARIANTS, runs, profile, seeds, split=sp) for sp in ["test", *SHIFTS]], ignore_index=True)
-print("wrote", write_results(to_results(shift, "05"), "05_domain_shift", results_dir))
-shift = with_set_parts(read_results("05_domain_shift", results_dir))
+shift = pd.concat([ctx.collect(MAIN_VARIANTS, references=(), split=sp) for sp in ["test", *SHIFTS]], ignore_index=True)
+shift = with_set_parts(ctx.write(shift, "05_domain_shift"))
 key = shift[(shift["mode"] == "oracle") & (((shift["task"] == "solo") & (shift["metric"] == "ap"))
                                           | ((shift["task"] == "duet") & (shift["metric"] == "cap")))]
 key = key.assign(what=key["task"] + "/" + key["layout"] + " " + key["metric"])

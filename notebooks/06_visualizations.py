@@ -32,8 +32,6 @@ tsne_items = 150  # scenes per test set in the t-SNE
 explorer_items_n = 4  # scenes in the explorer
 
 # %%
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -41,27 +39,17 @@ from matplotlib import pyplot as plt
 from sklearn.manifold import TSNE
 
 from avgn.analysis import class_embeddings, embedding_dependence
-from avgn.config import get_profile
-from avgn.data.build import build_dataset, dataset_dir
-from avgn.env import seed_everything
+from avgn.book import chapter_context
 from avgn.evaluate import example_maps
 from avgn.explorer import Explorer, explorer_items
-from avgn.pipeline import collect_variants, run_variant
-from avgn.runs import MAIN_VARIANTS, load_run, load_trained_model, variant_dirs
-from avgn.viz import MAP_CMAP, qualitative_grid, save_figure, set_style
+from avgn.runs import MAIN_VARIANTS, load_run, load_trained_model
+from avgn.viz import MAP_CMAP, qualitative_grid, save_figure
 
-cfg = get_profile(profile)
-seeds = list(cfg.seeds)
-seed_everything(seed)
-set_style()
-data = dataset_dir(data_dir, profile, seed)
-build_dataset(profile=profile, seed=seed, out=data, progress=False)
-runs = Path(runs_dir)
+ctx = chapter_context("06", profile, seed, device, data_dir, runs_dir, figures_dir=figures_dir)
+data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 variants = {v.label: v for v in MAIN_VARIANTS}
-for v in MAIN_VARIANTS:
-    for s in seeds:
-        out = run_variant(v, profile, s, data, runs, device=device, progress=False)
-print("runs:", {v.label: str(variant_dirs(v, runs, profile, seeds[0])[0]) for v in MAIN_VARIANTS})
+ctx.run_variants(MAIN_VARIANTS, verbose=False)  # chapter 3's runs, reused
+print("runs:", {v.label: str(ctx.run_dir(v)) for v in MAIN_VARIANTS})
 
 # %% [markdown]
 # ## Class tokens across training (the paper's Figure 5)
@@ -73,7 +61,7 @@ print("runs:", {v.label: str(variant_dirs(v, runs, profile, seeds[0])[0]) for v 
 # %%
 frames = []
 for s in seeds:
-    run = load_run(variant_dirs(variants["AVGN"], runs, profile, s)[0])
+    run = load_run(ctx.run_dir(variants["AVGN"], s))
     hist = run["history"]
     val_sets = run["config"]["experiment"]["inputs"]["val_sets"]
     for m in ("precision", "recall", "f1"):
@@ -106,7 +94,7 @@ tok.groupby(["epoch", "metric"])["value"].agg(["mean", "std"]).unstack("metric")
 # neighbourhoods, not distances between clusters.
 
 # %%
-avgn_run = variant_dirs(variants["AVGN"], runs, profile, seeds[0])[0]
+avgn_run = ctx.run_dir(variants["AVGN"])
 ga, gv, labels, class_names = class_embeddings(avgn_run, ["test/solo/scene", "test/duet/scene"], device=device, max_items=tsne_items)
 present = sorted(set(labels.tolist()))
 palette = dict(zip([class_names[c] for c in present], sns.color_palette("husl", len(present))))
@@ -175,7 +163,7 @@ print("mean cos(sounding, silent) per modality: " + ", ".join(f"{m} {v:.3f}" for
 
 # %%
 set_name = "test/duet/scene"
-rows = collect_variants([variants["AVGN"]], runs, profile, [seeds[0]], samples=True)
+rows = ctx.collect([variants["AVGN"]], references=(), seeds=[seeds[0]], samples=True)
 per_scene = rows[(rows["set"] == set_name) & (rows["mode"] == "oracle")].groupby("scene_id", sort=False)["ap"].mean()
 order = per_scene.sort_values(ascending=False)
 mid = len(order) // 2
@@ -190,7 +178,7 @@ indices = [scene_index[sid] for sid in chosen]
 methods = {"AVGN": "AVGN", "EZ-VSL": "EZ-VSL", "MaL": "Mix-and-Localize"}
 per_method = {}
 for short, label in methods.items():
-    model, exp, _ = load_trained_model(variant_dirs(variants[label], runs, profile, seeds[0])[0], device=device)
+    model, exp, _ = load_trained_model(ctx.run_dir(variants[label]), device=device)
     per_method[short] = example_maps(model, exp, data, set_name, indices, device=device)
 samples = []
 for j, base in enumerate(per_method["AVGN"]):
@@ -222,7 +210,7 @@ plt.close(fig)
 # last cell shows the widgets. `tests/test_explorer.py` drives the same callbacks headlessly.
 
 # %%
-ex_runs = {label: variant_dirs(variants[label], runs, profile, seeds[0])[0] for label in ("AVGN", "EZ-VSL", "Mix-and-Localize")}
+ex_runs = {label: ctx.run_dir(variants[label]) for label in ("AVGN", "EZ-VSL", "Mix-and-Localize")}
 items = explorer_items(ex_runs, set_name, indices[: max(1, explorer_items_n)], data_dir=data, device=device)
 ex = Explorer(items)
 print({k: ex.state[k] for k in ("scene_id", "method", "map_name", "source", "threshold", "ciou")})

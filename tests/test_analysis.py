@@ -111,3 +111,48 @@ def test_embedding_dependence_separates_constant_from_input_driven_embeddings():
     driven[sounding] = -token[np.arange(n) % c]  # the embedding flips when its class sounds
     t2 = embedding_dependence(driven, sounding, ["a", "b", "c"])
     assert (t2["cos_sounding_vs_silent"] < -0.99).all() and list(t2["scenes_sounding"]) == [14, 13, 13]
+
+
+def _long(values: dict[tuple[str, int], float], set_name: str = "test/duet/scene", metric: str = "cap") -> pd.DataFrame:
+    return pd.DataFrame([{"variant": v, "seed": s, "set": set_name, "mode": "oracle", "metric": metric, "value": x}
+                         for (v, s), x in values.items()])
+
+
+def test_verdicts_order_means_and_judge_against_seed_noise():
+    from avgn.analysis import beyond_noise, cell_mean, seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary
+
+    df = _long({("A", 0): 0.50, ("A", 1): 0.54, ("B", 0): 0.40, ("B", 1): 0.42, ("C", 0): 0.52, ("C", 1): 0.50})
+    assert cell_mean(df, "A", "test/duet/scene", "cap") == pytest.approx(0.52)
+    sd = seed_sd(df, "A", "test/duet/scene", "cap")
+    assert sd == pytest.approx(0.02 * 2**0.5)  # sample sd of (0.50, 0.54)
+    assert beyond_noise(0.1, sd) == "yes" and beyond_noise(0.05, sd) == "no" and beyond_noise(0.1, float("nan")) == "n/a (one seed)"
+    cells, noise = [("test/duet/scene", "cap")], {("test/duet/scene", "cap"): sd}
+    best = verdict_best(df, "A is best", "A", ["A", "B", "C"], cells, noise)[0]
+    assert best["holds"] and best["beyond seed noise (> 2 sd)"] == "no"  # A 0.52 vs C 0.51: within noise
+    assert "best is A (52.0); A: 52.0" in best["evidence"]
+    m = verdict_margin(df, "A beats B by 5 points", "A", "B", 0.05, cells, noise)[0]
+    assert m["holds"] and "margin +11.0" in m["evidence"] and m["beyond seed noise (> 2 sd)"] == "yes"
+    assert not verdict_margin(df, "A beats C by 5 points", "A", "C", 0.05, cells, noise)[0]["holds"]
+    b = verdict_beats(df, "B beats the others", "B", ["A", "C"], cells, noise)[0]
+    assert not b["holds"] and "vs A 52.0" in b["evidence"]
+    s = verdict_summary([best, m, b, {**best, "claim": "mixed", "holds": True}, {**best, "claim": "mixed", "holds": False}])
+    assert list(s["verdict"]) == ["reproduces", "reproduces", "does not reproduce", "partly (not on every metric)"]
+
+
+def test_sources_curves_put_one_source_on_the_mixture_scale():
+    from avgn.analysis import sources_curves
+
+    res = pd.concat([
+        _long({("AVGN", 0): 0.6, ("EZ", 0): 0.4}, "test/duet/scene", "cap"),
+        _long({("AVGN", 0): 0.5, ("EZ", 0): 0.4}, "test/duet/scene", "cap").assign(mode="predicted"),
+        _long({("AVGN", 0): 0.9, ("EZ", 0): 0.9}, "test/solo/scene", "ap"),  # not a mixture metric: ignored
+    ], ignore_index=True)
+    rows = pd.DataFrame({"variant": ["AVGN", "AVGN", "EZ", "EZ"], "seed": 0, "set": "test/solo/scene", "mode": "oracle",
+                         "ap": [0.2, 0.4, 0.5, 0.7], "ciou": [0.1, 0.5, 0.3, 0.2]})
+    c = sources_curves(res, rows, selecting={"AVGN"})
+    one = c[(c["n_sources"] == 1)].set_index(["method", "metric"])["value"]
+    assert one[("AVGN · oracle", "cap")] == pytest.approx(0.3) and one[("AVGN · oracle", "piap")] == pytest.approx(0.3)
+    assert one[("AVGN · oracle", "ciou@0.3")] == pytest.approx(0.5) and one[("EZ", "ciou@0.3")] == pytest.approx(0.5)
+    two = c[c["n_sources"] == 2].set_index("method")["value"]
+    assert two["AVGN · oracle"] == pytest.approx(0.6) and two["AVGN · predicted"] == pytest.approx(0.5) and two["EZ"] == pytest.approx(0.4)
+    assert set(c["layout"]) == {"scene"} and "EZ · predicted" not in set(c["method"])
