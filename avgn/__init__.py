@@ -20,6 +20,8 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.evaluate`     evaluation sets, predictions, scoring under both source-selection modes
 - :mod:`avgn.train`        the training loop
 - :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
+- :mod:`avgn.book`         a chapter's set-up in one call (``chapter_context``)
+- :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording
 - :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
 - :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
 - :mod:`avgn.results`      the committed long-format results files

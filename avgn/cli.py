@@ -6,6 +6,7 @@
     avgn eval RUN_DIR --split test                 evaluate a trained run (its best checkpoint)
     avgn eval RUN_DIR --set object_prior_alpha=0.4 --out DIR   ... with an inference-time model change
     avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
+    avgn localize RUN_DIR --image FRAME.png --audio CLIP.wav [--classes auto|NAME,...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -88,6 +89,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_localize(args: argparse.Namespace) -> int:
+    from avgn.localize import localize
+
+    res = localize(args.run_dir, args.image, args.audio, classes=args.classes, out_dir=args.out, offset=args.offset,
+                   device=args.device, command=" ".join(["avgn", *sys.argv[1:]]) if sys.argv[1:2] == ["localize"] else None)
+    for s in res["sources"]:
+        extra = f", presence {s['presence']:.2f}" if "presence" in s else ""
+        print(f"{s['name']}: peak {s['peak_value']:.3f} at (x, y) = {tuple(s['peak_xy'])}{extra} -> {s['overlay']}, {s['mask']}")
+    print(f"written: {Path(res['out_dir']) / 'localize.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for the ``avgn`` console script."""
     parser = argparse.ArgumentParser(prog="avgn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,6 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--device", default="auto")
     p_eval.add_argument("--quiet", action="store_true")
     p_eval.set_defaults(func=_cmd_eval)
+
+    p_loc = sub.add_parser("localize", help="localize the sounding sources of your own frame and recording with a trained run")
+    p_loc.add_argument("run_dir", help="a finished run folder")
+    p_loc.add_argument("--image", required=True, help="the frame (PNG, JPEG, ...)")
+    p_loc.add_argument("--audio", required=True, help="the recording (WAV, FLAC, OGG, ...), mono or stereo")
+    p_loc.add_argument("--classes", default="auto", help="auto (the method's own selection) or class names, comma-separated")
+    p_loc.add_argument("--offset", type=float, default=0.0, help="start of the audio window in seconds (default 0)")
+    p_loc.add_argument("--out", default=None, help="output folder (default: RUN_DIR/localize/<image name>)")
+    p_loc.add_argument("--device", default="auto")
+    p_loc.set_defaults(func=_cmd_localize)
     return parser
 
 
@@ -142,8 +165,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from avgn.data.assets import AssetMissingError
     from avgn.data.build import BuildConfigMismatchError
     from avgn.data.datasets import DataFileError
+    from avgn.localize import LocalizeInputError
 
-    return (AssetMissingError, BuildConfigMismatchError, DataFileError)
+    return (AssetMissingError, BuildConfigMismatchError, DataFileError, LocalizeInputError)
 
 
 def main(argv: list[str] | None = None) -> int:

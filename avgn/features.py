@@ -304,24 +304,3 @@ def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for k in batch[0]:
         out[k] = [b[k] for b in batch] if k == "meta" else torch.stack([b[k] for b in batch])
     return out
-
-
-def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch samples with ``image`` and/or cached ``visual_feats`` (``meta`` becomes a list).
-
-    Like :func:`avgn.data.datasets.collate_scenes` (which it calls when samples carry images), but
-    also for samples whose image was replaced by cached features.
-    """
-    if not batch:
-        raise ValueError("empty batch")
-    if "image" in batch[0]:
-        from avgn.data.datasets import collate_scenes
-
-        return collate_scenes(batch)
-    shapes = {tuple(b["visual_feats"].shape) for b in batch}
-    if len(shapes) > 1:
-        raise ValueError(f"samples with different feature shapes {sorted(shapes)} in one batch: keep 'concat' and 'scene' layouts apart")
-    out: dict[str, Any] = {}
-    for k in batch[0]:
-        out[k] = [b[k] for b in batch] if k == "meta" else torch.stack([b[k] for b in batch])
-    return out
