@@ -187,7 +187,41 @@ def test_vggss_corner_boxes_are_united(vgg):
     bad = vgg / "metadata" / "bad.json"
     bad.write_text(json.dumps([{"file": "sample0000", "class": "accordion", "bbox": [[0.5, 0.5, 0.2, 0.2]]}]))
     with pytest.raises(ValueError, match="corners"):
-        A.vggss(vgg, bad)
+        A.vggss(vgg, bad, on_bad_box="error")
+
+
+def test_vggss_malformed_boxes_are_dropped_and_reported(vgg):
+    """The official vggss.json has 12 corrupt boxes (e.g. a y2 of -2.88e16): by default they are
+    dropped, every one named, and a sample left without any box is dropped and named too."""
+    rows = [
+        {"file": "sample0000", "class": "accordion", "bbox": [[0.0, 0.0, 0.25, 0.25], [0.384375, 0.859375, 0.696875, -2.88e16]]},
+        {"file": "sample0001", "class": "banjo", "bbox": [[0.25, 0.25, float("nan"), 0.75]]},
+    ]
+    path = vgg / "metadata" / "corrupt.json"
+    path.write_text(json.dumps(rows))  # NaN is written as the JSON extension NaN, as Python reads it
+    with pytest.warns(UserWarning, match=r"dropped 2 malformed box\(es\): sample0000 box 1 .*outside the frame.*sample0001 box 0 "
+                                         r".*non-finite.*1 sample\(s\) left without a box dropped: sample0001"):
+        ds = A.vggss(vgg, path, vgg / "metadata" / "vggss_test.csv")
+    assert len(ds) == 1 and ds[0]["meta"]["scene_id"] == "sample0000"
+    assert int(ds[0]["masks"][0].sum()) == 56 * 56  # the good box of the sample is kept
+    rep = ds.box_report
+    assert [(f, i) for f, i, _, _ in rep.boxes] == [("sample0000", 1), ("sample0001", 0)] and rep.samples == ("sample0001",)
+    with pytest.raises(ValueError, match=r"corrupt.json \[sample0000\] box 1 .* is malformed: .*on_bad_box='drop'"):
+        A.vggss(vgg, path, on_bad_box="error")
+    with pytest.raises(ValueError, match="on_bad_box must be one of"):
+        A.vggss(vgg, path, on_bad_box="ignore")
+    with pytest.warns(UserWarning, match="left without a box dropped: sample0001"):
+        duet = A.vggsound_duet(vgg, path, vgg / "metadata" / "vggsound_duet_test.csv")
+    assert len(duet) == 0  # its partner frame has no box left
+
+
+def test_vggss_clean_file_reports_nothing(vgg):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = A.vggss(vgg, vgg / "metadata" / "vggss.json", vgg / "metadata" / "vggss_test.csv")
+    assert len(ds) == 2 and ds.box_report.boxes == () and "no malformed box" in str(ds.box_report)
 
 
 def test_vggsound_duet(vgg):

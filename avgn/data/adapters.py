@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -473,14 +475,71 @@ def vgginstruments_multi(
     return RealDataset(items, **kwargs)
 
 
-def _vggss_boxes(annotations) -> tuple[dict[str, list[list[float]]], dict[str, str]]:
-    boxes, classes = {}, {}
+#: What the VGG-SS adapters do with a malformed box (non-finite, outside the frame, or x2 < x1 / y2 < y1).
+BAD_BOX_POLICIES = ("error", "drop")
+#: How far outside ``[0, 1]`` a normalised coordinate may lie (rounding in the public files) before it is malformed.
+BOX_TOLERANCE = 0.01
+
+
+@dataclass(frozen=True)
+class BoxReport:
+    """What a box policy removed: ``boxes`` as ``(file, box index, box, reason)`` and ``samples``
+    left without any box (dropped with them: nothing to score them against)."""
+
+    annotations: str
+    boxes: tuple[tuple[str, int, tuple[float, ...], str], ...] = ()
+    samples: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        if not self.boxes:
+            return f"{self.annotations}: no malformed box"
+        listed = "; ".join(f"{f} box {i} {list(b)} ({why})" for f, i, b, why in self.boxes)
+        lost = f"; {len(self.samples)} sample(s) left without a box dropped: {', '.join(self.samples)}" if self.samples else ""
+        return f"{self.annotations}: dropped {len(self.boxes)} malformed box(es): {listed}{lost}"
+
+
+def _box_problem(b: Sequence[float]) -> str | None:
+    """Why a normalised corner box is malformed, or None."""
+    if len(b) != 4:
+        return f"{len(b)} numbers, not 4"
+    if not all(math.isfinite(v) for v in b):
+        return "non-finite coordinate"
+    if min(b) < -BOX_TOLERANCE or max(b) > 1 + BOX_TOLERANCE:
+        return "outside the frame"
+    if b[2] < b[0] or b[3] < b[1]:
+        return "x2 < x1 or y2 < y1 (corners [x1, y1, x2, y2] expected)"
+    return None
+
+
+def _vggss_boxes(annotations, on_bad_box: str = "drop") -> tuple[dict[str, list[list[float]]], dict[str, str], BoxReport]:
+    """Boxes and classes of ``vggss.json``; malformed boxes raise (``on_bad_box="error"``) or are
+    dropped and reported (``"drop"``: a warning naming every box, and the :class:`BoxReport`)."""
+    if on_bad_box not in BAD_BOX_POLICIES:
+        raise ValueError(f"on_bad_box must be one of {BAD_BOX_POLICIES}, got {on_bad_box!r}")
+    boxes, classes, bad, empty = {}, {}, [], []
     for a in _read_json(annotations):
         f = a["file"]
-        boxes[f] = [_xyxy(b, f"{annotations} [{f}]") for b in a.get("bbox", [])]
+        kept = []
+        for i, raw in enumerate(a.get("bbox", [])):
+            b = [float(v) for v in raw]
+            why = _box_problem(b)
+            if why is None:
+                kept.append(b)
+            elif on_bad_box == "error":
+                raise ValueError(f"{annotations} [{f}] box {i} {raw} is malformed: {why}; pass on_bad_box='drop' to skip such "
+                                 "boxes (they are reported), or fix the file")
+            else:
+                bad.append((f, i, tuple(b), why))
+        if a.get("bbox") and not kept:
+            empty.append(f)
+            continue
+        boxes[f] = kept
         if "class" in a:
             classes[f] = a["class"]
-    return boxes, classes
+    report = BoxReport(str(annotations), tuple(bad), tuple(empty))
+    if bad:
+        warnings.warn(str(report), stacklevel=3)
+    return boxes, classes, report
 
 
 def vggss(
@@ -491,16 +550,24 @@ def vggss(
     audio_dir: str = "audio",
     frame_ext: str = ".jpg",
     audio_ext: str = ".wav",
+    on_bad_box: str = "drop",
     **kwargs: Any,
 ) -> RealDataset:
     """VGG-SS: ``vggss.json`` (normalised corner boxes ``[x1, y1, x2, y2]``, several per sample are
-    united into one source mask) and optionally a test list (``file`` or ``file,class`` rows)."""
+    united into one source mask) and optionally a test list (``file`` or ``file,class`` rows).
+
+    ``on_bad_box``: the official file holds a few corrupt boxes (e.g. ``Db6Hjt0x28k_000056``:
+    ``[0.384375, 0.859375, 0.696875, -2.88e16]``); ``"drop"`` (default) skips them with a warning
+    naming each one, and skips a listed sample left without any box (it cannot be scored), also
+    named; ``"error"`` refuses the file. The dataset's ``box_report`` (:class:`BoxReport`) lists both."""
     root = Path(root)
-    boxes, classes = _vggss_boxes(annotations)
+    boxes, classes, report = _vggss_boxes(annotations, on_bad_box)
     rows = read_list(split_list) if split_list is not None else [[f] for f in boxes]
     items = []
     for r in rows:
         f = r[0]
+        if f in report.samples:
+            continue
         cls = r[1] if len(r) > 1 else classes.get(f)
         if cls is None:
             raise ValueError(f"no class for VGG-SS sample {f!r}: the annotation has none and the list gives none")
@@ -516,7 +583,9 @@ def vggss(
                 boxes=[boxes[f]],
             )
         )
-    return RealDataset(items, **kwargs)
+    ds = RealDataset(items, **kwargs)
+    ds.box_report = report
+    return ds
 
 
 def vggsound_duet(
@@ -527,14 +596,18 @@ def vggsound_duet(
     audio_dir: str = "audio",
     frame_ext: str = ".jpg",
     audio_ext: str = ".wav",
+    on_bad_box: str = "drop",
     **kwargs: Any,
 ) -> RealDataset:
     """VGGSound-Duet test pairs (``file,class,partner,partner_class``) with VGG-SS corner boxes for
-    both frames; the frames are concatenated and the recordings summed."""
+    both frames; the frames are concatenated and the recordings summed. ``on_bad_box`` as in
+    :func:`vggss` (a pair with a frame left without any box is skipped and reported)."""
     root = Path(root)
-    boxes, _ = _vggss_boxes(annotations)
+    boxes, _, report = _vggss_boxes(annotations, on_bad_box)
     items = []
     for f, c, g, d, frames, audios in _pairs(root, pairs_csv, frames_dir, audio_dir, frame_ext, audio_ext):
+        if f in report.samples or g in report.samples:
+            continue
         for x in (f, g):
             if x not in boxes:
                 raise ValueError(f"VGGSound-Duet sample {x!r} has no annotation in {annotations}")
@@ -544,4 +617,6 @@ def vggsound_duet(
                 boxes=[boxes[f], boxes[g]],
             )
         )
-    return RealDataset(items, **kwargs)
+    ds = RealDataset(items, **kwargs)
+    ds.box_report = report
+    return ds
