@@ -62,6 +62,8 @@ class TrainConfig:
             (None: off); ``min_delta`` is the smallest improvement that counts.
         deterministic: ``torch.use_deterministic_algorithms`` (CUDA also needs
             ``CUBLAS_WORKSPACE_CONFIG``, which the trainer sets).
+        init_from: a finished run folder whose ``best`` weights (buffers included) initialise the
+            model before training (a second training stage, fine-tuning); None: from scratch.
     """
 
     epochs: int = 6
@@ -84,6 +86,7 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     min_delta: float = 1e-4
     deterministic: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):

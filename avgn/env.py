@@ -26,6 +26,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def epoch_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (e.g. ``(seed, epoch, stream)``) via NumPy's SeedSequence."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA); return a torch generator seeded with ``seed``."""
     random.seed(seed)

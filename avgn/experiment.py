@@ -141,6 +141,8 @@ class Experiment:
         d["train"].pop("num_workers", None)  # how data are loaded does not change the run
         d["train"].pop("torch_threads", None)
         d["inputs"].pop("eval_workers", None)
+        if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
+            d["train"].pop("init_from", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, **overrides: Any) -> "Experiment":

@@ -59,6 +59,9 @@ def run_variant(
     run_dir, eval_dir = variant_dirs(variant, runs_dir, profile, seed)
     overrides = dict(variant.overrides) or None
     data_dir = Path(data_dir)
+    if variant.init_from is not None:  # a second stage: the first stage's run of the same seed, trained first
+        first = run_variant(variant.init_from, profile, seed, data_dir, runs_dir, device=device, eval_splits=(), progress=progress)
+        overrides = {**(overrides or {}), "train.init_from": str(first["run_dir"])}
     train(variant.method, data_dir, run_dir, seed=seed, profile=profile, device=device, resume=True, progress=progress, overrides=overrides)
     best = read_checkpoint_info(run_dir, "best")
     threshold = run_presence_threshold(run_dir) or 0.5

@@ -53,6 +53,8 @@ __all__ = [
     "DEPTH_VARIANTS",
     "ASSIGNMENT_VARIANTS",
     "LOSS_VARIANTS",
+    "DSOL_STAGE1_VARIANT",
+    "DSOL_VARIANT",
     "VARIANT_GROUPS",
 ]
 
@@ -260,6 +262,8 @@ class Variant:
             for the method's plain runs (``<runs>/<profile>/<method>-seed<S>``).
         factor / level: what an ablation varies and its value (e.g. ``"depth"``, ``6``), typed,
             so tables never parse labels back into values; ``None`` outside an ablation.
+        init_from: a variant whose run (same profile and seed) initialises this one's weights
+            (``train.init_from``): a second training stage. It is trained first if missing.
     """
 
     label: str
@@ -269,11 +273,12 @@ class Variant:
     name: str | None = None
     factor: str | None = None
     level: Any = None
+    init_from: "Variant | None" = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if (self.overrides or self.eval_overrides) and not self.name:
+        if (self.overrides or self.eval_overrides or self.init_from) and not self.name:
             raise ValueError(f"variant {self.label!r} changes the configuration, so it needs its own folder name")
         if self.overrides:  # a typo in a dotted field fails here, not hours later in a queue
             get_experiment(self.method, "smoke", **dict(self.overrides))
@@ -283,7 +288,8 @@ class Variant:
         """The variant whose runs hold the weights (itself, less any inference-time change)."""
         if not self.eval_overrides:
             return self
-        return Variant(self.label, self.method, self.overrides, (), self.name if self.overrides else None, self.factor, self.level)
+        return Variant(self.label, self.method, self.overrides, (), self.name if (self.overrides or self.init_from) else None, self.factor,
+                       self.level, self.init_from)
 
 
 def variant_dirs(variant: Variant, runs_dir: str | Path, profile: str, seed: int) -> tuple[Path, Path]:
@@ -333,6 +339,11 @@ LOSS_VARIANTS: tuple[Variant, ...] = (
     Variant("without presence losses", "avgn", overrides=(("model.w_audio_cls", 0.0), ("model.w_visual_cls", 0.0)), name="avgn-no-presence",
             factor="loss", level="no presence"),
 )
+#: Chapter 7: DSOL's two stages — stage 1 on single-source scenes only, stage 2 on mixtures only,
+#: initialised from stage 1's run of the same seed.
+DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
+                              name="dsol-stage1")
+DSOL_VARIANT = Variant("DSOL", "dsol", overrides=(("model.stage", 2), ("train.solo_items", 0)), name="dsol", init_from=DSOL_STAGE1_VARIANT)
 #: The groups of variants by name (``scripts/run_variants.py --group``, the chapters).
 VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "main": MAIN_VARIANTS,
@@ -342,4 +353,5 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "assignment": ASSIGNMENT_VARIANTS,
     "loss": LOSS_VARIANTS,
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
+    "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
 }

@@ -54,11 +54,11 @@ from avgn.checkpoint import atomic_write_json, atomic_write_text, load_checkpoin
 from avgn.data.batching import MixtureBatcher
 from avgn.data.datasets import OnTheFlyMixtureDataset
 from avgn.data.manifest import load_build_info
-from avgn.env import environment_report, git_revision, resolve_device, seed_everything
+from avgn.env import environment_report, epoch_seed, git_revision, resolve_device, seed_everything
 from avgn.evaluate import EvalSet, choose_presence_threshold, evaluate_sets, load_eval_set, selection_score
 from avgn.experiment import Experiment, get_experiment
 from avgn.features import FeatureStore, compute_features
-from avgn.methods import Method, MethodPredictor, get_method, model_inputs
+from avgn.methods import EpochContext, Method, MethodPredictor, get_method, model_inputs
 from avgn.runs import check_data, experiment_overrides, flatten, reproduce_command
 
 __all__ = [
@@ -74,11 +74,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # seeding and batching
 # --------------------------------------------------------------------------------------------------
-def epoch_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (e.g. ``(seed, epoch, stream)``) via NumPy's SeedSequence."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
-
-
 class GroupedBatchSampler(Sampler[list[int]]):
     """Shuffled batches that never mix groups (index ranges of a :class:`ConcatDataset`).
 
@@ -298,6 +293,24 @@ class _Optimisation:
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
 
+def _epoch_batches(inputs: _Inputs, epoch: int) -> Iterator[dict[str, Any]]:
+    """The training batches of ``epoch`` in its order (the same ones :func:`_train_epoch` draws)."""
+    inputs.sampler.set_epoch(epoch)
+    inputs.batcher.set_epoch(epoch)
+    return inputs.batcher.iterate(inputs.sampler)
+
+
+def _init_from(model: torch.nn.Module, run: str, dev: torch.device) -> dict[str, Any]:
+    """Load the ``best`` weights of the finished run ``run`` into ``model`` (``TrainConfig.init_from``)."""
+    src = Path(run)
+    if not (src / "run.json").is_file():
+        raise FileNotFoundError(f"train.init_from={run}: no finished run there (no run.json); train it first")
+    info = load_checkpoint(src, model, name="best", map_location=dev)
+    if info is None:
+        raise FileNotFoundError(f"train.init_from={run}: the run has no 'best' checkpoint")
+    return {"run": str(src), "epoch": info["epoch"], "fingerprint": info["config"].get("fingerprint")}
+
+
 def _optimisation(model: torch.nn.Module, exp: Experiment, steps_per_epoch: int) -> _Optimisation:
     t = exp.train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -313,9 +326,7 @@ def _train_epoch(
 ) -> tuple[dict[str, float], int, int, float]:
     """One pass over the epoch's fresh mixtures: ``(mean loss parts, samples, step, seconds)``."""
     t = exp.train
-    inputs.sampler.set_epoch(epoch)
-    inputs.batcher.set_epoch(epoch)
-    loader = prefetch(inputs.batcher.iterate(inputs.sampler), t.num_workers)
+    loader = prefetch(_epoch_batches(inputs, epoch), t.num_workers)
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=t.bf16)
     model.train()
     sums: dict[str, float] = {}
@@ -432,6 +443,9 @@ def train(
     # draws from the global RNG only when they are not cached yet
     seed_everything(seed)
     model = method.build(exp.model).to(dev)
+    if t.init_from:
+        config["init_from"] = _init_from(model, t.init_from, dev)
+        atomic_write_json(run_dir / "config.json", config)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(inputs.sampler)
@@ -461,6 +475,8 @@ def train(
     for epoch in range(start_epoch, t.epochs):
         if state["finished"]:
             break
+        ctx = EpochContext(exp, int(seed), dev, lambda e=epoch: _epoch_batches(inputs, e), inputs.val_sets)
+        before = method.on_epoch_start(model, epoch, ctx)
         means, n_seen, step, train_s = _train_epoch(method, model, exp, inputs, opt, dev, epoch, step, progress)
         # ---- validation (model selection) -----------------------------------------------------
         ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes)
@@ -476,6 +492,7 @@ def train(
             "val": ev["results"],
             "val_score": score,
         }
+        row.update(before)
         row.update(method.epoch_diagnostics(model, inputs.val_sets, dev))
         improved = score > state["best_score"] + t.min_delta
         row["is_best"] = bool(improved)

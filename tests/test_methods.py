@@ -21,22 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_lists_every_method_and_reference():
-    assert list_methods(learned=True) == ("avgn", "ezvsl", "mal")
+    assert list_methods(learned=True) == ("avgn", "ezvsl", "mal", "dsol")
     assert list_methods(learned=False) == ("centre", "object", "perfect")
-    assert [get_method(n).kind for n in list_methods()] == ["class_aware", "shared", "slots", "shared", "shared", "slots"]
+    assert [get_method(n).kind for n in list_methods()] == ["class_aware", "shared", "slots", "class_aware", "shared", "shared", "slots"]
     assert get_method("AVGN").modes == ("oracle", "predicted") and get_method("ezvsl").modes == ("oracle",)
-    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of avgn, ezvsl, mal, centre"):
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of avgn, ezvsl, mal, dsol, centre"):
         get_method("nope")
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
-@pytest.mark.parametrize("name", ["avgn", "ezvsl", "mal"])
+@pytest.mark.parametrize("name", ["avgn", "ezvsl", "mal", "dsol"])
 def test_default_config_comes_from_the_profile_table(name, profile):
     p = get_profile(profile)
     cfg = get_method(name).default_config(p)
     assert cfg == get_experiment(name, profile).model
     assert cfg.encoder.audio_width == p.encoder.audio_width and cfg.encoder.freeze_visual == p.encoder.freeze_visual
-    assert cfg.dim == (min(p.sizes.dim, 128) if name == "mal" else p.sizes.dim)
+    assert cfg.dim == (min(p.sizes.dim, 128) if name in ("mal", "dsol") else p.sizes.dim)
 
 
 def _batch(b: int = 4, c: int = 5) -> dict:
@@ -51,7 +51,7 @@ def _batch(b: int = 4, c: int = 5) -> dict:
             "labels": labels, "classes": classes}
 
 
-@pytest.mark.parametrize("name", ["avgn", "ezvsl", "mal"])
+@pytest.mark.parametrize("name", ["avgn", "ezvsl", "mal"])  # DSOL: tests/test_dsol.py (two stages)
 def test_every_learned_method_trains_and_predicts_through_the_interface(name):
     m = get_method(name)
     enc = EncoderConfig(audio_width=0.125, freeze_visual=True)

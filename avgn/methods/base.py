@@ -23,8 +23,8 @@ reads only these; it never branches on a method's name.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # pragma: no cover
     from avgn.profiles import Profile
 
-__all__ = ["MAP_KINDS", "Method", "model_inputs", "MethodPredictor"]
+__all__ = ["MAP_KINDS", "Method", "EpochContext", "model_inputs", "MethodPredictor"]
 
 #: How a method's maps attach to the sources (see the module docstring).
 MAP_KINDS = ("class_aware", "shared", "slots")
@@ -48,6 +48,19 @@ def model_inputs(batch: Mapping[str, Any], device: torch.device, channels_last: 
     else:
         kw["image"] = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     return kw
+
+
+@dataclass(frozen=True)
+class EpochContext:
+    """What :meth:`Method.on_epoch_start` may read: the experiment, the run's seed, the device, the
+    epoch's training batches (a fresh iterator per call, in the epoch's order) and the materialised
+    validation sets (:class:`avgn.evaluate.EvalSet`)."""
+
+    exp: Any
+    seed: int
+    device: torch.device
+    train_batches: Callable[[], Iterator[Mapping[str, Any]]]
+    val_sets: Sequence[Any]
 
 
 class Method:
@@ -82,8 +95,14 @@ class Method:
         """The training loss on one forward output: ``(loss, detached parts incl. 'total')``."""
         raise NotImplementedError(f"{self.name} is not trained")
 
-    def epoch_diagnostics(self, model: nn.Module, val_batches: Sequence[Mapping[str, Any]], device: torch.device) -> dict[str, Any]:
-        """Extra per-epoch entries of the training history (computed on validation batches)."""
+    def on_epoch_start(self, model: nn.Module, epoch: int, ctx: EpochContext) -> dict[str, Any]:
+        """Work before epoch ``epoch`` (0-based) trains, e.g. re-clustering (DSOL); it must depend
+        only on the model's state, ``epoch`` and ``ctx`` so that a resumed run repeats it exactly.
+        Returns entries for the epoch's history row."""
+        return {}
+
+    def epoch_diagnostics(self, model: nn.Module, val_sets: Sequence[Any], device: torch.device) -> dict[str, Any]:
+        """Extra per-epoch entries of the training history (computed on the validation sets)."""
         return {}
 
     # ---- inference -------------------------------------------------------------------------------

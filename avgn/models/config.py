@@ -249,3 +249,52 @@ class MALConfig:
         if self.num_sources < 1:
             raise ValueError("num_sources must be >= 1")
         _sync_encoder_dim(self)
+
+
+@dataclass(frozen=True)
+class DSOLConfig:
+    """DSOL (Hu et al., NeurIPS 2020): two-stage class-aware localization from object clusters.
+
+    Attributes:
+        stage: 1 = audio-visual correspondence on single-source scenes (from the second epoch on,
+            object clusters and pseudo-label classifiers); 2 = class-aware maps on mixtures,
+            audio and visual category distributions matched (KL) plus the location loss.
+        num_classes: the label set the clusters are mapped onto (set from the data).
+        num_clusters: ``K`` (None: ``num_classes``; the public code uses 11 for MUSIC's 11 classes).
+        dim: embedding dimension of the audio-visual correspondence (public: 128).
+        map_scale_init: initial value of the learned scale ``w`` of ``sigmoid(w cos(v, a))`` (public: 5).
+        region_threshold / dilate: an object's region is the map above this value, grown by its
+            4-neighbours ``dilate`` times (public: 0.05, once).
+        cls_weight: weight of the pseudo-label classification of stage 1 (audio and visual heads).
+        kl_weight / loc_weight: stage 2's ``kl_weight * KL + loc_weight * (BCE_pos + BCE_neg) / 2``
+            (public: 1 and 0.5).
+        softmax_scale: class maps at inference are ``softmax(softmax_scale * maps)`` over the
+            clusters (public: 3).
+    """
+
+    stage: int = 1
+    num_classes: int = 37
+    num_clusters: int | None = None
+    dim: int = 128
+    map_scale_init: float = 5.0
+    region_threshold: float = 0.05
+    dilate: int = 1
+    cls_weight: float = 1.0
+    kl_weight: float = 1.0
+    loc_weight: float = 0.5
+    softmax_scale: float = 3.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.num_clusters is not None and self.num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
+        if not 0.0 <= self.region_threshold < 1.0:
+            raise ValueError("region_threshold must lie in [0, 1)")
+        _sync_encoder_dim(self)
+
+    @property
+    def k(self) -> int:
+        """The number of clusters ``K``."""
+        return self.num_clusters or self.num_classes

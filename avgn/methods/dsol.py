@@ -1,0 +1,168 @@
+"""DSOL (Hu et al., NeurIPS 2020) as a method: two stages through the shared engine.
+
+**Stage 1** (``model.stage=1``, single-source scenes): audio-visual correspondence — the global max
+of ``sigmoid(w cos(v, a))`` is scored by BCE against 1 for the matched frame and 0 for a mismatched
+one (the next item of the batch). From the second epoch on, before each epoch
+(:meth:`DSOLMethod.on_epoch_start`): every training frame's object feature (the mean backbone
+feature inside its localised region, map > 0.05, dilated) is computed with the current model,
+K-means (seeded by run and epoch) gives the dictionary, and the clusters are mapped to classes once
+per clustering on the validation single-source scenes (Hungarian; the purity is logged). During the
+epoch, audio and visual pseudo-label heads are trained on each item's cluster (the dictionary centre
+nearest to its object feature, i.e. the K-means assignment), with weight ``cls_weight``.
+
+**Stage 2** (``model.stage=2``, mixtures; initialised from a stage-1 run with ``train.init_from``):
+class-aware maps ``[B, K, h, w]`` from the dictionary times the audio-visual map; the visual category
+distribution (softmax of their spatial means) must match the audio one (softmax of the frozen
+stage-1 audio head, no gradient) in KL, plus ``loc_weight`` x the location loss (BCE of the matched
+map's global max against 1, of the mismatched map's 2x2 max-pooled cells against 0, averaged).
+
+**Inference**: ``softmax(softmax_scale * class maps)`` over the clusters, each cluster's map put at
+its mapped class (unmatched clusters and classes without a cluster have no map: zeros), and the
+audio category distribution as the classes' presence probabilities — so ``predicted`` selection
+picks the sounding objects from the audio, never from labels.
+
+Departures from the public code (documented in chapter 7): the pseudo-label heads are trained online
+during the epoch instead of in three extra passes after clustering; the mismatched frame is the next
+item of the batch, not a random one; the stage-1 audio head of stage 2 is the model's own, frozen.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avgn.clusters import hungarian_mapping, kmeans_dictionary, masked_object_features
+from avgn.env import epoch_seed
+from avgn.methods.base import EpochContext, Method, model_inputs
+from avgn.methods.registry import register_method
+from avgn.models.config import DSOLConfig
+from avgn.models.dsol import DSOL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from avgn.config import Profile
+
+__all__ = ["DSOLMethod", "object_features", "stage1_loss", "stage2_loss"]
+
+#: The public code's embedding width (smaller profiles shrink it).
+PUBLIC_DIM = 128
+
+
+def _mismatched(out: Mapping[str, Tensor], model: DSOL) -> Tensor:
+    """The audio-visual map of each item's audio against the *next* item's frame ``[B, h, w]``."""
+    return model.av_map(out["audio_emb"], out["visual_map_feats"].roll(1, dims=0))
+
+
+def stage1_loss(model: DSOL, out: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Correspondence BCE (+ pseudo-label CE once the dictionary exists)."""
+    pos = out["av_map"].flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
+    neg = _mismatched(out, model).flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
+    avc = F.binary_cross_entropy(pos, torch.ones_like(pos)) + F.binary_cross_entropy(neg, torch.zeros_like(neg))
+    parts = {"avc": avc}
+    total = avc
+    if model.has_dictionary:
+        with torch.no_grad():
+            obj = masked_object_features(out["visual_backbone_feats"].float(), out["av_map"].float(), model.cfg.region_threshold, model.cfg.dilate)
+            pseudo = (F.normalize(obj.feats, dim=1) @ F.normalize(model.dictionary, dim=1).t()).argmax(1)
+        cls = F.cross_entropy(out["audio_cluster_logits"].float(), pseudo) + F.cross_entropy(out["visual_cluster_logits"].float(), pseudo)
+        parts["pseudo_cls"] = cls
+        total = total + model.cfg.cls_weight * cls
+    parts["total"] = total
+    return total, {k: v.detach() for k, v in parts.items()}
+
+
+def stage2_loss(model: DSOL, out: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """KL(audio categories || visual categories) + loc_weight * (BCE_pos + BCE_neg) / 2."""
+    if not model.has_dictionary:
+        raise RuntimeError("DSOL stage 2 needs the stage-1 dictionary: train with train.init_from=<a finished stage-1 run>")
+    target = F.softmax(out["audio_cluster_logits"].float().detach(), dim=1)
+    log_q = F.log_softmax(out["class_maps"].float().mean(dim=(2, 3)), dim=1)
+    kl = F.kl_div(log_q, target, reduction="batchmean")
+    pos = out["av_map"].flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
+    neg = F.max_pool2d(_mismatched(out, model)[:, None].float(), 2, ceil_mode=True).flatten(1).clamp(1e-6, 1 - 1e-6)
+    loc = 0.5 * (F.binary_cross_entropy(pos, torch.ones_like(pos)) + F.binary_cross_entropy(neg, torch.zeros_like(neg)))
+    total = model.cfg.kl_weight * kl + model.cfg.loc_weight * loc
+    return total, {"kl": kl.detach(), "loc": loc.detach(), "total": total.detach()}
+
+
+@torch.no_grad()
+def object_features(model: DSOL, batches: Any, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(features [N, C'], classes [N], empty [N])`` of the single-source items of ``batches`` (their
+    first source's class); multi-source items are skipped."""
+    was = model.training
+    model.eval()
+    feats, classes, empty = [], [], []
+    try:
+        for b in batches:
+            single = (b["classes"] >= 0).sum(1) == 1
+            if not single.any():
+                continue
+            out = model(**model_inputs(b, device))
+            obj = masked_object_features(out["visual_backbone_feats"].float().cpu(), out["av_map"].float().cpu(),
+                                         model.cfg.region_threshold, model.cfg.dilate)
+            feats.append(obj.feats[single])
+            classes.append(b["classes"][single, 0].long())
+            empty.append(obj.empty[single])
+    finally:
+        model.train(was)
+    if not feats:
+        raise ValueError("no single-source items to extract objects from (DSOL's stage 1 needs train.solo_items > 0)")
+    return torch.cat(feats), torch.cat(classes), torch.cat(empty)
+
+
+@register_method
+class DSOLMethod(Method):
+    """Two-stage class-aware localization that filters silent objects."""
+
+    name = "dsol"
+    label = "DSOL"
+    kind = "class_aware"
+    modes = ("oracle", "predicted")
+    config_cls = DSOLConfig
+
+    def default_config(self, profile: "Profile") -> DSOLConfig:
+        return DSOLConfig(dim=min(profile.sizes.dim, PUBLIC_DIM), encoder=profile.encoder)
+
+    def build(self, cfg: DSOLConfig) -> DSOL:
+        return DSOL(cfg)
+
+    def loss(self, model: nn.Module, outputs: Mapping[str, Tensor], batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        return stage1_loss(model, outputs) if model.cfg.stage == 1 else stage2_loss(model, outputs)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, ctx: EpochContext) -> dict[str, Any]:
+        """Stage 1, from the second epoch: cluster the training objects, map clusters to classes on
+        the validation single-source scenes. Stage 2: check the dictionary is there."""
+        if model.cfg.stage == 2:
+            if not model.has_dictionary:
+                raise RuntimeError("DSOL stage 2 needs the stage-1 dictionary: set train.init_from to a finished stage-1 run")
+            return {}
+        if epoch < 1:
+            return {}
+        feats, _, empty = object_features(model, ctx.train_batches(), ctx.device)
+        centres, _ = kmeans_dictionary(feats, model.cfg.k, seed=epoch_seed(ctx.seed, epoch, 11) % 2**31)
+        model.set_dictionary(centres)
+        vf, vc, _ = object_features(model, [b for es in ctx.val_sets for b in es.batches()], ctx.device)
+        assign = (F.normalize(vf, dim=1) @ F.normalize(model.dictionary.cpu(), dim=1).t()).argmax(1)
+        mapping = hungarian_mapping(assign, vc, model.cfg.k, model.cfg.num_classes)
+        model.set_mapping(mapping.cluster_to_class)
+        return {"cluster_purity": mapping.purity, "cluster_accuracy": mapping.accuracy, "objects": int(len(feats)),
+                "empty_regions": float(empty.float().mean())}
+
+    def predict(self, model: nn.Module, outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        cm = F.softmax(model.cfg.softmax_scale * outputs["class_maps"].float(), dim=1)  # [B, K, h, w]
+        pk = F.softmax(outputs["audio_cluster_logits"].float(), dim=1)  # [B, K]
+        b, _, h, w = cm.shape
+        c = model.cfg.num_classes
+        maps = cm.new_zeros(b, c, h, w)
+        probs = pk.new_zeros(b, c)
+        m = model.cluster_to_class
+        ok = m >= 0
+        if ok.any():
+            maps[:, m[ok]] = cm[:, ok]
+            probs[:, m[ok]] = pk[:, ok]
+        return {"maps": maps, "audio_probs": probs}
+
+    def value_label(self, model: nn.Module | None) -> str:
+        return "softmax over clusters of the class-aware map (cluster mapped to its class)"

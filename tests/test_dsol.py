@@ -1,0 +1,105 @@
+"""DSOL through the shared engine: stage 1 clusters objects between epochs, stage 2 starts from
+stage 1's run, both evaluate as a class-aware method; the maps go to the mapped classes; errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from avgn.methods import MethodPredictor, get_method
+from avgn.models.config import DSOLConfig, EncoderConfig
+from avgn.runs import load_run
+from avgn.train import train
+from helpers import tiny_experiment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STAGE1 = {"model.stage": 1, "model.num_clusters": 3, "train.concat_items": 0, "train.scene_items": 0, "train.epochs": 3}
+
+
+def test_predict_puts_each_cluster_at_its_class():
+    m = get_method("dsol")
+    model = m.build(DSOLConfig(num_classes=3, num_clusters=2, dim=16, encoder=EncoderConfig(audio_width=0.125)))
+    model.set_mapping(torch.tensor([2, -1]))
+    cm = torch.zeros(1, 2, 2, 2)
+    cm[0, 0, 0, 0] = 10.0
+    out = {"class_maps": cm, "audio_cluster_logits": torch.tensor([[2.0, 0.0]])}
+    pred = m.predict(model, out)
+    soft = torch.softmax(3.0 * cm, dim=1)
+    assert pred["maps"].shape == (1, 3, 2, 2) and torch.equal(pred["maps"][:, 2], soft[:, 0])
+    assert not pred["maps"][:, :2].any()  # class 0, 1: no cluster
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    assert pred["audio_probs"][0].tolist() == pytest.approx([0.0, 0.0, float(p[0])])
+
+
+def test_stage_two_without_a_dictionary_is_refused(fake_build, tmp_path):
+    with pytest.raises(RuntimeError, match="stage-1 dictionary.*train.init_from"):
+        train(tiny_experiment("dsol", **{"model.stage": 2, "train.epochs": 1}), fake_build, tmp_path / "s2", device="cpu", progress=False)
+    with pytest.raises(FileNotFoundError, match="no finished run there"):
+        train(tiny_experiment("dsol", **{"model.stage": 2, "train.init_from": str(tmp_path / "none")}), fake_build, tmp_path / "x",
+              device="cpu", progress=False)
+
+
+def test_two_stages_train_cluster_and_evaluate(fake_build, tmp_path):
+    from avgn.evaluate import evaluate_run
+
+    s1 = tmp_path / "stage1"
+    sum1 = train(tiny_experiment("dsol", **STAGE1), fake_build, s1, seed=0, device="cpu", progress=False)
+    hist = load_run(s1)["history"]
+    assert "cluster_purity" not in hist.columns or hist["cluster_purity"].isna().iloc[0]  # epoch 1: no clusters yet
+    assert hist["cluster_purity"].iloc[1:].between(0, 1).all() and (hist["objects"].iloc[1:] > 0).all()
+    assert "train/pseudo_cls" in hist.columns and not pd_isna(hist["train/pseudo_cls"].iloc[-1])
+    assert sum1["selection_modes"] == ["oracle", "predicted"]
+    s2 = tmp_path / "stage2"
+    sum2 = train(tiny_experiment("dsol", **{"model.stage": 2, "model.num_clusters": 3, "train.solo_items": 0, "train.epochs": 1,
+                                            "train.init_from": str(s1)}), fake_build, s2, seed=0, device="cpu", progress=False)
+    cfg = json.loads((s2 / "config.json").read_text())
+    assert cfg["init_from"]["run"] == str(s1) and cfg["init_from"]["epoch"] == sum1["best_epoch"]
+    assert "--set train.init_from=" in cfg["command"]
+    assert set(load_run(s2)["history"].filter(like="train/").columns) >= {"train/kl", "train/loc", "train/total"}
+    ev = evaluate_run(s2, "test", sets=["test/duet/scene"], device="cpu", progress=False, write=False)
+    r = ev["results"]["test/duet/scene"]
+    assert set(r) == {"oracle", "predicted"} and 0 <= r["predicted"]["cap"] <= 1 and "presence_f1" in r["predicted"]
+    assert sum2["presence_threshold"] is not None
+
+
+def test_stage_one_resumes_through_the_clustering_exactly(fake_build, tmp_path):
+    from avgn import checkpoint as ck
+    from safetensors.torch import load_file
+
+    exp = tiny_experiment("dsol", **STAGE1)
+    train(exp, fake_build, tmp_path / "a", seed=1, device="cpu", progress=False)
+    train(exp, fake_build, tmp_path / "b", seed=1, device="cpu", progress=False, stop_after_epochs=2)
+    train(exp, fake_build, tmp_path / "b", seed=1, device="cpu", progress=False)
+
+    def weights(d):
+        info = ck.read_checkpoint_info(d, "last")
+        return load_file(str(ck.checkpoint_dir(d) / info["files"]["weights"]))
+
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # dictionary and mapping included
+
+
+def test_too_many_clusters_for_the_objects_is_a_clear_error(fake_build, tmp_path):
+    with pytest.raises(ValueError, match="K = 40 clusters but only"):
+        train(tiny_experiment("dsol", **{**STAGE1, "model.num_clusters": 40}), fake_build, tmp_path / "k", device="cpu", progress=False)
+
+
+def pd_isna(x) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(x))
+
+
+def test_dsol_variants_chain_the_stages(fake_build, tmp_path, monkeypatch):
+    import avgn.train
+    from avgn.pipeline import run_variant
+    from avgn.runs import DSOL_STAGE1_VARIANT, DSOL_VARIANT
+
+    monkeypatch.setattr(avgn.train, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"model.num_clusters": 3, "train.epochs": 2, **o}))
+    out = run_variant(DSOL_VARIANT, "smoke", 0, fake_build, tmp_path, device="cpu", eval_splits=(), progress=False)
+    first = tmp_path / "variants" / "dsol-stage1" / "smoke" / "dsol-seed0"
+    assert (first / "run.json").is_file() and out["run_dir"] == tmp_path / "variants" / "dsol" / "smoke" / "dsol-seed0"
+    assert f"train.init_from={first}" in out["commands"][0]
