@@ -162,7 +162,6 @@ def class_presence_table(p: SetPredictions, data_dir: str | Path, class_names: S
     Returns a :class:`pandas.DataFrame` with one row per (scene, class)."""
     import pandas as pd
 
-
     if p.kind != "class_aware" or p.audio_probs is None:
         raise ValueError(f"class_presence_table needs a class-aware prediction with presence probabilities, got kind {p.kind!r}")
     df = load_manifest(data_dir).set_index("scene_id")
@@ -310,12 +309,13 @@ def beyond_noise(diff: float, sd: float, k: float = 2.0) -> str:
 Cell = tuple[str, str]  # (set, metric)
 
 
-def verdict_best(df, claim: str, expected: str, candidates: Sequence[str], cells: Sequence[Cell], noise: Mapping[Cell, float]) -> list[dict[str, Any]]:
+def verdict_best(df, claim: str, expected: str, candidates: Sequence[str], cells: Sequence[Cell], noise: Mapping[Cell, float],
+                 mode: str = "oracle") -> list[dict[str, Any]]:
     """One row per cell: does ``expected`` have the best mean among ``candidates``? (margin: best
     minus runner-up)."""
     rows = []
     for set_name, metric in cells:
-        scores = {c: cell_mean(df, c, set_name, metric) for c in candidates}
+        scores = {c: cell_mean(df, c, set_name, metric, mode) for c in candidates}
         best = max(scores, key=lambda c: scores[c])
         runner_up = max((v for c, v in scores.items() if c != best), default=scores[best])
         rows.append({"claim": claim, "evidence": f"{set_name} {metric}: best is {best} ({100 * scores[best]:.1f}); {expected}: {100 * scores[expected]:.1f}",
@@ -323,23 +323,26 @@ def verdict_best(df, claim: str, expected: str, candidates: Sequence[str], cells
     return rows
 
 
-def verdict_margin(df, claim: str, a: str, b: str, min_margin: float, cells: Sequence[Cell], noise: Mapping[Cell, float]) -> list[dict[str, Any]]:
+def verdict_margin(df, claim: str, a: str, b: str, min_margin: float, cells: Sequence[Cell], noise: Mapping[Cell, float],
+                   mode: str = "oracle") -> list[dict[str, Any]]:
     """One row per cell: does ``a`` beat ``b`` by at least ``min_margin`` (a fraction)?"""
     rows = []
     for set_name, metric in cells:
-        x, y = cell_mean(df, a, set_name, metric), cell_mean(df, b, set_name, metric)
+        x, y = cell_mean(df, a, set_name, metric, mode), cell_mean(df, b, set_name, metric, mode)
         rows.append({"claim": claim, "evidence": f"{set_name} {metric}: {100 * x:.1f} vs {100 * y:.1f} (margin {100 * (x - y):+.1f})",
                      "holds": x - y >= min_margin, "beyond seed noise (> 2 sd)": beyond_noise(x - y, noise.get((set_name, metric), math.nan))})
     return rows
 
 
-def verdict_beats(df, claim: str, a: str, rivals: Sequence[str], cells: Sequence[Cell], noise: Mapping[Cell, float], rival_df=None) -> list[dict[str, Any]]:
-    """One row per cell: does ``a`` beat the best of ``rivals`` (read from ``rival_df``, default ``df``)?"""
+def verdict_beats(df, claim: str, a: str, rivals: Sequence[str], cells: Sequence[Cell], noise: Mapping[Cell, float], rival_df=None,
+                  mode: str = "oracle", rival_mode: str | None = None) -> list[dict[str, Any]]:
+    """One row per cell: does ``a`` (selection ``mode``) beat the best of ``rivals`` (read from
+    ``rival_df``, default ``df``; selection ``rival_mode``, default ``mode``)?"""
     rival_df = df if rival_df is None else rival_df
     rows = []
     for set_name, metric in cells:
-        x = cell_mean(df, a, set_name, metric)
-        others = {r: cell_mean(rival_df, r, set_name, metric) for r in rivals}
+        x = cell_mean(df, a, set_name, metric, mode)
+        others = {r: cell_mean(rival_df, r, set_name, metric, rival_mode or mode) for r in rivals}
         best = max(others, key=lambda r: others[r])
         rows.append({"claim": claim, "evidence": f"{set_name} {metric}: {a} {100 * x:.1f} vs {best} {100 * others[best]:.1f}",
                      "holds": x > others[best], "beyond seed noise (> 2 sd)": beyond_noise(x - others[best], noise.get((set_name, metric), math.nan))})
@@ -387,3 +390,63 @@ def sources_curves(res, rows, selecting: Collection[str] = (), metrics: Sequence
 
 
 __all__ += ["cell_mean", "seed_sd", "beyond_noise", "verdict_best", "verdict_margin", "verdict_beats", "verdict_summary", "sources_curves"]
+
+
+# --------------------------------------------------------------------------------------------------
+# silent objects (chapter 7)
+# --------------------------------------------------------------------------------------------------
+def scene_roles(p: SetPredictions, data_dir: str | Path, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sounding [N, C], distractor [N, C])`` bool of a prediction's scenes from the manifest:
+    a distractor is a class pasted in the frame that does not sound."""
+    df = load_manifest(data_dir).set_index("scene_id")
+    index = {c: i for i, c in enumerate(class_names)}
+    n = len(p.scene_ids)
+    sounding = torch.zeros(n, len(class_names), dtype=torch.bool)
+    distractor = torch.zeros_like(sounding)
+    for i, sid in enumerate(p.scene_ids):
+        if sid not in df.index:
+            raise KeyError(f"scene {sid} of {p.name} is not in the manifest of {data_dir}")
+        r = df.loc[sid]
+        for c in r["classes"]:
+            sounding[i, index[c]] = True
+        for c in r["distractor_classes"]:
+            if c in index and not sounding[i, index[c]]:
+                distractor[i, index[c]] = True
+    return sounding, distractor
+
+
+def silent_object_metrics(p: SetPredictions, data_dir: str | Path, class_names: Sequence[str], mode: str = "oracle",
+                          presence_threshold: float = 0.5, nsa_threshold: float = 0.2) -> dict[str, float]:
+    """How a class-aware method treats objects that are seen but not heard, on one set.
+
+    The maps of a scene are min-max normalised *together* (all classes share the scene's scale, so
+    a silent class's map is judged against the sounding ones; any method's maps land in [0, 1]).
+    With ``mode="predicted"`` a class the method does not select has no map (zeros: nothing lights
+    up), as in the protocol. Returns ``nsa_distractors`` (NSA over visible silent distractors only),
+    ``nsa_all`` (over every non-sounding class, absent ones included: the published variant),
+    ``false_alarm`` (:func:`avgn.clusters.false_alarm_rate`) and the pair counts."""
+    from avgn.clusters import false_alarm_rate, nsa
+    from avgn.models.avgn import select_sources
+
+    if p.kind != "class_aware":
+        raise ValueError(f"silent-object metrics need per-class maps (a class-aware method), got kind {p.kind!r}")
+    sounding, distractor = scene_roles(p, data_dir, class_names)
+    maps = p.maps.float()
+    lo = maps.flatten(1).amin(1).view(-1, 1, 1, 1)
+    hi = maps.flatten(1).amax(1).view(-1, 1, 1, 1)
+    maps = (maps - lo) / (hi - lo).clamp_min(1e-12)
+    if mode == "predicted":
+        if p.audio_probs is None:
+            raise ValueError("predicted mode needs presence probabilities")
+        _, cls, ok = select_sources(p.maps, "predicted", audio_probs=p.audio_probs, threshold=presence_threshold)
+        keep = torch.zeros_like(sounding)
+        for i in range(len(cls)):
+            keep[i, cls[i][ok[i]]] = True
+        maps = maps * keep[:, :, None, None]
+    peaks = maps.flatten(2).amax(-1)
+    return {"nsa_distractors": nsa(maps, distractor, nsa_threshold), "nsa_all": nsa(maps, ~sounding, nsa_threshold),
+            "false_alarm": false_alarm_rate(peaks, sounding, distractor), "distractor_pairs": int(distractor.sum()),
+            "silent_pairs": int((~sounding).sum())}
+
+
+__all__ += ["scene_roles", "silent_object_metrics"]

@@ -156,3 +156,23 @@ def test_sources_curves_put_one_source_on_the_mixture_scale():
     two = c[c["n_sources"] == 2].set_index("method")["value"]
     assert two["AVGN · oracle"] == pytest.approx(0.6) and two["AVGN · predicted"] == pytest.approx(0.5) and two["EZ"] == pytest.approx(0.4)
     assert set(c["layout"]) == {"scene"} and "EZ · predicted" not in set(c["method"])
+
+
+def test_silent_object_metrics_on_hand_made_maps(tmp_path, monkeypatch):
+    import avgn.analysis as an
+
+    manifest = pd.DataFrame({"scene_id": ["a"], "classes": [["cat"]], "distractor_classes": [["dog"]]})
+    monkeypatch.setattr(an, "load_manifest", lambda root, split=None: manifest.copy())
+    maps = torch.zeros(1, 3, 2, 2)
+    maps[0, 0] = torch.tensor([[1.0, 0.9], [0.0, 0.0]])  # cat (sounding)
+    maps[0, 1] = torch.tensor([[0.5, 0.1], [0.0, 0.0]])  # dog (distractor): 3 of 4 pixels <= 0.2, peak 0.5 < cat's 1.0
+    maps[0, 2] = torch.tensor([[0.3, 0.3], [0.3, 0.0]])  # cow (absent): 1 of 4 <= 0.2
+    p = SetPredictions(SetName.parse("test/duet/scene"), "class_aware", maps, torch.zeros(1, 1, 2, 2, dtype=torch.bool),
+                       torch.tensor([[0]]), torch.tensor([[1.0, 0, 0]]), ["a"], audio_probs=torch.tensor([[0.9, 0.6, 0.1]]))
+    m = an.silent_object_metrics(p, tmp_path, ["cat", "dog", "cow"])
+    assert m["nsa_distractors"] == pytest.approx(0.75) and m["nsa_all"] == pytest.approx((0.75 + 0.25) / 2)
+    assert m["false_alarm"] == 0.0 and m["distractor_pairs"] == 1 and m["silent_pairs"] == 2
+    # predicted selection at 0.5 keeps cat and dog; at 0.7 only cat: the dog map disappears (NSA 1)
+    assert an.silent_object_metrics(p, tmp_path, ["cat", "dog", "cow"], "predicted", 0.5)["nsa_distractors"] == pytest.approx(0.75)
+    pr = an.silent_object_metrics(p, tmp_path, ["cat", "dog", "cow"], "predicted", 0.7)
+    assert pr["nsa_distractors"] == pytest.approx(1.0) and pr["nsa_all"] == pytest.approx(1.0)
