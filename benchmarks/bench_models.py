@@ -64,6 +64,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avgn.losses import avgn_total_loss  # noqa: E402
+from avgn.config import PROFILE_NAMES  # noqa: E402
 from avgn.models import AVGN, AVGNConfig, EncoderConfig, select_sources  # noqa: E402
 from avgn.models.encoders import BACKBONE_CHANNELS  # noqa: E402
 
@@ -78,13 +79,13 @@ PUBLIC_REFERENCE = {"train_samples_per_s": 3.4, "infer_two_source_samples_per_s"
 # set-up
 # --------------------------------------------------------------------------------------------------
 def build_setup(profile: str) -> dict[str, Any]:
-    """Model config and input shapes of a profile: ``{cfg, spec_shape, cached, note}``."""
+    """Model config and input shapes: a run profile of :data:`avgn.config.PROFILES` (its AVGN
+    experiment), or ``paper`` — not a run profile but the paper's model configuration
+    (:meth:`AVGNConfig.paper`, the paper's input shapes), benchmarked for throughput only.
+    Returns ``{cfg, spec_shape, cached, note}``."""
     if profile != "paper":
-        try:
-            from avgn.experiment import get_experiment
-        except ImportError as exc:  # the experiment module may not exist yet
-            note = f"avgn.experiment unavailable ({exc}); using the paper configuration"
-            return dict(build_setup("paper"), note=note, profile_used="paper")
+        from avgn.experiment import get_experiment
+
         exp = get_experiment("avgn", profile)
         cfg = replace(exp.model, num_classes=NUM_CLASSES)
         return {
@@ -589,7 +590,8 @@ def _target(rows: dict[str, Any], base: str, key: str, cpu: bool) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="paper", choices=["paper", "smoke", "cpu", "gpu"])
+    p.add_argument("--profile", default="paper", choices=["paper", *PROFILE_NAMES],
+                   help="a run profile of avgn.config.PROFILES, or 'paper' (the paper's model configuration; throughput only)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: 16 on CPU, 64 on CUDA)")
     p.add_argument("--infer-batch", type=int, default=None, help="inference batch (default: 16 on CPU, 128 on CUDA)")
