@@ -23,6 +23,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.train`        the training loop
 - :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
 - :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
+- :mod:`avgn.anchors`      T-VSL's anchors beside a run's class-aware features (similarities, t-SNE)
 - :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
 - :mod:`avgn.results`      the committed long-format results files
 - :mod:`avgn.explorer`     the interactive explorer of chapter 6

@@ -53,6 +53,7 @@ __all__ = [
     "DEPTH_VARIANTS",
     "ASSIGNMENT_VARIANTS",
     "LOSS_VARIANTS",
+    "TVSL_VARIANTS",
     "VARIANT_GROUPS",
 ]
 
@@ -333,6 +334,13 @@ LOSS_VARIANTS: tuple[Variant, ...] = (
     Variant("without presence losses", "avgn", overrides=(("model.w_audio_cls", 0.0), ("model.w_visual_cls", 0.0)), name="avgn-no-presence",
             factor="loss", level="no presence"),
 )
+#: Chapter 9: T-VSL with this book's MiniLM anchors (two prompt templates averaged) and with the bare
+#: class name as its only prompt (the public code prompts its text tower with the bare name).
+TVSL_VARIANTS: tuple[Variant, ...] = (
+    Variant("T-VSL (MiniLM anchors)", "tvsl", factor="templates", level="sound + photo"),
+    Variant("T-VSL (MiniLM, bare name)", "tvsl", overrides=(("model.templates", ("{}",)),), name="tvsl-bare",
+            factor="templates", level="bare name"),
+)
 #: The groups of variants by name (``scripts/run_variants.py --group``, the chapters).
 VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "main": MAIN_VARIANTS,
@@ -342,4 +350,5 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "assignment": ASSIGNMENT_VARIANTS,
     "loss": LOSS_VARIANTS,
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
+    "text": TVSL_VARIANTS,
 }

@@ -16,7 +16,7 @@ them; what differs is how a method can name them at test time (:func:`zeroshot_s
 * ``agnostic`` (EZ-VSL, Mix-and-Localize, the priors): maps do not depend on class names; they are
   scored as on any split.
 
-:func:`evaluate_zeroshot` evaluates a trained run on every ``test_zeroshot`` set (``eval_zeroshot.*``).
+:func:`evaluate_zeroshot` evaluates a trained run on every ``test_zeroshot`` set (``eval_test_zeroshot.*``).
 """
 
 from __future__ import annotations
@@ -66,8 +66,9 @@ def check_unseen(run_dir: str | Path) -> dict[str, Any]:
 
 def evaluate_zeroshot(run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "auto", write: bool = True,
                       progress: bool = False) -> dict[str, Any]:
-    """Evaluate a trained run on every ``test_zeroshot`` set in both modes (writes ``eval_zeroshot.*``
-    into the run folder); the payload adds ``heldout``, ``scoring`` (:func:`zeroshot_scoring`)."""
+    """Evaluate a trained run on every ``test_zeroshot`` set in both modes (writes
+    ``eval_test_zeroshot.*`` into the run folder, the files :func:`avgn.pipeline.run_variant` writes
+    for that split); the payload adds ``heldout``, ``scoring`` (:func:`zeroshot_scoring`)."""
     seen = check_unseen(run_dir)
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
     dd = data_dir if data_dir is not None else cfg["data_dir"]
@@ -75,6 +76,6 @@ def evaluate_zeroshot(run_dir: str | Path, *, data_dir: str | Path | None = None
     if not sets:
         raise ValueError(f"the build at {dd} has no {ZEROSHOT_SPLIT} sets")
     out = evaluate_run(run_dir, ZEROSHOT_SPLIT, sets=sets, data_dir=data_dir, device=device, modes=MODES, write=write,
-                       progress=progress, tag="zeroshot")
+                       progress=progress)
     out.update(heldout=seen["heldout"], scoring=zeroshot_scoring(cfg["method"]))
     return out

@@ -223,4 +223,4 @@ def test_zeroshot_evaluation_names_unseen_classes(tvsl_run, fake_build):
         assert set(by_mode) == {"oracle", "predicted"}
         key = "ap" if "/solo/" in name else "cap"
         assert 0.0 <= by_mode["oracle"][key] <= 1.0
-    assert (run / "eval_zeroshot.csv").is_file() and (run / "eval_zeroshot.json").is_file()
+    assert (run / "eval_test_zeroshot.csv").is_file() and (run / "eval_test_zeroshot.json").is_file()
