@@ -49,6 +49,8 @@ figures_dir = "../figures"
 results_dir = "../results"
 
 # %%
+import json
+
 import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
@@ -110,6 +112,17 @@ results = ctx.write(long, "09_tvsl")
 ORDER = [v.label for v in VARIANTS] + [METHOD_NAMES[k] for k in REFERENCES]
 TVSL = TVSL_VARIANTS[0].label
 print(f"{len(results)} result rows; seeds {ctx.seeds}")
+
+# %% [markdown]
+# **What the four losses do in training.** T-VSL's class feature of class `c` is pooled with weights
+# computed from the anchor `t_c` itself, so it leans towards `t_c` whatever the input (with the
+# public code's L2 weighting, `f_c · t_c = ||x t_c|| / N > 0` always). The image→text and audio→text
+# classification can therefore be met without the input: the per-epoch training losses of the first
+# seed's run show how fast each term falls.
+
+# %%
+hist = json.loads((ctx.run_dir(TVSL_VARIANTS[0]) / "history.json").read_text())
+pd.DataFrame([{"epoch": h["epoch"], **h["train"], "val score": h["val_score"]} for h in hist]).set_index("epoch").round(3)
 
 # %% [markdown]
 # ## Seen classes: T-VSL next to AVGN and the baselines

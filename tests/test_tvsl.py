@@ -224,3 +224,22 @@ def test_zeroshot_evaluation_names_unseen_classes(tvsl_run, fake_build):
         key = "ap" if "/solo/" in name else "cap"
         assert 0.0 <= by_mode["oracle"][key] <= 1.0
     assert (run / "eval_test_zeroshot.csv").is_file() and (run / "eval_test_zeroshot.json").is_file()
+
+
+def test_anchor_analyses_of_a_run(tvsl_run, fake_build):
+    from avgn.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
+
+    run, _ = tvsl_run
+    sets = ["test/duet/scene", "test_zeroshot/duet/scene"]
+    naming = anchor_naming(run, sets, device="cpu")
+    assert len(naming) and naming["sources"].min() >= 1 and (~naming["seen"]).any() and naming["seen"].any()
+    assert naming[["audio_named", "visual_named"]].stack().between(0, 1).all()
+    assert (naming["audio_cos_own"].abs() <= 1 + 1e-5).all()
+    pts = anchor_embedding_tsne(run, sets, device="cpu", perplexity=5)
+    cfg = json.loads((run / "config.json").read_text())["experiment"]["model"]
+    n_src = int(naming["sources"].sum())
+    assert list(pts["kind"]).count("anchor") == len(cfg["class_names"]) and list(pts["kind"]).count("audio") == n_src
+    assert set(pts.loc[~pts["seen"], "class"]) <= set(cfg["class_names"]) - set(cfg["train_classes"])
+    assert pts[["x", "y"]].notna().all().all()
+    sim = anchor_similarity(["dog", "cat", "violin"], cache_dir=run.parent / "anchors")
+    assert sim.shape == (3, 3) and abs(sim.loc["dog", "dog"] - 1) < 1e-5 and sim.loc["dog", "cat"] > sim.loc["dog", "violin"]
