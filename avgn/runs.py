@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from avgn.checkpoint import load_checkpoint
+from avgn.data.config import DataConfig
 from avgn.data.manifest import load_build_info
 from avgn.env import resolve_device
 from avgn.experiment import METHODS, Experiment, get_experiment
@@ -54,6 +55,7 @@ __all__ = [
     "ASSIGNMENT_VARIANTS",
     "LOSS_VARIANTS",
     "TVSL_VARIANTS",
+    "TVSL_HELDOUT_CANDIDATES",
     "VARIANT_GROUPS",
 ]
 
@@ -341,6 +343,13 @@ TVSL_VARIANTS: tuple[Variant, ...] = (
     Variant("T-VSL (MiniLM, bare name)", "tvsl", overrides=(("model.templates", ("{}",)),), name="tvsl-bare",
             factor="templates", level="bare name"),
 )
+#: Chapter 9: the default T-VSL weights, ``predicted`` selection choosing among the held-out classes only
+#: (the classic zero-shot protocol; the plain run chooses among all classes: generalised zero-shot).
+#: Meant for the ``test_zeroshot`` split.
+TVSL_HELDOUT_CANDIDATES = Variant(
+    "T-VSL (MiniLM anchors), held-out candidates", "tvsl", eval_overrides=(("candidate_classes", DataConfig().heldout_classes),),
+    name="tvsl-heldout-candidates", factor="candidates", level="held-out classes",
+)
 #: The groups of variants by name (``scripts/run_variants.py --group``, the chapters).
 VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "main": MAIN_VARIANTS,
@@ -350,5 +359,5 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "assignment": ASSIGNMENT_VARIANTS,
     "loss": LOSS_VARIANTS,
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
-    "text": TVSL_VARIANTS,
+    "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
 }

@@ -243,3 +243,16 @@ def test_anchor_analyses_of_a_run(tvsl_run, fake_build):
     assert pts[["x", "y"]].notna().all().all()
     sim = anchor_similarity(["dog", "cat", "violin"], cache_dir=run.parent / "anchors")
     assert sim.shape == (3, 3) and abs(sim.loc["dog", "dog"] - 1) < 1e-5 and sim.loc["dog", "cat"] > sim.loc["dog", "violin"]
+
+
+def test_candidate_classes_restrict_predicted_selection():
+    m = get_method("tvsl")
+    model = _model(candidate_classes=("b", "d")).eval()
+    spec, feats = torch.randn(2, 1, 65, 40), torch.relu(torch.randn(2, 1280, 3, 3))
+    with torch.no_grad():
+        out = model(spec=spec, visual_feats=feats)
+        probs = m.predict(model, out)["audio_probs"]
+    assert (probs[:, [0, 2]] == 0).all() and (probs[:, [1, 3]] > 0).all()
+    assert torch.allclose(probs[:, [1, 3]], torch.sigmoid(out["ml_logits"])[:, [1, 3]])
+    with pytest.raises(ValueError, match="candidate_classes"):
+        _cfg(candidate_classes=("zebra",))

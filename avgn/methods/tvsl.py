@@ -66,9 +66,14 @@ class TVSLMethod(Method):
         return model.loss(outputs, batch["labels"].to(outputs["ml_logits"].device))
 
     def predict(self, model: nn.Module, outputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        probs = torch.sigmoid(outputs["ml_logits"].float())  # [B, C], against every anchor
+        cand = model.cfg.candidate_classes
+        if cand is not None:  # selection restricted to the candidates (e.g. the held-out classes)
+            keep = torch.tensor([c in cand for c in model.cfg.class_names], device=probs.device)
+            probs = probs * keep
         return {
             "maps": model.localize(outputs),  # [B, C, h, w]
-            "audio_probs": torch.sigmoid(outputs["ml_logits"].float()),  # [B, C], against every anchor
+            "audio_probs": probs,
             "token_pred": model.text_logits(outputs["audio_emb"].float(), outputs["anchors"].float()).argmax(-1),  # [B, C]
         }
 

@@ -275,6 +275,9 @@ class TVSLConfig:
         text_encoder: ``minilm`` (default; 384-d) or ``audioclip`` (the paper's AudioCLIP towers:
             not available offline, building raises ``NotImplementedError``).
         audioclip_path: a user-supplied AudioCLIP checkpoint (only with ``text_encoder='audioclip'``).
+        candidate_classes: inference only: the classes ``predicted`` selection may choose from
+            (``audio_probs`` of the others are 0); ``None`` = every anchor (generalised zero-shot).
+            The held-out classes alone give the classic zero-shot protocol.
         anchor_cache: folder of the cached anchors (``None``: :func:`avgn.text.default_cache_dir`).
         dim: hidden width of the residual MLP heads (the embedding width is the text width, 384).
         token_weighting: ``l2`` = the public code (token weights ``s_c / ||s_c||`` over the tokens,
@@ -295,6 +298,7 @@ class TVSLConfig:
     templates: tuple[str, ...] = ("the sound of a {}", "a photo of a {}")
     text_encoder: str = "minilm"
     audioclip_path: str | None = None
+    candidate_classes: tuple[str, ...] | None = None
     anchor_cache: str | None = None
     dim: int = 512
     token_weighting: str = "l2"
@@ -324,6 +328,9 @@ class TVSLConfig:
         unknown = [c for c in (self.train_classes or ()) if c not in self.class_names]
         if unknown:
             raise ValueError(f"train_classes {unknown} are not in class_names")
+        unknown = [c for c in (self.candidate_classes or ()) if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"candidate_classes {unknown} are not in class_names")
         if self.train_classes is not None and not self.train_classes:
             raise ValueError("train_classes is empty")
         if not 1.0 <= self.scale_init <= self.scale_max or self.tau <= 0 or self.weight_tau <= 0:
