@@ -85,7 +85,7 @@ sns.heatmap(sim, cmap="viridis", vmin=0, vmax=1, square=True, ax=ax, cbar_kws={"
 ax.set_title("MiniLM anchors of the benchmark's classes")
 save_figure(fig, "09_anchor_similarity", figures_dir)
 plt.close(fig)
-nearest = {c: sim.loc[c].drop(c).idxmax() for c in heldout_classes(ctx.data)}
+nearest = {c: sim.loc[c, info["split_classes"]["train"]].idxmax() for c in heldout_classes(ctx.data)}
 print("nearest seen anchor of each held-out class:", nearest)
 
 # %% [markdown]
@@ -245,19 +245,24 @@ naming.sort_values(["seen", "class"]).set_index("class").round(3)
 # ## Verdicts on the paper's claims
 #
 # Computed from the tables above (mean over seeds; "beyond seed noise" compares the margin with
-# twice T-VSL's seed-to-seed standard deviation). Each mode is its own row label here.
+# twice T-VSL's seed-to-seed standard deviation). Each mode is its own row label here. The zero-shot
+# claim in `predicted` mode is judged on the classic protocol (T-VSL choosing among the held-out
+# classes); the priors need no selection. The last claim is not the paper's: it asks whether naming
+# a class by text beats a class token that never heard it.
 
 # %%
 by_mode = results.assign(variant=results["variant"] + " [" + results["mode"] + "]", mode="oracle")
 MIX = [(s, "cap") for s in seen_sets]
 ZS = [(s, "ap" if "/solo/" in s else "cap") for s in list_sets(ctx.data, ZEROSHOT_SPLIT)]
-noise = {c: seed_sd(by_mode, f"{TVSL} [oracle]", *c) for c in MIX + ZS}
+PRIORS = [f"{METHOD_NAMES[k]} [oracle]" for k in ("centre", "object")]
+ZS_TVSL = {"oracle": TVSL, "predicted": TVSL_HELDOUT_CANDIDATES.label}  # predicted: among the held-out classes
+noise = {m: {c: seed_sd(by_mode, f"{TVSL} [{m}]", *c) for c in MIX} | {c: seed_sd(by_mode, f"{ZS_TVSL[m]} [{m}]", *c) for c in ZS}
+         for m in ZS_TVSL}
 verdicts = []
-for mode in ("oracle", "predicted"):
-    verdicts += verdict_beats(by_mode, f"text guidance helps in mixtures: T-VSL beats AVGN ({mode})", f"{TVSL} [{mode}]", [f"AVGN [{mode}]"], MIX, noise)
-    verdicts += verdict_beats(by_mode, f"zero-shot works: T-VSL beats the priors on unseen classes ({mode})", f"{TVSL} [{mode}]",
-                              [f"{METHOD_NAMES[k]} [oracle]" for k in ("centre", "object")], ZS, noise)
-verdicts += verdict_beats(by_mode, "T-VSL beats AVGN's untrained tokens on unseen classes (oracle)", f"{TVSL} [oracle]", ["AVGN [oracle]"], ZS, noise)
+for m in ("oracle", "predicted"):
+    verdicts += verdict_beats(by_mode, f"text guidance helps in mixtures: T-VSL beats AVGN ({m})", f"{TVSL} [{m}]", [f"AVGN [{m}]"], MIX, noise[m])
+    verdicts += verdict_beats(by_mode, f"zero-shot works: T-VSL beats the priors on unseen classes ({m})", f"{ZS_TVSL[m]} [{m}]", PRIORS, ZS, noise[m])
+verdicts += verdict_beats(by_mode, "T-VSL beats AVGN's untrained tokens on unseen classes (oracle)", f"{TVSL} [oracle]", ["AVGN [oracle]"], ZS, noise["oracle"])
 verdict_df = pd.DataFrame(verdicts)
 display(verdict_df)
 verdict_summary(verdicts)[["verdict"]]
