@@ -220,6 +220,7 @@ for kind, marker, size in (("audio", "o", 14), ("visual", "x", 14), ("anchor", "
     ax.scatter(sub.loc[sub["seen"], "x"], sub.loc[sub["seen"], "y"], c="0.75", marker=marker, s=size, label=f"{kind} (seen classes)")
     sns.scatterplot(data=sub[~sub["seen"]], x="x", y="y", hue="class", marker=marker, s=size, ax=ax, legend=kind == "anchor")
 ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title="anchors (stars), audio (o) and visual (x) class features")
+ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
 save_figure(fig, "09_anchor_tsne", figures_dir)
 plt.close(fig)
 

@@ -256,3 +256,27 @@ def test_candidate_classes_restrict_predicted_selection():
     assert torch.allclose(probs[:, [1, 3]], torch.sigmoid(out["ml_logits"])[:, [1, 3]])
     with pytest.raises(ValueError, match="candidate_classes"):
         _cfg(candidate_classes=("zebra",))
+
+
+def test_a_run_trained_with_a_heldout_class_is_refused(tvsl_run, tmp_path):
+    from avgn.zeroshot import check_unseen
+
+    run, _ = tvsl_run
+    cfg = json.loads((run / "config.json").read_text())
+    held = check_unseen(run)["heldout"]
+    cfg["experiment"]["model"]["train_classes"] = cfg["experiment"]["model"]["train_classes"] + held[:1]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="trained with held-out classes"):
+        check_unseen(tmp_path)
+
+
+def test_avgn_is_scored_on_the_heldout_classes_with_its_untrained_tokens(fake_build, tmp_path):
+    from helpers import tiny_experiment
+
+    from avgn.train import train
+    from avgn.zeroshot import evaluate_zeroshot
+
+    train(tiny_experiment("avgn", **{"train.epochs": 1}), fake_build, tmp_path / "avgn", seed=0, device="cpu", progress=False)
+    res = evaluate_zeroshot(tmp_path / "avgn", device="cpu")
+    assert res["scoring"] == "tokens" and set(res["heldout"]) and res["sets"]
+    assert all(set(by_mode) == {"oracle", "predicted"} for by_mode in res["results"].values())
