@@ -122,11 +122,14 @@ print(f"{len(results)} result rows; seeds {ctx.seeds}")
 # computed from the anchor `t_c` itself, so it leans towards `t_c` whatever the input (with the
 # public code's L2 weighting, `f_c · t_c = ||x t_c|| / N > 0` always). The image→text and audio→text
 # classification can therefore be met without the input: the per-epoch training losses of the first
-# seed's run show how fast each term falls.
+# seed's run show how fast each term falls. Beside them, the control of chapter 6 on the validation
+# duets: per modality, the cosine between a class feature's mean where the class sounds and where it
+# is silent (1 = the class feature does not depend on whether the class sounds).
 
 # %%
 hist = json.loads((ctx.run_dir(TVSL_VARIANTS[0]) / "history.json").read_text())
-pd.DataFrame([{"epoch": h["epoch"], **h["train"], "val score": h["val_score"]} for h in hist]).set_index("epoch").round(3)
+pd.DataFrame([{"epoch": h["epoch"], **h["train"], "val score": h["val_score"],
+               **{f"dependence {k}": v for k, v in h.get("embedding_dependence", {}).items()}} for h in hist]).set_index("epoch").round(3)
 
 # %% [markdown]
 # ## Seen classes: T-VSL next to AVGN and the baselines

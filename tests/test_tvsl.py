@@ -204,6 +204,8 @@ def test_tvsl_trains_through_the_shared_loop(tvsl_run, fake_build):
     assert 0.0 < summary["presence_threshold"] < 1.0
     hist = json.loads((run / "history.json").read_text())
     assert {"img", "aud", "ml", "cnt", "total"} <= set(hist[0]["train"]) and all(math.isfinite(h["train"]["total"]) for h in hist)
+    dep = hist[-1]["embedding_dependence"]
+    assert set(dep) == {"audio", "visual"} and all(-1.0 <= v <= 1.0 for v in dep.values())
     info = load_build_info(fake_build)
     model_cfg = json.loads((run / "config.json").read_text())["experiment"]["model"]
     assert model_cfg["class_names"] == info["classes"]

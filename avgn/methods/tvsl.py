@@ -11,11 +11,12 @@ and probabilities from their names alone (zero-shot, :mod:`avgn.zeroshot`).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from avgn.methods.avgn import embedding_dependence_summary
 from avgn.methods.base import Method
 from avgn.methods.registry import register_method
 from avgn.models.config import TVSLConfig
@@ -76,6 +77,14 @@ class TVSLMethod(Method):
             "audio_probs": probs,
             "token_pred": model.text_logits(outputs["audio_emb"].float(), outputs["anchors"].float()).argmax(-1),  # [B, C]
         }
+
+    def epoch_diagnostics(self, model: nn.Module, val_sets: Sequence[Any], device: torch.device) -> dict[str, Any]:
+        """``embedding_dependence``: per modality, the mean over classes of the cosine between a
+        class feature's mean where the class sounds and where it does not, on the multi-source
+        validation sets (1 = the class feature ignores the input: the text-conditioned pooling
+        alone already points it at its anchor)."""
+        multi = [es for es in val_sets if es.name.n_sources > 1] or list(val_sets)
+        return {"embedding_dependence": embedding_dependence_summary(model, [b for es in multi for b in es.batches()], device)}
 
     def value_label(self, model: nn.Module | None) -> str:
         return "cos(h$^v$(x$^v_p$), class-c audio feature) in the text space"
