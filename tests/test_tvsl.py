@@ -300,3 +300,20 @@ def test_avgn_is_scored_on_the_heldout_classes_with_its_untrained_tokens(fake_bu
     res = evaluate_zeroshot(tmp_path / "avgn", device="cpu")
     assert res["scoring"] == "tokens" and set(res["heldout"]) and res["sets"]
     assert all(set(by_mode) == {"oracle", "predicted"} for by_mode in res["results"].values())
+
+
+def test_bf16_autocast_and_channels_last_path():
+    """The gpu profile's numerics (bfloat16 autocast, channels-last) on the CPU: finite loss, fp32 maps."""
+    from avgn.methods import MethodPredictor
+
+    m = get_method("tvsl")
+    model = _model().to(memory_format=torch.channels_last)
+    batch = {"spec": torch.randn(2, 1, 65, 40), "visual_feats": torch.relu(torch.randn(2, 1280, 3, 3)),
+             "labels": torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(spec=batch["spec"], visual_feats=batch["visual_feats"].contiguous(memory_format=torch.channels_last))
+        loss, _ = m.loss(model, out, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    pred = MethodPredictor(m, model, bf16=True, channels_last=True)(batch)
+    assert pred["maps"].dtype == torch.float32 and torch.isfinite(pred["maps"]).all() and pred["audio_probs"].shape == (2, 4)
