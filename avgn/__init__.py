@@ -10,7 +10,8 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.boxes`        box/mask helpers for the public annotation formats
 - :mod:`avgn.data`         the embedded audio-visual mixture benchmark, its datasets and batching, dataset adapters
 - :mod:`avgn.features`     cached backbone features of a frozen visual backbone
-- :mod:`avgn.models`       AVGN, EZ-VSL, Mix-and-Localize, the priors (``nn.Module`` s and their configs)
+- :mod:`avgn.text`         text anchors: class names through the packaged all-MiniLM-L6-v2 (offline, cached)
+- :mod:`avgn.models`       AVGN, EZ-VSL, Mix-and-Localize, T-VSL, the priors (``nn.Module`` s and their configs)
 - :mod:`avgn.losses`       the training losses
 - :mod:`avgn.checkpoint`   checkpoints: atomic, resumable
 - :mod:`avgn.clusters`     object clusters (K-means dictionary, Hungarian cluster -> class), NSA and false alarms
@@ -19,11 +20,13 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.experiment`   one run's configuration (method x profile, dotted overrides)
 - :mod:`avgn.runs`         run folders, named variants, reproduce commands, loading a trained run
 - :mod:`avgn.evaluate`     evaluation sets, predictions, scoring under both source-selection modes
+- :mod:`avgn.zeroshot`     zero-shot evaluation of the held-out classes (how each method names them)
 - :mod:`avgn.train`        the training loop
 - :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
 - :mod:`avgn.book`         a chapter's set-up in one call (``chapter_context``)
 - :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording
 - :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
+- :mod:`avgn.anchors`      T-VSL's anchors beside a run's class-aware features (similarities, t-SNE)
 - :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
 - :mod:`avgn.results`      the committed long-format results files
 - :mod:`avgn.explorer`     the interactive explorer of chapter 6

@@ -300,7 +300,7 @@ def training_batches(exp: Any, data_dir: str | Path, seed: int = 0, n: int = 8, 
     """The first ``n`` training batches of ``epoch`` exactly as :func:`avgn.train.train` draws them."""
 
     data_dir = Path(data_dir)
-    exp = exp.with_num_classes(len(load_build_info(data_dir)["classes"]))
+    exp = exp.for_build(load_build_info(data_dir))
     store = None
     if exp.inputs.cached_features:
         compute_features(data_dir, exp.inputs.features, progress=False, splits=["train"])

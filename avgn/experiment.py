@@ -168,6 +168,13 @@ class Experiment:
         return self if cfg is self.model else dataclasses.replace(self, model=cfg)
 
 
+    def for_build(self, build_info: dict[str, Any]) -> "Experiment":
+        """This experiment for the data build described by ``build_info`` (``build.json``; the
+        method decides what changes: :meth:`avgn.methods.Method.for_build`)."""
+        cfg = get_method(self.method).for_build(self.model, build_info)
+        return self if cfg is self.model else dataclasses.replace(self, model=cfg)
+
+
 def _build(cls: type, d: dict[str, Any]) -> Any:
     """Dataclass from a dict, recursing into nested dataclass fields and restoring tuples."""
     kw = {}

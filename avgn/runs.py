@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from avgn.checkpoint import load_checkpoint
+from avgn.data.config import DataConfig
 from avgn.data.manifest import load_build_info
 from avgn.env import resolve_device
 from avgn.experiment import METHODS, Experiment, get_experiment
@@ -55,6 +56,8 @@ __all__ = [
     "LOSS_VARIANTS",
     "DSOL_STAGE1_VARIANT",
     "DSOL_VARIANT",
+    "TVSL_VARIANTS",
+    "TVSL_HELDOUT_CANDIDATES",
     "VARIANT_GROUPS",
 ]
 
@@ -344,6 +347,20 @@ LOSS_VARIANTS: tuple[Variant, ...] = (
 DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
                               name="dsol-stage1")
 DSOL_VARIANT = Variant("DSOL", "dsol", overrides=(("model.stage", 2), ("train.solo_items", 0)), name="dsol", init_from=DSOL_STAGE1_VARIANT)
+#: Chapter 9: T-VSL with this book's MiniLM anchors (two prompt templates averaged) and with the bare
+#: class name as its only prompt (the public code prompts its text tower with the bare name).
+TVSL_VARIANTS: tuple[Variant, ...] = (
+    Variant("T-VSL (MiniLM anchors)", "tvsl", factor="templates", level="sound + photo"),
+    Variant("T-VSL (MiniLM, bare name)", "tvsl", overrides=(("model.templates", ("{}",)),), name="tvsl-bare",
+            factor="templates", level="bare name"),
+)
+#: Chapter 9: the default T-VSL weights, ``predicted`` selection choosing among the held-out classes only
+#: (the classic zero-shot protocol; the plain run chooses among all classes: generalised zero-shot).
+#: Meant for the ``test_zeroshot`` split.
+TVSL_HELDOUT_CANDIDATES = Variant(
+    "T-VSL (MiniLM anchors), held-out candidates", "tvsl", eval_overrides=(("candidate_classes", DataConfig().heldout_classes),),
+    name="tvsl-heldout-candidates", factor="candidates", level="held-out classes",
+)
 #: The groups of variants by name (``scripts/run_variants.py --group``, the chapters).
 VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "main": MAIN_VARIANTS,
@@ -354,4 +371,5 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "loss": LOSS_VARIANTS,
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
     "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
+    "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
 }

@@ -235,7 +235,7 @@ def _run_config(exp: Experiment, data_dir: Path, run_dir: Path, seed: int) -> di
     build_info = load_build_info(data_dir)
     identity = check_data(data_dir, exp.profile)
     overrides = experiment_overrides(exp)  # what the command line needs to rebuild exactly this run
-    exp = exp.with_num_classes(len(build_info["classes"]))
+    exp = exp.for_build(build_info)
     return {
         "experiment": exp.to_dict(),
         "fingerprint": exp.fingerprint(),

@@ -8,6 +8,7 @@ first (e.g. in the background, or on another machine with the same data) only mo
     python scripts/run_variants.py --group ablations --profile cpu --seeds 0 1 # chapter 4
     python scripts/run_variants.py --group main --splits test test_style test_audio test_real \
         --eval-sets composed=test/trio/concat,test/quartet/concat                          # chapter 5
+    python scripts/run_variants.py --group text --profile cpu --splits test test_zeroshot  # chapter 9
 
 Runs go to ``data/runs`` and the data to ``data/embedded/<profile>`` (the chapters' defaults).
 """

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_lists_every_method_and_reference():
-    assert list_methods(learned=True) == ("avgn", "ezvsl", "mal", "dsol")
+    assert list_methods(learned=True) == ("avgn", "ezvsl", "mal", "dsol", "tvsl")
     assert list_methods(learned=False) == ("centre", "object", "perfect")
-    assert [get_method(n).kind for n in list_methods()] == ["class_aware", "shared", "slots", "class_aware", "shared", "shared", "slots"]
+    assert [get_method(n).kind for n in list_methods()] == ["class_aware", "shared", "slots", "class_aware", "class_aware", "shared", "shared", "slots"]
     assert get_method("AVGN").modes == ("oracle", "predicted") and get_method("ezvsl").modes == ("oracle",)
-    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of avgn, ezvsl, mal, dsol, centre"):
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of avgn, ezvsl, mal, dsol, tvsl, centre"):
         get_method("nope")
 
 

