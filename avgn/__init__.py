@@ -13,6 +13,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.models`       AVGN, EZ-VSL, Mix-and-Localize, the priors (``nn.Module`` s and their configs)
 - :mod:`avgn.losses`       the training losses
 - :mod:`avgn.checkpoint`   checkpoints: atomic, resumable
+- :mod:`avgn.segment`     point prompts from a map, promptable segmenters (GrabCut, Segment Anything by path)
 - :mod:`avgn.config`       configuration dataclasses and the one profile table (``smoke`` | ``cpu`` | ``gpu``)
 - :mod:`avgn.methods`      the method interface and registry: every method and reference, one module each
 - :mod:`avgn.experiment`   one run's configuration (method x profile, dotted overrides)
