@@ -23,6 +23,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
 - :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
 - :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
+- :mod:`avgn.shape_masks`  chapter 8: maps -> point prompts -> segmenter masks, AVSBench scores
 - :mod:`avgn.results`      the committed long-format results files
 - :mod:`avgn.explorer`     the interactive explorer of chapter 6
 - :mod:`avgn.viz`          figure helpers (save to ``figures/``)
