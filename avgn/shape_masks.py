@@ -34,7 +34,7 @@ from avgn.runs import load_trained_model
 from avgn.segment.prompts import GSAVL_ALPHA, PromptConfig, fuse_maps, sample_points
 
 __all__ = ["BLOB", "PairSet", "MapSource", "load_pairs", "run_map_sources", "prior_map_source", "fused",
-           "segment_source", "score_masks", "mask_study", "split_variant", "SEP"]
+           "segment_source", "score_masks", "mask_study", "split_variant", "SEP", "prior_ablation", "qualitative", "plot_masks"]
 
 #: The "segmenter" that is no segmenter: the map binarised by the protocol's rule.
 BLOB = "blob"
@@ -196,3 +196,62 @@ def split_variant(df: Any):
     """``df`` with ``source``, ``sampler`` and ``segmenter`` columns from its ``variant`` labels."""
     parts = df["variant"].str.split(SEP, expand=True, regex=False)
     return df.assign(source=parts[0], sampler=parts[1], segmenter=parts[2])
+
+
+def prior_ablation(results: Any, av_label: str, segmenter: str, sampler: str, mode: str = "oracle", set_name: str | None = None):
+    """GSAVL's ablation from results rows: the AV map alone, the object prior alone and their
+    fusion, each through (``sampler``, ``segmenter``) (``segmenter=BLOB``: the blob), mean and sd
+    over seeds of ``miou`` and ``fscore`` per set. Rows ``AV only``, ``prior only``, ``fused``."""
+    df = split_variant(results)
+    df = df[(df["segmenter"] == segmenter) & (df["sampler"] == ("-" if segmenter == BLOB else sampler))]
+    if set_name is not None:
+        df = df[df["set"] == set_name]
+    parts = {"AV only": df[(df["source"] == av_label) & (df["mode"] == mode)],
+             "prior only": df[df["source"] == "object prior"],
+             "fused": df[(df["source"] == f"{av_label} + prior") & (df["mode"] == mode)]}
+    frames = [p.assign(map=k) for k, p in parts.items() if len(p)]
+    if not frames:
+        raise ValueError(f"no rows for {av_label!r} with {sampler} / {segmenter}")
+    import pandas as pd
+
+    agg = pd.concat(frames).groupby(["set", "map", "metric"], sort=False)["value"].agg(["mean", "std"]).reset_index()
+    return agg.pivot_table(index=["set", "map"], columns="metric", values=["mean", "std"], sort=False)
+
+
+def qualitative(pairs: PairSet, src: MapSource, segmenter: Any, prompt: PromptConfig, indices: Sequence[int], seed: int = 0) -> list[dict[str, Any]]:
+    """Per chosen pair: ``image [3, H, W]``, ``map [H, W]``, ``points [N, 2]`` (or None), ``mask``,
+    ``gt`` and ``iou`` (the same prompts as :func:`segment_source` draws for those pairs alone)."""
+    masks, prompts = segment_source(src, pairs, segmenter, prompt, seed=seed, indices=indices)
+    out = []
+    for j, p in enumerate(indices):
+        gt = pairs.masks[p]
+        iou = float(metrics.avs_iou(masks[j:j + 1], gt[None])[0])
+        out.append({"image": pairs.image(p), "map": src.maps[p], "points": prompts[j], "mask": masks[j], "gt": gt, "iou": iou,
+                    "class": pairs.class_names[int(pairs.classes[p])]})
+    return out
+
+
+def plot_masks(panels: Sequence[Mapping[str, Any]], title: str = ""):
+    """One row per pair: frame + map and prompts, the mask, the ground truth. Returns the figure."""
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 3, figsize=(7.5, 2.5 * len(panels)), squeeze=False)
+    for row, it in zip(axes, panels):
+        img = it["image"].permute(1, 2, 0).numpy()
+        row[0].imshow(img)
+        row[0].imshow(it["map"].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if it["points"] is not None:
+            row[0].scatter(it["points"][:, 0], it["points"][:, 1], marker="*", s=140, c="white", edgecolors="black")
+        row[1].imshow(img)
+        row[1].imshow(it["mask"].numpy(), cmap="Greens", alpha=0.55)
+        row[2].imshow(img)
+        row[2].imshow(it["gt"].numpy(), cmap="Blues", alpha=0.55)
+        row[0].set_title(f"{it['class']}: map, prompts", fontsize=9)
+        row[1].set_title(f"mask (IoU {it['iou']:.2f})", fontsize=9)
+        row[2].set_title("ground truth", fontsize=9)
+        for a in row:
+            a.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
