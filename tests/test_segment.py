@@ -206,3 +206,41 @@ def test_sam_predicts_a_mask_of_the_image_size():
     img = img[:, :, :48]  # not square: the predictor resizes and pads
     mask = seg(img, torch.tensor([[20, 30], [40, 10]]), torch.tensor([1, 0]))
     assert mask.dtype == torch.bool and mask.shape == (64, 48)
+
+
+# ---- the trained promptable decoder ----------------------------------------------------------------
+def _synthetic_pairs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames with two rectangles of random colours on noise; the target is one of them."""
+    g = torch.Generator().manual_seed(seed)
+    imgs = torch.rand(n, 3, 48, 48, generator=g) * 0.3
+    masks = torch.zeros(n, 48, 48, dtype=torch.bool)
+    for i in range(n):
+        for k in range(2):
+            y0, x0 = (int(v) for v in torch.randint(0, 30, (2,), generator=g))
+            hh, ww = (int(v) for v in torch.randint(8, 18, (2,), generator=g))
+            imgs[i, :, y0:y0 + hh, x0:x0 + ww] = 0.4 + 0.6 * torch.rand(3, 1, 1, generator=g)
+            if k == 1:
+                masks[i] = False
+                masks[i, y0:y0 + hh, x0:x0 + ww] = True
+    return imgs, masks
+
+
+def test_trained_decoder_learns_to_segment_the_prompted_object():
+    from avgn.segment.decoder import DecoderConfig, DecoderSegmenter, train_point_decoder
+
+    cfg = DecoderConfig(size=48, width=8, sigma=2.0, steps=150, batch_size=8, lr=5e-3)
+    imgs, masks = _synthetic_pairs(64, 0)
+    model, losses = train_point_decoder(imgs, masks, cfg, seed=0)
+    assert sum(losses[-20:]) / 20 < 0.6 * sum(losses[:20]) / 20
+    seg = DecoderSegmenter(model, cfg)
+    test_imgs, test_masks = _synthetic_pairs(16, 1)  # held-out frames
+    ious = []
+    for img, m in zip(test_imgs, test_masks):
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        c = len(ys) // 2
+        pred = seg(img, torch.tensor([[int(xs[c]), int(ys[c])]]), torch.tensor([1]))
+        assert pred.shape == (48, 48) and pred.dtype == torch.bool
+        ious.append(_iou(pred, m) if pred.any() else 0.0)
+    assert sum(ious) / len(ious) > 0.5
+    with pytest.raises(ValueError, match="foreground"):
+        seg(test_imgs[0], torch.tensor([[3, 3]]), torch.tensor([0]))
