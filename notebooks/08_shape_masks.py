@@ -65,7 +65,7 @@ ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_d
 SETS = {"smoke": ["test/solo/scene"], "cpu": ["test/solo/scene", "test/duet/scene"], "gpu": ["test/solo/scene", "test/duet/scene"]}[profile]
 MAX_ITEMS = {"smoke": 3, "cpu": 20, "gpu": None}[profile]
 TRAIN_ITEMS = {"smoke": 12, "cpu": 600, "gpu": None}[profile]  # training scenes per set for the decoder
-DECODER = DecoderConfig(steps={"smoke": 20, "cpu": 800, "gpu": 4000}[profile], batch_size={"smoke": 4, "cpu": 16, "gpu": 32}[profile])
+DECODER = DecoderConfig(steps={"smoke": 20, "cpu": 600, "gpu": 4000}[profile], batch_size={"smoke": 4, "cpu": 16, "gpu": 32}[profile])
 
 # %% [markdown]
 # ## The maps
