@@ -78,3 +78,30 @@ def test_load_pairs_of_a_build(fake_build):
     assert pairs.masks.flatten(1).any(1).all()
     with pytest.raises(ValueError, match="scene"):
         load_pairs(fake_build, "test/duet/concat")
+
+
+def test_explorer_segment_toggle():
+    pytest.importorskip("cv2")
+    pytest.importorskip("ipywidgets")
+    import numpy as np
+
+    from avgn.explorer import Explorer, ExplorerItem, score_map
+    from avgn.segment.segmenters import GrabCutSegmenter
+
+    pairs = _pairs(1)
+    src = _blob_source(pairs)
+    gt = pairs.masks[0]
+    item = ExplorerItem("s0", "test/solo/scene", pairs.image(0), gt[None], ["drum"], np.zeros(160, np.float32), np.zeros((1, 160), np.float32),
+                        16000, maps={"M": {"shared": src.maps[0]}}, source_map={"M": {"drum": "shared"}}, kinds={"M": "shared"})
+    ex = Explorer([item], draw=False, segmenter=GrabCutSegmenter())
+    blob_ciou = ex.state["ciou"]
+    assert not ex.state["segmented"] and ex.state["points"] is None
+    assert blob_ciou == pytest.approx(score_map(src.maps[0], gt)[1])
+    ex.segment.value = True
+    st = ex.state
+    assert st["segmented"] and st["points"].shape == (1, 2)
+    assert st["ciou"] > blob_ciou + 0.2 and st["pixels"] != int(score_map(src.maps[0], gt)[0].sum())
+    assert "GrabCut" in ex.render_still().axes[1].get_title()
+    ex.segment.value = False
+    assert ex.state["ciou"] == pytest.approx(blob_ciou)
+    assert Explorer([item], draw=False).segment.disabled  # no segmenter, no toggle
