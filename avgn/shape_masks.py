@@ -28,6 +28,7 @@ from torch import Tensor
 
 from avgn import metrics
 from avgn.data.datasets import SceneDataset
+from avgn.env import resolve_device
 from avgn.evaluate import SetName, _source_maps, _store_for, load_eval_set, predict_set, reference_predictor
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
@@ -114,7 +115,7 @@ def run_map_sources(run_dir: str | Path, pairs: PairSet, data_dir: str | Path, l
     method = get_method(exp.method)
     store = _store_for(exp, Path(data_dir), [pairs.set_name], device=device)
     es = load_eval_set(data_dir, pairs.set_name, exp.inputs, store, max_items=pairs.n_items)
-    p = predict_set(MethodPredictor(method, model, device if device != "auto" else "cpu"), es)
+    p = predict_set(MethodPredictor(method, model, resolve_device(device), bf16=exp.train.bf16), es)
     if list(dict.fromkeys(p.scene_ids)) != list(dict.fromkeys(pairs.scene_ids)):
         raise RuntimeError(f"{run_dir}: the evaluation set's scenes are not the pairs' scenes (different builds?)")
     out = []

@@ -36,6 +36,15 @@
 # 45.0 IoU and the audio-visual map alone 15.7 — **the image prior, not the audio, gave most of the
 # gain**. Does the same hold here?
 
+# %% [markdown]
+# **Where GSAVL's public code differs from what is done here** (read from its repository; the
+# numbers in its logs are on AVSBench, not comparable): its probabilistic draw is unseeded (seeded
+# here); its grid sampler crashes when no neighbour is above 0 (the argmax alone here); its
+# validation binarises at a threshold of 0, which its code takes as "no threshold", so it selects
+# `best.pth` on a soft, unbinarised IoU — computed on the test split (selection here is on the
+# validation split, in chapter 3's runs); its "AP50" counts cIoU ≥ 0.1; and AVSBench's own F-score
+# averages per batch before the maximum, so it moves with the batch size (per image here).
+
 # %% tags=["parameters"]
 profile = "cpu"
 seed = 0

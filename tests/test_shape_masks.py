@@ -105,3 +105,36 @@ def test_explorer_segment_toggle():
     ex.segment.value = False
     assert ex.state["ciou"] == pytest.approx(blob_ciou)
     assert Explorer([item], draw=False).segment.disabled  # no segmenter, no toggle
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(fake_build, tmp_path_factory):
+    from helpers import tiny_experiment
+
+    from avgn.train import train
+
+    root = tmp_path_factory.mktemp("shape_mask_runs")
+    out = {}
+    for method in ("avgn", "ezvsl"):
+        out[method] = root / method
+        train(tiny_experiment(method, **{"train.epochs": 1}), fake_build, out[method], seed=0, device="cpu", progress=False)
+    return out
+
+
+def test_map_sources_of_trained_runs_and_the_prior(fake_build, tiny_runs):
+    from avgn.shape_masks import prior_map_source, run_map_sources
+
+    pairs = load_pairs(fake_build, "test/duet/scene", max_items=2)
+    avgn = run_map_sources(tiny_runs["avgn"], pairs, fake_build, "AVGN", device="cpu")
+    assert [(s.label, s.method, s.seed, s.mode) for s in avgn] == [("AVGN", "avgn", 0, "oracle"), ("AVGN", "avgn", 0, "predicted")]
+    ez = run_map_sources(tiny_runs["ezvsl"], pairs, fake_build, "EZ-VSL", device="cpu")
+    assert [s.mode for s in ez] == ["oracle"]
+    for s in avgn + ez:
+        assert s.maps.shape == pairs.masks.shape and float(s.maps.min()) >= 0 and float(s.maps.max()) <= 1
+    assert bool(avgn[0].hit.all())
+    # EZ-VSL has one map per frame: both sources of a scene get the same map
+    assert torch.equal(ez[0].maps[0], ez[0].maps[1]) and not torch.equal(ez[0].maps[0], ez[0].maps[2])
+    # AVGN's two sources of one scene have different classes, so different maps
+    assert not torch.equal(avgn[0].maps[0], avgn[0].maps[1])
+    prior = prior_map_source("smoke", pairs, fake_build, device="cpu")
+    assert prior.seed == -1 and prior.maps.shape == pairs.masks.shape and torch.equal(prior.maps[0], prior.maps[1])
