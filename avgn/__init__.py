@@ -15,6 +15,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.losses`       the training losses
 - :mod:`avgn.checkpoint`   checkpoints: atomic, resumable
 - :mod:`avgn.clusters`     object clusters (K-means dictionary, Hungarian cluster -> class), NSA and false alarms
+- :mod:`avgn.segment`     point prompts from a map, promptable segmenters (GrabCut, Segment Anything by path)
 - :mod:`avgn.config`       configuration dataclasses and the one profile table (``smoke`` | ``cpu`` | ``gpu``)
 - :mod:`avgn.methods`      the method interface and registry: every method and reference, one module each
 - :mod:`avgn.experiment`   one run's configuration (method x profile, dotted overrides)
@@ -28,6 +29,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
 - :mod:`avgn.anchors`      T-VSL's anchors beside a run's class-aware features (similarities, t-SNE)
 - :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
+- :mod:`avgn.shape_masks`  chapter 8: maps -> point prompts -> segmenter masks, AVSBench scores
 - :mod:`avgn.results`      the committed long-format results files
 - :mod:`avgn.explorer`     the interactive explorer of chapter 6
 - :mod:`avgn.viz`          figure helpers (save to ``figures/``)

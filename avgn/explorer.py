@@ -55,6 +55,7 @@ from avgn.evaluate import SetName, SetPredictions, _hungarian_match, list_sets
 from avgn.features import FeatureStore, collate_samples, compute_features
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
+from avgn.segment.prompts import PromptConfig, sample_points
 
 __all__ = [
     "RULES",
@@ -326,17 +327,21 @@ class Explorer:
     method's maps; reset to the map scoring the first source when the scene or method changes),
     ``source`` (the sources the chosen map scores: one for AVGN / Mix-and-Localize, every source for
     EZ-VSL's shared map, none for a silent class or an unmatched slot), ``rule`` and ``threshold``
-    (binarisation; see the module docstring), ``audio`` (the mixture and each source, labelled) and
-    ``output`` (the current figure as a PNG). :meth:`widget` assembles them.
+    (binarisation; see the module docstring), ``segment`` (chapter 8: replace the binarised map by
+    the mask of ``segmenter`` prompted from the map with ``prompt``; disabled without a segmenter),
+    ``audio`` (the mixture and each source, labelled) and ``output`` (the current figure as a PNG).
+    :meth:`widget` assembles them.
 
     Every widget callback calls :meth:`update`, which recomputes :attr:`state` (``scene_id``,
     ``set_name``, ``method``, ``map_name``, ``source`` (matched source or ``None``),
     ``sources_scored``, ``pixels`` (binary mask pixel count), ``gt_pixels``, ``ciou`` (NaN when the
     map scores no sounding source), ``threshold``, ``rule``, ``value`` (the :mod:`avgn.metrics`
-    binarisation value), ``audio_prob`` (AVGN: the class's presence probability)) and redraws.
+    binarisation value), ``audio_prob`` (AVGN: the class's presence probability), ``segmented``
+    and ``points`` (the prompts ``[N, 2]`` when segmented, else ``None``)) and redraws.
     """
 
-    def __init__(self, items: list[ExplorerItem], rule: str = "top_fraction", value: float = 0.5, *, draw: bool = True):
+    def __init__(self, items: list[ExplorerItem], rule: str = "top_fraction", value: float = 0.5, *, draw: bool = True,
+                 segmenter: Any = None, prompt: PromptConfig = PromptConfig("naive")):
         import ipywidgets as w
 
         if not items:
@@ -356,6 +361,7 @@ class Explorer:
         self.items = list(items)
         self._by_id = {it.scene_id: it for it in self.items}
         self.draw = draw
+        self.segmenter, self.prompt = segmenter, prompt
         self._busy = False
         self.state: dict[str, Any] = {}
 
@@ -367,6 +373,8 @@ class Explorer:
         self.source = w.Dropdown(options=[], description="vs. source")
         self.rule = w.Dropdown(options=list(RULES), value=rule, description="rule")
         self.threshold = w.FloatSlider(value=threshold, min=0.05, max=0.95, step=0.05, description="threshold", continuous_update=False, readout_format=".2f")
+        self.segment = w.ToggleButton(value=False, description="segment", disabled=segmenter is None,
+                                      tooltip=f"mask of {getattr(segmenter, 'name', 'no segmenter')} from {prompt.sampler} point prompts")
         self.audio = w.HBox()
         self.output = w.Output()
         self._set_sources()
@@ -375,7 +383,7 @@ class Explorer:
         self.sample.observe(self._on_sample, names="value")
         self.method.observe(self._on_method, names="value")
         self.map_name.observe(self._on_map, names="value")
-        for wd in (self.source, self.rule, self.threshold):
+        for wd in (self.source, self.rule, self.threshold, self.segment):
             wd.observe(self._on_change, names="value")
         self.update()
 
@@ -443,13 +451,19 @@ class Explorer:
         src = self.source.value if self.source.value in scored else None
         gt = it.mask_of(src) if src is not None else None
         binary, c = score_map(it.maps[m][name], gt, rule, value)
+        points = None
+        if self.segment.value and self.segmenter is not None:
+            heat = metrics.minmax_normalise(metrics.upsample_maps(it.maps[m][name].float(), tuple(it.image.shape[-2:]))[None])[0]
+            points = sample_points(heat, self.prompt, torch.Generator().manual_seed(0))
+            binary = self.segmenter(it.image, points, torch.ones(len(points), dtype=torch.long), heat)
+            c = math.nan if gt is None or not bool(gt.any()) else float(metrics.ciou(binary[None], gt.bool()[None])[0])
         prob = it.audio_probs.get(m, {}).get(name)
         return {
             "scene_id": it.scene_id, "set_name": it.set_name, "method": m, "map_name": name,
             "source": src, "sources_scored": scored,
             "pixels": int(binary.sum()), "gt_pixels": None if gt is None else int(gt.sum()),
             "ciou": c, "threshold": thr, "rule": rule, "value": value, "audio_prob": prob,
-            "binary": binary,
+            "segmented": points is not None, "points": points, "binary": binary,
         }
 
     def update(self) -> dict[str, Any]:
@@ -508,7 +522,11 @@ class Explorer:
         handles = []
         if binary.any() and not binary.all():
             ax_map.contour(binary.astype(float), levels=[0.5], colors=["white"], linewidths=1.8)
-        handles.append(Line2D([], [], color="white", lw=1.8, label=f"binarised ({st['pixels']} px)"))
+        what = f"{getattr(self.segmenter, 'name', 'segmenter')} mask" if st["segmented"] else "binarised"
+        handles.append(Line2D([], [], color="white", lw=1.8, label=f"{what} ({st['pixels']} px)"))
+        if st["segmented"]:
+            pts = st["points"].numpy()
+            ax_map.scatter(pts[:, 0], pts[:, 1], marker="*", s=120, c="white", edgecolors="black", zorder=3)
         if st["source"] is not None:
             gt = it.mask_of(st["source"]).numpy()
             if gt.any() and not gt.all():
@@ -519,6 +537,8 @@ class Explorer:
         for t in leg.get_texts():
             t.set_color("white")
         rule_txt = f"top {1 - st['threshold']:.0%} of pixels" if st["rule"] == "top_fraction" else f"normalised value ≥ {st['threshold']:.2f}"
+        if st["segmented"]:
+            rule_txt = f"{self.prompt.sampler} prompts → {getattr(self.segmenter, 'name', 'segmenter')}"
         if st["source"] is None:
             verdict = "scores no sounding source: cIoU undefined"
         else:
@@ -532,7 +552,7 @@ class Explorer:
         cb = fig.colorbar(im, cax=cax)
         cb.set_label(f"{it.value_labels.get(m, 'map value')}\n(raw; line: binarisation cut)", fontsize=7)
         cb.ax.tick_params(labelsize=7)
-        if binary.any():
+        if binary.any() and not st["segmented"]:
             cb.ax.axhline(float(raw[binary].min()), color="white", lw=2)
             cb.ax.axhline(float(raw[binary].min()), color="black", lw=0.8)
 
@@ -562,7 +582,7 @@ class Explorer:
         return w.VBox([
             w.HBox([self.sample, self.method]),
             w.HBox([self.map_name, self.source]),
-            w.HBox([self.rule, self.threshold]),
+            w.HBox([self.rule, self.threshold, self.segment]),
             self.audio,
             self.output,
         ])

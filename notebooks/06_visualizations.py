@@ -42,6 +42,7 @@ from avgn.analysis import class_embeddings, embedding_dependence
 from avgn.book import chapter_context
 from avgn.evaluate import example_maps
 from avgn.explorer import Explorer, explorer_items
+from avgn.segment.segmenters import GrabCutSegmenter
 from avgn.runs import MAIN_VARIANTS, load_run, load_trained_model
 from avgn.viz import MAP_CMAP, qualitative_grid, save_figure
 
@@ -204,7 +205,9 @@ plt.close(fig)
 # `avgn.explorer.Explorer` puts a few test scenes behind widgets: pick the scene and the method,
 # listen to the mixture and to each source as mixed, overlay the map of **any** class (AVGN has one
 # per class token, so the map of a silent or absent class can be inspected too), move the threshold
-# and see the binarised mask and its cIoU against the matched source. The book is static, so below
+# and see the binarised mask and its cIoU against the matched source; the `segment` toggle replaces the
+# binarised map by a mask of GrabCut prompted at the map's peak (chapter 8; GrabCut stands in for
+# Segment Anything, whose weights are not available here). The book is static, so below
 # is a still of the explorer's state; to use it live, open this notebook in JupyterLab
 # (`jupyter lab notebooks/06_visualizations.py`, which jupytext opens as a notebook) and run it: the
 # last cell shows the widgets. `tests/test_explorer.py` drives the same callbacks headlessly.
@@ -212,7 +215,7 @@ plt.close(fig)
 # %%
 ex_runs = {label: ctx.run_dir(variants[label]) for label in ("AVGN", "EZ-VSL", "Mix-and-Localize")}
 items = explorer_items(ex_runs, set_name, indices[: max(1, explorer_items_n)], data_dir=data, device=device)
-ex = Explorer(items)
+ex = Explorer(items, segmenter=GrabCutSegmenter())  # the `segment` toggle: chapter 8's GrabCut masks
 print({k: ex.state[k] for k in ("scene_id", "method", "map_name", "source", "threshold", "ciou")})
 fig = ex.render_still()
 _ = save_figure(fig, "06_explorer_still", figures_dir)
