@@ -166,8 +166,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from avgn.data.build import BuildConfigMismatchError
     from avgn.data.datasets import DataFileError
     from avgn.localize import LocalizeInputError
+    from avgn.runs import RunLockedError
 
-    return (AssetMissingError, BuildConfigMismatchError, DataFileError, LocalizeInputError)
+    return (AssetMissingError, BuildConfigMismatchError, DataFileError, LocalizeInputError, RunLockedError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,14 @@ other than the one it was trained on (:func:`check_data`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -36,6 +39,8 @@ from avgn.models.config import PAPER_DESIGN
 __all__ = [
     "run_dir_for",
     "reference_dir",
+    "RunLockedError",
+    "run_lock",
     "variant_dirs",
     "reproduce_command",
     "eval_command",
@@ -77,6 +82,42 @@ def reference_dir(runs_dir: str | Path, name: str, profile: str) -> Path:
     if name not in list_methods(learned=False):
         raise ValueError(f"{name!r} is not a reference; choose one of {', '.join(list_methods(learned=False))}")
     return Path(runs_dir) / profile / f"reference-{name}"
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training in the same run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``<run_dir>/.lock`` (``fcntl.flock``; the folder is created) while
+    a run is trained, so that two processes never write one run. The operating system releases it
+    when the holder exits, however it exits (a ``kill -9`` included).
+
+    Raises:
+        RunLockedError: naming the holder's process id and start time, and the fix.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "an unknown process"
+            raise RunLockedError(f"{run_dir} is being trained by another process ({holder}): wait for it to finish, "
+                                 "or train into another folder (--out)") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # releases the lock
 
 
 def _rel(p: Path) -> str:

@@ -59,7 +59,7 @@ from avgn.evaluate import EvalSet, choose_presence_threshold, evaluate_sets, loa
 from avgn.experiment import Experiment, get_experiment
 from avgn.features import FeatureStore, compute_features
 from avgn.methods import EpochContext, Method, MethodPredictor, get_method, model_inputs
-from avgn.runs import check_data, experiment_overrides, flatten, reproduce_command
+from avgn.runs import check_data, experiment_overrides, flatten, reproduce_command, run_lock
 
 __all__ = [
     "epoch_seed",
@@ -412,7 +412,29 @@ def train(
             as is). With ``resume=False`` an existing run is an error, never overwritten.
         stop_after_epochs: stop after this many epochs *in this call* as if interrupted (tests,
             budgeted sessions); the run stays resumable.
+
+    Raises:
+        RunLockedError: another process is training in ``run_dir`` (:func:`avgn.runs.run_lock`).
     """
+    with run_lock(run_dir):
+        return _train(exp, data_dir, run_dir, seed=seed, profile=profile, device=device, resume=resume, progress=progress,
+                      stop_after_epochs=stop_after_epochs, overrides=overrides)
+
+
+def _train(
+    exp: Experiment | str,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    seed: int = 0,
+    profile: str | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The body of :func:`train`, under the run folder's lock."""
     t_wall = time.perf_counter()
     if isinstance(exp, str):
         exp = get_experiment(exp, profile or "cpu", **dict(overrides or {}))

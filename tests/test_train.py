@@ -389,3 +389,35 @@ def test_smoke_ezvsl_audio_batch_norm_prevents_the_collapse(tmp_path_factory):
         model, exp, _ = load_trained_model(run, checkpoint="last", device="cpu")
         out[norm] = audio_embedding_collapse(model, training_batches(exp, data, 0, n=8))
     assert out["none"] >= 0.85 and out["batchnorm"] <= 0.7 and out["none"] - out["batchnorm"] >= 0.3, out
+
+
+def _hold_lock(run_dir, ready, release):
+    from avgn.runs import run_lock
+
+    with run_lock(run_dir):
+        ready.set()
+        release.wait(30)
+
+
+def test_a_second_process_cannot_train_the_same_run(fake_build, tmp_path):
+    """Two `avgn train` on one run folder: the second refuses in one line; the lock dies with its holder."""
+    import multiprocessing as mp
+
+    from avgn.cli import main
+    from avgn.runs import RunLockedError
+
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "run", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(RunLockedError, match=rf"run is being trained by another process \(pid {holder.pid}, since .*\): wait for it"):
+            train(_tiny("ezvsl", **{"train.epochs": 1}), fake_build, tmp_path / "run", device="cpu", progress=False)
+        assert not (tmp_path / "run" / "config.json").exists()  # nothing written by the refused process
+        assert main(["train", "--method", "ezvsl", "--profile", "smoke", "--data", str(fake_build), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    finally:
+        holder.kill()  # as kill -9: the operating system releases the lock
+        holder.join()
+    train(_tiny("ezvsl", **{"train.epochs": 1}), fake_build, tmp_path / "run", device="cpu", progress=False)
+    assert (tmp_path / "run" / "run.json").is_file()
