@@ -155,3 +155,42 @@ def test_corrupt_flac_raises_with_path(built, tmp_path):
     (out / ds.rows.iloc[1]["image_path"]).unlink()
     with pytest.raises(DataFileError, match="image"):
         ds[1]
+
+
+def test_fuzzed_benchmark_files_name_the_file(built, tmp_path):
+    """A truncated PNG or FLAC, a clip at another sample rate, a zero-length clip, a mask of the wrong
+    size: each is a DataFileError naming the file, never silently replaced or resampled."""
+    import soundfile as sf
+    from PIL import Image
+
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    ds = SceneDataset(out, "test", tasks=["duet"], layouts=["scene"])
+    row = ds.rows.iloc[0]
+    img = out / row["image_path"]
+    img.write_bytes(img.read_bytes()[: len(img.read_bytes()) // 3])  # truncated PNG
+    with pytest.raises(DataFileError, match="image") as e:
+        ds[0]
+    assert e.value.path == str(img)
+    row = ds.rows.iloc[1]
+    mask = out / row["mask_paths"][0]
+    Image.new("L", (100, 60), 255).save(mask)  # a mask of another size than its frame
+    with pytest.raises(DataFileError, match=r"mask .*it is 60x100 pixels, its frame 224x224") as e:
+        ds[1]
+    assert e.value.path == str(mask)
+    train = SceneDataset(out, "train", tasks=["solo"])
+    clips = [out / train.rows.iloc[i]["clip_paths"][0] for i in range(3)]
+    x, sr = sf.read(str(clips[0]), dtype="float32")
+    sf.write(str(clips[0]), np.concatenate([x, x, x])[: int(3 * 22050)], 22050, format="FLAC")  # 3 s, another rate
+    with pytest.raises(DataFileError, match=r"sample rate is 22050 Hz, the build's 16000 Hz") as e:
+        train[0]
+    assert e.value.path == str(clips[0])
+    sf.write(str(clips[1]), np.zeros(0, dtype=np.float32), sr, format="FLAC")  # zero-length
+    with pytest.raises(DataFileError, match="audio") as e:
+        train[1]
+    assert e.value.path == str(clips[1])
+    data = clips[2].read_bytes()
+    clips[2].write_bytes(data[: len(data) // 2])  # truncated FLAC
+    with pytest.raises(DataFileError, match="audio") as e:
+        train[2]
+    assert e.value.path == str(clips[2])

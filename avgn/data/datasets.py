@@ -201,8 +201,9 @@ def read_image(path: str | Path) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-def read_mask(path: str | Path) -> Tensor:
-    """A mask PNG as bool ``[H, W]`` (nonzero = object); :class:`DataFileError` if unreadable."""
+def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> Tensor:
+    """A mask PNG as bool ``[H, W]`` (nonzero = object); :class:`DataFileError` if unreadable or,
+    given ``size`` ``(H, W)`` (its frame's), of another size."""
     from PIL import Image
 
     try:
@@ -210,17 +211,24 @@ def read_mask(path: str | Path) -> Tensor:
             arr = np.asarray(im.convert("L")) > 0
     except Exception as exc:
         raise DataFileError(path, "mask", exc) from exc
+    if size is not None and tuple(arr.shape) != tuple(size):
+        raise DataFileError(path, "mask", f"it is {arr.shape[0]}x{arr.shape[1]} pixels, its frame {size[0]}x{size[1]}")
     return torch.from_numpy(arr.copy())
 
 
 def read_clip(path: str | Path, sample_rate: int, n_samples: int | None = None) -> np.ndarray:
     """A mono clip (float32 ``[T]``); :class:`DataFileError` if missing, corrupt or of the wrong length."""
+    import soundfile as sf
+
     from avgn.data.audio import read_audio
 
     try:
+        rate = sf.info(str(path)).samplerate
         x = read_audio(path, sample_rate)
     except Exception as exc:
         raise DataFileError(path, "audio", exc) from exc
+    if rate != sample_rate:  # the build writes every clip at its rate: another rate means another file
+        raise DataFileError(path, "audio", f"its sample rate is {rate} Hz, the build's {sample_rate} Hz")
     if n_samples is not None and x.shape[0] != n_samples:
         raise DataFileError(path, "audio", f"{x.shape[0]} samples, expected {n_samples}")
     return x
@@ -383,9 +391,10 @@ class SceneDataset(Dataset):
         r = self.rows.iloc[i]
         d = self.data
         image = read_image(d.path(r.image_path))
+        hw = tuple(image.shape[-2:])
         if self.image_transform is not None:
             image = self.image_transform(image)
-        masks = [read_mask(d.path(p)) for p in r.mask_paths]
+        masks = [read_mask(d.path(p), hw) for p in r.mask_paths]
         audio, comps = self._audio(r)
         meta = {
             "scene_id": r.scene_id,
@@ -568,14 +577,14 @@ class OnTheFlyMixtureDataset(Dataset):
             for k, r in enumerate(rows):
                 m = torch.zeros(image.shape[-2:], dtype=torch.bool)
                 w = frames[k].shape[-1]
-                m[:, k * w : (k + 1) * w] = read_mask(d.path(r.mask_paths[0]))
+                m[:, k * w : (k + 1) * w] = read_mask(d.path(r.mask_paths[0]), tuple(frames[k].shape[-2:]))
                 masks.append(m)
                 x1, y1, x2, y2 = r.boxes[0]
                 boxes.append([(x1 * w + k * w) / W, y1, (x2 * w + k * w) / W, y2])
         else:
             r = self.duets.iloc[rc.rows[0]]
             image = read_image(d.path(r.image_path))
-            masks = [read_mask(d.path(p)) for p in r.mask_paths]
+            masks = [read_mask(d.path(p), tuple(image.shape[-2:])) for p in r.mask_paths]
             boxes = list(r.boxes)
         if self.image_transform is not None:
             image = self.image_transform(image)
