@@ -416,29 +416,16 @@ def train(
     Raises:
         RunLockedError: another process is training in ``run_dir`` (:func:`avgn.runs.run_lock`).
     """
-    with run_lock(run_dir):
-        return _train(exp, data_dir, run_dir, seed=seed, profile=profile, device=device, resume=resume, progress=progress,
-                      stop_after_epochs=stop_after_epochs, overrides=overrides)
-
-
-def _train(
-    exp: Experiment | str,
-    data_dir: str | Path,
-    run_dir: str | Path,
-    *,
-    seed: int = 0,
-    profile: str | None = None,
-    device: str = "auto",
-    resume: bool = True,
-    progress: bool = True,
-    stop_after_epochs: int | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The body of :func:`train`, under the run folder's lock."""
-    t_wall = time.perf_counter()
     if isinstance(exp, str):
         exp = get_experiment(exp, profile or "cpu", **dict(overrides or {}))
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    with run_lock(run_dir):
+        return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs)
+
+
+def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: str, resume: bool, progress: bool,
+           stop_after_epochs: int | None) -> dict[str, Any]:
+    """The body of :func:`train`, under the run folder's lock."""
+    t_wall = time.perf_counter()
     log = _log_fn(progress)
     dev = resolve_device(device)
     t = exp.train
