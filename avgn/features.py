@@ -42,6 +42,7 @@ __all__ = [
     "FeatureSpec",
     "feature_dir",
     "feature_path",
+    "prepare_frames",
     "compute_features",
     "FeatureStore",
     "CachedFeatureDataset",
@@ -113,8 +114,9 @@ def _manifest_images(data_dir: Path, splits: Iterable[str] | None) -> list[tuple
     return sorted(seen.values())
 
 
-def _frames(image: Tensor, layout: str, size: int) -> list[Tensor]:
-    """Split a ``concat`` image into its two frames; resize every frame to ``size`` if needed."""
+def prepare_frames(image: Tensor, layout: str, size: int) -> list[Tensor]:
+    """Split a ``concat`` image ``[3, H, 2H]`` into its two frames; resize every frame to ``size`` x
+    ``size`` if needed (bilinear, antialiased): what the backbone sees, cached or not."""
     h, w = image.shape[-2:]
     frames = [image[..., : w // 2], image[..., w // 2 :]] if layout == "concat" and w == 2 * h else [image]
     out = []
@@ -187,7 +189,7 @@ def compute_features(
                 atomic_save_safetensors(feature_path(data_dir, spec, todo[i][0]), {"feats": full})
 
         for i, (path, layout, _, _) in enumerate(tqdm(todo, desc=f"features {spec.key}", disable=not progress, leave=False)):
-            frames = _frames(read_image(data_dir / path), layout, spec.image_size)
+            frames = prepare_frames(read_image(data_dir / path), layout, spec.image_size)
             pending[i] = [None] * len(frames)
             for j, f in enumerate(frames):
                 queue.append((i, j, f))

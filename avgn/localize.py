@@ -38,6 +38,7 @@ from avgn.config import get_profile
 from avgn.data.audio import resample
 from avgn.data.datasets import log_spectrogram
 from avgn.env import resolve_device
+from avgn.features import prepare_frames
 from avgn.io import atomic_write_bytes, atomic_write_text
 from avgn.methods import MethodPredictor, get_method
 from avgn.models.avgn import select_sources
@@ -126,7 +127,7 @@ def _visual_input(exp: Any, frame: Tensor, device: torch.device) -> dict[str, Te
     the frame resized to the cache's size (as :func:`avgn.features.compute_features` computes them),
     the others the frame resized to the input size."""
     size = exp.inputs.features.image_size if exp.inputs.cached_features else get_profile(exp.profile).data.image_size
-    img = torch.nn.functional.interpolate(frame[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    img = prepare_frames(frame, "scene", size)[0][None]
     if not exp.inputs.cached_features:
         return {"image": img}
     from avgn.models.encoders import VisualEncoder
