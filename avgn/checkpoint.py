@@ -11,13 +11,21 @@ file                            content
                                 with ``torch.load(weights_only=True)``: tensors, dicts, lists,
                                 numbers and strings only)
 ``<name>.json``                   the *commit* file: epoch, step, best metric, config, the two
-                                file names above and their SHA-256
+                                file names above and their SHA-256, and the SHA-256 of its own
+                                content (``commit_sha256``)
+``<name>.prev.json``              the commit file of the previous checkpoint of that name, whose
+                                files are kept until the next save
 ==============================  ===========================================================
 
 Writes are atomic (:func:`avgn.io.atomic_path`): every file goes to a temporary file in the same
 folder and is moved into place with :func:`os.replace`; the JSON commit file is written last and only then are the files of the
-previous checkpoint deleted. A crash at any moment therefore leaves either the previous or the new
+checkpoint before the previous one deleted. A crash at any moment therefore leaves either the previous or the new
 checkpoint complete and valid (orphans of an interrupted write are removed by the next save).
+
+Corruption is refused, never loaded: a weights or state file whose SHA-256 differs from the commit
+file (a truncated ``.safetensors``, say), a commit file edited after it was written, or one that is
+not JSON raises :class:`CheckpointError` naming the file, the previous checkpoint (still complete:
+``<name>.prev.json``) and the one command that makes it current again.
 
 RNG states (:func:`capture_rng_state` / :func:`restore_rng_state`): Python's ``random`` (its
 625-word Mersenne-Twister state as an int64 tensor), NumPy's legacy global generator (the 624-word
@@ -246,9 +254,18 @@ def save_checkpoint(
         "state": state or {},
         "config": config or {},
     }
-    commit_path = atomic_write_json(folder / f"{name}.json", commit)
-    # the new checkpoint is committed: remove the previous one's files and orphans of crashed writes
+    commit["commit_sha256"] = _commit_hash(commit)
     keep = set(files.values())
+    current = folder / f"{name}.json"
+    try:  # the checkpoint being replaced becomes the previous one (if it is sound), its files kept
+        prev = read_checkpoint_info(run_dir, name)
+    except CheckpointError:
+        prev = None
+    if prev is not None and prev["files"] != files:
+        atomic_write_text(folder / f"{name}.prev.json", current.read_text())
+        keep |= set(prev["files"].values())
+    commit_path = atomic_write_json(current, commit)
+    # the new checkpoint is committed: remove older files and orphans of crashed writes
     for p in folder.iterdir():
         if p.name.startswith(f"{name}-e") and p.name not in keep:
             p.unlink(missing_ok=True)
@@ -257,15 +274,40 @@ def save_checkpoint(
     return commit_path
 
 
+def _commit_hash(commit: dict[str, Any]) -> str:
+    """SHA-256 of a commit file's content (without its ``commit_sha256``), as read back from JSON."""
+    body = json.loads(json.dumps({k: v for k, v in commit.items() if k != "commit_sha256"}, default=_json_default))
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _refuse(path: Path, name: str, problem: str) -> CheckpointError:
+    """The error for a corrupt checkpoint ``name``: what is wrong, and how to fall back on the previous one."""
+    prev = path.parent / f"{name}.prev.json"
+    hint = "no previous checkpoint is kept; start the run again in a new folder"
+    if prev.is_file():
+        try:
+            p = json.loads(prev.read_text())
+            hint = (f"the previous checkpoint (epoch {p.get('epoch')}, step {p.get('step')}) is intact: make it current with "
+                    f"`mv {prev} {path.parent / (name + '.json')}` and resume")
+        except json.JSONDecodeError:
+            pass
+    return CheckpointError(f"checkpoint {name!r}: {problem}; refusing to load it ({hint})")
+
+
 def read_checkpoint_info(run_dir: str | Path, name: str = "last") -> dict[str, Any] | None:
     """The commit JSON of checkpoint ``name``, or None if there is none."""
     path = checkpoint_dir(run_dir) / f"{name}.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:  # cannot happen with atomic writes, but say so clearly
-        raise CheckpointError(f"checkpoint commit file {path} is not valid JSON: {exc}") from exc
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:  # cannot happen with atomic writes: the file was damaged
+        raise _refuse(path, name, f"its commit file {path} is not valid JSON ({exc})") from exc
+    if not isinstance(info, dict) or "files" not in info:
+        raise _refuse(path, name, f"its commit file {path} is not a checkpoint commit file")
+    if "commit_sha256" in info and _commit_hash(info) != info["commit_sha256"]:
+        raise _refuse(path, name, f"its commit file {path} was modified after it was written (its content hash differs)")
+    return info
 
 
 def load_weights(model: nn.Module, path: str | Path, exclude_prefixes: Iterable[str] = ()) -> None:
@@ -312,9 +354,9 @@ def load_checkpoint(
     for key, fname in info["files"].items():
         p = folder / fname
         if not p.is_file():
-            raise CheckpointError(f"checkpoint {name!r} in {folder} refers to {fname}, which is missing")
+            raise _refuse(folder / f"{name}.json", name, f"it refers to {p}, which is missing")
         if verify and info.get("sha256", {}).get(key) and _sha256(p) != info["sha256"][key]:
-            raise CheckpointError(f"checkpoint file {p} is corrupt (SHA-256 differs from {name}.json)")
+            raise _refuse(folder / f"{name}.json", name, f"its file {p} is corrupt (truncated or modified: SHA-256 differs from {name}.json)")
     if model is not None:
         load_weights(model, folder / info["files"]["weights"], info.get("exclude_prefixes", ()))
     need_pt = optimizer is not None or scheduler is not None or restore_rng

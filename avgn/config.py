@@ -64,6 +64,11 @@ class TrainConfig:
             ``CUBLAS_WORKSPACE_CONFIG``, which the trainer sets).
         init_from: a finished run folder whose ``best`` weights (buffers included) initialise the
             model before training (a second training stage, fine-tuning); None: from scratch.
+        checkpoint_minutes / checkpoint_steps: also checkpoint ``last`` *within* an epoch, every so
+            many minutes of training and / or optimiser steps (None: not on that criterion), with
+            the epoch's position, its running loss sums and the RNG states, so that a killed run
+            loses at most that much work and resumes to bit-identical weights. Neither changes
+            the run (they are not part of its fingerprint).
     """
 
     epochs: int = 6
@@ -87,6 +92,8 @@ class TrainConfig:
     min_delta: float = 1e-4
     deterministic: bool = False
     init_from: str | None = None
+    checkpoint_minutes: float | None = 2.0
+    checkpoint_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -95,6 +102,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (contrastive losses need negatives)")
+        if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0 or None (off), got {self.checkpoint_minutes!r}")
+        if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
+            raise ValueError(f"checkpoint_steps must be >= 1 or None (off), got {self.checkpoint_steps!r}")
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,8 @@ class Experiment:
         d = self.to_dict()
         d["train"].pop("num_workers", None)  # how data are loaded does not change the run
         d["train"].pop("torch_threads", None)
+        d["train"].pop("checkpoint_minutes", None)  # when the run is checkpointed does not change it either
+        d["train"].pop("checkpoint_steps", None)
         d["inputs"].pop("eval_workers", None)
         if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
             d["train"].pop("init_from", None)

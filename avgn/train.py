@@ -21,10 +21,13 @@
   score is the mean of their primary metrics (AP for solo, CAP for duets) over the method's
   selection modes (a method that selects its sources itself is also scored on its own selection).
   The best epoch is saved as checkpoint ``best``; optional early stopping.
-* **Checkpoints and resuming** (:mod:`avgn.checkpoint`): checkpoint ``last`` after every epoch holds
-  weights, optimiser, scheduler, RNG states and the history. ``resume=True`` continues an
-  interrupted run from the last completed epoch and reaches the same weights and metrics as an
-  uninterrupted run (tested); on a finished run it just returns its results.
+* **Checkpoints and resuming** (:mod:`avgn.checkpoint`): checkpoint ``last`` after every epoch, and
+  within epochs every ``checkpoint_minutes`` / ``checkpoint_steps``, holds weights, optimiser,
+  scheduler, RNG states, the history and (within an epoch) the epoch's position and running loss
+  sums. ``resume=True`` continues an interrupted run — killed at any moment, ``kill -9`` included —
+  from its last checkpoint, skipping the batches already trained on without rendering them, and
+  reaches the same weights and metrics as an uninterrupted run (tested through the command line);
+  on a finished run it just returns its results.
 * **Results** in the run folder: ``config.json`` (configuration, seed, data identity, command line),
   ``history.json`` / ``history.csv`` (per epoch: losses, learning rate, samples/s, validation
   metrics in both source-selection modes, AVGN's presence and token-classifier precision / recall /
@@ -35,6 +38,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -293,11 +297,68 @@ class _Optimisation:
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
 
-def _epoch_batches(inputs: _Inputs, epoch: int) -> Iterator[dict[str, Any]]:
-    """The training batches of ``epoch`` in its order (the same ones :func:`_train_epoch` draws)."""
+def _epoch_batches(inputs: _Inputs, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:
+    """The training batches of ``epoch`` in its order (the same ones :func:`_train_epoch` draws),
+    less the first ``skip`` (skipped as index lists: they are not rendered)."""
     inputs.sampler.set_epoch(epoch)
     inputs.batcher.set_epoch(epoch)
-    return inputs.batcher.iterate(inputs.sampler)
+    return inputs.batcher.iterate(itertools.islice(iter(inputs.sampler), skip, None))
+
+
+@dataclass
+class EpochProgress:
+    """How far the current epoch has got: what a within-epoch checkpoint stores (as
+    ``state["partial"]``) and a resumed run starts from.
+
+    Attributes:
+        epoch: the epoch (0-based) in progress.
+        batches: its batches already trained on.
+        sums: per loss part, the sum of ``value x batch size`` so far.
+        samples: samples trained on so far; ``seconds``: training time so far.
+        before: what the method's ``on_epoch_start`` reported (it is not run again on resume).
+    """
+
+    epoch: int
+    batches: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    samples: int = 0
+    seconds: float = 0.0
+    before: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches, "sums": dict(self.sums), "samples": self.samples,
+                "seconds": self.seconds, "before": dict(self.before)}
+
+
+class _Lap:
+    """Seconds since the previous :meth:`lap` (or since creation)."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.t = now - self.t, now
+        return dt
+
+
+class _Checkpointer:
+    """Decides when a within-epoch checkpoint is due (every ``minutes`` of training and / or every
+    ``steps`` optimiser steps) and writes it through ``save(progress, step)``."""
+
+    def __init__(self, minutes: float | None, steps: int | None, save: Callable[[EpochProgress, int], None]):
+        self.every_s = None if minutes is None else 60.0 * minutes
+        self.every_steps, self.save = steps, save
+        self.t_last = time.perf_counter()
+
+    def after_step(self, progress: EpochProgress, step: int, epoch_len: int) -> None:
+        if progress.batches >= epoch_len:  # the end-of-epoch checkpoint follows
+            return
+        due = bool(self.every_steps and step % self.every_steps == 0)
+        due |= self.every_s is not None and time.perf_counter() - self.t_last >= self.every_s
+        if due:
+            self.save(progress, step)
+            self.t_last = time.perf_counter()
 
 
 def _init_from(model: torch.nn.Module, run: str, dev: torch.device) -> dict[str, Any]:
@@ -322,17 +383,18 @@ def _optimisation(model: torch.nn.Module, exp: Experiment, steps_per_epoch: int)
 
 def _train_epoch(
     method: Method, model: torch.nn.Module, exp: Experiment, inputs: _Inputs, opt: _Optimisation, dev: torch.device,
-    epoch: int, step: int, progress: bool,
+    progress: EpochProgress, step: int, show: bool, checkpointer: _Checkpointer | None = None,
 ) -> tuple[dict[str, float], int, int, float]:
-    """One pass over the epoch's fresh mixtures: ``(mean loss parts, samples, step, seconds)``."""
+    """One pass over the epoch's fresh mixtures, from ``progress`` (a fresh one, or where a
+    within-epoch checkpoint left it): ``(mean loss parts, samples, step, seconds)``."""
     t = exp.train
-    loader = prefetch(_epoch_batches(inputs, epoch), t.num_workers)
+    epoch, n_batches = progress.epoch, len(inputs.sampler)
+    loader = prefetch(_epoch_batches(inputs, epoch, skip=progress.batches), t.num_workers)
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=t.bf16)
     model.train()
-    sums: dict[str, float] = {}
-    n_seen = 0
-    t0 = time.perf_counter()
-    bar = tqdm(loader, total=len(inputs.sampler), desc=f"{exp.method} epoch {epoch + 1}/{t.epochs}", disable=not progress, leave=False)
+    t0 = time.perf_counter() - progress.seconds
+    bar = tqdm(loader, total=n_batches, initial=progress.batches, desc=f"{exp.method} epoch {epoch + 1}/{t.epochs}", disable=not show,
+               leave=False)
     for batch in bar:
         with autocast:
             out = model(**model_inputs(batch, dev, t.channels_last))
@@ -347,11 +409,16 @@ def _train_epoch(
         opt.scheduler.step()
         step += 1
         bsz = int(batch["spec"].shape[0])
-        n_seen += bsz
+        progress.samples += bsz
+        progress.batches += 1
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * bsz
+            progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * bsz
+        progress.seconds = time.perf_counter() - t0
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    return {k: v / max(1, n_seen) for k, v in sums.items()}, n_seen, step, time.perf_counter() - t0
+        if checkpointer is not None:
+            checkpointer.after_step(progress, step, n_batches)
+    n_seen = progress.samples
+    return {k: v / max(1, n_seen) for k, v in progress.sums.items()}, n_seen, step, time.perf_counter() - t0
 
 
 def _summary(exp: Experiment, seed: int, run_dir: Path, data_dir: Path, config: dict[str, Any], state: dict[str, Any], step: int,
@@ -466,27 +533,44 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
         "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "finished": False, "stopped_early": False,
         "train_seconds": 0.0, "wall_seconds": 0.0, "samples": 0, "history": [],
     }
-    start_epoch, step = 0, 0
+    start_epoch, step, partial = 0, 0, None
     if last is not None:
         info = load_checkpoint(run_dir, model, name="last", optimizer=opt.optimizer, scheduler=opt.scheduler, restore_rng=True, map_location=dev)
         assert info is not None
         state.update(info["state"])
         start_epoch, step = int(info["epoch"]), int(info["step"])
-        log(f"[avgn.train] resuming {run_dir} after epoch {start_epoch} (step {step})")
+        if state.get("partial"):
+            partial = EpochProgress(**state.pop("partial"))
+            log(f"[avgn.train] resuming {run_dir} in epoch {partial.epoch + 1}, after {partial.batches} of its batches (step {step})")
+        else:
+            log(f"[avgn.train] resuming {run_dir} after epoch {start_epoch} (step {step})")
+        state.pop("partial", None)
     log(
         f"[avgn.train] {exp.method} / {exp.profile} / seed {seed} on {dev}: {sum(p.numel() for p in opt.params):,} trainable parameters, "
         f"{len(inputs.batcher)} items/epoch ({inputs.sizes}), {steps_per_epoch} steps/epoch"
     )
 
     predictor = MethodPredictor(method, model, dev, bf16=t.bf16, channels_last=t.channels_last)
-    session_start = time.perf_counter()
+    wall = _Lap()
     epochs_this_call = 0
+
+    def save_partial(p: EpochProgress, at_step: int) -> None:
+        # completed epochs, the global step, and where the epoch in progress stands
+        state["wall_seconds"] += wall.lap()
+        save_checkpoint(run_dir, model, name="last", epoch=p.epoch, step=at_step, optimizer=opt.optimizer, scheduler=opt.scheduler,
+                        state={**state, "partial": p.to_dict()}, config=config, exclude_prefixes=prefixes)
+
+    checkpointer = _Checkpointer(t.checkpoint_minutes, t.checkpoint_steps, save_partial)
     for epoch in range(start_epoch, t.epochs):
         if state["finished"]:
             break
-        ctx = EpochContext(exp, int(seed), dev, lambda e=epoch: _epoch_batches(inputs, e), inputs.val_sets)
-        before = method.on_epoch_start(model, epoch, ctx)
-        means, n_seen, step, train_s = _train_epoch(method, model, exp, inputs, opt, dev, epoch, step, progress)
+        if partial is not None and partial.epoch == epoch:  # within-epoch resume: on_epoch_start already ran
+            progress_e, partial = partial, None
+        else:
+            ctx = EpochContext(exp, int(seed), dev, lambda e=epoch: _epoch_batches(inputs, e), inputs.val_sets)
+            progress_e = EpochProgress(epoch, before=method.on_epoch_start(model, epoch, ctx))
+        before = progress_e.before
+        means, n_seen, step, train_s = _train_epoch(method, model, exp, inputs, opt, dev, progress_e, step, progress, checkpointer)
         # ---- validation (model selection) -----------------------------------------------------
         ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes)
         score = selection_score(ev["results"], modes)
@@ -517,8 +601,7 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
         if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
             state["stopped_early"] = True
         state["finished"] = epoch + 1 >= t.epochs or state["stopped_early"]
-        state["wall_seconds"] += time.perf_counter() - session_start
-        session_start = time.perf_counter()
+        state["wall_seconds"] += wall.lap()
         save_checkpoint(run_dir, model, name="last", epoch=epoch + 1, step=step, optimizer=opt.optimizer, scheduler=opt.scheduler,
                         state=state, config=config, exclude_prefixes=prefixes)
         _write_history(run_dir, state["history"])

@@ -126,8 +126,14 @@ def test_crash_mid_write_leaves_previous_checkpoint_valid(tmp_path, monkeypatch)
     # the next successful save commits and removes the orphaned files of the crashed one
     ck.save_checkpoint(tmp_path, m, epoch=2, step=20, state={"tag": "second"})
     names = sorted(p.name for p in ck.checkpoint_dir(tmp_path).iterdir())
-    assert names == ["last-e0002-s00000020.pt", "last-e0002-s00000020.safetensors", "last.json"]
+    assert names == ["last-e0001-s00000010.pt", "last-e0001-s00000010.safetensors",  # the previous one, kept
+                     "last-e0002-s00000020.pt", "last-e0002-s00000020.safetensors", "last.json", "last.prev.json"]
     assert ck.load_checkpoint(tmp_path, _model())["state"] == {"tag": "second"}
+    # one generation back is kept, no more
+    ck.save_checkpoint(tmp_path, m, epoch=3, step=30)
+    names = sorted(p.name for p in ck.checkpoint_dir(tmp_path).iterdir())
+    assert names == ["last-e0002-s00000020.pt", "last-e0002-s00000020.safetensors",
+                     "last-e0003-s00000030.pt", "last-e0003-s00000030.safetensors", "last.json", "last.prev.json"]
 
 
 def test_corrupt_file_is_detected(tmp_path):
@@ -141,3 +147,56 @@ def test_corrupt_file_is_detected(tmp_path):
     with pytest.raises(ck.CheckpointError, match="corrupt"):
         ck.load_checkpoint(tmp_path, _model())
     assert ck.load_checkpoint(tmp_path / "nothing", _model()) is None
+
+
+def _two_checkpoints(tmp_path):
+    m = _model()
+    ck.save_checkpoint(tmp_path, m, epoch=1, step=10, state={"tag": "first"})
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    ck.save_checkpoint(tmp_path, m, epoch=2, step=20, state={"tag": "second"})
+    return ck.checkpoint_dir(tmp_path)
+
+
+def _fall_back(message: str) -> None:
+    """Run the `mv PREV CURRENT` the error message names."""
+    import re
+    import shutil
+
+    src, dst = re.search(r"`mv (\S+) (\S+)`", message).groups()
+    shutil.move(src, dst)
+
+
+def test_truncated_weights_are_refused_and_the_previous_checkpoint_is_intact(tmp_path):
+    folder = _two_checkpoints(tmp_path)
+    w = folder / ck.read_checkpoint_info(tmp_path)["files"]["weights"]
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])  # truncated safetensors
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_checkpoint(tmp_path, _model(seed=3))
+    msg = str(err.value)
+    assert str(w) in msg and "truncated or modified" in msg and "epoch 1, step 10" in msg and "mv " in msg
+    _fall_back(msg)
+    m = _model(seed=3)
+    info = ck.load_checkpoint(tmp_path, m)
+    assert info["epoch"] == 1 and info["state"] == {"tag": "first"}
+    assert all(torch.equal(a, b) for a, b in zip(_model().parameters(), m.parameters()))
+
+
+def test_edited_commit_state_is_refused(tmp_path):
+    folder = _two_checkpoints(tmp_path)
+    commit = folder / "last.json"
+    d = json.loads(commit.read_text())
+    d["state"]["tag"] = "edited"  # a hand edit of the training state (e.g. the best score)
+    commit.write_text(json.dumps(d, indent=2))
+    with pytest.raises(ck.CheckpointError, match=r"modified after it was written.*epoch 1, step 10"):
+        ck.read_checkpoint_info(tmp_path)
+    commit.write_text("{ not json")
+    with pytest.raises(ck.CheckpointError, match=r"not valid JSON.*epoch 1, step 10"):
+        ck.load_checkpoint(tmp_path, _model())
+    # and with no previous checkpoint the message says so
+    single = tmp_path / "single"
+    ck.save_checkpoint(single, _model(), epoch=1, step=1)
+    (ck.checkpoint_dir(single) / "last.json").write_text("[]")
+    with pytest.raises(ck.CheckpointError, match="not a checkpoint commit file.*no previous checkpoint"):
+        ck.read_checkpoint_info(single)
