@@ -25,7 +25,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.train`        the training loop
 - :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
 - :mod:`avgn.book`         a chapter's set-up in one call (``chapter_context``)
-- :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording
+- :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording, or video (ffmpeg)
 - :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
 - :mod:`avgn.anchors`      T-VSL's anchors beside a run's class-aware features (similarities, t-SNE)
 - :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references

@@ -7,6 +7,7 @@
     avgn eval RUN_DIR --set object_prior_alpha=0.4 --out DIR   ... with an inference-time model change
     avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
     avgn localize RUN_DIR --image FRAME.png --audio CLIP.wav [--classes auto|NAME,...] [--out DIR]
+    avgn localize RUN_DIR --video FILE.mp4 [--time SECONDS]     ... a video's frame and audio (needs ffmpeg)
 """
 
 from __future__ import annotations
@@ -92,8 +93,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_localize(args: argparse.Namespace) -> int:
     from avgn.localize import localize
 
-    res = localize(args.run_dir, args.image, args.audio, classes=args.classes, out_dir=args.out, offset=args.offset,
-                   device=args.device, command=" ".join(["avgn", *sys.argv[1:]]) if sys.argv[1:2] == ["localize"] else None)
+    res = localize(args.run_dir, args.image, args.audio, video=args.video, time=args.time, classes=args.classes,
+                   out_dir=args.out, offset=args.offset, device=args.device,
+                   command=" ".join(["avgn", *sys.argv[1:]]) if sys.argv[1:2] == ["localize"] else None)
+    if res["video"] is not None:
+        v = res["video"]
+        print(f"video: frame at {v['time_s']:g} s, audio {v['window_s'][0]:.2f}-{v['window_s'][1]:.2f} s of {v['file']}")
     for s in res["sources"]:
         extra = f", presence {s['presence']:.2f}" if "presence" in s else ""
         print(f"{s['name']}: peak {s['peak_value']:.3f} at (x, y) = {tuple(s['peak_xy'])}{extra} -> {s['overlay']}, {s['mask']}")
@@ -148,13 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--quiet", action="store_true")
     p_eval.set_defaults(func=_cmd_eval)
 
-    p_loc = sub.add_parser("localize", help="localize the sounding sources of your own frame and recording with a trained run")
+    p_loc = sub.add_parser("localize", help="localize the sounding sources of your own frame and recording, or video, with a trained run")
     p_loc.add_argument("run_dir", help="a finished run folder")
-    p_loc.add_argument("--image", required=True, help="the frame (PNG, JPEG, ...)")
-    p_loc.add_argument("--audio", required=True, help="the recording (WAV, FLAC, OGG, ...), mono or stereo")
+    p_loc.add_argument("--image", default=None, help="the frame (PNG, JPEG, ...), with --audio")
+    p_loc.add_argument("--audio", default=None, help="the recording (WAV, FLAC, OGG, ...), mono or stereo, with --image")
+    p_loc.add_argument("--video", default=None, help="instead of --image/--audio: a video (MP4, MKV, WebM, ...; needs ffmpeg)")
+    p_loc.add_argument("--time", type=float, default=None,
+                       help="with --video: the frame's time stamp in seconds, the audio window centred on it (default: the middle)")
     p_loc.add_argument("--classes", default="auto", help="auto (the method's own selection) or class names, comma-separated")
-    p_loc.add_argument("--offset", type=float, default=0.0, help="start of the audio window in seconds (default 0)")
-    p_loc.add_argument("--out", default=None, help="output folder (default: RUN_DIR/localize/<image name>)")
+    p_loc.add_argument("--offset", type=float, default=None, help="with --audio: start of the audio window in seconds (default 0)")
+    p_loc.add_argument("--out", default=None, help="output folder (default: RUN_DIR/localize/<image name>, or <video name>_t<time>)")
     p_loc.add_argument("--device", default="auto")
     p_loc.set_defaults(func=_cmd_localize)
     return parser

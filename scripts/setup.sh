@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up for `make book` and `make test`: the Debian packages the data and the book test
-# need, the Python virtual environment (.venv) with the pinned package, and the npm packages of the
-# emoji assets and the book's site template. Each step is skipped when already done.
+# Idempotent set-up for `make book` and `make test`: the Debian packages the data, the book test and
+# `avgn localize --video` need, the Python virtual environment (.venv) with the pinned package, and
+# the npm packages of the emoji assets and the book's site template. Each step is skipped when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,7 @@ APT_PACKAGES=(
   tuxpaint-stamps-default           # cut-out photos with alpha masks, sound effects
   fonts-noto-color-emoji            # emoji drawings
   openclipart-svg                   # clip-art drawings
+  ffmpeg                            # `avgn localize --video`: a video's frame and audio (ffmpeg, ffprobe)
 )
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
