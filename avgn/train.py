@@ -38,6 +38,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -54,16 +55,20 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from avgn.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, read_checkpoint_info, save_checkpoint
+from avgn import distributed
+from avgn.checkpoint import (
+    atomic_write_json, atomic_write_text, capture_rng_state, load_checkpoint, read_checkpoint_info, restore_rng_state, save_checkpoint,
+)
 from avgn.data.batching import MixtureBatcher
 from avgn.data.datasets import OnTheFlyMixtureDataset
 from avgn.data.manifest import load_build_info
+from avgn.distributed import DistInfo
 from avgn.env import environment_report, epoch_seed, git_revision, resolve_device, seed_everything
 from avgn.evaluate import EvalSet, choose_presence_threshold, evaluate_sets, load_eval_set, selection_score
 from avgn.experiment import Experiment, get_experiment
 from avgn.features import FeatureStore, compute_features
 from avgn.methods import EpochContext, Method, MethodPredictor, get_method, model_inputs
-from avgn.runs import check_data, experiment_overrides, flatten, reproduce_command, run_lock
+from avgn.runs import RunLockedError, check_data, experiment_overrides, flatten, reproduce_command, run_lock
 
 __all__ = [
     "epoch_seed",
@@ -276,11 +281,16 @@ class _Inputs:
     features: dict[str, Any] = field(default_factory=dict)
 
 
-def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: bool, log: Callable[[str], None]) -> _Inputs:
+def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: bool, log: Callable[[str], None],
+            dist_info: DistInfo = DistInfo()) -> _Inputs:
     store, feat_info = None, {}
     if exp.inputs.cached_features:
         splits = sorted({"train"} | {n.split("/")[0] for n in exp.inputs.val_sets})
+        if not dist_info.is_main:  # rank 0 completes the feature cache, the others then read it
+            distributed.barrier(dist_info)
         feat_info = compute_features(data_dir, exp.inputs.features, device=device, progress=progress, splits=splits)
+        if dist_info.is_main:
+            distributed.barrier(dist_info)
         if feat_info["n_computed"]:
             log(f"[avgn.train] cached {feat_info['n_computed']} images' features in {feat_info['seconds']:.1f} s")
         store = FeatureStore(data_dir, exp.inputs.features, preload=True, splits=splits)
@@ -297,12 +307,27 @@ class _Optimisation:
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
 
-def _epoch_batches(inputs: _Inputs, epoch: int, skip: int = 0) -> Iterator[dict[str, Any]]:
+def _epoch_batches(inputs: _Inputs, epoch: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[dict[str, Any]]:
     """The training batches of ``epoch`` in its order (the same ones :func:`_train_epoch` draws),
-    less the first ``skip`` (skipped as index lists: they are not rendered)."""
+    less the first ``skip`` (skipped as index lists: they are not rendered); under data parallelism
+    this rank's share of each (:func:`avgn.distributed.shard`)."""
     inputs.sampler.set_epoch(epoch)
     inputs.batcher.set_epoch(epoch)
-    return inputs.batcher.iterate(itertools.islice(iter(inputs.sampler), skip, None))
+    plan = itertools.islice(iter(inputs.sampler), skip, None)
+    return inputs.batcher.iterate(distributed.shard(b, dist_info) for b in plan)
+
+
+class _TrainStep(torch.nn.Module):
+    """The model's forward and the method's loss as one module (what DistributedDataParallel wraps,
+    so that every parameter the loss touches is synchronised): ``forward(batch) -> (loss, parts)``."""
+
+    def __init__(self, method: Method, model: torch.nn.Module, device: torch.device, channels_last: bool):
+        super().__init__()
+        self.method, self.model, self.device, self.channels_last = method, model, device, channels_last
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        out = self.model(**model_inputs(batch, self.device, self.channels_last))
+        return self.method.loss(self.model, out, batch)
 
 
 @dataclass
@@ -346,16 +371,18 @@ class _Checkpointer:
     """Decides when a within-epoch checkpoint is due (every ``minutes`` of training and / or every
     ``steps`` optimiser steps) and writes it through ``save(progress, step)``."""
 
-    def __init__(self, minutes: float | None, steps: int | None, save: Callable[[EpochProgress, int], None]):
+    def __init__(self, minutes: float | None, steps: int | None, save: Callable[[EpochProgress, int], None],
+                 dist_info: DistInfo = DistInfo()):
         self.every_s = None if minutes is None else 60.0 * minutes
-        self.every_steps, self.save = steps, save
+        self.every_steps, self.save, self.dist_info = steps, save, dist_info
         self.t_last = time.perf_counter()
 
     def after_step(self, progress: EpochProgress, step: int, epoch_len: int) -> None:
         if progress.batches >= epoch_len:  # the end-of-epoch checkpoint follows
             return
         due = bool(self.every_steps and step % self.every_steps == 0)
-        due |= self.every_s is not None and time.perf_counter() - self.t_last >= self.every_s
+        if self.every_s is not None:  # rank 0's clock decides for every rank
+            due |= distributed.broadcast_object(time.perf_counter() - self.t_last >= self.every_s, self.dist_info)
         if due:
             self.save(progress, step)
             self.t_last = time.perf_counter()
@@ -382,23 +409,23 @@ def _optimisation(model: torch.nn.Module, exp: Experiment, steps_per_epoch: int)
 
 
 def _train_epoch(
-    method: Method, model: torch.nn.Module, exp: Experiment, inputs: _Inputs, opt: _Optimisation, dev: torch.device,
-    progress: EpochProgress, step: int, show: bool, checkpointer: _Checkpointer | None = None,
+    train_step: torch.nn.Module, exp: Experiment, inputs: _Inputs, opt: _Optimisation, dev: torch.device,
+    progress: EpochProgress, step: int, show: bool, checkpointer: _Checkpointer | None = None, dist_info: DistInfo = DistInfo(),
 ) -> tuple[dict[str, float], int, int, float]:
     """One pass over the epoch's fresh mixtures, from ``progress`` (a fresh one, or where a
-    within-epoch checkpoint left it): ``(mean loss parts, samples, step, seconds)``."""
+    within-epoch checkpoint left it): ``(mean loss parts, samples, step, seconds)``, the means and
+    the samples over every rank."""
     t = exp.train
     epoch, n_batches = progress.epoch, len(inputs.sampler)
-    loader = prefetch(_epoch_batches(inputs, epoch, skip=progress.batches), t.num_workers)
+    loader = prefetch(_epoch_batches(inputs, epoch, skip=progress.batches, dist_info=dist_info), t.num_workers)
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=t.bf16)
-    model.train()
+    train_step.train()
     t0 = time.perf_counter() - progress.seconds
     bar = tqdm(loader, total=n_batches, initial=progress.batches, desc=f"{exp.method} epoch {epoch + 1}/{t.epochs}", disable=not show,
                leave=False)
     for batch in bar:
         with autocast:
-            out = model(**model_inputs(batch, dev, t.channels_last))
-            loss, parts = method.loss(model, out, batch)
+            loss, parts = train_step(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step} ({ {k: float(v) for k, v in parts.items()} })")
         opt.optimizer.zero_grad(set_to_none=True)
@@ -417,8 +444,9 @@ def _train_epoch(
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if checkpointer is not None:
             checkpointer.after_step(progress, step, n_batches)
-    n_seen = progress.samples
-    return {k: v / max(1, n_seen) for k, v in progress.sums.items()}, n_seen, step, time.perf_counter() - t0
+    total = distributed.all_reduce_sums({**progress.sums, "__samples": progress.samples}, dist_info)
+    n_seen = int(total.pop("__samples"))
+    return {k: v / max(1, n_seen) for k, v in total.items()}, n_seen, step, time.perf_counter() - t0
 
 
 def _summary(exp: Experiment, seed: int, run_dir: Path, data_dir: Path, config: dict[str, Any], state: dict[str, Any], step: int,
@@ -485,16 +513,46 @@ def train(
     """
     if isinstance(exp, str):
         exp = get_experiment(exp, profile or "cpu", **dict(overrides or {}))
-    with run_lock(run_dir):
-        return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs)
+    dist_info = distributed.from_env(resolve_device(device))
+    try:
+        with contextlib.ExitStack() as stack:
+            refused = None
+            if dist_info.is_main:  # one lock per run folder, held by rank 0 for every rank
+                try:
+                    stack.enter_context(run_lock(run_dir))
+                except RunLockedError as err:
+                    refused = str(err)
+            refused = distributed.broadcast_object(refused, dist_info)
+            if refused:
+                raise RunLockedError(refused)
+            return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs, dist_info)
+    finally:
+        distributed.shutdown(dist_info)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's parameters (every tensor's bytes, in name order). Buffers
+    are left out: under data parallelism each rank's batch-norm running statistics follow its own
+    last batch, and rank 0's are broadcast before every forward (and are the ones checkpointed)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.named_parameters():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: str, resume: bool, progress: bool,
-           stop_after_epochs: int | None) -> dict[str, Any]:
-    """The body of :func:`train`, under the run folder's lock."""
+           stop_after_epochs: int | None, dist_info: DistInfo = DistInfo()) -> dict[str, Any]:
+    """The body of :func:`train`, under the run folder's lock (on every rank of a data-parallel run;
+    rank 0 alone validates and writes)."""
     t_wall = time.perf_counter()
-    log = _log_fn(progress)
+    main = dist_info.is_main
+    log = _log_fn(progress and main)
     dev = resolve_device(device)
+    if dist_info.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", dist_info.local_rank)
     t = exp.train
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
@@ -511,23 +569,31 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
         if last["state"].get("finished") and (run_dir / "run.json").is_file():
             log(f"[avgn.train] {run_dir} is finished (epoch {last['epoch']}); nothing to do")
             return json.loads((run_dir / "run.json").read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config)
 
-    inputs = _inputs(exp, data_dir, seed, device, progress, log)
+    inputs = _inputs(exp, data_dir, seed, str(dev), progress and main, log, dist_info)
     # seeded here, after the inputs: computing the feature cache or loading the validation sets
     # draws from the global RNG only when they are not cached yet
     seed_everything(seed)
     model = method.build(exp.model).to(dev)
     if t.init_from:
         config["init_from"] = _init_from(model, t.init_from, dev)
-        atomic_write_json(run_dir / "config.json", config)
+        if main:
+            atomic_write_json(run_dir / "config.json", config)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(inputs.sampler)
     opt = _optimisation(model, exp, steps_per_epoch)
     prefixes = _frozen_prefixes(exp)
     modes = method.modes
+    train_step: torch.nn.Module = _TrainStep(method, model, dev, t.channels_last)
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_step = DistributedDataParallel(train_step, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                             find_unused_parameters=True)
 
     state: dict[str, Any] = {
         "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "finished": False, "stopped_early": False,
@@ -537,16 +603,23 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     if last is not None:
         info = load_checkpoint(run_dir, model, name="last", optimizer=opt.optimizer, scheduler=opt.scheduler, restore_rng=True, map_location=dev)
         assert info is not None
+        ranks = info["extra"].get("ranks")
+        if ranks is not None:  # a data-parallel checkpoint: this rank's RNG states and epoch position
+            if len(ranks) != dist_info.world_size:
+                raise ValueError(f"cannot resume {run_dir} on {dist_info.world_size} process(es): it was trained on {len(ranks)}")
+            restore_rng_state(ranks[dist_info.rank]["rng"])
         state.update(info["state"])
         start_epoch, step = int(info["epoch"]), int(info["step"])
         if state.get("partial"):
-            partial = EpochProgress(**state.pop("partial"))
+            partial = EpochProgress(**(ranks[dist_info.rank]["partial"] if ranks is not None else state["partial"]))
             log(f"[avgn.train] resuming {run_dir} in epoch {partial.epoch + 1}, after {partial.batches} of its batches (step {step})")
         else:
             log(f"[avgn.train] resuming {run_dir} after epoch {start_epoch} (step {step})")
         state.pop("partial", None)
     log(
-        f"[avgn.train] {exp.method} / {exp.profile} / seed {seed} on {dev}: {sum(p.numel() for p in opt.params):,} trainable parameters, "
+        f"[avgn.train] {exp.method} / {exp.profile} / seed {seed} on {dev}"
+        f"{f' x {dist_info.world_size} processes ({dist_info.backend})' if dist_info.enabled else ''}: "
+        f"{sum(p.numel() for p in opt.params):,} trainable parameters, "
         f"{len(inputs.batcher)} items/epoch ({inputs.sizes}), {steps_per_epoch} steps/epoch"
     )
 
@@ -554,13 +627,21 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     wall = _Lap()
     epochs_this_call = 0
 
+    def save_last(epoch_done: int, at_step: int, st: dict[str, Any], p: EpochProgress | None = None) -> None:
+        """Checkpoint ``last`` (every rank takes part: their RNG states and positions are gathered)."""
+        extra = None
+        if dist_info.enabled:
+            extra = {"ranks": distributed.gather_objects({"rng": capture_rng_state(), "partial": None if p is None else p.to_dict()}, dist_info)}
+        if main:
+            save_checkpoint(run_dir, model, name="last", epoch=epoch_done, step=at_step, optimizer=opt.optimizer, scheduler=opt.scheduler,
+                            state=st if p is None else {**st, "partial": p.to_dict()}, config=config, exclude_prefixes=prefixes, extra=extra)
+
     def save_partial(p: EpochProgress, at_step: int) -> None:
         # completed epochs, the global step, and where the epoch in progress stands
         state["wall_seconds"] += wall.lap()
-        save_checkpoint(run_dir, model, name="last", epoch=p.epoch, step=at_step, optimizer=opt.optimizer, scheduler=opt.scheduler,
-                        state={**state, "partial": p.to_dict()}, config=config, exclude_prefixes=prefixes)
+        save_last(p.epoch, at_step, state, p)
 
-    checkpointer = _Checkpointer(t.checkpoint_minutes, t.checkpoint_steps, save_partial)
+    checkpointer = _Checkpointer(t.checkpoint_minutes, t.checkpoint_steps, save_partial, dist_info)
     for epoch in range(start_epoch, t.epochs):
         if state["finished"]:
             break
@@ -569,47 +650,23 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
         else:
             ctx = EpochContext(exp, int(seed), dev, lambda e=epoch: _epoch_batches(inputs, e), inputs.val_sets)
             progress_e = EpochProgress(epoch, before=method.on_epoch_start(model, epoch, ctx))
-        before = progress_e.before
-        means, n_seen, step, train_s = _train_epoch(method, model, exp, inputs, opt, dev, progress_e, step, progress, checkpointer)
-        # ---- validation (model selection) -----------------------------------------------------
-        ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes)
-        score = selection_score(ev["results"], modes)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": opt.optimizer.param_groups[0]["lr"],
-            "train": means,
-            "train_seconds": train_s,
-            "samples_per_s": n_seen / train_s if train_s > 0 else math.nan,
-            "val_seconds": ev["seconds"],
-            "val": ev["results"],
-            "val_score": score,
-        }
-        row.update(before)
-        row.update(method.epoch_diagnostics(model, inputs.val_sets, dev))
-        improved = score > state["best_score"] + t.min_delta
-        row["is_best"] = bool(improved)
-        state["history"].append(row)
-        state["train_seconds"] += train_s
-        state["samples"] += n_seen
-        if improved:
-            state["best_score"], state["best_epoch"], state["bad_epochs"] = score, epoch + 1, 0
-            save_checkpoint(run_dir, model, name="best", epoch=epoch + 1, step=step, include_rng=False,
-                            state={"val_score": score}, config=config, exclude_prefixes=prefixes)
-        else:
-            state["bad_epochs"] += 1
-        if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
-            state["stopped_early"] = True
-        state["finished"] = epoch + 1 >= t.epochs or state["stopped_early"]
+        means, n_seen, step, train_s = _train_epoch(train_step, exp, inputs, opt, dev, progress_e, step, progress and main, checkpointer,
+                                                    dist_info)
+        if main:
+            row = _end_epoch(method, model, exp, inputs, opt, predictor, state, progress_e, means, n_seen, step, train_s, dev)
+            if row["is_best"]:
+                save_checkpoint(run_dir, model, name="best", epoch=epoch + 1, step=step, include_rng=False,
+                                state={"val_score": row["val_score"]}, config=config, exclude_prefixes=prefixes)
+        state = distributed.broadcast_object(state, dist_info)  # rank 0's decisions (best, early stop) for every rank
         state["wall_seconds"] += wall.lap()
-        save_checkpoint(run_dir, model, name="last", epoch=epoch + 1, step=step, optimizer=opt.optimizer, scheduler=opt.scheduler,
-                        state=state, config=config, exclude_prefixes=prefixes)
-        _write_history(run_dir, state["history"])
-        log(
-            f"[avgn.train] epoch {epoch + 1}/{t.epochs}: loss {means.get('total', math.nan):.4f}, "
-            f"val score {score:.4f}{' (best)' if improved else ''}, {row['samples_per_s']:.0f} samples/s, "
-            f"train {train_s:.1f} s, val {ev['seconds']:.1f} s"
-        )
+        save_last(epoch + 1, step, state)
+        if main:
+            _write_history(run_dir, state["history"])
+            log(
+                f"[avgn.train] epoch {epoch + 1}/{t.epochs}: loss {means.get('total', math.nan):.4f}, "
+                f"val score {row['val_score']:.4f}{' (best)' if row['is_best'] else ''}, {row['samples_per_s']:.0f} samples/s, "
+                f"train {train_s:.1f} s, val {row['val_seconds']:.1f} s"
+            )
         epochs_this_call += 1
         if state["stopped_early"]:
             log(f"[avgn.train] early stop: no improvement for {state['bad_epochs']} epochs")
@@ -618,17 +675,60 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
             return {"finished": False, "epoch": epoch + 1, "step": step, "state": state}
 
     # ---- finished: the presence threshold of the selected epoch, chosen on validation -----------
+    digests = distributed.gather_objects(_weights_digest(model), dist_info)  # the ranks hold one model
+    if not main:
+        distributed.barrier(dist_info)  # rank 0 writes run.json
+        return json.loads((run_dir / "run.json").read_text())
     threshold, curve = None, None
     if "predicted" in modes:
         load_checkpoint(run_dir, model, name="best", map_location=dev)
         threshold, curve = choose_presence_threshold(predictor, inputs.val_sets)
         log(f"[avgn.train] presence threshold {threshold:.2f} (chosen on {', '.join(exp.inputs.val_sets)})")
     summary = _summary(exp, seed, run_dir, data_dir, config, state, step, int(sum(p.numel() for p in opt.params)), inputs, threshold, curve, device)
+    if dist_info.enabled:
+        summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend, "last_weights_sha256": digests}
     atomic_write_json(run_dir / "run.json", summary)
     import pandas as pd
 
-    flat = flatten({k: v for k, v in summary.items() if k not in ("environment", "config", "features", "threshold_curve")})
+    flat = flatten({k: v for k, v in summary.items() if k not in ("environment", "config", "features", "threshold_curve", "distributed")})
     atomic_write_text(run_dir / "run.csv", pd.DataFrame([flat]).to_csv(index=False))
+    distributed.barrier(dist_info)
     log(f"[avgn.train] done: best epoch {state['best_epoch']} (val score {state['best_score']:.4f}), "
         f"{summary['samples_per_s']:.0f} samples/s, {time.perf_counter() - t_wall:.0f} s in this call")
     return summary
+
+
+def _end_epoch(method: Method, model: torch.nn.Module, exp: Experiment, inputs: _Inputs, opt: _Optimisation, predictor: MethodPredictor,
+               state: dict[str, Any], progress: EpochProgress, means: dict[str, float], n_seen: int, step: int, train_s: float,
+               dev: torch.device) -> dict[str, Any]:
+    """Validate after an epoch (model selection), append its row to ``state["history"]`` and update
+    the training state (best epoch, early stopping, finished); returns the row."""
+    t, modes = exp.train, method.modes
+    ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes)
+    score = selection_score(ev["results"], modes)
+    row: dict[str, Any] = {
+        "epoch": progress.epoch + 1,
+        "step": step,
+        "lr": opt.optimizer.param_groups[0]["lr"],
+        "train": means,
+        "train_seconds": train_s,
+        "samples_per_s": n_seen / train_s if train_s > 0 else math.nan,
+        "val_seconds": ev["seconds"],
+        "val": ev["results"],
+        "val_score": score,
+    }
+    row.update(progress.before)
+    row.update(method.epoch_diagnostics(model, inputs.val_sets, dev))
+    improved = score > state["best_score"] + t.min_delta
+    row["is_best"] = bool(improved)
+    state["history"].append(row)
+    state["train_seconds"] += train_s
+    state["samples"] += n_seen
+    if improved:
+        state["best_score"], state["best_epoch"], state["bad_epochs"] = score, progress.epoch + 1, 0
+    else:
+        state["bad_epochs"] += 1
+    if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
+        state["stopped_early"] = True
+    state["finished"] = progress.epoch + 1 >= t.epochs or state["stopped_early"]
+    return row
