@@ -93,6 +93,40 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     return f["avx512_bf16"] or f["amx_bf16"]
 
 
+#: choose_precision's reason for fp32 on a CPU without native bf16 (measurements: benchmarks/README.md).
+_WHY_NOT_BF16_CPU = ("this CPU has neither AVX512-BF16 nor AMX-BF16: bf16 would be emulated "
+                     "(2.5x slower than fp32 on the pool's machines without it), so fp32")
+
+
+def choose_precision(device: str | torch.device = "cpu", requested: str | bool = "auto") -> tuple[str, str]:
+    """The precision a benchmark or a run takes on ``device``: ``("bf16" | "fp32", reason)``.
+
+    ``requested``: ``"auto"`` (bf16 exactly where :func:`native_bf16` is true), ``"bf16"`` / ``True``
+    (bf16 where it is native, else fp32: a configuration asking for bf16, e.g. the ``gpu`` profile,
+    is not slowed down 2.5x on a CPU that emulates it), ``"force-bf16"`` (bf16 regardless, for
+    comparisons) or ``"fp32"`` / ``False``. The reason is one sentence for the JSON output and the
+    printed summary.
+    """
+    dev = torch.device(device)
+    req = {True: "bf16", False: "fp32"}.get(requested, requested) if isinstance(requested, bool) else str(requested)
+    if req not in ("auto", "bf16", "force-bf16", "fp32"):
+        raise ValueError(f"precision must be auto | bf16 | force-bf16 | fp32, got {requested!r}")
+    if req == "fp32":
+        return "fp32", "fp32 asked for"
+    native = native_bf16(dev)
+    if dev.type == "cuda":
+        where = "this CUDA device" + (f" (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(dev)))})"
+                                      if torch.cuda.is_available() else "")
+        why_yes, why_no = f"{where} computes bf16 natively (tensor cores)", f"{where} has no native bf16 (compute capability < 8), so fp32"
+    else:
+        flags = [f for f, v in cpu_flags().items() if v and "bf16" in f]
+        why_yes, why_no = f"this CPU computes bf16 natively ({', '.join(flags) or 'bf16 flags'})", _WHY_NOT_BF16_CPU
+    if req == "force-bf16":
+        return "bf16", "bf16 forced" + ("" if native else f" (not native here: {why_no.removesuffix(', so fp32')})")
+    prefix = "" if req == "auto" else "bf16 asked for; "
+    return ("bf16", prefix + why_yes) if native else ("fp32", prefix + why_no)
+
+
 def environment_report(device: str = "auto") -> dict[str, str]:
     """Versions and hardware in one dict (printed by chapter 00 and ``avgn env``)."""
     import torchaudio

@@ -25,6 +25,12 @@ machine (with ``--omp-passive`` idle OpenMP threads sleep instead of spinning, s
 with ``--threads 1`` it is the per-core rate). Ratios between variants are measured back to back in
 the same process.
 
+Precision (``--precision auto``, the default): the bf16 variants are timed only where the device
+computes bf16 natively (:func:`avgn.env.choose_precision`: CUDA of compute capability >= 8, CPUs with
+AVX512-BF16 or AMX-BF16; on the pool's CPUs without it bf16 autocast is 2.5x slower than fp32), and
+the JSON output and the printed summary say which path was taken and why (``precision``,
+``precision_reason``). ``--precision force-bf16`` or ``--all-variants`` time them anyway.
+
 Profiles: ``paper`` (default: C=37, D=512, depth 3, 8 heads, ``audio_grouping='spatial'``, trainable
 ResNet-18 on 224x224 frames, a 1x257x300 spectrogram) or ``smoke`` / ``cpu`` / ``gpu`` (model,
 spectrogram and cached-feature settings from :func:`avgn.experiment.get_experiment`, C=37; falls back
@@ -33,7 +39,8 @@ with ``torch.cuda.synchronize()`` inside every timing.
 
     python benchmarks/bench_models.py [--profile paper|smoke|cpu|gpu] [--device auto|cpu|cuda]
         [--batch 16] [--infer-batch 16] [--steps 1] [--repeats 4] [--threads N] [--omp-passive]
-        [--no-check] [--compile] [--skip-train] [--skip-infer] [--out benchmarks/results/models_<device>.json]
+        [--no-check] [--compile] [--skip-train] [--skip-infer] [--precision auto|bf16|force-bf16|fp32]
+        [--all-variants] [--set KEY=VALUE ...] [--image-size 224] [--out benchmarks/results/models_<device>.json]
 
 Results are merged into the JSON file under ``profiles.<profile>`` (atomic write).
 """
@@ -78,21 +85,22 @@ PUBLIC_REFERENCE = {"train_samples_per_s": 3.4, "infer_two_source_samples_per_s"
 # --------------------------------------------------------------------------------------------------
 # set-up
 # --------------------------------------------------------------------------------------------------
-def build_setup(profile: str) -> dict[str, Any]:
+def build_setup(profile: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Model config and input shapes: a run profile of :data:`avgn.config.PROFILES` (its AVGN
-    experiment), or ``paper`` — not a run profile but the paper's model configuration
-    (:meth:`AVGNConfig.paper`, the paper's input shapes), benchmarked for throughput only.
-    Returns ``{cfg, spec_shape, cached, note}``."""
+    experiment, with the dotted ``overrides`` of ``--set``), or ``paper`` — not a run profile but
+    the paper's model configuration (:meth:`AVGNConfig.paper`, the paper's input shapes),
+    benchmarked for throughput only. Returns ``{cfg, spec_shape, cached, note}``."""
     if profile != "paper":
         from avgn.experiment import get_experiment
 
-        exp = get_experiment("avgn", profile)
+        exp = get_experiment("avgn", profile, **dict(overrides or {}))
         cfg = replace(exp.model, num_classes=NUM_CLASSES)
         return {
             "cfg": cfg,
             "spec_shape": tuple(exp.inputs.spec.shape),
             "cached": bool(exp.inputs.cached_features),
-            "note": f"avgn.experiment.get_experiment('avgn', {profile!r}).model with num_classes={NUM_CLASSES}",
+            "note": f"avgn.experiment.get_experiment('avgn', {profile!r}{''.join(f', {k}={v!r}' for k, v in (overrides or {}).items())})"
+                    f".model with num_classes={NUM_CLASSES}",
             "profile_used": profile,
             "train_defaults": {"bf16": exp.train.bf16, "channels_last": exp.train.channels_last, "batch_size": exp.train.batch_size},
         }
@@ -106,6 +114,11 @@ def build_setup(profile: str) -> dict[str, Any]:
     }
 
 
+def variant_names(variants: dict[str, Any], bf16: bool) -> dict[str, Any]:
+    """The variants to time: all of them on the bf16 path, the fp32 ones alone otherwise."""
+    return {k: v for k, v in variants.items() if bf16 or "bf16" not in k}
+
+
 def make_batch(setup: dict[str, Any], bsz: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random inputs of one batch; two different sounding classes per sample."""
     gen = torch.Generator().manual_seed(seed)
@@ -115,7 +128,8 @@ def make_batch(setup: dict[str, Any], bsz: int, device: torch.device, seed: int 
         ch = BACKBONE_CHANNELS[(cfg.encoder.visual_backbone, cfg.encoder.efficientnet_features)]
         batch["visual_feats"] = torch.relu(torch.randn(bsz, ch, 7, 7, generator=gen))
     else:
-        batch["image"] = torch.rand(bsz, 3, 224, 224, generator=gen)
+        size = setup.get("image_size", 224)
+        batch["image"] = torch.rand(bsz, 3, size, size, generator=gen)
     first = torch.randint(0, NUM_CLASSES, (bsz,), generator=gen)
     second = (first + torch.randint(1, NUM_CLASSES, (bsz,), generator=gen)) % NUM_CLASSES
     classes = torch.stack([first, second], 1)
@@ -197,14 +211,18 @@ def load_average() -> list[float] | None:
 # --------------------------------------------------------------------------------------------------
 # GEMM peak
 # --------------------------------------------------------------------------------------------------
-def gemm_peak(device: torch.device, n: int, repeats: int) -> dict[str, float]:
-    """Best GFLOP/s of ``torch.mm`` on ``n x n`` matrices, fp32 (TF32 off) and bf16 (+ CPU-time based)."""
+def gemm_peak(device: torch.device, n: int, repeats: int, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, float]:
+    """Best GFLOP/s of ``torch.mm`` on ``n x n`` matrices in ``dtypes`` (fp32 with TF32 off, bf16; on
+    the CPU also the CPU-time based rate). Leave bf16 out where it is emulated: 2048^3 takes a minute
+    at the 0.27 GFLOP/s of an AVX2-only CPU."""
     out = {}
     old_tf32 = torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
     try:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if name not in dtypes:
+                continue
             a = torch.randn(n, n, device=device, dtype=dtype)
             b = torch.randn(n, n, device=device, dtype=dtype)
             inner = 20 if device.type == "cuda" else 1
@@ -298,8 +316,8 @@ class Trainer:
 
 def bench_training(base: AVGN, setup: dict[str, Any], args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     batch = make_batch(setup, args.batch, device, seed=1)
-    variants = dict(TRAIN_VARIANTS)
-    if args.compile:
+    variants = variant_names(TRAIN_VARIANTS, args.bf16_variants)
+    if args.compile and args.bf16_variants:
         variants["bf16+cl+fused+compile"] = (True, True, True)
     trainers = {}
     for name, (bf16, cl, fused) in variants.items():
@@ -351,8 +369,8 @@ INFER_VARIANTS = {
 def bench_inference(base: AVGN, setup: dict[str, Any], args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> dict[str, Any]:
     batch = make_batch(setup, args.infer_batch, device, seed=2)
     classes = batch["source_classes"]
-    variants = dict(INFER_VARIANTS)
-    if args.compile:
+    variants = variant_names(INFER_VARIANTS, args.bf16_variants)
+    if args.compile and args.bf16_variants:
         variants["one-pass bf16+cl+compile"] = (one_pass, True, True)
     runners = {}
     for name, (fn, bf16, cl) in variants.items():
@@ -525,9 +543,10 @@ def print_table(res: dict[str, Any]) -> None:
     print()
     print(f"profile {res['profile']} on {res['device_name']} ({res['threads']} threads), torch {res['torch']}, "
           f"load average before/after {res['load_before']} / {res['load_after']}")
-    line = f"GEMM peak (torch.mm {res['gemm_n']}^3): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s"
+    print(f"precision: {res['precision']} ({res['precision_reason']})")
+    line = f"GEMM peak (torch.mm {res['gemm_n']}^3): " + ", ".join(f"{k} {peak[k]:.0f} GFLOP/s" for k in ("fp32", "bf16") if k in peak)
     if cpu:
-        line += f"; CPU-time based: fp32 {peak['fp32_cpu_time']:.0f}, bf16 {peak['bf16_cpu_time']:.0f}"
+        line += "; CPU-time based: " + ", ".join(f"{k} {peak[k + '_cpu_time']:.0f}" for k in ("fp32", "bf16") if k in peak)
     print(line)
     fl = res["flops_per_sample"]
     print(f"FLOPs/sample: forward {fl['forward'] / 1e9:.2f} G, training step (fwd + loss + bwd) {fl['train'] / 1e9:.2f} G")
@@ -540,6 +559,9 @@ def print_table(res: dict[str, Any]) -> None:
     if "inference" in res:
         _fmt_rows(f"2-source inference (batch {res['infer_batch']})", res["inference"], "per-source fp32", cpu)
         print()
+    for block, sp in res.get("speedup_vs_baseline", {}).items():
+        print(f"{block}: fastest {sp['variant']} {sp['samples_per_s']:.2f}/s = {sp['ratio']:.2f}x {sp['baseline']} "
+              f"({sp['fraction_of_peak']:.1%} of the GEMM peak of its dtype; precision path {res['precision']})")
     for k, t in res.get("targets", {}).items():
         print(f"target {k} >= {t['target']}: wall {t['best']:.2f}/s ({t['variant']}) -> {'MET' if t['met'] else 'NOT met'}"
               + (f"; cpu-time {t['best_cpu_time']:.2f}/s -> {'MET' if t['met_cpu_time'] else 'NOT met'}" if "best_cpu_time" in t else "")
@@ -560,6 +582,14 @@ def print_table(res: dict[str, Any]) -> None:
               f"{lt['control_vs_fp32']['max_rel_diff']:.2%} / {lt['control_vs_fp32']['final_rel_diff']:.2%}")
         for name, ls in lt["losses"].items():
             print(f"  {name:<26} " + " ".join(f"{x:.3f}" for x in ls))
+
+
+def _speedup(rows: dict[str, Any], base: str) -> dict[str, Any]:
+    """The fastest timed variant (wall clock) against the in-process public baseline ``base``."""
+    best = max(rows, key=lambda k: rows[k]["samples_per_s"])
+    return {"variant": best, "baseline": base, "samples_per_s": rows[best]["samples_per_s"],
+            "baseline_samples_per_s": rows[base]["samples_per_s"], "ratio": rows[best]["samples_per_s"] / rows[base]["samples_per_s"],
+            "fraction_of_peak": rows[best]["fraction_of_peak"]}
 
 
 def _target(rows: dict[str, Any], base: str, key: str, cpu: bool) -> dict[str, Any]:
@@ -614,14 +644,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--audio-grouping", choices=["spatial", "global"], default=None,
                    help="override the model's audio grouping ('global' = the released code: 12.4 GFLOP forward "
                         "at the paper config instead of 14.4)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "force-bf16", "fp32"],
+                   help="auto: time the bf16 variants only where the device computes bf16 natively "
+                        "(avgn.env.choose_precision); force-bf16: time them anyway; fp32: never")
+    p.add_argument("--all-variants", action="store_true",
+                   help="time the bf16 variants whatever the chosen precision (comparisons); the chosen path is still recorded")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the run profile's experiment (not with --profile paper), e.g. "
+                        "--set model.dim=64 (repeatable; small sizes for a CPU dry run)")
+    p.add_argument("--image-size", type=int, default=224, help="side of the random frames (224 = the paper's)")
     p.add_argument("--out", default=None)
     p.add_argument("--key", default=None, help="entry of the JSON file's 'profiles' (default: the profile, "
                    "+ '-threadsN' with --threads, + '-passive' with --omp-passive)")
     args = p.parse_args(argv)
 
-    from avgn.env import git_revision, resolve_device
+    from avgn.cli import _parse_sets
+    from avgn.env import choose_precision, git_revision, resolve_device
 
     device = resolve_device(args.device)
+    precision, precision_reason = choose_precision(device, args.precision)
+    args.bf16_variants = precision == "bf16" or args.all_variants
     cuda = device.type == "cuda"
     args.batch = args.batch or (64 if cuda else 16)
     args.infer_batch = args.infer_batch or (128 if cuda else 16)
@@ -631,7 +673,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_path = Path(args.out or f"benchmarks/results/models_{device.type}.json")
     log = lambda s: print(s, flush=True)  # noqa: E731
 
-    setup = build_setup(args.profile)
+    overrides = _parse_sets(args.set)
+    if overrides and args.profile == "paper":
+        raise SystemExit("--set applies to a run profile (smoke | cpu | gpu), not to --profile paper")
+    setup = build_setup(args.profile, overrides)
+    setup["image_size"] = args.image_size
     if args.audio_grouping:
         setup["cfg"] = replace(setup["cfg"], audio_grouping=args.audio_grouping)
         setup["note"] += f"; audio_grouping={args.audio_grouping!r}"
@@ -643,7 +689,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config_note": setup["note"],
         "model_config": setup["cfg"].to_dict(),
         "spec_shape": list(setup["spec_shape"]),
-        "visual_input": "cached backbone features" if setup["cached"] else "224x224 image",
+        "visual_input": "cached backbone features" if setup["cached"] else f"{args.image_size}x{args.image_size} image",
+        "overrides": overrides,
+        "precision": precision,
+        "precision_reason": precision_reason,
+        "all_variants": bool(args.all_variants),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -661,8 +711,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     log(f"[bench_models] {args.profile}: {setup['note']}; device {device} ({res['threads']} threads), load {res['load_before']}")
+    log(f"[bench_models] precision {precision}: {precision_reason}" + (" (bf16 variants timed too: --all-variants)" if args.all_variants and precision != "bf16" else ""))
     res["gemm_n"] = args.gemm_n or (8192 if cuda else 2048)
-    res["gemm_peak_gflops"] = gemm_peak(device, res["gemm_n"], repeats=5)
+    res["gemm_peak_gflops"] = gemm_peak(device, res["gemm_n"], repeats=5, dtypes=("fp32", "bf16") if args.bf16_variants else ("fp32",))
     log(f"  GEMM peak GFLOP/s: {res['gemm_peak_gflops']}")
     fb = make_batch(setup, 2, torch.device("cpu"), seed=5)
     res["flops_per_sample"] = {"forward": count_flops(base, fb, train=False), "train": count_flops(base, fb, train=True)}
@@ -691,8 +742,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         targets["infer_two_source_samples_per_s"] = _target(res["inference"], "per-source fp32", "infer_two_source_samples_per_s", cpu)
     if args.profile == "paper" and targets:
         res["targets"] = targets
-    if args.check:
+    res["speedup_vs_baseline"] = {
+        block: _speedup(res[block], base)
+        for block, base in (("train", "fp32"), ("inference", "per-source fp32")) if block in res
+    }
+    if args.check and args.bf16_variants:
         res["check"] = check_bf16(base, setup, args, device, log)
+    elif args.check:
+        res["check_skipped"] = "no bf16 variant timed (fp32 path): nothing to compare"
     res["load_after"] = load_average()
     print_table(res)
     key = args.key or (args.profile + (f"-{args.audio_grouping}" if args.audio_grouping else "")
