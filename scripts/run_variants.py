@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from avgn.data.build import build_dataset, dataset_dir
     from avgn.pipeline import run_variant
     from avgn.runs import VARIANT_GROUPS as groups
+    from avgn.runs import RunLockedError
     from avgn.runs import variant_dirs
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", nargs="+", default=None, help="only the variants with these labels, e.g. 'depth 12'")
     p.add_argument("--only-finished", action="store_true",
                    help="evaluate runs that have finished training and skip the others (never trains; safe beside a training job)")
+    p.add_argument("--skip-locked", action="store_true",
+                   help="skip a run another process is training (its run lock is held) instead of stopping: two queues "
+                        "over the same variants share the work")
     p.add_argument("--data-dir", default=str(ROOT / "data" / "embedded"))
     p.add_argument("--runs-dir", default=str(ROOT / "data" / "runs"))
     p.add_argument("--device", default="auto")
@@ -67,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{v.label} / seed {s}] not finished: skipped", flush=True)
                 continue
             t0 = time.perf_counter()
-            out = run_variant(v, args.profile, s, data, args.runs_dir, device=args.device, eval_splits=args.splits,
-                              eval_sets=eval_sets or None, progress=False)
+            try:
+                out = run_variant(v, args.profile, s, data, args.runs_dir, device=args.device, eval_splits=args.splits,
+                                  eval_sets=eval_sets or None, progress=False)
+            except RunLockedError as err:
+                if not args.skip_locked:
+                    raise
+                print(f"[{v.label} / seed {s}] skipped: {err}", flush=True)
+                continue
             print(f"[{v.label} / seed {s}] {time.perf_counter() - t0:.0f} s\n  " + "\n  ".join(out["commands"]), flush=True)
     return 0
 
