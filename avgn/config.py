@@ -69,6 +69,13 @@ class TrainConfig:
             the epoch's position, its running loss sums and the RNG states, so that a killed run
             loses at most that much work and resumes to bit-identical weights. Neither changes
             the run (they are not part of its fingerprint).
+        micro_batches: split every batch into this many micro-batches (``indices[i::k]``), one
+            forward / backward each, the gradients accumulated (each micro-batch's loss / k) before
+            one optimiser step: the global batch of a larger machine on a smaller one. Batch-level
+            terms (contrastive negatives, batch-norm statistics) then see one micro-batch, exactly
+            as each process of a data-parallel run sees its share; buffers (batch-norm running
+            statistics) follow the first micro-batch, as a data-parallel run's follow rank 0's
+            share, so that N processes and one process with ``micro_batches=N`` train the same model.
     """
 
     epochs: int = 6
@@ -94,6 +101,7 @@ class TrainConfig:
     init_from: str | None = None
     checkpoint_minutes: float | None = 2.0
     checkpoint_steps: int | None = None
+    micro_batches: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "adamw"):
@@ -104,6 +112,9 @@ class TrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (contrastive losses need negatives)")
         if self.checkpoint_minutes is not None and not self.checkpoint_minutes > 0:
             raise ValueError(f"checkpoint_minutes must be > 0 or None (off), got {self.checkpoint_minutes!r}")
+        if self.micro_batches < 1 or (self.micro_batches > 1 and self.batch_size // 2 < 2 * self.micro_batches):
+            raise ValueError(f"micro_batches={self.micro_batches} must be >= 1 and leave 2 samples per micro-batch of a half batch "
+                             f"(batch_size {self.batch_size} >= {4 * max(1, self.micro_batches)})")
         if self.checkpoint_steps is not None and self.checkpoint_steps < 1:
             raise ValueError(f"checkpoint_steps must be >= 1 or None (off), got {self.checkpoint_steps!r}")
 

@@ -143,6 +143,8 @@ class Experiment:
         d["train"].pop("checkpoint_minutes", None)  # when the run is checkpointed does not change it either
         d["train"].pop("checkpoint_steps", None)
         d["inputs"].pop("eval_workers", None)
+        if d["train"].get("micro_batches", 1) == 1:  # absent = one pass per batch: earlier fingerprints unchanged
+            d["train"].pop("micro_batches", None)
         if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
             d["train"].pop("init_from", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -308,13 +308,23 @@ class _Optimisation:
 
 
 def _epoch_batches(inputs: _Inputs, epoch: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[dict[str, Any]]:
-    """The training batches of ``epoch`` in its order (the same ones :func:`_train_epoch` draws),
+    """The training batches of ``epoch`` in its order (what :meth:`Method.on_epoch_start` reads),
     less the first ``skip`` (skipped as index lists: they are not rendered); under data parallelism
     this rank's share of each (:func:`avgn.distributed.shard`)."""
     inputs.sampler.set_epoch(epoch)
     inputs.batcher.set_epoch(epoch)
     plan = itertools.islice(iter(inputs.sampler), skip, None)
     return inputs.batcher.iterate(distributed.shard(b, dist_info) for b in plan)
+
+
+def _epoch_steps(inputs: _Inputs, epoch: int, micro_batches: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[list[dict[str, Any]]]:
+    """The optimiser steps of ``epoch``: per step, this rank's share of the batch cut into
+    ``micro_batches`` (``share[i::k]``), each rendered as one batch."""
+    inputs.sampler.set_epoch(epoch)
+    inputs.batcher.set_epoch(epoch)
+    for b in itertools.islice(iter(inputs.sampler), skip, None):
+        share = distributed.shard(b, dist_info)
+        yield [inputs.batcher.batch(share[i::micro_batches]) for i in range(micro_batches)]
 
 
 class _TrainStep(torch.nn.Module):
@@ -417,29 +427,39 @@ def _train_epoch(
     the samples over every rank."""
     t = exp.train
     epoch, n_batches = progress.epoch, len(inputs.sampler)
-    loader = prefetch(_epoch_batches(inputs, epoch, skip=progress.batches, dist_info=dist_info), t.num_workers)
+    loader = prefetch(_epoch_steps(inputs, epoch, t.micro_batches, skip=progress.batches, dist_info=dist_info), t.num_workers)
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=t.bf16)
     train_step.train()
     t0 = time.perf_counter() - progress.seconds
     bar = tqdm(loader, total=n_batches, initial=progress.batches, desc=f"{exp.method} epoch {epoch + 1}/{t.epochs}", disable=not show,
                leave=False)
-    for batch in bar:
-        with autocast:
-            loss, parts = train_step(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step} ({ {k: float(v) for k, v in parts.items()} })")
+    for micro in bar:
         opt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for i, batch in enumerate(micro):
+            # under DDP the gradients are averaged over the ranks once per step, with the last micro-batch
+            defer = i < len(micro) - 1 and isinstance(train_step, torch.nn.parallel.DistributedDataParallel)
+            # buffers (batch-norm running statistics) follow the first micro-batch only, as DDP's follow rank 0's share
+            kept = [b.detach().clone() for b in train_step.buffers()] if i > 0 else None
+            with train_step.no_sync() if defer else contextlib.nullcontext(), autocast:  # type: ignore[operator]
+                loss, parts = train_step(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step} "
+                                             f"({ {k: float(v) for k, v in parts.items()} })")
+                (loss / len(micro) if len(micro) > 1 else loss).backward()
+            if kept is not None:
+                with torch.no_grad():
+                    for b, k in zip(train_step.buffers(), kept):
+                        b.copy_(k)
+            bsz = int(batch["spec"].shape[0])
+            progress.samples += bsz
+            for k, v in parts.items():
+                progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * bsz
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(opt.params, t.grad_clip)
         opt.optimizer.step()
         opt.scheduler.step()
         step += 1
-        bsz = int(batch["spec"].shape[0])
-        progress.samples += bsz
         progress.batches += 1
-        for k, v in parts.items():
-            progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * bsz
         progress.seconds = time.perf_counter() - t0
         bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if checkpointer is not None:
@@ -554,6 +574,9 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     if dist_info.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dist_info.local_rank)
     t = exp.train
+    if dist_info.enabled and t.batch_size // 2 < 2 * dist_info.world_size:
+        raise ValueError(f"train.batch_size={t.batch_size} is too small for {dist_info.world_size} processes: a batch (at least half of "
+                         f"it for a group's last one) must give every rank 2 samples; use batch_size >= {4 * dist_info.world_size}")
     if t.torch_threads:
         torch.set_num_threads(t.torch_threads)
     if t.deterministic:

@@ -69,7 +69,7 @@ VARIANTS = [DSOL_VARIANT, *[v for v in MAIN_VARIANTS if v.label != "AVGN (public
 
 # %%
 ctx.run_variants([DSOL_STAGE1_VARIANT, DSOL_VARIANT], eval_splits=("test",), eval_sets=COMPOSED)
-ctx.run_variants(MAIN_VARIANTS, verbose=False, eval_splits=("test",), eval_sets=COMPOSED)  # chapters 3 and 5's runs
+ctx.run_variants(VARIANTS[1:], verbose=False, eval_splits=("test",), eval_sets=COMPOSED)  # chapter 3's runs
 ctx.run_references(verbose=False, eval_sets=COMPOSED)
 
 # %% [markdown]
