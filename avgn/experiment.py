@@ -67,6 +67,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from avgn.config import PROFILE_NAMES, EvalConfig, InputConfig, TrainConfig, get_profile
@@ -147,6 +148,8 @@ class Experiment:
             d["train"].pop("micro_batches", None)
         if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
             d["train"].pop("init_from", None)
+        else:  # one run folder however its path is spelt (relative to a chapter's folder or absolute)
+            d["train"]["init_from"] = str(Path(d["train"]["init_from"]).resolve())
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def with_overrides(self, **overrides: Any) -> "Experiment":

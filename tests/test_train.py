@@ -58,6 +58,14 @@ def test_experiment_config_round_trip_and_overrides():
     assert e.train.epochs == 3 and e.model.dim == e.model.encoder.dim == 32
     assert e.fingerprint() != get_experiment("avgn", "smoke").fingerprint()
     assert e.with_overrides(**{"train.num_workers": 3}).fingerprint() == e.fingerprint()
+    # how often it is checkpointed does not change a run; how many micro-batches a batch is cut into does
+    assert e.with_overrides(**{"train.checkpoint_minutes": None, "train.checkpoint_steps": 5}).fingerprint() == e.fingerprint()
+    assert e.with_overrides(**{"train.micro_batches": 1}).fingerprint() == e.fingerprint()
+    assert e.with_overrides(**{"train.micro_batches": 2}).fingerprint() != e.fingerprint()
+    # a second stage's first stage is one folder however its path is spelt (a chapter runs from book/)
+    here = Path.cwd()
+    rel, absolute = e.with_overrides(**{"train.init_from": "runs/a/../stage1"}), e.with_overrides(**{"train.init_from": str(here / "runs" / "stage1")})
+    assert rel.fingerprint() == absolute.fingerprint() != e.with_overrides(**{"train.init_from": "runs/stage2"}).fingerprint()
     with pytest.raises(KeyError):
         get_experiment("avgn", "smoke", **{"train.nope": 1})
     with pytest.raises(ValueError, match="frozen"):
