@@ -55,6 +55,7 @@ from avgn.methods import get_method
 from avgn.runs import DSOL_STAGE1_VARIANT, DSOL_VARIANT, MAIN_VARIANTS, load_run, run_presence_threshold
 from avgn.viz import save_figure
 
+pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("07", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 COMPOSED = {"composed": ["test/trio/concat", "test/quartet/concat"]}
@@ -131,7 +132,7 @@ silent.pivot_table(index=["variant", "mode"], columns=["set", "metric"], values=
 # %%
 plot = silent[silent["metric"].isin(["nsa_distractors", "false_alarm"])]
 grid = sns.catplot(data=plot, x="set", y="value", hue="variant", col="metric", row="mode", kind="bar", errorbar="sd", height=3.0, aspect=1.5)
-grid.set_xticklabels(rotation=20)
+grid.tick_params(axis="x", rotation=20)
 save_figure(grid.figure, "07_silent", figures_dir)
 plt.close(grid.figure)
 

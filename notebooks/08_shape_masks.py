@@ -69,6 +69,7 @@ from avgn.shape_masks import (BLOB, fused, load_pairs, mask_study, plot_masks, p
                               run_map_sources, split_variant)
 from avgn.viz import save_figure
 
+pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 # scenes per set: GrabCut takes a few tenths of a second per mask on one core
 SETS = {"smoke": ["test/solo/scene"], "cpu": ["test/solo/scene", "test/duet/scene"], "gpu": ["test/solo/scene", "test/duet/scene"]}[profile]

@@ -65,6 +65,7 @@ from avgn.runs import MAIN_VARIANTS, TVSL_HELDOUT_CANDIDATES, TVSL_VARIANTS
 from avgn.viz import save_figure
 from avgn.zeroshot import ZEROSHOT_SPLIT, heldout_classes, zeroshot_scoring
 
+pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("09", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 info = load_build_info(ctx.data)
 print("held-out classes:", heldout_classes(ctx.data), "| training classes:", len(info["split_classes"]["train"]))
