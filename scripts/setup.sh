@@ -53,7 +53,7 @@ fi
 stamp=.venv/.avgn-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "pip: installing avgn[dev] (pinned torch, torchvision, torchaudio; the segment extra: OpenCV, segment-anything)"
+  log "pip: installing avgn[dev] (pinned torch, torchvision, torchaudio; the segment extra: OpenCV, segment-anything; the audioclip extra: open_clip_torch)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[dev]"
   # tinysoundfont declares pyaudio (which does not build and is not used) as a hard dependency

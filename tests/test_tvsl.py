@@ -180,9 +180,71 @@ def test_forward_shapes_scale_clamp_and_anchor_swap():
     assert model.seen.all() and model.anchors.shape == (4, E)
 
 
-def test_audioclip_is_not_faked():
-    with pytest.raises(NotImplementedError, match="AudioCLIP model code"):
-        TVSL(_cfg(text_encoder="audioclip", audioclip_path="/nowhere.pt"), anchors=torch.eye(4, E))
+def _audioclip_checkpoint(path: Path, seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised CLIP of AudioCLIP's text layout (1024-d projection, CLIP's vocabulary;
+    a 1-layer, 64-wide text transformer and a toy image tower to stay small) saved as AudioCLIP
+    saves its weights (`torch.save(state_dict)`, audio-tower tensors and the audio logit scales
+    included). The real weights are not available here; the loading code is the real one."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    clip = CLIP(1024, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32, head_width=8),
+                text_cfg=CLIPTextCfg(width=64, heads=1, layers=1), quick_gelu=True).eval()
+    sd = dict(clip.state_dict())
+    sd.update({"audio.conv1.weight": torch.randn(8, 1, 3, 3), "audio.fc.weight": torch.randn(1024, 8),
+               "logit_scale_ai": torch.tensor(4.6), "logit_scale_at": torch.tensor(4.6)})
+    torch.save(sd, path)
+    return clip
+
+
+def test_audioclip_text_anchors_from_a_checkpoint(tmp_path, monkeypatch):
+    pytest.importorskip("open_clip")
+    import open_clip
+
+    clip = _audioclip_checkpoint(tmp_path / "audioclip.pt")
+    names, temps = ["dog", "acoustic_guitar", "violin"], ("the sound of a {}", "a photo of a {}")
+    a = text.text_anchors(names, temps, cache_dir=tmp_path / "cache", encoder="audioclip", checkpoint=tmp_path / "audioclip.pt")
+    assert a.shape == (3, 1024) and torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+    # exactly the source model's text tower (float32, the audio tensors ignored), CLIP-tokenised, templates averaged
+    with torch.no_grad():
+        ref = F.normalize(clip.encode_text(open_clip.tokenize([t.format(n.replace("_", " ")) for n in names for t in temps])), dim=-1)
+    assert torch.allclose(a, F.normalize(ref.view(3, 2, -1).mean(1), dim=-1), atol=1e-6)
+    # cached under the checkpoint's content: a hit never reads the checkpoint again ...
+    monkeypatch.setattr(text.AudioCLIPText, "from_checkpoint", classmethod(lambda cls, p: pytest.fail("cache missed")))
+    assert torch.equal(text.text_anchors(names, temps, cache_dir=tmp_path / "cache", encoder="audioclip", checkpoint=tmp_path / "audioclip.pt"), a)
+    monkeypatch.undo()
+    # ... and other weights are another key
+    _audioclip_checkpoint(tmp_path / "audioclip.pt", seed=1)
+    b = text.text_anchors(names, temps, cache_dir=tmp_path / "cache", encoder="audioclip", checkpoint=tmp_path / "audioclip.pt")
+    assert not torch.allclose(a, b)
+    # T-VSL builds on them: a 1024-d text space
+    cfg = TVSLConfig(class_names=tuple(names), text_encoder="audioclip", audioclip_path=str(tmp_path / "audioclip.pt"),
+                     anchor_cache=str(tmp_path / "cache"), dim=16,
+                     encoder=EncoderConfig(visual_backbone="efficientnet_lite0", use_packaged_weights=False, freeze_visual=True, audio_width=0.125))
+    model = TVSL(cfg)
+    assert cfg.text_dim == 1024 and model.anchors.shape == (3, 1024) and torch.allclose(model.anchors, b, atol=1e-6)
+
+
+def test_audioclip_bad_checkpoints_are_clear_errors(tmp_path):
+    pytest.importorskip("open_clip")
+    with pytest.raises(FileNotFoundError, match="AudioCLIP-Full-Training.pt"):
+        text.text_anchors(["dog"], cache_dir=tmp_path, encoder="audioclip", checkpoint=tmp_path / "nowhere.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt is not a readable PyTorch checkpoint"):
+        text.AudioCLIPText.from_checkpoint(tmp_path / "junk.pt")
+    torch.save({"audio.conv1.weight": torch.zeros(1)}, tmp_path / "audio_only.pt")
+    with pytest.raises(ValueError, match="audio_only.pt holds no CLIP text tower"):
+        text.AudioCLIPText.from_checkpoint(tmp_path / "audio_only.pt")
+    _audioclip_checkpoint(tmp_path / "full.pt")
+    sd = torch.load(tmp_path / "full.pt", weights_only=True)
+    del sd["transformer.resblocks.0.mlp.c_fc.weight"]
+    torch.save(sd, tmp_path / "cut.pt")
+    with pytest.raises(ValueError, match=r"cut.pt: the CLIP text tower is incomplete, missing \['transformer.resblocks.0.mlp.c_fc.weight'\]"):
+        text.AudioCLIPText.from_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(ValueError, match="needs audioclip_path"):
+        _cfg(text_encoder="audioclip")
+    with pytest.raises(ValueError, match="only read with text_encoder='audioclip'"):
+        _cfg(audioclip_path="x.pt")
 
 
 def test_config_checks_and_the_method_needs_names():

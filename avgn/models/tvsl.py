@@ -74,17 +74,10 @@ class TVSL(nn.Module):
         super().__init__()
         cfg = cfg or TVSLConfig()
         self.cfg = cfg
-        if cfg.text_encoder == "audioclip":
-            raise NotImplementedError(
-                "T-VSL with AudioCLIP is not implemented: it needs the AudioCLIP model code (CLIP RN50 image tower, "
-                "ESResNeXt-fbsp audio tower, CLIP text tower and its BPE tokenizer) and a checkpoint, none of which "
-                f"this project ships or can install offline (audioclip_path={cfg.audioclip_path!r} is not read). "
-                "Use text_encoder='minilm'."
-            )
         if anchors is None:
             from avgn.text import text_anchors
 
-            anchors = text_anchors(cfg.class_names, cfg.templates, cfg.anchor_cache)
+            anchors = text_anchors(cfg.class_names, cfg.templates, cfg.anchor_cache, encoder=cfg.text_encoder, checkpoint=cfg.audioclip_path)
         e = cfg.text_dim
         if tuple(anchors.shape) != (cfg.num_classes, e):
             raise ValueError(f"anchors must be [{cfg.num_classes}, {e}] (one per class name), got {tuple(anchors.shape)}")
