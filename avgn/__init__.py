@@ -6,11 +6,12 @@ import graph to the top (a module imports only from those above it in this list;
 
 - :mod:`avgn.io`           atomic writes
 - :mod:`avgn.env`          device resolution, seeding and the environment report
+- :mod:`avgn.distributed`  data-parallel training under ``torchrun`` (process group, shards, gathered metrics)
 - :mod:`avgn.metrics`      the evaluation protocol (pixel AP, cIoU, AUC, CAP, PIAP)
 - :mod:`avgn.boxes`        box/mask helpers for the public annotation formats
 - :mod:`avgn.data`         the embedded audio-visual mixture benchmark, its datasets and batching, dataset adapters
 - :mod:`avgn.features`     cached backbone features of a frozen visual backbone
-- :mod:`avgn.text`         text anchors: class names through the packaged all-MiniLM-L6-v2 (offline, cached)
+- :mod:`avgn.text`         text anchors: class names through the packaged all-MiniLM-L6-v2 (offline, cached), or an AudioCLIP checkpoint's text tower
 - :mod:`avgn.models`       AVGN, EZ-VSL, Mix-and-Localize, T-VSL, the priors (``nn.Module`` s and their configs)
 - :mod:`avgn.losses`       the training losses
 - :mod:`avgn.checkpoint`   checkpoints: atomic, resumable
@@ -22,7 +23,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.runs`         run folders, named variants, reproduce commands, loading a trained run
 - :mod:`avgn.evaluate`     evaluation sets, predictions, scoring under both source-selection modes
 - :mod:`avgn.zeroshot`     zero-shot evaluation of the held-out classes (how each method names them)
-- :mod:`avgn.train`        the training loop
+- :mod:`avgn.train`        the training loop (within-epoch checkpoints, micro-batches, DistributedDataParallel)
 - :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
 - :mod:`avgn.book`         a chapter's set-up in one call (``chapter_context``)
 - :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording, or video (ffmpeg)
@@ -34,7 +35,7 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.explorer`     the interactive explorer of chapter 6
 - :mod:`avgn.viz`          figure helpers (save to ``figures/``)
 - :mod:`avgn.synthetic`    synthetic maps for the protocol demonstrations of chapter 0
-- :mod:`avgn.cli`          the ``avgn`` command line
+- :mod:`avgn.cli`          the ``avgn`` command line (also ``python -m avgn``, ``torchrun -m avgn``)
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Training engine for AVGN, EZ-VSL and Mix-and-Localize (one loop, three losses).
+"""Training engine: one loop for every registered method (AVGN, EZ-VSL, Mix-and-Localize, DSOL, T-VSL).
 
 :func:`train` runs one (method, profile, seed) experiment into a run folder:
 
@@ -28,6 +28,11 @@
   from its last checkpoint, skipping the batches already trained on without rendering them, and
   reaches the same weights and metrics as an uninterrupted run (tested through the command line);
   on a finished run it just returns its results.
+* **Micro-batches and data parallelism**: ``micro_batches`` cuts each batch into shares whose
+  gradients are accumulated before one step; under ``torchrun`` each process trains on its share of
+  every global batch through DistributedDataParallel, rank 0 alone validating and writing
+  (:mod:`avgn.distributed`). N processes train exactly the model of one process with
+  ``micro_batches=N`` (tested).
 * **Results** in the run folder: ``config.json`` (configuration, seed, data identity, command line),
   ``history.json`` / ``history.csv`` (per epoch: losses, learning rate, samples/s, validation
   metrics in both source-selection modes, AVGN's presence and token-classifier precision / recall /
