@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from avgn import io as _io
-from avgn.io import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported: one atomic writer)
+from avgn.io import atomic_write_bytes, atomic_write_text, file_sha256  # noqa: F401 (re-exported: one atomic writer)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -117,14 +117,6 @@ def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], 
 
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     return _atomic(Path(path), lambda tmp: save_file(clean, tmp, metadata=metadata))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,7 +241,7 @@ def save_checkpoint(
         "epoch": int(epoch),
         "step": int(step),
         "files": files,
-        "sha256": {k: _sha256(folder / v) for k, v in files.items()},
+        "sha256": {k: file_sha256(folder / v) for k, v in files.items()},
         "exclude_prefixes": list(exclude_prefixes),
         "state": state or {},
         "config": config or {},
@@ -355,7 +347,7 @@ def load_checkpoint(
         p = folder / fname
         if not p.is_file():
             raise _refuse(folder / f"{name}.json", name, f"it refers to {p}, which is missing")
-        if verify and info.get("sha256", {}).get(key) and _sha256(p) != info["sha256"][key]:
+        if verify and info.get("sha256", {}).get(key) and file_sha256(p) != info["sha256"][key]:
             raise _refuse(folder / f"{name}.json", name, f"its file {p} is corrupt (truncated or modified: SHA-256 differs from {name}.json)")
     if model is not None:
         load_weights(model, folder / info["files"]["weights"], info.get("exclude_prefixes", ()))

@@ -8,6 +8,8 @@ removed and the previous version of the target, if any, is left untouched.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import os
 import tempfile
@@ -54,3 +56,12 @@ def atomic_write_json(path: str | Path, obj: Any, **kwargs: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     kwargs.setdefault("indent", 2)
     return atomic_write_text(path, json.dumps(obj, **kwargs) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

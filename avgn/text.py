@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
-from avgn.io import atomic_path
+from avgn.io import atomic_path, file_sha256
 
 __all__ = [
     "TEXT_MODEL",
@@ -202,14 +202,6 @@ class AudioCLIPText(torch.nn.Module):
         return torch.nn.functional.normalize(torch.cat(out).float(), dim=-1)
 
 
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def anchor_cache_key(class_names: Sequence[str], templates: Sequence[str], model_name: str = TEXT_MODEL) -> str:
     """SHA-256 (20 hex digits) of the encoder name, the templates and the ordered class names."""
     blob = json.dumps({"model": model_name, "templates": list(templates), "classes": [str(c) for c in class_names]})
@@ -237,7 +229,7 @@ def text_anchors(class_names: Sequence[str], templates: Sequence[str] = DEFAULT_
     if encoder == "audioclip":
         if checkpoint is None or not Path(checkpoint).is_file():
             raise FileNotFoundError(f"AudioCLIP checkpoint {checkpoint!r} does not exist: give the path of your AudioCLIP-Full-Training.pt")
-        model_name = f"audioclip-text:{_file_sha256(checkpoint)}"
+        model_name = f"audioclip-text:{file_sha256(checkpoint)}"
     names, temps = [str(c) for c in class_names], [str(t) for t in templates]
     key = anchor_cache_key(names, temps, model_name)
     path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / f"anchors-{key}.safetensors"

@@ -312,23 +312,24 @@ class _Optimisation:
     scheduler: torch.optim.lr_scheduler.LambdaLR
 
 
-def _epoch_batches(inputs: _Inputs, epoch: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[dict[str, Any]]:
-    """The training batches of ``epoch`` in its order (what :meth:`Method.on_epoch_start` reads),
-    less the first ``skip`` (skipped as index lists: they are not rendered); under data parallelism
-    this rank's share of each (:func:`avgn.distributed.shard`)."""
+def _epoch_plan(inputs: _Inputs, epoch: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[list[int]]:
+    """The index lists of ``epoch``'s batches in its order, less the first ``skip`` (skipped as
+    index lists: they are never rendered); under data parallelism this rank's share of each
+    (:func:`avgn.distributed.shard`)."""
     inputs.sampler.set_epoch(epoch)
     inputs.batcher.set_epoch(epoch)
-    plan = itertools.islice(iter(inputs.sampler), skip, None)
-    return inputs.batcher.iterate(distributed.shard(b, dist_info) for b in plan)
+    return (distributed.shard(b, dist_info) for b in itertools.islice(iter(inputs.sampler), skip, None))
+
+
+def _epoch_batches(inputs: _Inputs, epoch: int) -> Iterator[dict[str, Any]]:
+    """The training batches of ``epoch`` in its order, whole (what :meth:`Method.on_epoch_start` reads)."""
+    return inputs.batcher.iterate(_epoch_plan(inputs, epoch))
 
 
 def _epoch_steps(inputs: _Inputs, epoch: int, micro_batches: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[list[dict[str, Any]]]:
     """The optimiser steps of ``epoch``: per step, this rank's share of the batch cut into
     ``micro_batches`` (``share[i::k]``), each rendered as one batch."""
-    inputs.sampler.set_epoch(epoch)
-    inputs.batcher.set_epoch(epoch)
-    for b in itertools.islice(iter(inputs.sampler), skip, None):
-        share = distributed.shard(b, dist_info)
+    for share in _epoch_plan(inputs, epoch, skip, dist_info):
         yield [inputs.batcher.batch(share[i::micro_batches]) for i in range(micro_batches)]
 
 

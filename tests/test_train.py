@@ -481,25 +481,15 @@ def test_kill_9_through_the_command_line_loses_nothing(fake_build, tmp_path):
     assert _history_numbers(straight) == _history_numbers(run)
 
 
-def _flat(d: dict, sections: tuple[str, ...], prefix: str = "") -> dict:
-    """Dotted ``section.field`` items of an experiment dict (nested dataclasses recursed)."""
-    out = {}
-    for k, v in d.items():
-        if not prefix and k not in sections:
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, sections, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _cli_args(exp, data, out, seed: int) -> list[str]:
-    """`avgn train` arguments that rebuild ``exp`` exactly (every train / model / inputs field as --set)."""
-    sets = [f"{k}={json.dumps(v)}" for k, v in _flat(exp.to_dict(), ("train", "model", "inputs")).items()]
-    return ["train", "--method", exp.method, "--profile", exp.profile, "--seed", str(seed), "--data", str(data), "--out", str(out),
-            "--device", "cpu", *[a for s in sets for a in ("--set", s)]]
+    """`avgn train` arguments that rebuild ``exp`` exactly: the run's own reproduce command
+    (its overrides of the profile as --set), on the CPU."""
+    import shlex
+
+    from avgn.runs import experiment_overrides, reproduce_command
+
+    cmd = reproduce_command(exp.method, exp.profile, seed, data, out, experiment_overrides(exp))
+    return shlex.split(cmd)[1:] + ["--device", "cpu"]
 
 
 def test_torchrun_two_processes_match_one_process(fake_build, tmp_path):
