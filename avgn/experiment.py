@@ -31,11 +31,16 @@ epochs / batch                    4 / 16                      6 / 32            
 optimiser                         Adam 2e-3, constant         Adam 1e-3, cosine, half an  Adam 1e-4 (paper),
                                                               epoch of warm-up            constant
 temperature ``tau``               0.03                        0.03                        0.03 (paper)
-mixed precision                   off                         off                         bf16 autocast,
+mixed precision                   off                         off (channels-last)         bf16 autocast,
                                                                                           channels-last
+training batches                  fast render, fused Adam     fast render, fused Adam     fast render, fused Adam
 validation                        every epoch, all val sets   every epoch, all val sets   every epoch, all val sets
 early stopping                    off                         patience 3                  patience 5
 ================================  ==========================  ==========================  =========================
+
+"Fast render": a whole batch mixed at once in float32 with the noise drawn from a bank of pink
+noises (``inputs.train_render='fast'``, :class:`avgn.data.batching.MixtureBatcher`); "fused Adam":
+the optimiser's one-pass kernel (``train.fused_optimizer``). Both are about speed only.
 
 What the ``cpu`` profile reduces, and why: the backbone is frozen and its features cached
 (:mod:`avgn.features`), so only the 1x1 projection of the visual branch trains; ``D``, the depth and

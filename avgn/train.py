@@ -157,7 +157,7 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     # groups by frame shape: 224x224 (solo + scene duets) and 224x448 (concat duets)
     square = sizes.get("solo", 0) + sizes.get("scene", 0)
     groups = [(0, square), (square, sizes.get("concat", 0))]
-    return MixtureBatcher(ds, store if exp.inputs.cached_features else None), groups, sizes
+    return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render), groups, sizes
 
 
 def prefetch(batches: Iterator[dict[str, Any]], depth: int) -> Iterator[dict[str, Any]]:
@@ -419,7 +419,7 @@ def _optimisation(model: torch.nn.Module, exp: Experiment, steps_per_epoch: int)
     t = exp.train
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer or None)
     schedule = WarmupCosine(t.epochs * steps_per_epoch, int(round(t.warmup_epochs * steps_per_epoch)), t.schedule, t.min_lr_ratio)
     return _Optimisation(params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 

@@ -5,11 +5,14 @@ thread count, three rates are measured side by side (interleaved round-robin ove
 rounds so that a load change on a shared machine hits them alike; the best round is kept, the
 median too):
 
-* ``old`` — the pipeline of the book's earlier runs: one item at a time in a DataLoader worker
-  (``num_workers=1``): the item's mixture recipe, a NumPy mix with per-item pink noise, a per-item
-  STFT and the cached features looked up and collated, while the main process trains;
-* ``new`` — :class:`avgn.data.batching.MixtureBatcher`: clips in memory, the whole batch mixed and
-  transformed at once, rendered one batch ahead in a thread (:func:`avgn.train.prefetch`);
+* ``old`` — the set-up of the book's earlier runs: one item at a time in a DataLoader worker
+  (``num_workers=1``): the item's mixture recipe, a NumPy mix with per-item pink noise (float64), a
+  per-item STFT and the cached features looked up and collated, while the main process trains with
+  the per-tensor Adam loop on channels-first tensors;
+* ``new`` — the profile's set-up: :class:`avgn.data.batching.MixtureBatcher` (clips in memory, the
+  whole batch rendered as ``inputs.train_render`` says (``fast``: float32, noise from a bank) and transformed at once, rendered ahead in a thread when
+  ``train.num_workers`` > 0, :func:`avgn.train.prefetch`), ``train.channels_last`` and
+  ``train.fused_optimizer`` as the profile sets them;
 * ``model`` — the training step alone (forward, loss, backward, Adam) on batches rendered beforehand.
 
 ``ratio = new / old`` and ``efficiency = new / model`` per method are written to
@@ -130,7 +133,7 @@ def _step_fn(method: str, exp: Any, seed: int, dev: torch.device) -> Callable[[d
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    opt = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer or None)
     model.train()
 
     def step(batch: dict[str, Any]) -> int:
@@ -329,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             compute_features(data, exp.inputs.features, device=str(dev), progress=False, splits=["train"])
             store = FeatureStore(data, exp.inputs.features, preload=True, splits=["train"])
         batcher, groups, _ = build_train_data(exp, data, 0, store)
+        # the earlier training set-up of the same model: per-tensor Adam, channels-first tensors
+        exp_old = exp.with_overrides(**{"train.fused_optimizer": False, "train.channels_last": False})
         sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=0)
         need = (args.steps + 1) * args.repeats + 1
         idx = [b for b in sampler][:need]
@@ -345,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
             step = _step_fn(method, exp, r, dev)
             rates["model"].append(_rate(step, pre, args.steps, dev))
             step = _step_fn(method, exp, r, dev)
-            rates["new"].append(_rate(step, prefetch(batcher.iterate(chunk), 1), args.steps, dev))
-            step = _step_fn(method, exp, r, dev)
+            rates["new"].append(_rate(step, prefetch(batcher.iterate(chunk), exp.train.num_workers), args.steps, dev))
+            step = _step_fn(method, exp_old, r, dev)
             dl = DataLoader(legacy, batch_sampler=chunk, num_workers=1, collate_fn=collate_samples)
             rates["old"].append(_rate(step, dl, args.steps, dev))
             print(f"[bench_train] {method} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -115,6 +116,65 @@ def test_batched_mixtures_equal_the_data_module_items(fake_build, layout, n_sour
             assert feats.shape[-1] * 32 == a["image"].shape[-1] * exp.inputs.features.image_size // a["image"].shape[-2]
     noisy = [base.recipe(i).white is not None for i in range(len(base))]
     assert any(noisy) or base.noise_prob == 0  # the noise path is exercised
+
+
+@pytest.mark.parametrize("layout,n_sources", [("concat", 2), ("scene", 2), ("concat", 3)])
+def test_fast_rendering_is_the_reference_mix_of_the_same_draws(fake_build, layout, n_sources):
+    """The training default (``inputs.train_render='fast'``) draws the same scenes, clips, gains and
+    SNRs as the per-item dataset, takes each noise from the noise bank (a clip, circularly shifted),
+    and mixes in float32: its spectrograms equal the NumPy reference :func:`avgn.data.audio.mix` of
+    those sources and that noise up to float32 rounding (STFT magnitudes within 1e-5 of the item's
+    peak; a wrong gain, SNR or peak rule is off by orders more). Labels, classes and features are
+    the exact path's."""
+    from torch.utils.data import ConcatDataset
+
+    from avgn.data.audio import mix
+    from avgn.data.batching import MixtureBatcher
+    from avgn.data.datasets import OnTheFlyMixtureDataset, log_spectrogram, read_clip
+    from avgn.features import FeatureStore
+
+    exp = _tiny()
+    store = FeatureStore(fake_build, exp.inputs.features, preload=False)
+    kw = dict(split="train", layout=layout, n_sources=n_sources, seed=5, length=12, spec=exp.inputs.spec, noise_prob=0.5)
+    part = OnTheFlyMixtureDataset(fake_build, **kw)
+    exact = MixtureBatcher(ConcatDataset([part]), store)
+    fast = MixtureBatcher(ConcatDataset([part]), store, bank=exact.bank, render="fast", noise_bank=7)
+    items = list(range(12))
+    a, b = exact.batch(items), fast.batch(items)
+    for key in ("labels", "classes", "n_sources", "visual_feats"):
+        assert torch.equal(a[key], b[key])
+    d = part.data
+    noisy = 0
+    for r in items:
+        rc_exact, rc = part.recipe(r), part.recipe(r, noise_bank=7)
+        assert (rc.rows, rc.clip_paths, rc.snr_db, rc.white) == (rc_exact.rows, rc_exact.clip_paths, rc_exact.snr_db, None)
+        assert np.array_equal(rc.gains_db, rc_exact.gains_db) and (rc.noise_ref is None) == (rc.snr_db is None)
+        noise = None
+        if rc.noise_ref is not None:
+            noisy += 1
+            k, shift = rc.noise_ref
+            noise = fast.noise.take([rc.noise_ref])[0].double().numpy()
+            assert np.array_equal(noise, np.roll(fast.noise.clip(k).double().numpy(), -shift))
+            assert abs(float(np.sqrt(np.mean(noise**2))) - 1.0) < 1e-5  # pink, unit RMS
+        waves = np.stack([read_clip(d.path(p), d.sample_rate, d.n_samples) for p in rc.clip_paths])
+        ref = log_spectrogram(mix(waves, rc.gains_db, noise=noise, snr_db=rc.snr_db), exp.inputs.spec).exp()
+        got = b["spec"][r, 0].exp()
+        assert float((got - ref).abs().max()) <= 1e-5 * float(ref.max()), r
+    assert noisy > 0  # the noise path is exercised
+    # the noise matters at this tolerance: the noisy items differ from the exact path's by far more
+    for r in items:
+        if part.recipe(r).white is not None:
+            assert float((a["spec"][r].exp() - b["spec"][r].exp()).abs().max()) > 1e-3 * float(a["spec"][r].exp().max())
+
+
+def test_noise_bank_is_seeded_and_refuses_an_empty_bank():
+    from avgn.data.batching import NoiseBank
+
+    one, same, other = NoiseBank(3, 800, seed=1), NoiseBank(3, 800, seed=1), NoiseBank(3, 800, seed=2)
+    assert torch.equal(one.doubled, same.doubled) and not torch.equal(one.doubled, other.doubled)
+    assert torch.equal(one.take([(2, 0)])[0], one.clip(2)) and one.take([]).shape == (0, 800)
+    with pytest.raises(ValueError, match="at least one clip"):
+        NoiseBank(0, 800, seed=1)
 
 
 def test_prefetch_keeps_order_and_raises_in_the_caller():
