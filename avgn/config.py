@@ -207,7 +207,7 @@ PROFILES: dict[str, Profile] = {
         sizes=ModelSizes(dim=128, depth=2, heads=4, mlp_ratio=2.0),
         train=TrainConfig(
             epochs=6, batch_size=32, lr=1e-3, schedule="cosine", warmup_epochs=0.5,
-            solo_items=2000, concat_items=2000, scene_items=1000, num_workers=1, early_stopping_patience=3, channels_last=True,
+            solo_items=2000, concat_items=2000, scene_items=1000, num_workers=0, early_stopping_patience=3, channels_last=True,
         ),
         inputs=InputConfig(spec=SpecConfig(win_ms=16.0, hop_ms=50.0), cached_features=True, features=_LITE0,
                            eval_batch_size=64, eval_workers=1),
