@@ -70,7 +70,7 @@ from avgn.data.manifest import load_build_info
 from avgn.distributed import DistInfo
 from avgn.env import environment_report, epoch_seed, git_revision, resolve_device, seed_everything
 from avgn.evaluate import EvalSet, choose_presence_threshold, evaluate_sets, load_eval_set, selection_score
-from avgn.experiment import Experiment, get_experiment
+from avgn.experiment import Experiment, TrainConfig, get_experiment
 from avgn.features import FeatureStore, compute_features
 from avgn.methods import EpochContext, Method, MethodPredictor, get_method, model_inputs
 from avgn.runs import RunLockedError, check_data, experiment_overrides, flatten, reproduce_command, run_lock
@@ -415,11 +415,16 @@ def _init_from(model: torch.nn.Module, run: str, dev: torch.device) -> dict[str,
     return {"run": str(src), "epoch": info["epoch"], "fingerprint": info["config"].get("fingerprint")}
 
 
+def make_optimizer(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser ``t`` names (``adam`` / ``adamw``, its learning rate, weight decay and kernel)."""
+    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer or None)
+
+
 def _optimisation(model: torch.nn.Module, exp: Experiment, steps_per_epoch: int) -> _Optimisation:
     t = exp.train
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer or None)
+    optimizer = make_optimizer(params, t)
     schedule = WarmupCosine(t.epochs * steps_per_epoch, int(round(t.warmup_epochs * steps_per_epoch)), t.schedule, t.min_lr_ratio)
     return _Optimisation(params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 

@@ -69,7 +69,7 @@ from avgn.experiment import get_experiment  # noqa: E402
 from avgn.features import FeatureStore, collate_samples, compute_features  # noqa: E402
 from avgn.io import atomic_write_json  # noqa: E402
 from avgn.methods import get_method, model_inputs  # noqa: E402
-from avgn.train import GroupedBatchSampler, build_train_data, prefetch  # noqa: E402
+from avgn.train import GroupedBatchSampler, build_train_data, make_optimizer, prefetch  # noqa: E402
 
 
 class LegacyItems(Dataset):
@@ -132,8 +132,7 @@ def _step_fn(method: str, exp: Any, seed: int, dev: torch.device) -> Callable[[d
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer or None)
+    opt = make_optimizer(params, t)
     model.train()
 
     def step(batch: dict[str, Any]) -> int:

@@ -211,7 +211,7 @@ class MixtureBatcher:
         self.offsets = np.cumsum([0] + [len(p) for p in parts])
         if render not in ("exact", "fast"):
             raise ValueError(f"render must be 'exact' or 'fast', got {render!r}")
-        self.store, self.audio_only, self.render = store, audio_only, render
+        self.store, self.audio_only = store, audio_only
         self.bank = bank or ClipBank(parts)
         first = parts[0]
         self.noise = NoiseBank(noise_bank, self.bank.n_samples, first.seed) if render == "fast" else None
