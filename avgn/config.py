@@ -16,7 +16,8 @@ Sub-configurations are frozen dataclasses owned here (:class:`TrainConfig`, :cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from avgn.data.config import DATA_PROFILES, DataConfig
 from avgn.data.datasets import SpecConfig
@@ -180,6 +181,22 @@ class Profile:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of the comparison tables (mean ± std)
     demo_samples: int = 400  # samples in the synthetic protocol demonstrations (chapter 00)
+    #: a method's departures from ``train`` under this profile, ``((method, ((field, value), ...)), ...)``
+    #: (e.g. more epochs for a method that is still improving when the shared schedule ends, or the
+    #: training layouts a method's loss can use); :meth:`train_for` applies them
+    method_train: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        known = {f.name for f in fields(TrainConfig)}
+        for method, changes in self.method_train:
+            bad = sorted({k for k, _ in changes} - known)
+            if bad:
+                raise ValueError(f"profile {self.name!r}: method_train[{method!r}] sets unknown TrainConfig fields {bad}")
+
+    def train_for(self, method: str) -> TrainConfig:
+        """The training configuration of ``method`` under this profile: ``train`` with the method's
+        entries of ``method_train`` applied."""
+        return replace(self.train, **dict(dict(self.method_train).get(method, ())))
 
 
 _LITE0 = FeatureSpec(backbone="efficientnet_lite0", features="head")
@@ -213,6 +230,9 @@ PROFILES: dict[str, Profile] = {
                            eval_batch_size=64, eval_workers=1),
         seeds=(0, 1, 2),
         demo_samples=400,
+        # EZ-VSL at its temperature 0.1 is still improving when the shared 6-epoch schedule ends
+        # (validation flat from epoch ~13 of 20, README "EZ-VSL's temperature")
+        method_train=(("ezvsl", (("epochs", 20),)),),
     ),
     "gpu": Profile(
         name="gpu",

@@ -411,24 +411,26 @@ def audio_embedding_collapse(model: nn.Module, batches: Sequence[Mapping[str, An
 
 def walk_locality(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> dict[str, float]:
     """Where Mix-and-Localize's first walk step goes: the transition mass from each slot to the nodes
-    of its *own* image (``graph='regions'``: the image's regions; ``graph='frames'``: its frames, two
-    for a ``concat`` duet), and how often a slot's most likely node lies in its own image, averaged
-    over ``batches``; ``uniform`` = ``1 / B``, what a walk that ignores which image goes with the
-    audio gives. With single regions as nodes a slot can return to itself through any region of the
-    batch that prefers it, so the cycle loss can fall without any audio-visual correspondence; these
-    numbers show whether it did."""
+    of its *own* image (``graph='regions'``: the image's regions; ``graph='frames'`` or ``'mixture'``:
+    its frames, two for a ``concat`` duet), and how often a slot's most likely node lies in its own
+    image, averaged over ``batches``; ``uniform`` = ``1 / B``, what a walk that ignores which image goes
+    with the audio gives. With single regions as nodes a slot can return to itself through any region
+    of the batch that prefers it, so the cycle loss can fall without any audio-visual correspondence;
+    these numbers show whether it did. The mixture graph's first step may only go to the slot's own
+    frames; here it is measured unrestricted, over every frame of the batch: whether the slot would
+    find its own frame among all of them (audio-visual correspondence)."""
 
     graph = model.cfg.graph  # type: ignore[union-attr]
-    if graph not in ("regions", "frames"):
-        raise ValueError(f"walk_locality needs graph='regions' or 'frames', got {graph!r}")
+    if graph not in ("regions", "frames", "mixture"):
+        raise ValueError(f"walk_locality needs graph='regions', 'frames' or 'mixture', got {graph!r}")
     own, top_own, uniform = [], [], []
     for batch in batches:
         out = _eval_outputs(model, batch, device)
         slots, v = out["slots"].float(), out["visual_map_feats"].float()
         b, k, d = slots.shape
-        nodes = frame_nodes(v) if graph == "frames" else v.flatten(2).unsqueeze(1)  # [B, n, D, Q]
+        nodes = frame_nodes(v) if graph != "regions" else v.flatten(2).unsqueeze(1)  # [B, n, D, Q]
         aff = torch.einsum("sd,bndq->sbnq", slots.reshape(b * k, d), nodes)
-        aff = aff.amax(-1) if graph == "frames" else aff.flatten(2)  # [BK, B, nodes per image]
+        aff = aff.amax(-1) if graph != "regions" else aff.flatten(2)  # [BK, B, nodes per image]
         m = aff.shape[-1]
         p = torch.softmax(aff.reshape(b * k, -1) / model.cfg.cycle_temp, dim=-1).reshape(b, k, b, m)  # type: ignore[union-attr]
         idx = torch.arange(b)

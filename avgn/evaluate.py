@@ -179,12 +179,13 @@ def is_composed(name: SetName | str) -> bool:
     return sn.layout == "concat" and sn.n_sources > 2
 
 
-def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_items: int | None = None):
+def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_items: int | None = None, images: bool = True):
     """A deterministic evaluation set of ``n`` solo frames of ``n`` different classes side by side
     (224 x 224·n), their recorded clips mixed with the build's gains and noise settings: item ``i``
     is always the same (seed fixed by the set name), so every method sees the same mixtures. The
     sources keep the scenes' own clips (no resampling), as in the built test sets. ``n_items``
-    defaults to :data:`COMPOSED_ITEMS` (200, the size of the built trio / quartet sets)."""
+    defaults to :data:`COMPOSED_ITEMS` (200, the size of the built trio / quartet sets); ``images=False``
+    leaves the frames undecoded (samples without ``image``, for cached visual features)."""
     import zlib
 
     sn = SetName.parse(name) if isinstance(name, str) else name
@@ -193,7 +194,7 @@ def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_
     seed = zlib.crc32(str(sn).encode()) % 2**31
     n_items = COMPOSED_ITEMS if n_items is None else int(n_items)
     return OnTheFlyMixtureDataset(data_dir, split=sn.split, layout="concat", n_sources=sn.n_sources, seed=seed,
-                                  resample_audio=False, length=n_items, spec=spec, max_sources=sn.n_sources)
+                                  resample_audio=False, length=n_items, spec=spec, max_sources=sn.n_sources, images=images)
 
 
 def load_eval_set(
@@ -221,7 +222,7 @@ def load_eval_set(
 
     sn = SetName.parse(name) if isinstance(name, str) else name
     if is_composed(sn):
-        ds: Any = composed_concat_set(data_dir, sn, inputs.spec)
+        ds: Any = composed_concat_set(data_dir, sn, inputs.spec, images=not inputs.cached_features)
     else:
         ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=inputs.spec, max_sources=sn.n_sources)
     class_names = ds.class_names

@@ -212,7 +212,7 @@ def get_experiment(method: str, profile: str = "cpu", **overrides: Any) -> Exper
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     prof = get_profile(profile)  # validates the name
-    exp = Experiment(method=method, profile=profile, model=get_method(method).default_config(prof), train=prof.train,
+    exp = Experiment(method=method, profile=profile, model=get_method(method).default_config(prof), train=prof.train_for(method),
                      inputs=prof.inputs, eval=prof.eval)
     return exp.with_overrides(**overrides) if overrides else exp
 

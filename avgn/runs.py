@@ -357,12 +357,12 @@ MAIN_VARIANTS: tuple[Variant, ...] = (
     Variant("Mix-and-Localize", "mal"),
 )
 #: Chapter 3, "Do the baselines learn?": the baselines as their public code (EZ-VSL: no batch norm on
-#: the audio embedding; the contrastive temperature 0.03) or this book's earlier adaptation (Mix-and-Localize: a walk over single
-#: regions) builds them, against which the defaults' departures are measured.
+#: the audio embedding; the contrastive temperature 0.03) or this book's earlier adaptation (Mix-and-Localize: a walk
+#: over every frame of the batch) builds them, against which the defaults' departures are measured.
 BASELINE_DESIGN_VARIANTS: tuple[Variant, ...] = (
     Variant("EZ-VSL (public code: no audio batch norm)", "ezvsl", overrides=(("model.audio_norm", "none"),), name="ezvsl-public"),
     Variant("EZ-VSL (public temperature 0.03)", "ezvsl", overrides=(("model.tau", 0.03),), name="ezvsl-tau003"),
-    Variant("Mix-and-Localize (region graph)", "mal", overrides=(("model.graph", "regions"),), name="mal-regions"),
+    Variant("Mix-and-Localize (batch frame graph)", "mal", overrides=(("model.graph", "frames"),), name="mal-frames"),
 )
 #: Chapter 2: AVGN exactly as the paper and its released code design it (shared presence head, every
 #: loss weight 1), against which chapter 2 diagnoses why it does not learn from the audio.

@@ -19,7 +19,14 @@ from avgn.losses import (
     token_ce_loss,
 )
 from avgn.models.config import AVGNConfig
-from avgn.models.mal import frame_nodes, mal_cycle_loss_frames, mal_cycle_loss_images, mal_cycle_loss_regions
+from avgn.models.mal import (
+    frame_nodes,
+    mal_cycle_loss_frames,
+    mal_cycle_loss_images,
+    mal_cycle_loss_mixture,
+    mal_cycle_loss_pairs,
+    mal_cycle_loss_regions,
+)
 
 E0 = torch.tensor([1.0, 0.0])
 E1 = torch.tensor([0.0, 1.0])
@@ -240,6 +247,44 @@ def test_frame_nodes_split_a_concat_image_into_its_frames():
     assert f.shape == (2, 2, 3, 4)
     assert torch.equal(f[1, 0], v[1, :, :, :2].reshape(3, 4)) and torch.equal(f[1, 1], v[1, :, :, 2:].reshape(3, 4))
     assert frame_nodes(v[..., :2]).shape == (2, 1, 3, 4)  # a square map is one frame
+
+
+def test_mal_cycle_mixture_graph_needs_the_own_frame():
+    temp = 0.5
+    visual = torch.stack([E0, E1]).view(2, 2, 1, 1)  # two mixtures, one 1x1 frame each: e0, e1
+    aligned = torch.stack([E0, E1]).view(2, 1, 2)  # K=1: each mixture's slot matches its own frame
+    swapped = aligned.flip(0)  # each slot matches the *other* mixture's frame
+    p = 1 / (1 + math.exp(-1 / temp))
+    mix, acc = mal_cycle_loss_mixture(visual, aligned, temp=temp)
+    assert mix.item() == pytest.approx(-math.log(p), abs=1e-5) and acc.item() == 1.0  # first step: own frame, p = 1
+    mix_bad, acc_bad = mal_cycle_loss_mixture(visual, swapped, temp=temp)
+    assert mix_bad.item() == pytest.approx(-math.log(1 - p), abs=1e-5) and acc_bad.item() == 0.0
+    # the batch frame graph closes the swapped cycle through the other mixture's frame as well as the aligned one
+    frames_aligned, _ = mal_cycle_loss_frames(visual, aligned, temp=temp)
+    frames_swapped, _ = mal_cycle_loss_frames(visual, swapped, temp=temp)
+    assert frames_swapped.item() == pytest.approx(frames_aligned.item(), abs=1e-6)
+    assert frames_aligned.item() == pytest.approx(-math.log(p * p + (1 - p) * (1 - p)), abs=1e-5)
+
+
+def test_mal_cycle_exact_pairs_graph():
+    temp = 0.5
+    # two concat duets (frames e0 | e1 and e1 | e0, one region each), each with slots e0, e1: two groups
+    # of the public graph, nothing crossing them, so each has the one-group loss of the images graph
+    duet = torch.stack([E0, E1], dim=1).view(1, 2, 1, 2)
+    visual = torch.cat([duet, duet.flip(-1)])
+    slots = torch.stack([E0, E1]).unsqueeze(0).repeat(2, 1, 1)  # [B=2, K=2, D=2]
+    loss, acc = mal_cycle_loss_pairs(visual, slots, temp=temp)
+    p = 1 / (1 + math.exp(-1 / temp))
+    assert loss.item() == pytest.approx(-math.log(p * p + (1 - p) * (1 - p)), abs=1e-5)
+    assert acc.item() == 1.0
+    images, _ = mal_cycle_loss_images(torch.stack([E0, E1, E1, E0]).view(4, 2, 1, 1), slots, temp=temp)
+    assert loss.item() == pytest.approx(images.item(), abs=1e-6)
+    # frames that do not tell the two slots apart (e1 is as near to both) return less often
+    far = torch.stack([E0, -E0], dim=1).view(1, 2, 1, 2)
+    loss_far, _ = mal_cycle_loss_pairs(far, slots[:1], temp=temp)
+    assert loss_far.item() > loss.item() + 0.1
+    with pytest.raises(ValueError, match="concat duets only"):
+        mal_cycle_loss_pairs(visual[..., :1], slots, temp=temp)  # single frames: no pair to walk over
 
 
 def test_mal_cycle_exact_frames_graph():

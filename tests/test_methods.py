@@ -39,6 +39,20 @@ def test_default_config_comes_from_the_profile_table(name, profile):
     assert cfg.dim == (min(p.sizes.dim, 128) if name in ("mal", "dsol") else p.sizes.dim)
 
 
+def test_a_profile_gives_a_method_its_own_training_settings():
+    """``Profile.method_train``: EZ-VSL trains 20 epochs on the cpu profile, every other method the
+    shared schedule; a misspelt field fails when the profile is made."""
+    from dataclasses import replace
+
+    cpu = get_profile("cpu")
+    assert get_experiment("ezvsl", "cpu").train == replace(cpu.train, epochs=20) == cpu.train_for("ezvsl")
+    assert get_experiment("avgn", "cpu").train == cpu.train == cpu.train_for("avgn")
+    assert get_experiment("ezvsl", "smoke").train == get_profile("smoke").train
+    assert get_experiment("ezvsl", "cpu", **{"train.epochs": 3}).train.epochs == 3  # an override still wins
+    with pytest.raises(ValueError, match=r"method_train\['ezvsl'\] sets unknown TrainConfig fields \['epoch'\]"):
+        replace(cpu, method_train=(("ezvsl", (("epoch", 3),)),))
+
+
 def _batch(b: int = 4, c: int = 5) -> dict:
     g = torch.Generator().manual_seed(0)
     classes = torch.tensor([[0, 1], [2, -1], [3, 4], [1, -1]])[:b]

@@ -229,14 +229,17 @@ def test_ezvsl_audio_norm_flag():
         EZVSLConfig(audio_norm="layernorm")
 
 
-@pytest.mark.parametrize("graph", ["frames", "regions", "images"])
+@pytest.mark.parametrize("graph", ["mixture", "frames", "pairs", "regions", "images"])
 def test_mal_shapes_and_loss(graph):
     torch.manual_seed(0)
     k = 2
     model = MixAndLocalize(MALConfig(num_sources=k, dim=D, hidden=16, graph=graph, encoder=ENC))
     n_img = 4
     n_mix = n_img // k if graph == "images" else n_img
-    out = model(spec=spec(n_mix), visual_feats=feats(n_img), spec2=spec(n_mix, seed=5))
+    vf = feats(n_img)
+    if graph == "pairs":  # concat duets: two frames side by side
+        vf = torch.cat([vf, vf.flip(0)], dim=-1)
+    out = model(spec=spec(n_mix), visual_feats=vf, spec2=spec(n_mix, seed=5))
     assert out["slots"].shape == (n_mix, k, D) and out["slots2"].shape == (n_mix, k, D)
     assert torch.allclose(out["slots"].norm(dim=-1), torch.ones(n_mix, k), atol=1e-5)
     loss, parts = model.loss(out)
@@ -244,7 +247,7 @@ def test_mal_shapes_and_loss(graph):
     assert torch.isfinite(loss) and 0.0 <= parts["cycle_acc"].item() <= 1.0
     assert model.heads[1][0].weight.grad.abs().sum() > 0
     maps = model.localize(out)
-    assert maps.shape == (n_img, k, 7, 7)
+    assert maps.shape == (n_img, k, 7, 14 if graph == "pairs" else 7)
 
 
 def test_priors():

@@ -400,6 +400,13 @@ def test_composed_concat_sets_are_deterministic_and_well_formed(fake_build, tmp_
                 assert len(cols) and cols.min() >= k * w and cols.max() < (k + 1) * w
     with pytest.raises(ValueError, match="concat"):
         composed_concat_set(fake_build, "test/trio/scene", exp.inputs.spec)
+    # without decoding the frames (cached features): the same items, masks and boxes, no image
+    c = composed_concat_set(fake_build, "test/quartet/concat", exp.inputs.spec, n_items=3, images=False)
+    for i in range(3):
+        x, y = composed_concat_set(fake_build, "test/quartet/concat", exp.inputs.spec, n_items=3)[i], c[i]
+        assert "image" not in y and set(x) - set(y) == {"image"}
+        for k in ("spec", "masks", "boxes", "classes", "labels"):
+            assert torch.equal(x[k], y[k]), k
     run = tmp_path / "avgn"
     train(_tiny(**{"train.epochs": 1}), fake_build, run, seed=0, device="cpu", progress=False)
     import avgn.evaluate as ev_mod

@@ -206,6 +206,19 @@ def read_image(path: str | Path) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header (no pixel decoding); :class:`DataFileError` if
+    unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception as exc:
+        raise DataFileError(path, "image", exc) from exc
+    return h, w
+
+
 def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> Tensor:
     """A mask PNG as bool ``[H, W]`` (nonzero = object); :class:`DataFileError` if unreadable or,
     given ``size`` ``(H, W)`` (its frame's), of another size."""
@@ -274,7 +287,7 @@ class _BuildData:
 
 
 def _sample(
-    image: Tensor,
+    image: Tensor | tuple[int, int],
     audio: np.ndarray,
     class_ids: Sequence[int],
     masks: Sequence[Tensor],
@@ -288,7 +301,7 @@ def _sample(
 ) -> dict[str, Any]:
     S = len(class_ids)
     _pad_sources(S, s_max)
-    H, W = image.shape[-2:]
+    H, W = image.shape[-2:] if isinstance(image, Tensor) else image  # an image, or only its size (no "image" key)
     labels = torch.zeros(n_classes, dtype=torch.float32)
     labels[list(class_ids)] = 1.0
     cls = torch.full((s_max,), -1, dtype=torch.int64)
@@ -303,7 +316,7 @@ def _sample(
     g[:S] = torch.as_tensor(np.asarray(gains, dtype=np.float32))
     wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
     out = {
-        "image": image,
+        **({"image": image} if isinstance(image, Tensor) else {}),
         "audio": wav,
         "spec": log_spectrogram(wav, spec_cfg).unsqueeze(0),
         "labels": labels,
@@ -430,6 +443,8 @@ class OnTheFlyMixtureDataset(Dataset):
         gain_db_range, noise_prob, noise_snr_db: default to the build's settings.
         length: items per epoch (default: one per anchor scene).
         spec, max_sources, return_sources, image_transform: as in :class:`SceneDataset`.
+        images: decode the frames into ``image``; ``False`` reads only their sizes (for the masks) and
+            the samples have no ``image`` (for cached visual features, :class:`avgn.features.CachedFeatureDataset`).
     """
 
     def __init__(
@@ -448,6 +463,7 @@ class OnTheFlyMixtureDataset(Dataset):
         max_sources: int = 4,
         return_sources: bool = False,
         image_transform: Callable[[Tensor], Tensor] | None = None,
+        images: bool = True,
     ):
         if layout not in ("concat", "scene"):
             raise ValueError(f"layout must be 'concat' or 'scene', got {layout!r}")
@@ -466,6 +482,9 @@ class OnTheFlyMixtureDataset(Dataset):
         self.noise_snr_db = tuple(noise_snr_db if noise_snr_db is not None else cfg["noise_snr_db"])
         self.spec, self.max_sources = spec, max_sources
         self.return_sources, self.image_transform = return_sources, image_transform
+        self.images = bool(images)
+        if image_transform is not None and not self.images:
+            raise ValueError("image_transform needs images=True")
         self.class_names = d.class_names
 
         in_split = df["split"] == split
@@ -581,21 +600,27 @@ class OnTheFlyMixtureDataset(Dataset):
         d = self.data
         if rc.table == "solo":
             rows = [self.solo.iloc[r] for r in rc.rows]
-            frames = [read_image(d.path(r.image_path)) for r in rows]
-            image = torch.cat(frames, dim=-1)
-            W = image.shape[-1]
+            if self.images:
+                frames = [read_image(d.path(r.image_path)) for r in rows]
+                sizes = [tuple(f.shape[-2:]) for f in frames]
+                image: Tensor | tuple[int, int] = torch.cat(frames, dim=-1)
+            else:
+                sizes = [image_size(d.path(r.image_path)) for r in rows]
+                image = (sizes[0][0], sum(w for _, w in sizes))
+            W = sum(w for _, w in sizes)
             masks, boxes = [], []
             for k, r in enumerate(rows):
-                m = torch.zeros(image.shape[-2:], dtype=torch.bool)
-                w = frames[k].shape[-1]
-                m[:, k * w : (k + 1) * w] = read_mask(d.path(r.mask_paths[0]), tuple(frames[k].shape[-2:]))
+                m = torch.zeros((sizes[0][0], W), dtype=torch.bool)
+                w = sizes[k][1]
+                m[:, k * w : (k + 1) * w] = read_mask(d.path(r.mask_paths[0]), sizes[k])
                 masks.append(m)
                 x1, y1, x2, y2 = r.boxes[0]
                 boxes.append([(x1 * w + k * w) / W, y1, (x2 * w + k * w) / W, y2])
         else:
             r = self.duets.iloc[rc.rows[0]]
-            image = read_image(d.path(r.image_path))
-            masks = [read_mask(d.path(p), tuple(image.shape[-2:])) for p in r.mask_paths]
+            image = read_image(d.path(r.image_path)) if self.images else image_size(d.path(r.image_path))
+            hw = tuple(image.shape[-2:]) if isinstance(image, Tensor) else image
+            masks = [read_mask(d.path(p), hw) for p in r.mask_paths]
             boxes = list(r.boxes)
         if self.image_transform is not None:
             image = self.image_transform(image)

@@ -22,7 +22,7 @@ AUDIO_GROUPING = ("spatial", "global")
 #: or ``batchnorm`` (``BatchNorm1d`` across the batch: stops the collapse of from-scratch audio embeddings).
 AUDIO_NORMS = ("none", "batchnorm")
 #: Mix-and-Localize's random-walk graphs (:mod:`avgn.models.mal`).
-MAL_GRAPHS = ("frames", "images", "regions")
+MAL_GRAPHS = ("frames", "images", "mixture", "pairs", "regions")
 
 
 @dataclass(frozen=True)
@@ -234,21 +234,22 @@ class MALConfig:
         dim: embedding dimension (public: 128).
         hidden: hidden width of the per-slot audio MLP heads.
         cycle_temp: temperature of the random-walk transitions (public default 0.07).
-        graph: ``frames`` (default) = every frame of the batch is an image node (the halves of a
-            ``concat`` duet are two frames), affinity = max over its regions, walk over all frames
-            and slots of the batch (see :mod:`avgn.models.mal`);
-            ``images`` = the public graph: groups of ``K`` images, image node affinity = max over
-            its regions, audio of the group mixed; ``regions`` = one (possibly composite) image per
-            mixture, nodes are all regions and all slots of the batch (adaptation for this
-            project's benchmark and this book's earlier default; it has a shortcut, see
-            :mod:`avgn.models.mal`).
+        graph: ``mixture`` (default) = every frame of the batch is an image node (the halves of a
+            ``concat`` duet are two frames), affinity = max over its regions; a slot steps only onto
+            its own mixture's frames (as in the public graph) and returns over every slot of the
+            batch; ``frames`` = the same nodes, both steps over the whole batch (this book's earlier
+            default; it has a shortcut, see :mod:`avgn.models.mal`); ``pairs`` = the public graph on
+            ``concat`` duets only (nothing crosses mixtures); ``images`` = the public graph: groups
+            of ``K`` separate images, audio of the group mixed; ``regions`` = one (possibly
+            composite) image per mixture, nodes are all regions and all slots of the batch (an
+            earlier adaptation; it has a shortcut).
     """
 
     num_sources: int = 2
     dim: int = 128
     hidden: int = 128
     cycle_temp: float = 0.07
-    graph: str = "frames"
+    graph: str = "mixture"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:

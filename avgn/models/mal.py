@@ -16,16 +16,23 @@ Here:
 
 * ``graph='images'`` is that public graph: ``image`` holds ``G*K`` frames in groups of ``K``
   consecutive ones, ``spec`` (and optionally ``spec2``) holds the ``G`` mixtures.
-* ``graph='frames'`` (default, for this project's benchmark where one — possibly composite —
+* ``graph='mixture'`` (default, for this project's benchmark where one — possibly composite —
   image goes with one mixture): the nodes are *all* frames (the two halves of a ``concat`` duet are
   two frames) and *all* slots of the batch, a frame's affinity is the max over its regions as in the
-  public graph; the walk slot -> frame -> slot must come back to its start, so a slot must find the
-  frame of its own sound among all frames of the batch (audio-visual correspondence) and, on
-  ``concat`` duets, each frame must prefer its own sound's slot (separation). Measured in chapter 3:
-  on this benchmark the trained walk does not prefer the slot's own frame either, and the maps do
-  not localise; the frame graph is the default as the adaptation closest to the public graph.
-* ``graph='regions'`` (this book's earlier adaptation, kept as an ablation): the nodes are *all*
-  regions and *all* slots of the batch. It has a shortcut, measured in chapter 3
+  public graph. As in the public graph a slot steps only onto the frames of its own mixture; the
+  return step goes to every slot of the batch, so a frame must prefer its own mixture's slots to the
+  other mixtures' (audio-visual correspondence, the other pairs of the batch as negatives) and, on
+  ``concat`` duets, its own sound's slot to its partner's (separation).
+* ``graph='frames'`` (this book's earlier default): the same nodes, but the first step goes to any
+  frame of the batch. It has a shortcut, measured in chapter 3 (:func:`avgn.diagnostics.walk_locality`):
+  a slot returns through whichever frame of the batch it and that frame mutually prefer, so the
+  cycle loss falls while the first step puts no more mass on the slot's own frame than on any other
+  and the maps point away from the sources.
+* ``graph='pairs'``: the public graph on ``concat`` duets (each mixture's ``K`` slots and its own
+  ``K`` frames, nothing crossing mixtures; concat training items only). On the cpu profile its loss
+  stays near its chance level ``ln K`` for the first epochs (measured, README).
+* ``graph='regions'`` (the book's first adaptation, kept as an ablation): the nodes are *all*
+  regions and *all* slots of the batch. It has a shortcut, measured in an earlier edition of chapter 3
   (:func:`avgn.diagnostics.walk_locality`): a slot can return to itself through any single region of
   the batch that prefers it, in any frame, so the cycle loss falls while the walk's first step puts
   no more mass on the slot's own frame than on any other (1 / B).
@@ -47,7 +54,8 @@ from torch import nn
 from avgn.models.config import MALConfig
 from avgn.models.encoders import AudioResNet18, VisualEncoder, _init_from_scratch
 
-__all__ = ["MixAndLocalize", "frame_nodes", "mal_cycle_loss_frames", "mal_cycle_loss_images", "mal_cycle_loss_regions"]
+__all__ = ["MixAndLocalize", "frame_nodes", "mal_cycle_loss_frames", "mal_cycle_loss_images", "mal_cycle_loss_mixture", "mal_cycle_loss_pairs",
+           "mal_cycle_loss_regions"]
 
 
 def _cycle_nll(walk: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,9 +108,11 @@ def frame_nodes(visual: torch.Tensor) -> torch.Tensor:
 
 
 def mal_cycle_loss_frames(
-    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07
+    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07,
+    own_first_step: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frame graph (this book's default). ``visual`` ``[B, D, h, w]`` (each image one frame, or ``n``
+    """Frame graph (this book's earlier default; with ``own_first_step`` the mixture graph,
+    :func:`mal_cycle_loss_mixture`). ``visual`` ``[B, D, h, w]`` (each image one frame, or ``n``
     frames side by side: :func:`frame_nodes`), ``slots`` / ``slots2`` ``[B, K, D]``.
 
     The image nodes are the frames of the whole batch, as in the public graph an image's affinity to a
@@ -122,11 +132,51 @@ def mal_cycle_loss_frames(
     s2 = (slots if slots2 is None else slots2).reshape(b * k, d)
     a_sf = torch.einsum("sd,fdq->sfq", s2, frames).amax(-1)  # slot -> frame [BK, Bn]
     a_fs = torch.einsum("sd,fdq->fsq", s1, frames).amax(-1)  # frame -> slot [Bn, BK]
+    if own_first_step:  # a slot may step only onto the frames of its own mixture
+        n = frames.shape[0] // b
+        own = torch.arange(b, device=slots.device).repeat_interleave(k)[:, None] == torch.arange(b, device=slots.device).repeat_interleave(n)[None, :]
+        a_sf = a_sf.masked_fill(~own, float("-inf"))
     walk = torch.softmax(a_sf / temp, dim=-1) @ torch.softmax(a_fs / temp, dim=-1)  # [BK, BK]
     return _cycle_nll(walk)
 
 
-_LOSSES = {"frames": mal_cycle_loss_frames, "images": mal_cycle_loss_images, "regions": mal_cycle_loss_regions}
+def mal_cycle_loss_mixture(
+    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixture graph: the frame graph (:func:`mal_cycle_loss_frames`) whose first step leaves a slot
+    only onto the frames of its *own* mixture, as in the public graph, while the return step goes to
+    every slot of the batch. To come back, a frame must prefer its own mixture's slot to every other
+    mixture's slots (audio-visual correspondence, the other pairs of the batch as negatives) and, on a
+    ``concat`` duet, the slot of its own sound to its partner's (separation); the detour through
+    another mixture's frame that closes the frame graph's cycle without either is not a path."""
+    return mal_cycle_loss_frames(visual, slots, slots2, temp, own_first_step=True)
+
+
+def mal_cycle_loss_pairs(
+    visual: torch.Tensor, slots: torch.Tensor, slots2: torch.Tensor | None = None, temp: float = 0.07
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public graph on this benchmark's ``concat`` duets. ``visual`` ``[B, D, h, K*h]`` (each image
+    the ``K`` frames whose sounds make its mixture, side by side: :func:`frame_nodes`), ``slots`` /
+    ``slots2`` ``[B, K, D]``. Each mixture is one group of the public graph: its ``K`` slots walk to its
+    own ``K`` frames and back (:func:`mal_cycle_loss_images`), nothing crosses groups.
+
+    Raises:
+        ValueError: if an image is not ``K`` frames (single frames give the walk one image node, so its
+            return step could not tell the ``K`` slots apart): train on ``concat`` duets only
+            (``train.solo_items=0``, ``train.scene_items=0``)."""
+    b, k, _ = slots.shape
+    frames = frame_nodes(visual)  # [B, n, D, Q]
+    if frames.shape[1] != k:
+        raise ValueError(
+            f"graph='pairs' needs each image to be the K={k} frames of its mixture (a concat duet), got images of "
+            f"{frames.shape[1]} frame(s) {tuple(visual.shape[-2:])}; train it on concat duets only "
+            "(--set train.solo_items=0 --set train.scene_items=0) or use graph='frames'")
+    grouped = frames.reshape(b * k, frames.shape[2], visual.shape[2], visual.shape[3] // k)  # [B*K, D, h, w/K]
+    return mal_cycle_loss_images(grouped, slots, slots2, temp)
+
+
+_LOSSES = {"frames": mal_cycle_loss_frames, "images": mal_cycle_loss_images, "mixture": mal_cycle_loss_mixture,
+           "pairs": mal_cycle_loss_pairs, "regions": mal_cycle_loss_regions}
 
 
 class MixAndLocalize(nn.Module):
