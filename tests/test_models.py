@@ -211,15 +211,16 @@ def test_ezvsl_shapes_loss_and_prior_fusion():
 
 
 def test_ezvsl_audio_norm_flag():
-    """``audio_norm='batchnorm'`` (default) = Linear -> BatchNorm1d -> L2; ``'none'`` = the public
-    Linear -> L2 exactly (the block becomes ``nn.Identity``), shown in ``extra_repr``."""
+    """``audio_norm='none'`` (default) = the public Linear -> L2 exactly (the block becomes
+    ``nn.Identity``); ``'batchnorm'`` = Linear -> BatchNorm1d -> L2; shown in ``extra_repr``."""
     torch.manual_seed(0)
     x = spec()
-    public = EZVSL(EZVSLConfig(dim=D, encoder=ENC, audio_norm="none")).train()
+    assert EZVSLConfig().audio_norm == "none"
+    public = EZVSL(EZVSLConfig(dim=D, encoder=ENC)).train()
     assert isinstance(public.audio_norm, torch.nn.Identity) and "audio_norm=none" in repr(public)
     _, pooled = public.audio.trunk_pooled(x)
     assert torch.allclose(public.embed_audio(x), F.normalize(public.audio.proj(pooled), dim=1), atol=1e-6)
-    model = EZVSL(EZVSLConfig(dim=D, encoder=ENC)).train()
+    model = EZVSL(EZVSLConfig(dim=D, encoder=ENC, audio_norm="batchnorm")).train()
     assert isinstance(model.audio_norm, torch.nn.BatchNorm1d) and "audio_norm=batchnorm" in repr(model)
     model.load_state_dict(public.state_dict(), strict=False)
     z = model.audio.proj(pooled)
