@@ -603,14 +603,13 @@ class OnTheFlyMixtureDataset(Dataset):
             if self.images:
                 frames = [read_image(d.path(r.image_path)) for r in rows]
                 sizes = [tuple(f.shape[-2:]) for f in frames]
-                image: Tensor | tuple[int, int] = torch.cat(frames, dim=-1)
             else:
                 sizes = [image_size(d.path(r.image_path)) for r in rows]
-                image = (sizes[0][0], sum(w for _, w in sizes))
-            W = sum(w for _, w in sizes)
+            H, W = sizes[0][0], sum(w for _, w in sizes)
+            image: Tensor | tuple[int, int] = torch.cat(frames, dim=-1) if self.images else (H, W)
             masks, boxes = [], []
             for k, r in enumerate(rows):
-                m = torch.zeros((sizes[0][0], W), dtype=torch.bool)
+                m = torch.zeros((H, W), dtype=torch.bool)
                 w = sizes[k][1]
                 m[:, k * w : (k + 1) * w] = read_mask(d.path(r.mask_paths[0]), sizes[k])
                 masks.append(m)

@@ -126,7 +126,8 @@ def mal_cycle_loss_frames(
     single frame per mixture the return step cannot tell its ``K`` slots apart by the frame alone."""
     b, k, d = slots.shape
     if visual.shape[0] != b:
-        raise ValueError(f"graph='frames' needs one image per mixture, got {visual.shape[0]} images, {b} mixtures")
+        graph = "mixture" if own_first_step else "frames"
+        raise ValueError(f"graph={graph!r} needs one image per mixture, got {visual.shape[0]} images, {b} mixtures")
     frames = frame_nodes(visual).flatten(0, 1)  # [B*n, D, Q]
     s1 = slots.reshape(b * k, d)
     s2 = (slots if slots2 is None else slots2).reshape(b * k, d)
