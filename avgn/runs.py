@@ -64,6 +64,7 @@ __all__ = [
     "TVSL_VARIANTS",
     "TVSL_HELDOUT_CANDIDATES",
     "VARIANT_GROUPS",
+    "WIDTH_VARIANTS",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,6 +386,13 @@ LOSS_VARIANTS: tuple[Variant, ...] = (
     Variant("without presence losses", "avgn", overrides=(("model.w_audio_cls", 0.0), ("model.w_visual_cls", 0.0)), name="avgn-no-presence",
             factor="loss", level="no presence"),
 )
+#: Chapter 4: the width of the audio ResNet-18 (the ``cpu`` profile's is 0.25, the paper's 1.0; the
+#: profile's own width is the plain AVGN run). Not a claim of the paper: how much the audio side's
+#: capacity limits presence prediction and label-free selection at this budget.
+WIDTH_VARIANTS: tuple[Variant, ...] = (
+    Variant("audio width 0.5", "avgn", overrides=(("model.encoder.audio_width", 0.5),), name="avgn-audio-width0.5", factor="audio width",
+            level=0.5),
+)
 #: Chapter 7: DSOL's two stages — stage 1 on single-source scenes only, stage 2 on mixtures only,
 #: initialised from stage 1's run of the same seed.
 DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
@@ -412,7 +420,8 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "depth": DEPTH_VARIANTS,
     "assignment": ASSIGNMENT_VARIANTS,
     "loss": LOSS_VARIANTS,
-    "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS,
+    "width": WIDTH_VARIANTS,
+    "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS,
     "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
     "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
 }

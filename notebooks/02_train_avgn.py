@@ -32,7 +32,12 @@
 #
 # **Model selection.** After every epoch the model is scored on the three validation sets (solo,
 # `concat` duets, `scene` duets); the score is the mean of the solo AP and the two duets' class-aware
-# AP (CAP) with ground-truth classes. The best epoch is kept (checkpoint `best`).
+# AP (CAP), over both source-selection modes: with the ground-truth classes (`oracle`) and with the
+# classes AVGN itself hears (`predicted`). A model that localizes a class well when it is handed
+# the label but cannot tell which classes sound does not win selection
+# (`avgn.evaluate.selection_score`). The best epoch is kept (checkpoint `best`); the presence
+# threshold of the `predicted` mode is then chosen on the validation split by presence F1 and
+# stored with the run (never on test).
 #
 # **Reruns are cheap.** Runs live in `runs_dir` and are resumable: a finished run is read back, an
 # interrupted one continues from its last epoch and ends with exactly the weights of an

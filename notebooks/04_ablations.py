@@ -16,11 +16,12 @@
 # assigned to class tokens (Softmax, the default; Hard-Softmax with a straight-through gradient;
 # Gumbel-Softmax). This chapter reruns both on the embedded benchmark, adds a loss ablation (without
 # the token loss, without the presence losses, and the paper's Eq. 10 against the localization target
-# of the released code), and asks how much the evaluation protocol itself — the rule that turns a
+# of the released code), varies one choice of this book's `cpu` profile — the width of the audio
+# encoder — and asks how much the evaluation protocol itself — the rule that turns a
 # map into a mask — decides which method "wins".
 #
-# Every variant is one configuration change from the `cpu` profile's AVGN (`avgn.experiment`:
-# `DEPTH_VARIANTS`, `ASSIGNMENT_VARIANTS`, `LOSS_VARIANTS`), trained by the same engine with the same
+# Every variant is one configuration change from the `cpu` profile's AVGN (`avgn.runs`:
+# `DEPTH_VARIANTS`, `ASSIGNMENT_VARIANTS`, `LOSS_VARIANTS`, `WIDTH_VARIANTS`), trained by the same engine with the same
 # data, budget and validation-based model selection, and scored on the test split. The plain AVGN
 # runs of chapter 3 are the reference row of every table (their depth is the profile's, 2 for
 # `cpu`). Seeds: the ablations use the first `n_ablation_seeds` training seeds of the profile, and
@@ -52,13 +53,14 @@ from avgn.analysis import (DEFAULT_RULES, binarization_sweep, mean_std_table, pr
                            seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
 from avgn.book import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
-from avgn.runs import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS
+from avgn.runs import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, WIDTH_VARIANTS
 from avgn.viz import save_figure
 
 ctx = chapter_context("04", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 data, runs, cfg = ctx.data, ctx.runs, ctx.profile
 seeds = ctx.seeds[: max(1, n_ablation_seeds)]
-base_depth = get_experiment("avgn", profile).model.depth
+base = get_experiment("avgn", profile).model
+base_depth, base_width = base.depth, base.encoder.audio_width
 main = {v.label: v for v in MAIN_VARIANTS}
 reference = replace(main["AVGN"], label=f"depth {base_depth} (profile default)", factor="depth", level=base_depth)
 print(f"ablation seeds {seeds}; AVGN depth {base_depth}")
@@ -77,6 +79,8 @@ GROUPS = {  # a depth variant equal to the profile's own depth is the plain AVGN
     "assignment": [replace(main["AVGN"], label="Softmax (default)"), *ASSIGNMENT_VARIANTS],
     "loss": [replace(main["AVGN"], label="all losses, Eq. 10 (default)"), *LOSS_VARIANTS,
              replace(main["AVGN (public-code target)"], label="public-code localization target")],
+    "audio width": [replace(main["AVGN"], label=f"audio width {base_width:g} (profile default)", factor="audio width", level=base_width),
+                    *[v for v in WIDTH_VARIANTS if v.level != base_width]],
 }
 for group, variants in GROUPS.items():
     print(f"[{group}]")
@@ -168,6 +172,33 @@ tok.pivot_table(index="variant", columns="metric", values="value", aggfunc="mean
 # source's class-aware audio embedding, and `cap` what predicted selection makes of the maps.
 
 # %% [markdown]
+# ## Width of the audio encoder
+#
+# Not a claim of the paper (whose audio ResNet-18 has full width): the `cpu` profile runs it at a
+# quarter of its channels, and chapter 2 found the audio side to be where AVGN's label-free use is
+# lost. Doubling the width tests whether capacity is the limit: the table gives presence F1 and CAP
+# on both duet layouts with oracle and with predicted (label-free) selection; the gap between the
+# two is what the presence heads cost.
+
+# %%
+res = results["audio width"]
+res = res[res["set"].isin(["test/duet/scene", "test/duet/concat"])
+          & ((res["metric"] == "cap") | ((res["metric"] == "presence_f1") & (res["mode"] == "predicted")))]
+res = res.assign(layout=res["set"].str.split("/").str[-1],
+                 what=res["metric"].map({"cap": "CAP", "presence_f1": "presence F1"}) + res["mode"].map({"oracle": " (oracle)", "predicted": ""}))
+width = res.pivot_table(index=["variant", "seed", "layout"], columns="what", values="value").mul(100)
+width["gap"] = width["CAP (oracle)"] - width["CAP"]
+width_table = width.groupby(["variant", "layout"]).agg(lambda x: f"{x.mean():.1f} ± {x.std():.1f}" if len(x) > 1 else f"{x.mean():.1f}")
+width_table = width_table.unstack("layout").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
+width_table.reindex([v.label for v in GROUPS["audio width"]])[[(l, c) for l in ("scene", "concat") for c in ("presence F1", "CAP", "CAP (oracle)", "gap")]]
+
+# %% [markdown]
+# Test duets in one frame (`scene`) and side by side (`concat`), in %, mean ± sd over the ablation
+# seeds: `presence F1` and `CAP` with the sources AVGN selects itself (threshold chosen on
+# validation), `CAP (oracle)` with the ground-truth sources, and `gap` the difference of the two CAPs
+# — how far label-free selection falls behind being handed the sounding classes.
+
+# %% [markdown]
 # ## How much the protocol decides: binarisation rule and threshold
 #
 # AP and CAP do not depend on a threshold, but IoU@0.5, CIoU@0.3 and AUC do: the map must be cut into
@@ -251,7 +282,7 @@ summary[["verdict"]]
 # %% [markdown]
 # The verdicts above are computed, not written by hand: rerunning the chapter with more seeds or
 # another profile updates them. On the `cpu` profile the models are small (D = 128) and trained for
-# four short epochs on frozen, cached backbone features, so a claim that does not reproduce here is
+# six short epochs on frozen, cached backbone features, so a claim that does not reproduce here is
 # a statement about this budget and this benchmark, not a refutation of the paper; with two seeds
 # per ablation, a difference that does not exceed twice the seed-to-seed spread of the plain AVGN
 # runs (the last column) is not evidence either way.

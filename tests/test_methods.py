@@ -163,10 +163,13 @@ def test_a_run_refuses_data_built_for_another_profile(fake_build):
 
 
 def test_variants_are_typed_and_checked_when_made():
-    from avgn.runs import DEPTH_VARIANTS, VARIANT_GROUPS, Variant
+    from avgn.experiment import get_experiment
+    from avgn.runs import DEPTH_VARIANTS, VARIANT_GROUPS, WIDTH_VARIANTS, Variant
 
     assert [v.level for v in DEPTH_VARIANTS] == [1, 3, 6, 12] and {v.factor for v in DEPTH_VARIANTS} == {"depth"}
-    assert VARIANT_GROUPS["ablations"][:4] == DEPTH_VARIANTS
+    assert VARIANT_GROUPS["ablations"][:4] == DEPTH_VARIANTS and VARIANT_GROUPS["ablations"][-1:] == WIDTH_VARIANTS
+    for v in WIDTH_VARIANTS:  # the level a table shows is the width the variant trains with
+        assert get_experiment("avgn", "cpu", **dict(v.overrides)).model.encoder.audio_width == v.level
     with pytest.raises(KeyError, match="model.dpeth"):
         Variant("typo", "avgn", overrides=(("model.dpeth", 2),), name="typo")
     with pytest.raises(ValueError, match="unknown method"):
