@@ -222,6 +222,16 @@ print(f"token classifier accuracy on the val sources (best epoch): {np.trace(con
 # Confusion matrix of the token classifier applied to the class-aware audio embedding of every
 # sounding source of the validation sets (best epoch), rows normalised.
 # ```
+#
+# Two different things are learned here. The token loss trains the classifier on the class tokens
+# themselves, and it separates them: it falls from about $\log C$ towards zero (the loss table
+# above). Applied to a source's class-aware audio embedding — the token *plus* what the grouping block
+# pooled from the mixture — the same classifier is close to chance ($1/C$; the accuracy printed
+# above): the input-dependent part it was never trained on decides its answer. The presence heads,
+# trained on those embeddings, do name the sounding classes (the right panel of
+# [](#fig-token-prf)), and they, not the token classifier, choose the sources of the `predicted`
+# mode. Separated tokens, in other words, are not evidence that the class-aware embeddings are
+# separated by class.
 
 # %% [markdown]
 # ## Does it learn from the audio?
