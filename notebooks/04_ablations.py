@@ -171,6 +171,24 @@ tok.pivot_table(index="variant", columns="metric", values="value", aggfunc="mean
 # presence heads tell which classes sound, `token_f1` how well the token classifier recognises each
 # source's class-aware audio embedding, and `cap` what predicted selection makes of the maps.
 
+# %%
+def oracle_mean(variant: str, set_name: str, metric: str) -> float:
+    r = results["loss"]
+    r = r[(r["variant"] == variant) & (r["set"] == set_name) & (r["metric"] == metric) & (r["mode"] == "oracle")]
+    return 100 * r["value"].mean()
+
+
+with_all, without = GROUPS["loss"][0].label, "without presence losses"
+cost = {f"{s} {m}": oracle_mean(without, s, m) - oracle_mean(with_all, s, m)
+        for s, m in [("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")]}
+print("oracle score without the presence losses minus with them (points): " + "; ".join(f"{k} {v:+.1f}" for k, v in cost.items()))
+
+# %% [markdown]
+# The presence losses are what lets AVGN choose its own sources, and at the weight this book gives the
+# audio one (`w_audio_cls = 100`, chapter 2) they are not free: the line above is the oracle score
+# without them minus with them, so a positive difference is localization (with the labels handed
+# in) that the presence path costs. Chapter 3's label-free comparison is the other side of the trade.
+
 # %% [markdown]
 # ## Width of the audio encoder
 #
