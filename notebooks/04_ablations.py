@@ -49,7 +49,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import (DEFAULT_RULES, binarization_sweep, mean_std_table, predict_reference, predict_run, ranking_table,
+from avgn.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, mean_std_table, predict_reference, predict_run, ranking_table,
                            seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
 from avgn.book import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
@@ -172,14 +172,8 @@ tok.pivot_table(index="variant", columns="metric", values="value", aggfunc="mean
 # source's class-aware audio embedding, and `cap` what predicted selection makes of the maps.
 
 # %%
-def oracle_mean(variant: str, set_name: str, metric: str) -> float:
-    r = results["loss"]
-    r = r[(r["variant"] == variant) & (r["set"] == set_name) & (r["metric"] == metric) & (r["mode"] == "oracle")]
-    return 100 * r["value"].mean()
-
-
 with_all, without = GROUPS["loss"][0].label, "without presence losses"
-cost = {f"{s} {m}": oracle_mean(without, s, m) - oracle_mean(with_all, s, m)
+cost = {f"{s} {m}": 100 * (cell_mean(results["loss"], without, s, m) - cell_mean(results["loss"], with_all, s, m))
         for s, m in [("test/solo/scene", "ap"), ("test/duet/scene", "cap"), ("test/duet/concat", "cap")]}
 print("oracle score without the presence losses minus with them (points): " + "; ".join(f"{k} {v:+.1f}" for k, v in cost.items()))
 
@@ -202,13 +196,13 @@ print("oracle score without the presence losses minus with them (points): " + ";
 res = results["audio width"]
 res = res[res["set"].isin(["test/duet/scene", "test/duet/concat"])
           & ((res["metric"] == "cap") | ((res["metric"] == "presence_f1") & (res["mode"] == "predicted")))]
-res = res.assign(layout=res["set"].str.split("/").str[-1],
-                 what=res["metric"].map({"cap": "CAP", "presence_f1": "presence F1"}) + res["mode"].map({"oracle": " (oracle)", "predicted": ""}))
-width = res.pivot_table(index=["variant", "seed", "layout"], columns="what", values="value").mul(100)
-width["gap"] = width["CAP (oracle)"] - width["CAP"]
-width_table = width.groupby(["variant", "layout"]).agg(lambda x: f"{x.mean():.1f} ± {x.std():.1f}" if len(x) > 1 else f"{x.mean():.1f}")
-width_table = width_table.unstack("layout").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False)
-width_table.reindex([v.label for v in GROUPS["audio width"]])[[(l, c) for l in ("scene", "concat") for c in ("presence F1", "CAP", "CAP (oracle)", "gap")]]
+res = res.assign(what=res["metric"].map({"cap": "CAP", "presence_f1": "presence F1"}) + res["mode"].map({"oracle": " (oracle)", "predicted": ""}))
+per_seed = res.pivot_table(index=["variant", "seed", "set"], columns="what", values="value")
+per_seed["gap"] = per_seed["CAP (oracle)"] - per_seed["CAP"]
+long = per_seed.reset_index().melt(id_vars=["variant", "seed", "set"], var_name="metric")
+order = [v.label for v in GROUPS["audio width"]]
+pd.concat({layout: mean_std_table(long, f"test/duet/{layout}", ["presence F1", "CAP", "CAP (oracle)", "gap"], rows=("variant",), order=order)
+           for layout in ("scene", "concat")}, axis=1)
 
 # %% [markdown]
 # Test duets in one frame (`scene`) and side by side (`concat`), in %, mean ± sd over the ablation
