@@ -81,6 +81,7 @@ __all__ = [
     "load_eval_set",
     "is_composed",
     "composed_concat_set",
+    "composed_items",
     "Predictor",
     "SetPredictions",
     "predict_set",
@@ -167,8 +168,9 @@ def _slim(batch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: Items of a composed ``concat`` set (three or four frames side by side, chapter 5).
-COMPOSED_ITEMS = 200
+#: Items of a composed ``concat`` set (three or four frames side by side, chapter 5); ``None``: as
+#: many as the split's built set of as many sources (:func:`composed_items`).
+COMPOSED_ITEMS: int | None = None
 
 
 def is_composed(name: SetName | str) -> bool:
@@ -179,12 +181,33 @@ def is_composed(name: SetName | str) -> bool:
     return sn.layout == "concat" and sn.n_sources > 2
 
 
+def composed_items(data_dir: str | Path, name: SetName | str) -> int:
+    """Default size of composed set ``name``: the number of built ``<split>/<task>/scene`` items
+    (200 trios and 200 quartets in the ``cpu`` test split, 4 in ``smoke``'s), else of the split's
+    built ``duet/concat`` set, so a composed set is as large as the built sets it is compared with.
+
+    Raises:
+        ValueError: the split has neither (name the set and how to give ``n_items``).
+    """
+    from avgn.data.manifest import load_manifest
+
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    m = load_manifest(data_dir, sn.split)
+    for task, layout in ((sn.task, "scene"), ("duet", "concat")):
+        n = int(((m["task"] == task) & (m["layout"] == layout)).sum())
+        if n:
+            return n
+    raise ValueError(f"{sn}: split {sn.split!r} of {data_dir} has no built {sn.task}/scene or duet/concat set to take the "
+                     f"size from; pass n_items (or set avgn.evaluate.COMPOSED_ITEMS)")
+
+
 def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_items: int | None = None, images: bool = True):
     """A deterministic evaluation set of ``n`` solo frames of ``n`` different classes side by side
     (224 x 224·n), their recorded clips mixed with the build's gains and noise settings: item ``i``
     is always the same (seed fixed by the set name), so every method sees the same mixtures. The
     sources keep the scenes' own clips (no resampling), as in the built test sets. ``n_items``
-    defaults to :data:`COMPOSED_ITEMS` (200, the size of the built trio / quartet sets); ``images=False``
+    defaults to :data:`COMPOSED_ITEMS`, or if that is ``None`` to :func:`composed_items` (the size of
+    the split's built sets of as many sources); ``images=False``
     leaves the frames undecoded (samples without ``image``, for cached visual features)."""
     import zlib
 
@@ -192,7 +215,8 @@ def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_
     if not is_composed(sn):
         raise ValueError(f"{sn} is not a composed concat set (use layout 'concat' with task 'trio' or 'quartet')")
     seed = zlib.crc32(str(sn).encode()) % 2**31
-    n_items = COMPOSED_ITEMS if n_items is None else int(n_items)
+    if n_items is None:
+        n_items = COMPOSED_ITEMS if COMPOSED_ITEMS is not None else composed_items(data_dir, sn)
     return OnTheFlyMixtureDataset(data_dir, split=sn.split, layout="concat", n_sources=sn.n_sources, seed=seed,
                                   resample_audio=False, length=n_items, spec=spec, max_sources=sn.n_sources, images=images)
 

@@ -400,6 +400,13 @@ def test_composed_concat_sets_are_deterministic_and_well_formed(fake_build, tmp_
                 assert len(cols) and cols.min() >= k * w and cols.max() < (k + 1) * w
     with pytest.raises(ValueError, match="concat"):
         composed_concat_set(fake_build, "test/trio/scene", exp.inputs.spec)
+    # default size: the split's built set of as many sources (trio / quartet scenes), else its concat duets
+    from avgn.data.manifest import load_manifest
+
+    m = load_manifest(fake_build, "test")
+    for task in ("trio", "quartet"):
+        built = int(((m["task"] == task) & (m["layout"] == "scene")).sum()) or int(((m["task"] == "duet") & (m["layout"] == "concat")).sum())
+        assert built > 0 and len(composed_concat_set(fake_build, f"test/{task}/concat", exp.inputs.spec)) == built
     # without decoding the frames (cached features): the same items, masks and boxes, no image
     c = composed_concat_set(fake_build, "test/quartet/concat", exp.inputs.spec, n_items=3, images=False)
     for i in range(3):
