@@ -174,3 +174,17 @@ def test_variants_are_typed_and_checked_when_made():
         Variant("typo", "avgn", overrides=(("model.dpeth", 2),), name="typo")
     with pytest.raises(ValueError, match="unknown method"):
         Variant("x", "centre")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_model_inputs_cast_cached_features_in_one_copy(channels_last):
+    """Cached float16 features arrive as float32 in the requested memory format, values unchanged."""
+    from avgn.methods import model_inputs
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    batch = {"spec": torch.randn(2, 1, 5, 6), "visual_feats": torch.randn(2, 8, 3, 4).half()}
+    kw = model_inputs(batch, torch.device("cpu"), channels_last)
+    v = kw["visual_feats"]
+    assert v.dtype == torch.float32 and v.is_contiguous(memory_format=fmt)
+    assert torch.equal(v, batch["visual_feats"].float())
+    assert kw["spec"].is_contiguous(memory_format=fmt) and torch.equal(kw["spec"], batch["spec"])

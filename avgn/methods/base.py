@@ -44,7 +44,8 @@ def model_inputs(batch: Mapping[str, Any], device: torch.device, channels_last: 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     kw = {"spec": batch["spec"].to(device, non_blocking=True).contiguous(memory_format=fmt)}
     if "visual_feats" in batch:
-        kw["visual_feats"] = batch["visual_feats"].to(device, non_blocking=True).float().contiguous(memory_format=fmt)
+        # one fused copy (float16 cache -> float32 in the model's memory format), not two
+        kw["visual_feats"] = batch["visual_feats"].to(device, dtype=torch.float32, non_blocking=True, memory_format=fmt)
     else:
         kw["image"] = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     return kw
