@@ -20,7 +20,8 @@
 #   (`test/{solo,duet,trio,quartet}/scene`, built in chapter 1);
 # * **concatenated frames**: one object per frame, n frames side by side (`test/duet/concat` is
 #   built; the trios and quartets of frames, `test/{trio,quartet}/concat`, are composed
-#   deterministically from the test split's solo scenes by `avgn.evaluate.composed_concat_set`).
+#   deterministically from the test split's solo scenes by `avgn.evaluate.composed_concat_set`,
+#   as many as the built trio and quartet scenes: 200 each on the `cpu` profile).
 #
 # It then asks how well AVGN hears *which* classes sound (presence precision / recall / F1 and
 # source counting), whether visible but silent objects fool it, and how every method fares under
