@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ def avgn_parameter_groups(model: nn.Module) -> dict[str, Any]:
 
 
 __all__.append("avgn_parameter_groups")
+__all__.append("presence_reference_run")
 
 
 @torch.no_grad()
@@ -243,6 +245,43 @@ def train_presence_reference(
                 break
         epoch += 1
     return ReferenceResult(history=hist, val=hist[-1] if hist else {}, seconds=time.perf_counter() - t0, steps=step)
+
+
+def presence_reference_run(
+    exp: Any,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    seed: int = 0,
+    lr: float = 1e-3,
+    val_sets: Sequence[str] = ("val/solo/scene", "val/duet/scene"),
+    eval_every: int = 100,
+    progress: bool = False,
+) -> ReferenceResult:
+    """:func:`train_presence_reference` for ``steps`` steps, kept: the result is written to
+    ``out_dir/presence_reference.json`` (atomic) with the settings and the build it was trained on,
+    and read back instead of retraining when a call asks for the very same settings and build.
+
+    Raises:
+        ValueError: ``out_dir`` holds a reference of other settings or another build (names both
+            and the fix).
+    """
+    from avgn.io import atomic_write_json
+    from avgn.runs import data_identity
+
+    out = Path(out_dir) / "presence_reference.json"
+    settings = {"seed": int(seed), "steps": int(steps), "lr": float(lr), "val_sets": list(val_sets),
+                "eval_every": int(eval_every), "batch_size": int(exp.train.batch_size), "data": data_identity(data_dir)}
+    if out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("settings") != settings:
+            raise ValueError(f"{out} holds a presence reference of other settings ({old.get('settings')} vs {settings}): "
+                             f"pass another out_dir or delete it to retrain")
+        return ReferenceResult(history=old["history"], val=old["history"][-1] if old["history"] else {}, seconds=old["seconds"], steps=old["steps"])
+    res = train_presence_reference(exp, data_dir, seed=seed, steps=steps, lr=lr, val_sets=val_sets, eval_every=eval_every, progress=progress)
+    atomic_write_json(out, {"settings": settings, "history": res.history, "seconds": res.seconds, "steps": res.steps})
+    return res
 
 
 def _audio_only(inputs: Any) -> Any:

@@ -65,6 +65,7 @@ __all__ = [
     "TVSL_HELDOUT_CANDIDATES",
     "VARIANT_GROUPS",
     "WIDTH_VARIANTS",
+    "LONG_VARIANT",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,6 +394,12 @@ WIDTH_VARIANTS: tuple[Variant, ...] = (
     Variant("audio width 0.5", "avgn", overrides=(("model.encoder.audio_width", 0.5),), name="avgn-audio-width0.5", factor="audio width",
             level=0.5),
 )
+#: Chapter 2: does more training lift AVGN's presence prediction? Audio width 0.5 (chapter 4's best
+#: hearing) for three times the ``cpu`` profile's six epochs, every epoch run (no early stopping), the
+#: same cosine schedule stretched over them.
+LONG_VARIANT = Variant("AVGN, audio width 0.5, 18 epochs", "avgn",
+                       overrides=(("model.encoder.audio_width", 0.5), ("train.epochs", 18), ("train.early_stopping_patience", None)),
+                       name="avgn-audio-width0.5-18ep", factor="training epochs", level=18)
 #: Chapter 7: DSOL's two stages — stage 1 on single-source scenes only, stage 2 on mixtures only,
 #: initialised from stage 1's run of the same seed.
 DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
@@ -421,6 +428,7 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "assignment": ASSIGNMENT_VARIANTS,
     "loss": LOSS_VARIANTS,
     "width": WIDTH_VARIANTS,
+    "long": (LONG_VARIANT,),
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS,
     "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
     "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),

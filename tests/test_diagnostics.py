@@ -206,3 +206,25 @@ def test_walk_locality_own_frame_versus_another_frame():
     frames.cfg.graph = "frames"
     q = math.exp(1 / 0.07) / (math.exp(1 / 0.07) + 1)  # softmax over 2 frames of (1, 0) / 0.07
     assert walk_locality(frames, [_batch(2)])["own_frame_mass"] == pytest.approx(q)
+
+
+def test_presence_reference_run_is_kept_and_refuses_other_settings(fake_build, tmp_path):
+    """The stored plain-CNN reference: trained once (history every ``eval_every`` steps and at the
+    end), read back unchanged by a second call with the same settings, refused with other settings."""
+    import json
+
+    from helpers import tiny_experiment
+
+    from avgn.diagnostics import presence_reference_run
+
+    exp = tiny_experiment()
+    kw = dict(steps=5, eval_every=2, val_sets=["val/duet/scene"])
+    a = presence_reference_run(exp, fake_build, tmp_path, **kw)
+    assert [h["step"] for h in a.history] == [2, 4, 5] and a.steps == 5
+    assert all(0.0 <= h["val/duet/scene"] <= 1.0 for h in a.history)
+    stored = json.loads((tmp_path / "presence_reference.json").read_text())
+    assert stored["settings"]["steps"] == 5 and stored["settings"]["data"]["profile"]
+    b = presence_reference_run(exp, fake_build, tmp_path, **kw)  # read back, not retrained
+    assert b.history == a.history and b.seconds == a.seconds
+    with pytest.raises(ValueError, match="other settings"):
+        presence_reference_run(exp, fake_build, tmp_path, **{**kw, "steps": 6})
