@@ -436,9 +436,9 @@ long = run_variant(LONG_VARIANT, profile, seed, data, runs_dir, device=device, p
 print("\n".join(long["commands"]))
 print(f"plain CNN: {cnn.steps} steps in {cnn.seconds / 60:.1f} min (`avgn.diagnostics.presence_reference_run`, seed {seed})")
 f1_key = "val/val/duet/scene/predicted/presence_f1"
-curves = pd.concat([pd.DataFrame(cnn.history).rename(columns={"val/duet/scene": "F1", "train_bce": "BCE"}).assign(model="plain CNN")]
-                   + [load_run(d)["history"].rename(columns={f1_key: "F1", "train/audio_cls": "BCE"}).assign(model=k)
-                      for k, d in {**designs, LONG_VARIANT.label: long["run_dir"]}.items()], ignore_index=True)
+avgn_hists = pd.concat([hists, load_run(long["run_dir"])["history"].assign(design=LONG_VARIANT.label)], ignore_index=True)
+curves = pd.concat([pd.DataFrame(cnn.history).rename(columns={"val/duet/scene": "F1", "train_bce": "BCE"}).assign(model="plain CNN"),
+                    avgn_hists.rename(columns={f1_key: "F1", "train/audio_cls": "BCE", "design": "model"})], ignore_index=True)
 clips = pd.read_parquet(data / "clips.parquet").query("part == 'train'")
 print(f"training clips: {len(clips)} recordings of {clips['class'].nunique()} classes, the mixtures' only sounds")
 budget_f1 = lambda d: d.loc[d["step"] <= summary["steps"], "F1"].iloc[-1]  # noqa: E731
@@ -472,6 +472,7 @@ plt.close(fig)
 
 # %%
 width = run_variant(WIDTH_VARIANTS[0], profile, seed, data, runs_dir, device=device, progress=False)
+print("\n".join(width["commands"]))
 budget = collect_variants([MAIN_VARIANTS[0], WIDTH_VARIANTS[0], LONG_VARIANT], runs_dir, profile, [seed])
 res = to_results(budget, "02")
 print("wrote", write_results(res, "02_training", results_dir))
