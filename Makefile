@@ -22,14 +22,11 @@ smoke-notebooks: setup
 	rm -rf build/smoke
 	$(PY) scripts/run_notebooks.py --profile smoke --prepare-only --out build/smoke
 
-# two pytest processes side by side, one torch thread each (2 cores): the chapters' smoke runs in
-# order (a chapter reuses the data and runs of the chapters before it; log in build/smoke-chapters.log,
-# printed at the end) and the unit tests; the target fails if either fails
+# the unit tests and the chapters' smoke runs on two process slots, one torch thread each (2 cores):
+# chapters 0-3 in order beside the unit tests, then every later chapter (they reuse chapters 0-3's data
+# and runs) in whichever slot frees first; each job's log is printed when it ends (scripts/ci_test.py)
 test: setup html smoke-notebooks
-	@OMP_NUM_THREADS=1 $(PY) -m pytest build/smoke --nbval-lax -p no:cacheprovider --durations=15 > build/smoke-chapters.log 2>&1 & nb=$$!; \
-	OMP_NUM_THREADS=1 $(PY) -m pytest tests -p no:cacheprovider --durations=15; t=$$?; \
-	wait $$nb; n=$$?; echo "=================== chapters (smoke): build/smoke-chapters.log ==================="; \
-	cat build/smoke-chapters.log; echo "make test: unit tests exit $$t, chapters exit $$n"; [ $$t -eq 0 ] && [ $$n -eq 0 ]
+	$(PY) scripts/ci_test.py --jobs 2
 
 bench: setup
 	$(PY) benchmarks/bench_metrics.py

@@ -66,6 +66,7 @@ __all__ = [
     "VARIANT_GROUPS",
     "WIDTH_VARIANTS",
     "LONG_VARIANT",
+    "long_variant",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,12 +395,17 @@ WIDTH_VARIANTS: tuple[Variant, ...] = (
     Variant("audio width 0.5", "avgn", overrides=(("model.encoder.audio_width", 0.5),), name="avgn-audio-width0.5", factor="audio width",
             level=0.5),
 )
-#: Chapter 2: does more training lift AVGN's presence prediction? Audio width 0.5 (chapter 4's best
-#: hearing) for three times the ``cpu`` profile's six epochs, every epoch run (no early stopping), the
-#: same cosine schedule stretched over them.
-LONG_VARIANT = Variant("AVGN, audio width 0.5, 18 epochs", "avgn",
-                       overrides=(("model.encoder.audio_width", 0.5), ("train.epochs", 18), ("train.early_stopping_patience", None)),
-                       name="avgn-audio-width0.5-18ep", factor="training epochs", level=18)
+def long_variant(epochs: int) -> Variant:
+    """Chapter 2: does more training lift AVGN's presence prediction? Audio width 0.5 (chapter 4's
+    best hearing) for ``epochs`` epochs, every epoch run (no early stopping), the profile's cosine
+    schedule stretched over them; its runs in ``variants/avgn-audio-width0.5-<epochs>ep``."""
+    return Variant(f"AVGN, audio width 0.5, {epochs} epochs", "avgn",
+                   overrides=(("model.encoder.audio_width", 0.5), ("train.epochs", epochs), ("train.early_stopping_patience", None)),
+                   name=f"avgn-audio-width0.5-{epochs}ep", factor="training epochs", level=epochs)
+
+
+#: :func:`long_variant` at three times the ``cpu`` profile's six epochs (``--group long``).
+LONG_VARIANT = long_variant(18)
 #: Chapter 7: DSOL's two stages — stage 1 on single-source scenes only, stage 2 on mixtures only,
 #: initialised from stage 1's run of the same seed.
 DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),

@@ -544,6 +544,9 @@ def train(
     """
     if isinstance(exp, str):
         exp = get_experiment(exp, profile or "cpu", **dict(overrides or {}))
+    done = finished_summary(exp, Path(data_dir), Path(run_dir), int(seed), resume)
+    if done is not None:  # read back without the lock: chapters run side by side read the same runs
+        return done
     dist_info = distributed.from_env(resolve_device(device))
     try:
         with contextlib.ExitStack() as stack:
@@ -572,6 +575,22 @@ def _weights_digest(model: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def finished_summary(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, resume: bool) -> dict[str, Any] | None:
+    """``run.json`` of the finished run in ``run_dir`` when it is the run :func:`train` would train
+    (same experiment fingerprint, seed and build), else ``None`` (nothing there, or still running).
+    A finished run is never written again, so this reads it without taking the run's lock.
+
+    Raises:
+        FileExistsError / ValueError: the run there cannot be this one (as :func:`train`).
+    """
+    summary = run_dir / "run.json"
+    last = read_checkpoint_info(run_dir, "last") if summary.is_file() else None
+    if last is None or not last["state"].get("finished"):
+        return None
+    _check_resumable(run_dir, _run_config(exp, data_dir, run_dir, seed), last, resume)
+    return json.loads(summary.read_text())
 
 
 def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: str, resume: bool, progress: bool,

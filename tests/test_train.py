@@ -506,6 +506,29 @@ def test_a_second_process_cannot_train_the_same_run(fake_build, tmp_path):
     assert (tmp_path / "run" / "run.json").is_file()
 
 
+def test_a_finished_run_is_read_back_while_another_process_holds_its_lock(fake_build, tmp_path):
+    """Chapters run side by side read the same finished runs: reading one back takes no lock, so a
+    process holding it (another reader, or a crashed trainer's leftover) never refuses the read; the
+    run's checks still apply (another configuration is refused, not read)."""
+    import multiprocessing as mp
+
+    exp = _tiny("ezvsl", **{"train.epochs": 1})
+    train(exp, fake_build, tmp_path / "run", device="cpu", progress=False)
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "run", ready, release))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        again = train(exp, fake_build, tmp_path / "run", device="cpu", progress=False)
+        assert again["finished"] and again == json.loads((tmp_path / "run" / "run.json").read_text())
+        with pytest.raises(ValueError, match="its fingerprint differs"):
+            train(_tiny("ezvsl", **{"train.epochs": 2}), fake_build, tmp_path / "run", device="cpu", progress=False)
+    finally:
+        holder.kill()
+        holder.join()
+
+
 def test_kill_9_through_the_command_line_loses_nothing(fake_build, tmp_path):
     """`avgn train` killed with SIGKILL in the middle of an epoch (within-epoch checkpoints every
     step), then `avgn train --resume`: the same weights, history and best epoch as a run that was
