@@ -18,6 +18,8 @@
   standard deviation (:func:`seed_sd`, :func:`beyond_noise`) — chapter 4's verdicts.
 * :func:`sources_curves`: mixture metrics against the number of sources, the single-source point on
   the same scale (chapter 5).
+* :func:`selection_gap`: where the ``predicted`` selection loses CAP against ``oracle``: exactly the
+  oracle AP of the sounding sources it does not select (chapter 2).
 """
 
 from __future__ import annotations
@@ -450,3 +452,55 @@ def silent_object_metrics(p: SetPredictions, data_dir: str | Path, class_names: 
 
 
 __all__ += ["scene_roles", "silent_object_metrics"]
+
+
+def selection_gap(samples, sets: Sequence[str] | None = None, target: float = 0.05):
+    """Where a class-aware method's ``predicted`` selection loses CAP against ``oracle`` selection.
+
+    A source's map does not depend on which other classes are selected, and a selected class that
+    does not sound costs CAP nothing, so per source the two modes differ only when the predicted
+    selection misses the source (no map: AP 0). The gap is therefore exactly the oracle AP of the
+    missed sources divided by the number of sources; this table checks that identity on the data.
+
+    Args:
+        samples: per-source rows of an evaluation (``eval_<split>_samples.csv``, or
+            :func:`avgn.pipeline.collect_variants` with ``samples=True``): ``set, mode, scene_id,
+            source, ap, has_map`` and optionally ``variant, seed``.
+        sets: the sets to report (default: every set with both modes).
+        target: the gap asked for (fraction of AP; 0.05 = 5 points).
+
+    Returns:
+        One row per (variant, seed, set): ``sources``, ``missed`` (share of sounding sources the
+        predicted selection drops, 1 - recall over sources), ``oracle_cap``, ``predicted_cap``,
+        ``gap``, ``gap_from_missed`` (oracle AP summed over missed sources / sources: equal to
+        ``gap``), ``ap_missed`` / ``ap_selected`` (mean oracle AP of the missed / selected sources),
+        and ``max_missed``: the share of missed sources at which the gap would be ``target``, at the
+        missed sources' mean oracle AP (``target / ap_missed``).
+    """
+    import pandas as pd
+
+    keys = [k for k in ("variant", "seed") if k in samples.columns]
+    need = {"set", "mode", "scene_id", "source", "ap", "has_map"}
+    if need - set(samples.columns):
+        raise ValueError(f"selection_gap needs the per-source columns {sorted(need)}; missing {sorted(need - set(samples.columns))}")
+    on = [*keys, "set", "scene_id", "source"]
+    oracle = samples[samples["mode"] == "oracle"]
+    pred = samples[samples["mode"] == "predicted"]
+    both = oracle.merge(pred, on=on, suffixes=("_o", "_p"), validate="one_to_one")
+    if sets is not None:
+        both = both[both["set"].isin(list(sets))]
+    if both.empty:
+        raise ValueError("no source has both an oracle and a predicted row: evaluate with both selection modes")
+    missed = ~both["has_map_p"].astype(bool)
+    both = both.assign(missed=missed, ap_if_missed=both["ap_o"].where(missed, 0.0))
+    rows = []
+    for key, g in both.groupby([*keys, "set"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        n, m = len(g), g["missed"]
+        ap_missed = float(g.loc[m, "ap_o"].mean()) if m.any() else math.nan
+        rows.append({**dict(zip([*keys, "set"], key)), "sources": n, "missed": float(m.mean()),
+                     "oracle_cap": float(g["ap_o"].mean()), "predicted_cap": float(g["ap_p"].mean()),
+                     "gap": float(g["ap_o"].mean() - g["ap_p"].mean()), "gap_from_missed": float(g["ap_if_missed"].sum() / n),
+                     "ap_missed": ap_missed, "ap_selected": float(g.loc[~m, "ap_o"].mean()) if (~m).any() else math.nan,
+                     "max_missed": target / ap_missed if ap_missed and not math.isnan(ap_missed) else math.nan})
+    return pd.DataFrame(rows)

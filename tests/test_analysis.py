@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from avgn.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table
+from avgn.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table, selection_gap
 from avgn.config import EvalConfig
 from avgn.evaluate import SetName, SetPredictions, score_set
 
@@ -176,3 +176,36 @@ def test_silent_object_metrics_on_hand_made_maps(tmp_path, monkeypatch):
     assert an.silent_object_metrics(p, tmp_path, ["cat", "dog", "cow"], "predicted", 0.5)["nsa_distractors"] == pytest.approx(0.75)
     pr = an.silent_object_metrics(p, tmp_path, ["cat", "dog", "cow"], "predicted", 0.7)
     assert pr["nsa_distractors"] == pytest.approx(1.0) and pr["nsa_all"] == pytest.approx(1.0)
+
+
+def test_selection_gap_by_hand():
+    rows = [dict(set="s", mode="oracle", scene_id=f"x{i}", source=0, ap=ap, has_map=True) for i, ap in enumerate((0.8, 0.4, 0.6, 0.2))]
+    rows += [dict(set="s", mode="predicted", scene_id=f"x{i}", source=0, ap=ap, has_map=ap > 0) for i, ap in enumerate((0.8, 0.0, 0.6, 0.0))]
+    g = selection_gap(pd.DataFrame(rows)).iloc[0]
+    assert g["sources"] == 4 and g["missed"] == 0.5
+    assert g["oracle_cap"] == pytest.approx(0.5) and g["predicted_cap"] == pytest.approx(0.35)
+    assert g["gap"] == pytest.approx(0.15) and g["gap_from_missed"] == pytest.approx(0.15)
+    assert g["ap_missed"] == pytest.approx(0.3) and g["ap_selected"] == pytest.approx(0.7)
+    assert g["max_missed"] == pytest.approx(0.05 / 0.3)
+    with pytest.raises(ValueError, match="both an oracle and a predicted row"):
+        selection_gap(pd.DataFrame(rows[:4]))
+
+
+def test_selection_gap_is_exactly_the_missed_sources_oracle_ap():
+    """On scored duets (random maps, random presence): predicted CAP = oracle CAP - the oracle AP of
+    the sources the predicted selection misses / sources."""
+    g = torch.Generator().manual_seed(3)
+    n, c = 12, 4
+    masks = torch.rand(n, 2, 16, 16, generator=g) > 0.7
+    classes = torch.stack([torch.randperm(c, generator=g)[:2] for _ in range(n)])
+    labels = torch.zeros(n, c).scatter_(1, classes, 1.0)
+    p = SetPredictions(SetName.parse("test/duet/scene"), "class_aware", torch.rand(n, c, 16, 16, generator=g), masks, classes, labels,
+                       [f"s{i}" for i in range(n)], audio_probs=torch.rand(n, c, generator=g))
+    summaries, rows = {}, []
+    for mode in ("oracle", "predicted"):
+        summaries[mode], r = score_set(p, mode, EvalConfig(), presence_threshold=0.5)
+        rows += r
+    gap = selection_gap(pd.DataFrame(rows)).iloc[0]
+    assert 0 < gap["missed"] < 1
+    assert gap["gap"] == pytest.approx(summaries["oracle"]["cap"] - summaries["predicted"]["cap"], abs=1e-9)
+    assert gap["gap_from_missed"] == pytest.approx(gap["gap"], abs=1e-9)
