@@ -395,6 +395,8 @@ WIDTH_VARIANTS: tuple[Variant, ...] = (
     Variant("audio width 0.5", "avgn", overrides=(("model.encoder.audio_width", 0.5),), name="avgn-audio-width0.5", factor="audio width",
             level=0.5),
 )
+
+
 def long_variant(epochs: int) -> Variant:
     """Chapter 2: does more training lift AVGN's presence prediction? Audio width 0.5 (chapter 4's
     best hearing) for ``epochs`` epochs, every epoch run (no early stopping), the profile's cosine
