@@ -19,7 +19,8 @@
 * :func:`sources_curves`: mixture metrics against the number of sources, the single-source point on
   the same scale (chapter 5).
 * :func:`selection_gap`: where the ``predicted`` selection loses CAP against ``oracle``: exactly the
-  oracle AP of the sounding sources it does not select (chapter 2).
+  oracle AP of the sounding sources it does not select (chapter 2); :func:`presence_rule_table`:
+  the presence threshold chosen on validation by F-beta for several ``beta``, scored on test.
 """
 
 from __future__ import annotations
@@ -503,4 +504,45 @@ def selection_gap(samples, sets: Sequence[str] | None = None, target: float = 0.
                      "gap": float(g["ap_o"].mean() - g["ap_p"].mean()), "gap_from_missed": float(g["ap_if_missed"].sum() / n),
                      "ap_missed": ap_missed, "ap_selected": float(g.loc[~m, "ap_o"].mean()) if (~m).any() else math.nan,
                      "max_missed": target / ap_missed if ap_missed and not math.isnan(ap_missed) else math.nan})
+    return pd.DataFrame(rows)
+
+
+def presence_rule_table(
+    run_dir: str | Path,
+    sets: Sequence[str],
+    betas: Sequence[float] = (1.0, 1.5, 2.0),
+    *,
+    device: str = "auto",
+    cfg: EvalConfig = EvalConfig(),
+):
+    """The ``predicted`` selection of a class-aware run under presence thresholds chosen on the
+    *validation* curve stored in its ``run.json`` by F-beta (:func:`avgn.evaluate.threshold_for_beta`),
+    scored on ``sets`` (one forward pass per set, re-scored per threshold).
+
+    Returns one row per (beta, set): ``beta, threshold, set, presence_precision, presence_recall,
+    presence_f1, oracle_cap, predicted_cap, gap`` (the metrics' own names; CAP is AP on one-source
+    sets).
+    """
+    import json
+
+    import pandas as pd
+
+    from avgn.evaluate import threshold_for_beta
+
+    info = json.loads((Path(run_dir) / "run.json").read_text())
+    curve = info.get("threshold_curve")
+    if not curve:
+        raise ValueError(f"{run_dir}/run.json has no validation threshold curve: only a run of a method that selects its "
+                         "sources (AVGN, DSOL, T-VSL) has one")
+    preds = predict_run(run_dir, sets, device=device)
+    rows = []
+    for beta in betas:
+        t = threshold_for_beta(curve, beta)
+        for name, p in preds.items():
+            oracle, _ = score_set(p, "oracle", cfg, t)
+            pred, _ = score_set(p, "predicted", cfg, t)
+            key = "cap" if "cap" in oracle else "ap"
+            rows.append({"beta": float(beta), "threshold": t, "set": name,
+                         **{k: pred[k] for k in ("presence_precision", "presence_recall", "presence_f1")},
+                         "oracle_cap": oracle[key], "predicted_cap": pred[key], "gap": oracle[key] - pred[key]})
     return pd.DataFrame(rows)

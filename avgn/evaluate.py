@@ -54,7 +54,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +89,7 @@ __all__ = [
     "evaluate_sets",
     "selection_score",
     "choose_presence_threshold",
+    "threshold_for_beta",
     "token_confusion",
     "presence_metrics",
     "evaluate_run",
@@ -507,8 +508,30 @@ def choose_presence_threshold(
         for key in ("presence_precision", "presence_recall", "presence_f1"):
             row[key] = float(np.mean([m[key] for m in per_set]))
         curve.append(row)
-    best = max(curve, key=lambda r: (round(r["presence_f1"], 9), -abs(r["threshold"] - 0.5)))
-    return best["threshold"], curve
+    return threshold_for_beta(curve, 1.0), curve
+
+
+def threshold_for_beta(curve: Sequence[Mapping[str, float]], beta: float = 1.0) -> float:
+    """The threshold of a validation ``curve`` (:func:`choose_presence_threshold`'s, stored in
+    ``run.json`` as ``threshold_curve``) that maximises F-beta (ties: the value closest to 0.5).
+    ``beta = 1`` is the book's rule and reads the curve's own F1 (the mean of the sets' F1s, exactly
+    what :func:`choose_presence_threshold` maximises); any other ``beta`` is computed from the
+    curve's mean precision and recall. ``beta > 1`` weighs recall more: a missed sounding source
+    loses its whole map, a false alarm costs CAP nothing (:func:`avgn.analysis.selection_gap`).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+    if not curve:
+        raise ValueError("empty threshold curve")
+    b2 = float(beta) ** 2
+
+    def score(r: Mapping[str, float]) -> float:
+        if beta == 1.0:
+            return float(r["presence_f1"])
+        p, q = float(r["presence_precision"]), float(r["presence_recall"])
+        return (1 + b2) * p * q / (b2 * p + q) if b2 * p + q > 0 else 0.0
+
+    return float(max(curve, key=lambda r: (round(score(r), 9), -abs(r["threshold"] - 0.5)))["threshold"])
 
 
 def evaluate_sets(

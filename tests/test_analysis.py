@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from avgn.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table, selection_gap
+from avgn.evaluate import threshold_for_beta
 from avgn.config import EvalConfig
 from avgn.evaluate import SetName, SetPredictions, score_set
 
@@ -209,3 +210,48 @@ def test_selection_gap_is_exactly_the_missed_sources_oracle_ap():
     assert 0 < gap["missed"] < 1
     assert gap["gap"] == pytest.approx(summaries["oracle"]["cap"] - summaries["predicted"]["cap"], abs=1e-9)
     assert gap["gap_from_missed"] == pytest.approx(gap["gap"], abs=1e-9)
+
+
+_CURVE = [
+    {"threshold": 0.3, "presence_precision": 0.8, "presence_recall": 0.9, "presence_f1": 0.847},
+    {"threshold": 0.5, "presence_precision": 0.9, "presence_recall": 0.8, "presence_f1": 0.847},
+    {"threshold": 0.7, "presence_precision": 0.95, "presence_recall": 0.6, "presence_f1": 0.735},
+]
+
+
+def test_threshold_for_beta_by_hand():
+    assert threshold_for_beta(_CURVE, 1.0) == 0.5  # F1 tie between 0.3 and 0.5: the one closest to 0.5
+    assert threshold_for_beta(_CURVE, 2.0) == 0.3  # F2: 3.6 / 4.1 = 0.878 against 3.6 / 4.4 = 0.818
+    assert threshold_for_beta(_CURVE, 0.5) == 0.5  # F0.5: 0.9 / 1.025 = 0.878 against 0.851 (0.7), 0.818 (0.3)
+    with pytest.raises(ValueError, match="beta must be positive"):
+        threshold_for_beta(_CURVE, 0.0)
+    with pytest.raises(ValueError, match="empty threshold curve"):
+        threshold_for_beta([], 1.0)
+
+
+def test_presence_rule_table_scores_each_rule_on_the_same_predictions(tmp_path, monkeypatch):
+    import json
+
+    import avgn.analysis as analysis
+
+    g = torch.Generator().manual_seed(5)
+    n, c = 16, 4
+    classes = torch.stack([torch.randperm(c, generator=g)[:2] for _ in range(n)])
+    labels = torch.zeros(n, c).scatter_(1, classes, 1.0)
+    p = SetPredictions(SetName.parse("test/duet/scene"), "class_aware", torch.rand(n, c, 16, 16, generator=g),
+                       torch.rand(n, 2, 16, 16, generator=g) > 0.7, classes, labels, [f"s{i}" for i in range(n)],
+                       audio_probs=(0.6 * labels + 0.5 * torch.rand(n, c, generator=g)).clamp(0, 1))
+    calls = []
+    monkeypatch.setattr(analysis, "predict_run", lambda run_dir, sets, device="auto": calls.append(sets) or {s: p for s in sets})
+    (tmp_path / "run.json").write_text(json.dumps({"threshold_curve": _CURVE}))
+    table = analysis.presence_rule_table(tmp_path, ["test/duet/scene"], betas=(1.0, 2.0))
+    assert len(calls) == 1  # one forward pass, re-scored per rule
+    assert list(table["threshold"]) == [0.5, 0.3]
+    for row in table.itertuples():
+        oracle, _ = score_set(p, "oracle", EvalConfig(), row.threshold)
+        pred, _ = score_set(p, "predicted", EvalConfig(), row.threshold)
+        assert row.gap == pytest.approx(oracle["cap"] - pred["cap"]) and row.presence_f1 == pytest.approx(pred["presence_f1"])
+    assert table["presence_recall"].iloc[1] >= table["presence_recall"].iloc[0]  # the lower threshold keeps more sources
+    (tmp_path / "run.json").write_text(json.dumps({}))
+    with pytest.raises(ValueError, match="no validation threshold curve"):
+        analysis.presence_rule_table(tmp_path, ["test/duet/scene"])
