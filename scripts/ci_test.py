@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ class Job:
     start: float = 0.0
     seconds: float = 0.0
     rc: int | None = None
-    needs_head: bool = field(default=False)
+    needs_head: bool = False
 
 
 def smoke_jobs(smoke: Path) -> tuple[Job, list[Job]]:

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from avgn.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table, selection_gap
-from avgn.evaluate import threshold_for_beta
 from avgn.config import EvalConfig
-from avgn.evaluate import SetName, SetPredictions, score_set
+from avgn.evaluate import SetName, SetPredictions, score_set, threshold_for_beta
 
 
 def _pred(kind: str = "shared", n: int = 4, seed: int = 0) -> SetPredictions:

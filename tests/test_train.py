@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -482,26 +483,34 @@ def _hold_lock(run_dir, ready, release):
         release.wait(30)
 
 
-def test_a_second_process_cannot_train_the_same_run(fake_build, tmp_path):
-    """Two `avgn train` on one run folder: the second refuses in one line; the lock dies with its holder."""
+@contextlib.contextmanager
+def _lock_held_by_another_process(run_dir):
+    """A spawned process holding ``run_dir``'s run lock (yielded); killed on exit, as by kill -9:
+    the operating system releases the lock."""
     import multiprocessing as mp
-
-    from avgn.cli import main
-    from avgn.runs import RunLockedError
 
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "run", ready, release))
+    holder = ctx.Process(target=_hold_lock, args=(run_dir, ready, release))
     holder.start()
     try:
         assert ready.wait(60)
+        yield holder
+    finally:
+        holder.kill()
+        holder.join()
+
+
+def test_a_second_process_cannot_train_the_same_run(fake_build, tmp_path):
+    """Two `avgn train` on one run folder: the second refuses in one line; the lock dies with its holder."""
+    from avgn.cli import main
+    from avgn.runs import RunLockedError
+
+    with _lock_held_by_another_process(tmp_path / "run") as holder:
         with pytest.raises(RunLockedError, match=rf"run is being trained by another process \(pid {holder.pid}, since .*\): wait for it"):
             train(_tiny("ezvsl", **{"train.epochs": 1}), fake_build, tmp_path / "run", device="cpu", progress=False)
         assert not (tmp_path / "run" / "config.json").exists()  # nothing written by the refused process
         assert main(["train", "--method", "ezvsl", "--profile", "smoke", "--data", str(fake_build), "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    finally:
-        holder.kill()  # as kill -9: the operating system releases the lock
-        holder.join()
     train(_tiny("ezvsl", **{"train.epochs": 1}), fake_build, tmp_path / "run", device="cpu", progress=False)
     assert (tmp_path / "run" / "run.json").is_file()
 
@@ -510,23 +519,13 @@ def test_a_finished_run_is_read_back_while_another_process_holds_its_lock(fake_b
     """Chapters run side by side read the same finished runs: reading one back takes no lock, so a
     process holding it (another reader, or a crashed trainer's leftover) never refuses the read; the
     run's checks still apply (another configuration is refused, not read)."""
-    import multiprocessing as mp
-
     exp = _tiny("ezvsl", **{"train.epochs": 1})
     train(exp, fake_build, tmp_path / "run", device="cpu", progress=False)
-    ctx = mp.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path / "run", ready, release))
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with _lock_held_by_another_process(tmp_path / "run"):
         again = train(exp, fake_build, tmp_path / "run", device="cpu", progress=False)
         assert again["finished"] and again == json.loads((tmp_path / "run" / "run.json").read_text())
         with pytest.raises(ValueError, match="its fingerprint differs"):
             train(_tiny("ezvsl", **{"train.epochs": 2}), fake_build, tmp_path / "run", device="cpu", progress=False)
-    finally:
-        holder.kill()
-        holder.join()
 
 
 def test_kill_9_through_the_command_line_loses_nothing(fake_build, tmp_path):
