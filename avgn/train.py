@@ -130,14 +130,16 @@ class GroupedBatchSampler(Sampler[list[int]]):
             yield batches[i]
 
 
-def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: Any = None) -> tuple[Any, list[tuple[int, int]], dict[str, int]]:
+def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: Any = None,
+                     device: str | torch.device | None = None) -> tuple[Any, list[tuple[int, int]], dict[str, int]]:
     """The epoch's training items: ``(batcher, groups for GroupedBatchSampler, items per component)``.
 
     Components (:class:`avgn.data.datasets.OnTheFlyMixtureDataset` on the train split): ``solo``
     (one source), ``concat`` (two solo scenes of different classes side by side) and ``scene``
     (pre-built two-source scenes); each draws its items from its own seed stream. The
     :class:`avgn.data.batching.MixtureBatcher` renders a whole batch of them at once (clips in
-    memory, one batched mix + STFT; cached features instead of frames when ``store`` is given).
+    memory, one batched mix + STFT; cached features instead of frames when ``store`` is given, else
+    the frames decoded once), on ``device`` when one is given (the training device when it is a GPU).
     """
     t = exp.train
     specs = [("solo", "concat", 1, t.solo_items), ("scene", "scene", 2, t.scene_items), ("concat", "concat", 2, t.concat_items)]
@@ -157,7 +159,7 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     # groups by frame shape: 224x224 (solo + scene duets) and 224x448 (concat duets)
     square = sizes.get("solo", 0) + sizes.get("scene", 0)
     groups = [(0, square), (square, sizes.get("concat", 0))]
-    return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render), groups, sizes
+    return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render, device=device), groups, sizes
 
 
 def prefetch(batches: Iterator[dict[str, Any]], depth: int) -> Iterator[dict[str, Any]]:
@@ -299,7 +301,10 @@ def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: b
         if feat_info["n_computed"]:
             log(f"[avgn.train] cached {feat_info['n_computed']} images' features in {feat_info['seconds']:.1f} s")
         store = FeatureStore(data_dir, exp.inputs.features, preload=True, splits=splits)
-    batcher, groups, sizes = build_train_data(exp, data_dir, seed, store)
+    # on a CUDA device the batches are mixed and transformed there (the CPU only draws the recipes;
+    # MPS has no float64, which the gains and the exact path use)
+    render_on = device if torch.device(device).type == "cuda" else None
+    batcher, groups, sizes = build_train_data(exp, data_dir, seed, store, device=render_on)
     sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=seed)
     val_sets = [load_eval_set(data_dir, n, exp.inputs, store, max_items=exp.inputs.val_max_items, materialize=True) for n in exp.inputs.val_sets]
     return _Inputs(store, batcher, sampler, sizes, val_sets, feat_info)

@@ -119,6 +119,38 @@ def test_batched_mixtures_equal_the_data_module_items(fake_build, layout, n_sour
     assert any(noisy) or base.noise_prob == 0  # the noise path is exercised
 
 
+@pytest.mark.parametrize("layout,n_sources", [("concat", 1), ("concat", 2), ("scene", 2)])
+def test_frame_bank_gives_the_frames_read_per_draw(fake_build, layout, n_sources):
+    """Without cached features the batcher decodes every training frame once (``FrameBank``, uint8)
+    at the first batch that needs frames: its batches equal those that read each frame at every draw
+    (frames side by side for concat duets), on the device asked for; an audio-only batcher never
+    builds the bank; a frame the bank does not hold is refused by name."""
+    from torch.utils.data import ConcatDataset
+
+    from avgn.data.batching import MixtureBatcher
+    from avgn.data.datasets import OnTheFlyMixtureDataset
+
+    exp = _tiny()
+    kw = dict(split="train", layout=layout, n_sources=n_sources, seed=3, length=10, spec=exp.inputs.spec)
+    per_draw = MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), None, frame_bank=False)
+    banked = MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), None, bank=per_draw.bank, device="cpu")
+    assert banked._frames is None  # built lazily
+    for epoch in (0, 2):
+        per_draw.set_epoch(epoch)
+        banked.set_epoch(epoch)
+        items = list(range(10))[::-1]
+        a, b = per_draw.batch(items), banked.batch(items)
+        assert a["image"].shape[-1] == a["image"].shape[-2] * (2 if layout == "concat" and n_sources == 2 else 1)
+        for key in ("spec", "image", "labels", "classes", "n_sources"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["scene_ids"] == b["scene_ids"] and b["image"].dtype == torch.float32
+    assert banked._frames is not None and len(banked._frames) >= 1 and banked._frames.frames.dtype == torch.uint8
+    with pytest.raises(KeyError, match="not in the bank"):
+        banked._frames.take(["images/nowhere.png"])
+    audio = MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), None, bank=per_draw.bank, audio_only=True)
+    assert "image" not in audio.batch([0, 1]) and audio._frames is None
+
+
 @pytest.mark.parametrize("layout,n_sources", [("concat", 2), ("scene", 2), ("concat", 3)])
 def test_fast_rendering_is_the_reference_mix_of_the_same_draws(fake_build, layout, n_sources):
     """The training default (``inputs.train_render='fast'``) draws the same scenes, clips, gains and

@@ -15,7 +15,12 @@ mixtures) is rendered in one pass:
   item instead of a fresh normal draw and its FFT): the same scenes, clips, gains and SNRs, another
   realisation of the noise, about 4x cheaper (``tests/test_train.py`` checks both paths);
 * one batched STFT (:func:`avgn.data.datasets.log_spectrogram`) gives ``spec`` ``[B, 1, F, T']``;
-* cached backbone features (:class:`avgn.features.FeatureStore`) replace the frames.
+* cached backbone features (:class:`avgn.features.FeatureStore`) replace the frames; without them
+  a :class:`FrameBank` decodes every training frame once (uint8) at the first batch that needs
+  frames, instead of decoding each frame again at every draw;
+* with ``device`` (e.g. ``cuda``) the clips, the noise bank and the frames are held on that device
+  and the batch is mixed and transformed there: on a GPU machine the CPU then only draws the
+  recipes (the ``gpu`` profile's training was input-bound: ``benchmarks/README.md``).
 
 :class:`MixtureBatcher` turns index batches of a :class:`torch.utils.data.ConcatDataset` of
 ``OnTheFlyMixtureDataset`` into model batches (keys ``spec``, ``labels``, ``classes``,
@@ -33,7 +38,7 @@ from torch import Tensor
 
 from avgn.data.audio import PEAK
 
-__all__ = ["ClipBank", "NoiseBank", "pink_from_white_batch", "mix_batch", "mix_batch_fast", "MixtureBatcher"]
+__all__ = ["ClipBank", "FrameBank", "NoiseBank", "pink_from_white_batch", "mix_batch", "mix_batch_fast", "MixtureBatcher"]
 
 
 class ClipBank:
@@ -75,11 +80,59 @@ class ClipBank:
             raise KeyError(f"clip {exc.args[0]} is not in the bank (built from other datasets?)") from None
 
 
+class FrameBank:
+    """Every frame some datasets' tables can draw, decoded once: ``bank.take(paths) -> [n, 3, H, W]``
+    float32 in ``[0, 1]``, equal to :func:`avgn.data.datasets.read_image` of each path.
+
+    Frames are stored as uint8 (a quarter of float32: 150 KB per 224 x 224 frame). All frames must
+    have one size (the benchmark's do); ``ValueError`` names the first that does not.
+
+    Args:
+        datasets: :class:`~avgn.data.datasets.OnTheFlyMixtureDataset` instances of one build.
+        device: where the frames are held (and ``take`` returns them).
+    """
+
+    def __init__(self, datasets: Sequence[Any], device: str | torch.device = "cpu"):
+        from avgn.data.datasets import read_image
+
+        paths: set[str] = set()
+        for ds in datasets:
+            for table in (ds.solo, ds.duets):
+                if table is not None and len(table):
+                    paths.update(str(x) for x in table["image_path"])
+        if not paths:
+            raise ValueError("FrameBank: the datasets have no frames")
+        d = datasets[0].data
+        self.paths = sorted(paths)
+        self.index = {q: k for k, q in enumerate(self.paths)}
+        first = read_image(d.path(self.paths[0]))
+        frames = torch.empty((len(self.paths), *first.shape), dtype=torch.uint8)
+        for k, q in enumerate(self.paths):
+            x = first if k == 0 else read_image(d.path(q))
+            if x.shape != first.shape:
+                raise ValueError(f"FrameBank: {d.path(q)} is {tuple(x.shape[1:])}, the bank's frames {tuple(first.shape[1:])}: "
+                                 "frames of several sizes are read per batch (MixtureBatcher(frame_bank=False))")
+            frames[k] = x.mul(255.0).round_().to(torch.uint8)  # read_image divided the decoded uint8 by 255: exact
+        self.frames = frames.to(device)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, paths: Sequence[str]) -> Tensor:
+        """``[len(paths), 3, H, W]`` float32 in ``[0, 1]`` on the bank's device."""
+        try:
+            rows = [self.index[str(q)] for q in paths]
+        except KeyError as exc:
+            raise KeyError(f"frame {exc.args[0]} is not in the bank (built from other datasets?)") from None
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.frames.device)
+        return self.frames.index_select(0, idx).float().div_(255.0)
+
+
 def pink_from_white_batch(white: Tensor) -> Tensor:
     """:func:`avgn.data.build.pink_from_white` on ``[B, T]`` (float64 in, float64 out)."""
     n = white.shape[-1]
     spec = torch.fft.rfft(white, dim=-1)
-    f = torch.arange(spec.shape[-1], dtype=torch.float64)
+    f = torch.arange(spec.shape[-1], dtype=torch.float64, device=white.device)
     f[0] = 1.0
     spec = spec / f.sqrt()
     spec[..., 0] = 0.0
@@ -113,7 +166,7 @@ class NoiseBank:
     def take(self, refs: Sequence[tuple[int, int]]) -> Tensor:
         """``[len(refs), T]``: clip ``k`` circularly shifted left by ``shift`` samples, per ``(k, shift)``."""
         t = self.n_samples
-        return torch.stack([self.doubled[k, s : s + t] for k, s in refs]) if refs else torch.empty((0, t))
+        return torch.stack([self.doubled[k, s : s + t] for k, s in refs]) if refs else self.doubled.new_empty((0, t))
 
 
 def mix_batch(
@@ -195,10 +248,16 @@ class MixtureBatcher:
             :class:`NoiseBank` of ``noise_bank`` clips seeded by the first part's seed: the same
             scenes, clips, gains and SNRs, another realisation of the same pink noise, several
             times cheaper on a CPU core.
+        device: where the batch is mixed and transformed (``spec`` and ``image`` are returned
+            there; the labels stay on the CPU); the clips, the noise bank and the frame bank are
+            moved there once. ``None``: the CPU.
+        frame_bank: decode the frames once into a :class:`FrameBank` (at the first batch that needs
+            frames) instead of reading each frame at every draw; the batches are the same.
     """
 
     def __init__(self, dataset: Any, store: Any = None, bank: ClipBank | None = None, audio_only: bool = False,
-                 render: str = "exact", noise_bank: int = 256):
+                 render: str = "exact", noise_bank: int = 256, device: str | torch.device | None = None,
+                 frame_bank: bool = True):
         from avgn.data.datasets import OnTheFlyMixtureDataset
 
         parts = list(getattr(dataset, "datasets", [dataset]))
@@ -215,6 +274,13 @@ class MixtureBatcher:
         self.bank = bank or ClipBank(parts)
         first = parts[0]
         self.noise = NoiseBank(noise_bank, self.bank.n_samples, first.seed) if render == "fast" else None
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if self.device.type != "cpu":
+            self.bank.waves = self.bank.waves.to(self.device)
+            if self.noise is not None:
+                self.noise.doubled = self.noise.doubled.to(self.device)
+        self.frame_bank = frame_bank
+        self._frames: FrameBank | None = None
         self.spec_cfg, self.n_classes, self.max_sources = first.spec, len(first.class_names), first.max_sources
 
     def __len__(self) -> int:
@@ -264,9 +330,11 @@ class MixtureBatcher:
         if self.noise is not None:  # only as many source slots as the batch's largest mixture (padding clips are zeros)
             s_used = max(rc.n_sources for _, rc in recipes)
             idx, gains = idx[:, :s_used].contiguous(), gains[:, :s_used]
-        waves = self.bank.waves.index_select(0, idx.flatten()).view(b, idx.shape[1], t)
+        dev = self.bank.waves.device
+        waves = self.bank.waves.index_select(0, idx.flatten().to(dev)).view(b, idx.shape[1], t)
+        gains, snr = gains.to(dev), snr.to(dev)
         if self.noise is None:
-            y = mix_batch(waves, gains, white, snr)
+            y = mix_batch(waves, gains, None if white is None else white.to(dev), snr)
         else:
             y = mix_batch_fast(waves, gains, self.noise.take(refs), snr)
         out: dict[str, Any] = {
@@ -281,10 +349,16 @@ class MixtureBatcher:
         if self.store is not None:
             out["visual_feats"] = torch.stack([self.store.for_scenes(rc.scene_ids) for _, rc in recipes]).float()
         else:
+            if self.frame_bank and self._frames is None:
+                self._frames = FrameBank(self.parts, self.device)
             frames = []
             for part, rc in recipes:
                 table = part.solo if rc.table == "solo" else part.duets
-                frames.append(torch.cat([read_image(part.data.path(table.iloc[r].image_path)) for r in rc.rows], dim=-1))
+                paths = [table.iloc[r].image_path for r in rc.rows]
+                if self._frames is not None:  # one gather, frames side by side along the width
+                    frames.append(torch.cat(list(self._frames.take(paths)), dim=-1))
+                else:
+                    frames.append(torch.cat([read_image(part.data.path(q)) for q in paths], dim=-1).to(self.device))
             out["image"] = torch.stack(frames)
         return out
 
