@@ -11,7 +11,8 @@ median too):
   the per-tensor Adam loop on channels-first tensors;
 * ``new`` — the profile's set-up: :class:`avgn.data.batching.MixtureBatcher` (clips in memory, the
   whole batch rendered as ``inputs.train_render`` says (``fast``: float32, noise from a bank) and transformed at once, rendered ahead in a thread when
-  ``train.num_workers`` > 0, :func:`avgn.train.prefetch`), ``train.channels_last`` and
+  ``train.num_workers`` > 0, :func:`avgn.train.prefetch`; on the device when it is CUDA, as
+  ``avgn.train`` renders), ``train.channels_last`` and
   ``train.fused_optimizer`` as the profile sets them;
 * ``model`` — the training step alone (forward, loss, backward, Adam) on batches rendered beforehand.
 
