@@ -200,6 +200,23 @@ def presence_summary(table):
 # class-aware embeddings
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
+def _class_aware_outputs(run_dir: str | Path, sets: Sequence[str], device: str, max_items: int | None):
+    """Yield ``(audio_emb [B, C, D], visual_emb [B, C, D], batch, class names, data dir)`` of a
+    class-aware run over ``sets`` (CPU float tensors)."""
+    model, exp, info = load_trained_model(run_dir, device=device)
+    if get_method(exp.method).kind != "class_aware":
+        raise ValueError(f"class-aware embeddings need a class-aware run (e.g. AVGN), {run_dir} is a {exp.method!r} run")
+    dev = resolve_device(device)
+    data = Path(info["data_dir"])
+    store = _store_for(exp, data, sets, device=device)
+    for n in sets:
+        es = load_eval_set(data, n, exp.inputs, store, materialize=False, max_items=max_items)
+        for batch in es.batches():
+            out = model(**model_inputs(batch, dev))
+            yield out["audio_emb"].float().cpu(), out["visual_emb"].float().cpu(), batch, es.class_names, data
+
+
+@torch.no_grad()
 def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = "auto", max_items: int | None = None, all_classes: bool = False):
     """AVGN's class-aware embeddings of every sounding source of ``sets``: for a source of class
     ``c``, the audio embedding ``g^a_c`` and the visual embedding ``g^v_c`` of its scene.
@@ -208,34 +225,54 @@ def class_embeddings(run_dir: str | Path, sets: Sequence[str], *, device: str = 
     and the class names. With ``all_classes=True`` it returns every class's embeddings of every
     scene instead: ``(audio [N, C, D], visual [N, C, D], sounding [N, C] bool)`` and the names —
     to ask how much an embedding depends on whether its class sounds (:func:`embedding_dependence`)."""
-    model, exp, info = load_trained_model(run_dir, device=device)
-    if get_method(exp.method).kind != "class_aware":
-        raise ValueError(f"class_embeddings needs a class-aware run (e.g. AVGN), {run_dir} is a {exp.method!r} run")
-    dev = resolve_device(device)
-    data = Path(info["data_dir"])
-    store = _store_for(exp, data, sets, device=device)
     auds, viss, labs = [], [], []
     names: Sequence[str] = ()
-    for n in sets:
-        es = load_eval_set(data, n, exp.inputs, store, materialize=False, max_items=max_items)
-        names = es.class_names
-        for batch in es.batches():
-            out = model(**model_inputs(batch, dev))
-            ga, gv = out["audio_emb"].float().cpu(), out["visual_emb"].float().cpu()  # [B, C, D]
-            cls = batch["classes"].long()
-            if all_classes:
-                auds.append(ga)
-                viss.append(gv)
-                labs.append(batch["labels"].bool())
-                continue
-            b, s = torch.nonzero(cls >= 0, as_tuple=True)
-            c = cls[b, s]
-            auds.append(ga[b, c])
-            viss.append(gv[b, c])
-            labs.append(c)
+    for ga, gv, batch, names, _ in _class_aware_outputs(run_dir, sets, device, max_items):
+        if all_classes:
+            auds.append(ga)
+            viss.append(gv)
+            labs.append(batch["labels"].bool())
+            continue
+        cls = batch["classes"].long()
+        b, s = torch.nonzero(cls >= 0, as_tuple=True)
+        c = cls[b, s]
+        auds.append(ga[b, c])
+        viss.append(gv[b, c])
+        labs.append(c)
     if not labs:
         raise ValueError(f"no sounding sources in {list(sets)}")
     return torch.cat(auds).numpy(), torch.cat(viss).numpy(), torch.cat(labs).numpy(), list(names)
+
+
+@torch.no_grad()
+def embedding_roles(run_dir: str | Path, sets: Sequence[str], *, device: str = "auto", max_items: int | None = None):
+    """Every class's audio and visual class-aware embeddings in every scene of ``sets``, with the
+    class's role in the scene from the manifest (:data:`avgn.methods.avgn.SOUNDING`, ``VISIBLE_SILENT``
+    = pasted in the frame but silent, ``ABSENT``): ``(audio [N, C, D], visual [N, C, D], roles [N, C]
+    int8, names)``, for :func:`avgn.methods.avgn.embedding_dependence_by_role`."""
+    from avgn.methods.avgn import ABSENT, SOUNDING, VISIBLE_SILENT
+
+    auds, viss, roles = [], [], []
+    names: Sequence[str] = ()
+    manifest = None
+    for ga, gv, batch, names, data in _class_aware_outputs(run_dir, sets, device, max_items):
+        if manifest is None:
+            manifest = load_manifest(data).set_index("scene_id")
+        index = {c: i for i, c in enumerate(names)}
+        r = torch.full(tuple(ga.shape[:2]), ABSENT, dtype=torch.int8)
+        for i, sid in enumerate(batch["scene_ids"]):
+            for part in [sid] if sid in manifest.index else str(sid).split("+"):  # a composed frame: its scenes side by side
+                row = manifest.loc[part]
+                for c in row["distractor_classes"]:
+                    if c in index:
+                        r[i, index[c]] = VISIBLE_SILENT
+        r[batch["labels"].bool()] = SOUNDING
+        auds.append(ga)
+        viss.append(gv)
+        roles.append(r)
+    if not roles:
+        raise ValueError(f"no scenes in {list(sets)}")
+    return torch.cat(auds).numpy(), torch.cat(viss).numpy(), torch.cat(roles).numpy(), list(names)
 
 
 # --------------------------------------------------------------------------------------------------

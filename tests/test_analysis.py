@@ -113,6 +113,53 @@ def test_embedding_dependence_separates_constant_from_input_driven_embeddings():
     assert (t2["cos_sounding_vs_silent"] < -0.99).all() and list(t2["scenes_sounding"]) == [14, 13, 13]
 
 
+def test_embedding_dependence_by_role_tells_hearing_from_seeing():
+    """Hand-made embeddings: one that follows whether its class sounds (audio-like) and one that
+    follows whether its class is in the frame (visual-like), against two orthogonal vectors, so
+    every cosine is 1 or 0; a role that never occurs gives NaN; mismatched shapes are refused."""
+    from avgn.methods.avgn import ABSENT, SOUNDING, VISIBLE_SILENT, embedding_dependence_by_role
+
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    roles = np.array([[SOUNDING, ABSENT], [VISIBLE_SILENT, SOUNDING], [ABSENT, ABSENT], [SOUNDING, ABSENT]])
+    hearing = np.where((roles == SOUNDING)[..., None], a, b)
+    seeing = np.where((roles != ABSENT)[..., None], a, b)
+    h = embedding_dependence_by_role(hearing, roles, ["x", "y"]).set_index("class")
+    v = embedding_dependence_by_role(seeing, roles, ["x", "y"]).set_index("class")
+    assert list(h["scenes_sounding"]) == [2, 1] and list(h["scenes_visible_silent"]) == [1, 0] and list(h["scenes_absent"]) == [1, 3]
+    assert h.loc["x", "cos_sounding_vs_visible_silent"] == pytest.approx(0.0) and h.loc["x", "cos_visible_silent_vs_absent"] == pytest.approx(1.0)
+    assert v.loc["x", "cos_sounding_vs_visible_silent"] == pytest.approx(1.0) and v.loc["x", "cos_visible_silent_vs_absent"] == pytest.approx(0.0)
+    assert h.loc["x", "cos_sounding_vs_absent"] == pytest.approx(0.0) and v.loc["x", "cos_sounding_vs_absent"] == pytest.approx(0.0)
+    assert math.isnan(h.loc["y", "cos_sounding_vs_visible_silent"]) and h.loc["y", "cos_sounding_vs_absent"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="do not match"):
+        embedding_dependence_by_role(hearing, roles[:3], ["x", "y"])
+
+
+def test_embedding_roles_of_a_trained_run_follow_the_manifest(fake_build, tmp_path):
+    """``embedding_roles`` on a tiny trained AVGN run: every class of every scene, sounding where the
+    scene's labels say, visible-but-silent exactly for the manifest's distractors, absent otherwise;
+    the embeddings are the ones ``class_embeddings(all_classes=True)`` returns."""
+    from helpers import tiny_experiment
+
+    from avgn.analysis import class_embeddings, embedding_roles
+    from avgn.data.manifest import load_manifest
+    from avgn.methods.avgn import ABSENT, SOUNDING, VISIBLE_SILENT
+    from avgn.train import train
+
+    run = tmp_path / "avgn"
+    exp = tiny_experiment("avgn", **{"train.epochs": 1})
+    train(exp, fake_build, run, seed=0, device="cpu", progress=False)
+    sets = ["test/duet/scene", "test/duet/concat"]
+    ga, gv, roles, names = embedding_roles(run, sets, device="cpu")
+    ca, cv, sounding, names2 = class_embeddings(run, sets, device="cpu", all_classes=True)
+    assert names == names2 and np.array_equal(ga, ca) and np.array_equal(gv, cv) and np.array_equal(roles == SOUNDING, sounding)
+    manifest = load_manifest(fake_build)
+    duets = manifest[(manifest["split"] == "test") & (manifest["task"] == "duet")]
+    assert roles.shape == (len(duets), len(names)) and set(np.unique(roles)) <= {ABSENT, VISIBLE_SILENT, SOUNDING}
+    assert ((roles == SOUNDING).sum(1) == 2).all()
+    expected = sum(len((set(r["distractor_classes"]) - set(r["classes"])) & set(names)) for _, r in duets.iterrows())
+    assert int((roles == VISIBLE_SILENT).sum()) == expected and expected > 0
+
+
 def _long(values: dict[tuple[str, int], float], set_name: str = "test/duet/scene", metric: str = "cap") -> pd.DataFrame:
     return pd.DataFrame([{"variant": v, "seed": s, "set": set_name, "mode": "oracle", "metric": metric, "value": x}
                          for (v, s), x in values.items()])

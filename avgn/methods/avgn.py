@@ -60,6 +60,44 @@ def embedding_dependence(emb: np.ndarray, sounding: np.ndarray, names: Sequence[
     return pd.DataFrame(rows)
 
 
+#: Roles of a class in a scene (:func:`embedding_dependence_by_role`, :func:`avgn.analysis.embedding_roles`).
+ABSENT, VISIBLE_SILENT, SOUNDING = 0, 1, 2
+
+
+def embedding_dependence_by_role(emb: np.ndarray, roles: np.ndarray, names: Sequence[str]):
+    """:func:`embedding_dependence` with silence split in two: per class, the cosine similarity
+    between its mean embeddings over the scenes where it sounds, where it is pasted in the frame but
+    silent (a distractor) and where it is absent. ``emb [N, C, D]``, ``roles [N, C]`` with
+    :data:`SOUNDING` / :data:`VISIBLE_SILENT` / :data:`ABSENT`.
+
+    An embedding that follows what its modality can perceive has, for the audio branch,
+    ``cos_sounding_vs_visible_silent`` low and ``cos_visible_silent_vs_absent`` near 1 (a silent
+    object is not heard), and for the visual branch ``cos_sounding_vs_visible_silent`` near 1 (a
+    frame does not show which object sounds) and ``cos_visible_silent_vs_absent`` low. Returns a
+    :class:`pandas.DataFrame`, one row per class, NaN where a role never occurs."""
+    import pandas as pd
+
+    roles = np.asarray(roles)
+    if roles.shape != emb.shape[:2]:
+        raise ValueError(f"roles {roles.shape} do not match the embeddings' [N, C] {emb.shape[:2]}")
+    x = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+
+    def cos(u: np.ndarray | None, v: np.ndarray | None) -> float:
+        if u is None or v is None:
+            return math.nan
+        return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+    rows = []
+    for c, name in enumerate(names):
+        mu = {r: (x[roles[:, c] == r, c].mean(0) if (roles[:, c] == r).any() else None) for r in (SOUNDING, VISIBLE_SILENT, ABSENT)}
+        rows.append({"class": name, "scenes_sounding": int((roles[:, c] == SOUNDING).sum()),
+                     "scenes_visible_silent": int((roles[:, c] == VISIBLE_SILENT).sum()), "scenes_absent": int((roles[:, c] == ABSENT).sum()),
+                     "cos_sounding_vs_visible_silent": cos(mu[SOUNDING], mu[VISIBLE_SILENT]),
+                     "cos_sounding_vs_absent": cos(mu[SOUNDING], mu[ABSENT]),
+                     "cos_visible_silent_vs_absent": cos(mu[VISIBLE_SILENT], mu[ABSENT])})
+    return pd.DataFrame(rows)
+
+
 @torch.no_grad()
 def embedding_dependence_summary(model: nn.Module, batches: Sequence[Mapping[str, Any]], device: str | torch.device = "cpu") -> dict[str, float]:
     """Mean over classes of :func:`embedding_dependence`'s ``cos_sounding_vs_silent`` for AVGN's
