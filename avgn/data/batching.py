@@ -30,6 +30,8 @@ against the per-item path, item by item.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -105,14 +107,17 @@ class FrameBank:
         d = datasets[0].data
         self.paths = sorted(paths)
         self.index = {q: k for k, q in enumerate(self.paths)}
-        first = read_image(d.path(self.paths[0]))
-        frames = torch.empty((len(self.paths), *first.shape), dtype=torch.uint8)
-        for k, q in enumerate(self.paths):
-            x = first if k == 0 else read_image(d.path(q))
-            if x.shape != first.shape:
-                raise ValueError(f"FrameBank: {d.path(q)} is {tuple(x.shape[1:])}, the bank's frames {tuple(first.shape[1:])}: "
-                                 "frames of several sizes are read per batch (MixtureBatcher(frame_bank=False))")
-            frames[k] = x.mul(255.0).round_().to(torch.uint8)  # read_image divided the decoded uint8 by 255: exact
+        frames: Tensor | None = None
+        # PNG decoding releases the GIL: a few threads; map() returns the frames in the order of the paths
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            for k, x in enumerate(pool.map(lambda q: read_image(d.path(q)), self.paths)):
+                if frames is None:
+                    frames = torch.empty((len(self.paths), *x.shape), dtype=torch.uint8)
+                elif x.shape != frames.shape[1:]:
+                    raise ValueError(f"FrameBank: {d.path(self.paths[k])} is {tuple(x.shape[1:])}, the bank's frames "
+                                     f"{tuple(frames.shape[2:])}: frames of several sizes are read per batch (MixtureBatcher(frame_bank=False))")
+                frames[k] = x.mul(255.0).round_().to(torch.uint8)  # read_image divided the decoded uint8 by 255: exact
+        assert frames is not None
         self.frames = frames.to(device)
 
     def __len__(self) -> int:
