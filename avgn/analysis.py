@@ -252,27 +252,20 @@ def embedding_roles(run_dir: str | Path, sets: Sequence[str], *, device: str = "
     int8, names)``, for :func:`avgn.methods.avgn.embedding_dependence_by_role`."""
     from avgn.methods.avgn import ABSENT, SOUNDING, VISIBLE_SILENT
 
-    auds, viss, roles = [], [], []
+    auds, viss, scene_ids = [], [], []
     names: Sequence[str] = ()
-    manifest = None
+    data = None
     for ga, gv, batch, names, data in _class_aware_outputs(run_dir, sets, device, max_items):
-        if manifest is None:
-            manifest = load_manifest(data).set_index("scene_id")
-        index = {c: i for i, c in enumerate(names)}
-        r = torch.full(tuple(ga.shape[:2]), ABSENT, dtype=torch.int8)
-        for i, sid in enumerate(batch["scene_ids"]):
-            for part in [sid] if sid in manifest.index else str(sid).split("+"):  # a composed frame: its scenes side by side
-                row = manifest.loc[part]
-                for c in row["distractor_classes"]:
-                    if c in index:
-                        r[i, index[c]] = VISIBLE_SILENT
-        r[batch["labels"].bool()] = SOUNDING
         auds.append(ga)
         viss.append(gv)
-        roles.append(r)
-    if not roles:
+        scene_ids += list(batch["scene_ids"])
+    if data is None:
         raise ValueError(f"no scenes in {list(sets)}")
-    return torch.cat(auds).numpy(), torch.cat(viss).numpy(), torch.cat(roles).numpy(), list(names)
+    sounding, distractor = roles_of_scenes(scene_ids, data, names, what=", ".join(sets))
+    roles = torch.full(tuple(sounding.shape), ABSENT, dtype=torch.int8)
+    roles[distractor] = VISIBLE_SILENT
+    roles[sounding] = SOUNDING
+    return torch.cat(auds).numpy(), torch.cat(viss).numpy(), roles.numpy(), list(names)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -438,21 +431,29 @@ __all__ += ["cell_mean", "seed_sd", "beyond_noise", "verdict_best", "verdict_mar
 def scene_roles(p: SetPredictions, data_dir: str | Path, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sounding [N, C], distractor [N, C])`` bool of a prediction's scenes from the manifest:
     a distractor is a class pasted in the frame that does not sound."""
+    return roles_of_scenes(p.scene_ids, data_dir, class_names, what=str(p.name))
+
+
+def roles_of_scenes(scene_ids: Sequence[str], data_dir: str | Path, class_names: Sequence[str], what: str = "the set") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sounding [N, C], distractor [N, C])`` bool of ``scene_ids`` from the manifest of
+    ``data_dir``; a composed frame (``"<id>+<id>"``, scenes side by side) takes the union of its
+    scenes, a class sounding in one of them being no distractor. ``KeyError`` for a scene the
+    manifest does not hold."""
     df = load_manifest(data_dir).set_index("scene_id")
     index = {c: i for i, c in enumerate(class_names)}
-    n = len(p.scene_ids)
-    sounding = torch.zeros(n, len(class_names), dtype=torch.bool)
+    sounding = torch.zeros(len(scene_ids), len(class_names), dtype=torch.bool)
     distractor = torch.zeros_like(sounding)
-    for i, sid in enumerate(p.scene_ids):
-        if sid not in df.index:
-            raise KeyError(f"scene {sid} of {p.name} is not in the manifest of {data_dir}")
-        r = df.loc[sid]
-        for c in r["classes"]:
-            sounding[i, index[c]] = True
-        for c in r["distractor_classes"]:
-            if c in index and not sounding[i, index[c]]:
-                distractor[i, index[c]] = True
-    return sounding, distractor
+    for i, sid in enumerate(scene_ids):
+        for part in [sid] if sid in df.index else str(sid).split("+"):
+            if part not in df.index:
+                raise KeyError(f"scene {sid} of {what} is not in the manifest of {data_dir}")
+            r = df.loc[part]
+            for c in r["classes"]:
+                sounding[i, index[c]] = True
+            for c in r["distractor_classes"]:
+                if c in index:
+                    distractor[i, index[c]] = True
+    return sounding, distractor & ~sounding
 
 
 def silent_object_metrics(p: SetPredictions, data_dir: str | Path, class_names: Sequence[str], mode: str = "oracle",
@@ -489,7 +490,7 @@ def silent_object_metrics(p: SetPredictions, data_dir: str | Path, class_names: 
             "silent_pairs": int((~sounding).sum())}
 
 
-__all__ += ["scene_roles", "silent_object_metrics"]
+__all__ += ["scene_roles", "roles_of_scenes", "silent_object_metrics"]
 
 
 def selection_gap(samples, sets: Sequence[str] | None = None, target: float = 0.05):

@@ -139,7 +139,9 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     (pre-built two-source scenes); each draws its items from its own seed stream. The
     :class:`avgn.data.batching.MixtureBatcher` renders a whole batch of them at once (clips in
     memory, one batched mix + STFT; cached features instead of frames when ``store`` is given, else
-    the frames decoded once), on ``device`` when one is given (the training device when it is a GPU).
+    the frames decoded once). ``device`` is the training device: when it is a CUDA device the batches
+    are mixed and transformed there (the CPU only draws the recipes); elsewhere on the CPU (MPS has
+    no float64, which the gains and the exact path use).
     """
     t = exp.train
     specs = [("solo", "concat", 1, t.solo_items), ("scene", "scene", 2, t.scene_items), ("concat", "concat", 2, t.concat_items)]
@@ -159,7 +161,8 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     # groups by frame shape: 224x224 (solo + scene duets) and 224x448 (concat duets)
     square = sizes.get("solo", 0) + sizes.get("scene", 0)
     groups = [(0, square), (square, sizes.get("concat", 0))]
-    return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render, device=device), groups, sizes
+    render_on = device if device is not None and torch.device(device).type == "cuda" else None
+    return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render, device=render_on), groups, sizes
 
 
 def prefetch(batches: Iterator[dict[str, Any]], depth: int) -> Iterator[dict[str, Any]]:
@@ -301,10 +304,7 @@ def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: b
         if feat_info["n_computed"]:
             log(f"[avgn.train] cached {feat_info['n_computed']} images' features in {feat_info['seconds']:.1f} s")
         store = FeatureStore(data_dir, exp.inputs.features, preload=True, splits=splits)
-    # on a CUDA device the batches are mixed and transformed there (the CPU only draws the recipes;
-    # MPS has no float64, which the gains and the exact path use)
-    render_on = device if torch.device(device).type == "cuda" else None
-    batcher, groups, sizes = build_train_data(exp, data_dir, seed, store, device=render_on)
+    batcher, groups, sizes = build_train_data(exp, data_dir, seed, store, device=device)
     sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=seed)
     val_sets = [load_eval_set(data_dir, n, exp.inputs, store, max_items=exp.inputs.val_max_items, materialize=True) for n in exp.inputs.val_sets]
     return _Inputs(store, batcher, sampler, sizes, val_sets, feat_info)

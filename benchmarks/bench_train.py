@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if exp.inputs.cached_features:
             compute_features(data, exp.inputs.features, device=str(dev), progress=False, splits=["train"])
             store = FeatureStore(data, exp.inputs.features, preload=True, splits=["train"])
-        batcher, groups, _ = build_train_data(exp, data, 0, store, device=dev if dev.type == "cuda" else None)  # as avgn.train renders
+        batcher, groups, _ = build_train_data(exp, data, 0, store, device=dev)  # rendered where avgn.train renders
         # the earlier training set-up of the same model: per-tensor Adam, channels-first tensors
         exp_old = exp.with_overrides(**{"train.fused_optimizer": False, "train.channels_last": False})
         sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=0)

@@ -335,7 +335,7 @@ class MixtureBatcher:
         if self.noise is not None:  # only as many source slots as the batch's largest mixture (padding clips are zeros)
             s_used = max(rc.n_sources for _, rc in recipes)
             idx, gains = idx[:, :s_used].contiguous(), gains[:, :s_used]
-        dev = self.bank.waves.device
+        dev = self.device
         waves = self.bank.waves.index_select(0, idx.flatten().to(dev)).view(b, idx.shape[1], t)
         gains, snr = gains.to(dev), snr.to(dev)
         if self.noise is None:
