@@ -193,13 +193,24 @@ def experiment_overrides(exp: Experiment) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # the data a run belongs to
 # --------------------------------------------------------------------------------------------------
-_IDENTITY_KEYS = ("profile", "seed", "catalog_sha256", "n_scenes", "format_version")
+_IDENTITY_KEYS = ("profile", "seed", "catalog_sha256", "config_sha256", "n_scenes", "format_version")
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """SHA-256 of a build's :class:`~avgn.data.config.DataConfig` as a dict (``build.json``'s
+    ``config``): two builds of one profile with other settings (e.g. more clips per source) differ."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def data_identity(data_dir: str | Path) -> dict[str, Any]:
-    """What identifies a build (``build.json``): its profile, seed, catalogue hash, size, format."""
+    """What identifies a build (``build.json``): its profile, seed, catalogue hash, the hash of its
+    settings, size, format."""
     info = load_build_info(data_dir)
-    return {k: info.get(k) for k in _IDENTITY_KEYS}
+    ident = {k: info.get(k) for k in _IDENTITY_KEYS if k != "config_sha256"}
+    ident["config_sha256"] = config_sha256(info.get("config") or {})
+    return {k: ident[k] for k in _IDENTITY_KEYS}
 
 
 def check_data(data_dir: str | Path, profile: str, expected: dict[str, Any] | None = None) -> dict[str, Any]:
