@@ -8,6 +8,9 @@
     avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
     avgn localize RUN_DIR --image FRAME.png --audio CLIP.wav [--classes auto|NAME,...] [--out DIR]
     avgn localize RUN_DIR --video FILE.mp4 [--time SECONDS]     ... a video's frame and audio (needs ffmpeg)
+    avgn runs status [--profile P]             the book's runs: done, stale, missing, and the time left
+    avgn runs train [--profile P] [--keys K ...] [--workers 2]   train, evaluate and store what is left
+    avgn runs check [--profile P]              verify every stored record (hashes, ids)
 """
 
 from __future__ import annotations
@@ -106,6 +109,59 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runs_status(args: argparse.Namespace) -> int:
+    from avgn.store.queue import format_duration, plan_status
+    from avgn.store.records import RunStore, size_report
+
+    store = RunStore(args.profile, args.store)
+    df = plan_status(args.profile, store, args.data)
+    show = df if args.all else df[df["state"] != "done"]
+    if len(show):
+        print(show[["key", "label", "chapters", "state", "est_seconds", "note"]].assign(
+            est_seconds=show["est_seconds"].map(lambda s: format_duration(s) if s else "-")).rename(columns={"est_seconds": "est. time"})
+              .to_string(index=False))
+    counts = df["state"].value_counts().to_dict()
+    size = size_report(store)
+    print(f"{len(df)} runs planned: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    print(f"left: about {format_duration(df['est_seconds'].sum() / 2)} on 2 cores (two workers, one thread each); "
+          f"store {store.base}: {size['runs']} records, weights {size['weights'] / 1e6:.1f} MB, other files {size['records'] / 1e6:.1f} MB")
+    return 0
+
+
+def _cmd_runs_train(args: argparse.Namespace) -> int:
+    from avgn.store.queue import train_queue
+
+    failed = train_queue(args.profile, keys=args.keys, workers=args.workers, store_root=args.store, data_dir=args.data,
+                         device=args.device, dry_run=args.dry_run)
+    return 1 if failed else 0
+
+
+def _cmd_runs_store_one(args: argparse.Namespace) -> int:
+    from avgn.store.queue import QueueLockedError, store_run
+    from avgn.store.records import RunStore
+
+    try:
+        sr = store_run(args.key, args.profile, store=RunStore(args.profile, args.store), data_dir=args.data, device=args.device)
+    except QueueLockedError as err:
+        print(f"avgn: {err}", file=sys.stderr)
+        return 3
+    print(f"stored {sr.key} (id {sr.id}) in {sr.folder}")
+    return 0
+
+
+def _cmd_runs_check(args: argparse.Namespace) -> int:
+    from avgn.store.queue import plan_status
+
+    from avgn.store.records import RunStore
+
+    df = plan_status(args.profile, RunStore(args.profile, args.store), args.data)
+    bad = df[df["state"].isin(["broken", "stale"])]
+    for _, r in bad.iterrows():
+        print(f"{r['key']}: {r['state']} {r['note']}".rstrip())
+    print(f"{len(df) - len(bad)} of {len(df)} planned runs have a sound, current record or none yet; {len(bad)} broken or stale")
+    return 1 if len(bad) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for the ``avgn`` console script."""
     parser = argparse.ArgumentParser(prog="avgn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_loc.add_argument("--out", default=None, help="output folder (default: RUN_DIR/localize/<image name>, or <video name>_t<time>)")
     p_loc.add_argument("--device", default="auto")
     p_loc.set_defaults(func=_cmd_localize)
+
+    p_runs = sub.add_parser("runs", help="the book's run plan and the committed run store (status, train, check)")
+    runs_sub = p_runs.add_subparsers(dest="runs_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", choices=PROFILE_NAMES, default="cpu")
+    common.add_argument("--store", default=None, help="the store's root folder (default: store/ in the repository)")
+    common.add_argument("--data", default=None, help="the profile's data build (default: data/embedded/<profile>)")
+    p_st = runs_sub.add_parser("status", parents=[common], help="which runs are done, stale or missing, and the time left")
+    p_st.add_argument("--all", action="store_true", help="list the done runs too")
+    p_st.set_defaults(func=_cmd_runs_status)
+    p_rt = runs_sub.add_parser("train", parents=[common], help="train, evaluate and store the missing and stale runs")
+    p_rt.add_argument("--keys", nargs="+", default=None, help="only these runs (e.g. avgn/seed0 ref-centre)")
+    p_rt.add_argument("--workers", type=int, default=2, help="runs side by side, one torch thread each (default 2)")
+    p_rt.add_argument("--device", default="auto")
+    p_rt.add_argument("--dry-run", action="store_true", help="say what would be stored, and how long it should take")
+    p_rt.set_defaults(func=_cmd_runs_train)
+    p_one = runs_sub.add_parser("store-one", parents=[common], help="train, evaluate and store one run (what each worker runs)")
+    p_one.add_argument("key")
+    p_one.add_argument("--device", default="auto")
+    p_one.set_defaults(func=_cmd_runs_store_one)
+    p_ck = runs_sub.add_parser("check", parents=[common], help="verify every stored record against its files and the plan")
+    p_ck.set_defaults(func=_cmd_runs_check)
     return parser
 
 
@@ -175,8 +253,10 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from avgn.data.datasets import DataFileError
     from avgn.localize import LocalizeInputError
     from avgn.runs import RunLockedError
+    from avgn.store.plan import PlanKeyError
+    from avgn.store.records import StoreError
 
-    return (AssetMissingError, BuildConfigMismatchError, DataFileError, LocalizeInputError, RunLockedError)
+    return (AssetMissingError, BuildConfigMismatchError, DataFileError, LocalizeInputError, RunLockedError, StoreError, PlanKeyError)
 
 
 def main(argv: list[str] | None = None) -> int:

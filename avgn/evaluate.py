@@ -98,6 +98,11 @@ __all__ = [
     "example_maps",
 ]
 
+#: The version of the evaluation protocol (:func:`evaluate_sets`, :mod:`avgn.metrics`): stored
+#: evaluations of another version are re-scored from the stored weights (``avgn runs train``),
+#: without retraining.
+EVAL_VERSION = 1
+
 MODES = ("oracle", "predicted")
 #: Anything that turns a batch into maps and declares their ``kind`` (:class:`avgn.methods.MethodPredictor`).
 Predictor = MethodPredictor

@@ -143,6 +143,11 @@ class Experiment:
 
     def fingerprint(self) -> str:
         """SHA-256 (16 hex digits) of the configuration: a resumed run must have the same one."""
+        return hashlib.sha256(self.fingerprint_json().encode()).hexdigest()[:16]
+
+    def fingerprint_json(self) -> str:
+        """The configuration as :meth:`fingerprint` hashes it (sorted JSON), without the fields that
+        change how a run is loaded or checkpointed but not the run."""
         d = self.to_dict()
         d["train"].pop("num_workers", None)  # how data are loaded does not change the run
         d["train"].pop("torch_threads", None)
@@ -155,7 +160,7 @@ class Experiment:
             d["train"].pop("init_from", None)
         else:  # one run folder however its path is spelt (relative to a chapter's folder or absolute)
             d["train"]["init_from"] = str(Path(d["train"]["init_from"]).resolve())
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return json.dumps(d, sort_keys=True)
 
     def with_overrides(self, **overrides: Any) -> "Experiment":
         """Replace fields by dotted path, e.g. ``with_overrides(**{"train.epochs": 2, "model.dim": 64})``."""

@@ -78,6 +78,11 @@ class Method:
     names_classes: ClassVar[bool] = False
     #: the model configuration dataclass (``None`` for a reference without settings)
     config_cls: ClassVar[type | None] = None
+    #: the version of this method's training code: part of every stored run's id
+    #: (:mod:`avgn.store.plan`), bumped when a change alters what the method trains, which marks its
+    #: stored runs stale (``tests/test_store.py`` compares a smoke run's history with a committed
+    #: digest, so a behaviour change cannot land without the bump)
+    version: ClassVar[int] = 1
 
     # ---- configuration and model ---------------------------------------------------------------
     def default_config(self, profile: "Profile") -> Any:

@@ -1,0 +1,437 @@
+"""The queue over the plan: what is done, stale or missing; training and storing what is left; and
+handing stored runs to the chapters.
+
+* :func:`plan_status` — one row per planned run: ``done`` (a verified record whose id is what the
+  current code computes), ``stale`` (a record of another id: changed code, configuration or data),
+  ``evals`` (weights current, an evaluation missing or of another protocol version: re-scored from
+  the stored weights, no training), ``missing``; with the estimated 2-core time of what is left.
+* :func:`store_run` — train (or resume) one run in the work folder, round its best weights to fp16,
+  materialise them, evaluate every planned evaluation *from the stored weights*, write the record.
+* :func:`train_queue` — :func:`store_run` over the missing / stale keys with ``workers`` processes
+  (one torch thread each), a lock per key (two queues never store one run: the second skips it),
+  progress bar and ETA. A ``kill -9`` loses at most the training checkpoint interval
+  (``train.checkpoint_minutes``) and the evaluation in progress.
+* :func:`checkout` — what a chapter calls: the stored run materialised as a run folder (weights as
+  the ``best`` checkpoint, history, evaluations) where the chapter's code reads it, or a one-line
+  error naming the missing / stale key and the command that trains it. Chapters never train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from avgn.store.plan import PlanKeyError, PlannedRun, book_plan, build_id, build_identity, run_id, run_identity
+from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, sha256_file, train_command
+
+__all__ = ["plan_status", "store_run", "train_queue", "checkout", "QueueLockedError", "DEFAULT_COST_S", "format_duration"]
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Estimated seconds on one thread of a 2-core machine (two runs side by side) per run of a method
+#: when the store holds no finished run of that variant or method to measure from.
+DEFAULT_COST_S: dict[str, float] = {"avgn": 2400.0, "ezvsl": 1200.0, "mal": 600.0, "dsol": 900.0, "tvsl": 900.0}
+#: ... per evaluation tag of a run (loading the sets and predicting them).
+EVAL_COST_S = 60.0
+
+
+class QueueLockedError(RuntimeError):
+    """Another queue is storing this key."""
+
+
+def format_duration(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+# --------------------------------------------------------------------------------------------------
+# status
+# --------------------------------------------------------------------------------------------------
+def _plan_and_build(profile: str, data_dir: str | Path | None) -> tuple[dict[str, PlannedRun], dict[str, Any]]:
+    return book_plan(profile), build_identity(profile, data_dir)
+
+
+def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
+    """``(state, stored id, note)`` of one planned run."""
+    from avgn.evaluate import EVAL_VERSION
+
+    if not store.exists(run.key):
+        return "missing", None, ""
+    try:
+        sr = store.read(run.key)
+    except StoreError as err:
+        return "broken", None, str(err)
+    if sr.id != want_id:
+        return "stale", sr.id, ""
+    evals = sr.record.get("evals", {})
+    lacking = [e.tag for e in run.evals if evals.get(e.tag, {}).get("eval_version") != EVAL_VERSION
+               or evals.get(e.tag, {}).get("sets") != (list(e.sets) if e.sets else None)]
+    if lacking:
+        return "evals", sr.id, "re-score " + ", ".join(lacking)
+    return "done", sr.id, ""
+
+
+def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], state: str) -> float:
+    """Estimated seconds left for ``run`` in ``state``."""
+    n_eval = len(run.evals) * EVAL_COST_S
+    if state == "done":
+        return 0.0
+    if state == "evals" or not run.trains:
+        return n_eval
+    v = run.variant
+    assert v is not None
+    times = measured.get(f"variant:{v.name or v.method}")
+    if times:
+        return sum(times) / len(times) + n_eval
+    from avgn.experiment import get_experiment
+
+    epochs, base_epochs = run.experiment().train.epochs, get_experiment(v.method, run.profile).train.epochs
+    times = measured.get(f"method:{v.method}")
+    per_run = sum(times) / len(times) if times else DEFAULT_COST_S.get(v.method, 1800.0)
+    train_s = per_run * epochs / base_epochs  # a variant on another schedule: in proportion to its epochs
+    return train_s + n_eval
+
+
+def _measured(store: RunStore) -> dict[str, list[float]]:
+    """Measured training wall seconds of the stored runs by ``variant:<name>`` and ``method:<name>``."""
+    out: dict[str, list[float]] = {}
+    for key in store.keys():
+        try:
+            rec = json.loads((store.folder(key) / "record.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("wall_seconds") and rec.get("trains"):
+            out.setdefault(f"variant:{key.split('/')[0]}", []).append(rec["wall_seconds"])
+            out.setdefault(f"method:{rec['method']}", []).append(rec["wall_seconds"])
+    return out
+
+
+def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: str | Path | None = None, keys: Sequence[str] | None = None):
+    """One row per planned run (columns ``key, label, method, seed, chapters, state, id, stored_id,
+    est_seconds, note``), in the plan's priority order."""
+    import pandas as pd
+
+    store = store or RunStore(profile)
+    plan, build = _plan_and_build(profile, data_dir)
+    measured = _measured(store)
+    rows = []
+    for key, run in plan.items():
+        if keys is not None and key not in keys:
+            continue
+        want = run_id(run, plan, build)
+        state, stored, note = _record_state(run, store, want)
+        rows.append({"key": key, "label": run.label, "method": run.method, "seed": run.seed, "chapters": " ".join(run.chapters),
+                     "state": state, "id": want, "stored_id": stored, "est_seconds": _cost(run, store, measured, state), "note": note})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# storing one run
+# --------------------------------------------------------------------------------------------------
+def _machine() -> dict[str, Any]:
+    from avgn.env import environment_report
+
+    rep = environment_report("auto")
+    return {k: rep.get(k) for k in ("cpu", "cpu flags", "device", "torch", "platform")}
+
+
+def _frozen_prefixes(exp: Any) -> tuple[str, ...]:
+    from avgn.train import _frozen_prefixes as fp
+
+    return fp(exp)
+
+
+def _write_best_checkpoint(run_dir: Path, config: dict[str, Any], weights: dict[str, Any], epoch: int, step: int) -> None:
+    """Materialise ``weights`` (float32) as ``run_dir``'s ``best`` checkpoint of the run described by ``config``."""
+    from avgn.checkpoint import save_checkpoint
+    from avgn.experiment import Experiment
+    from avgn.methods import get_method
+
+    exp = Experiment.from_dict(config["experiment"])
+    model = get_method(exp.method).build(exp.model)
+    prefixes = _frozen_prefixes(exp)
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights and not (prefixes and k.startswith(prefixes))]
+    if missing:
+        raise StoreError(f"{run_dir}: the stored weights lack {missing[:3]} of the model its configuration builds")
+    model.load_state_dict(weights, strict=False)
+    save_checkpoint(run_dir, model, name="best", epoch=epoch, step=step, include_rng=False, config=config, exclude_prefixes=prefixes)
+
+
+def _materialize_run(sr: StoredRun, store: RunStore, dest: Path, data_dir: Path) -> None:
+    """Write a stored training run into the run folder ``dest`` (config with the local data folder,
+    history, summary, the ``best`` checkpoint from the stored weights, evaluations)."""
+    from avgn.checkpoint import atomic_write_json
+
+    dest.mkdir(parents=True, exist_ok=True)
+    config = json.loads(sr.path("config.json").read_text())
+    config["data_dir"] = str(Path(data_dir).resolve())
+    summary = json.loads(sr.path("run.json").read_text())
+    summary["data_dir"] = config["data_dir"]
+    summary["run_dir"] = str(dest)
+    _write_best_checkpoint(dest, config, store.load_weights(sr), int(sr.record["checkpoint_epoch"]), int(sr.record.get("steps") or 0))
+    atomic_write_json(dest / "config.json", config)
+    (dest / "history.json").write_bytes(sr.path("history.json").read_bytes())
+    store.materialize_evals(sr, dest)
+    atomic_write_json(dest / "run.json", summary)
+    atomic_write_json(dest / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+
+
+def _is_current(dest: Path, sr: StoredRun) -> bool:
+    p = dest / "store.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("record_sha256") == sha256_file(sr.path("record.json"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _eval_one(run: PlannedRun, ev: Any, eval_src: Path, out: Path, data_dir: Path, device: str) -> None:
+    from avgn.evaluate import evaluate_reference, evaluate_run
+
+    split: Any = ev.split if ev.sets is None else sorted({n.split("/")[0] for n in ev.sets})
+    sets = list(ev.sets) if ev.sets else None
+    if run.reference:
+        evaluate_reference(run.reference, data_dir, out, profile=run.profile, split=split, sets=sets, device=device, progress=False, tag=ev.tag)
+    else:
+        over = dict(run.variant.eval_overrides) or None  # type: ignore[union-attr]
+        evaluate_run(eval_src, split, sets=sets, device=device, progress=False, model_overrides=over, out_dir=out if over else None,
+                     tag=ev.tag, data_dir=data_dir)
+
+
+def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, data_dir: str | Path | None = None,
+              work_dir: str | Path | None = None, device: str = "auto", retrain: bool = False) -> StoredRun:
+    """Train (or resume), evaluate and store the planned run ``key`` (see the module docstring).
+    Runs it depends on (DSOL's first stage, the weights an inference-time variant scores) must be
+    stored first. Holds the key's lock throughout.
+
+    Raises:
+        PlanKeyError: ``key`` is not in the plan.
+        QueueLockedError: another queue holds the key.
+    """
+    from avgn.data.build import build_dataset, dataset_dir
+    from avgn.evaluate import EVAL_VERSION
+    from avgn.runs import RunLockedError, run_lock, variant_dirs
+    from avgn.train import train
+
+    store = store or RunStore(profile)
+    data_dir = Path(data_dir) if data_dir is not None else dataset_dir(ROOT / "data" / "embedded", profile, 0)
+    work = Path(work_dir) if work_dir is not None else ROOT / "data" / "store-work" / profile
+    plan = book_plan(profile)
+    if key not in plan:
+        raise PlanKeyError(f"{key!r} is not a run of the {profile} plan; `avgn runs status --profile {profile}` lists them")
+    run = plan[key]
+    build_dataset(profile=profile, seed=0, out=data_dir, progress=False)
+    build = build_identity(profile, data_dir)
+    want = run_id(run, plan, build)
+    try:
+        lock = run_lock(work / "locks" / key)
+        lock.__enter__()
+    except RunLockedError as err:
+        raise QueueLockedError(f"{key}: another queue is storing it ({err})") from None
+    try:
+        state, _, _ = _record_state(run, store, want)
+        if state == "done" and not retrain:
+            return store.read(key, expected_id=want)
+        stage = work / "stage" / key
+        record: dict[str, Any] = {"id": want, "identity": run_identity(run, plan, build), "build": build_id(build), "label": run.label,
+                                  "method": run.method, "seed": run.seed, "trains": run.trains, "chapters": list(run.chapters),
+                                  "command": train_command(key, profile)}
+        t0 = time.perf_counter()
+        if run.trains:
+            assert run.variant is not None
+            exp = run.experiment()
+            run_dir = variant_dirs(run.variant, work / "runs", profile, run.seed)[0]
+            reuse = state == "evals" and not retrain
+            if reuse:  # the weights are current: re-score them, no training
+                sr = store.read(key, expected_id=want)
+                _materialize_run(sr, store, stage, data_dir)
+                record.update({k: sr.record.get(k) for k in ("code_revision", "machine", "wall_seconds", "train_seconds", "samples_per_s",
+                                                            "presence_threshold", "checkpoint_epoch", "steps", "trainable_parameters")})
+                weights = fp16_weights(store.load_weights(sr))
+            else:
+                over = dict(run.variant.overrides)
+                if run.init_key:  # a second stage starts from the stored first stage, materialised
+                    first = store.read(run.init_key, expected_id=run_id(plan[run.init_key], plan, build))
+                    first_dir = work / "stage" / run.init_key
+                    if not _is_current(first_dir, first):
+                        _materialize_run(first, store, first_dir, data_dir)
+                    over["train.init_from"] = str(first_dir)
+                    exp = exp.with_overrides(**{"train.init_from": str(first_dir)})
+                summary = train(exp, data_dir, run_dir, seed=run.seed, device=device, resume=True, progress=False)
+                from avgn.checkpoint import read_checkpoint_info
+                from safetensors.torch import load_file
+
+                best = read_checkpoint_info(run_dir, "best")
+                assert best is not None, f"{run_dir} finished without a best checkpoint"
+                weights = fp16_weights(load_file(str(run_dir / "checkpoints" / best["files"]["weights"])))
+                record.update({"code_revision": summary.get("git_revision"), "machine": summary.get("environment"),
+                               "wall_seconds": summary.get("wall_seconds"), "train_seconds": summary.get("train_seconds"),
+                               "samples_per_s": summary.get("samples_per_s"), "presence_threshold": summary.get("presence_threshold"),
+                               "checkpoint_epoch": best["epoch"], "steps": best["step"], "trainable_parameters": summary.get("trainable_parameters")})
+                # the evaluations read the fp16-rounded weights, exactly what the store keeps
+                stage.mkdir(parents=True, exist_ok=True)
+                for name in ("config.json", "history.json", "run.json"):
+                    (stage / name).write_bytes((run_dir / name).read_bytes())
+                cfg = json.loads((run_dir / "config.json").read_text())
+                _write_best_checkpoint(stage, cfg, {k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()},
+                                       best["epoch"], best["step"])
+            eval_src, eval_dir, run_files = stage, stage, stage
+        elif run.reference:
+            eval_src, eval_dir, run_files, weights = stage, stage, None, None
+        else:  # an inference-time variant: the stored weights of another key, scored with its changes
+            base = store.read(run.weights_key, expected_id=run_id(plan[run.weights_key], plan, build))  # type: ignore[index,arg-type]
+            src = work / "stage" / base.key
+            if not _is_current(src, base):
+                _materialize_run(base, store, src, data_dir)
+            eval_src, eval_dir, run_files, weights = src, stage, None, None
+            record["weights_of"] = base.key
+        stage.mkdir(parents=True, exist_ok=True)
+        for ev in run.evals:
+            _eval_one(run, ev, eval_src, eval_dir, data_dir, device)
+        record["evals"] = {ev.tag: {"eval_version": EVAL_VERSION, "split": ev.split, "sets": list(ev.sets) if ev.sets else None}
+                           for ev in run.evals}
+        record["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        if not run.trains:
+            from avgn.env import git_revision
+
+            record.update({"code_revision": git_revision(), "machine": _machine()})
+        return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# the queue
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    key: str
+    proc: subprocess.Popen
+    log: Path
+    started: float
+
+
+def _ready(run: PlannedRun, done: set[str]) -> bool:
+    deps = [d for d in (run.init_key, None if run.trains or run.reference else run.weights_key) if d]
+    return all(d in done for d in deps)
+
+
+def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, workers: int = 2, store_root: str | Path | None = None,
+                data_dir: str | Path | None = None, device: str = "auto", dry_run: bool = False, log=print) -> int:
+    """Store every missing / stale / re-score run of the plan (or of ``keys``) with ``workers``
+    processes, one torch thread each, in the plan's order (a run whose dependency is not stored yet
+    waits for it). Returns the number of runs that failed (their logs are named)."""
+    import tqdm
+
+    store = RunStore(profile, store_root)
+    status = plan_status(profile, store, data_dir, keys)
+    if keys is not None:
+        unknown = sorted(set(keys) - set(status["key"]))
+        if unknown:
+            raise PlanKeyError(f"not runs of the {profile} plan: {', '.join(unknown)} (`avgn runs status --profile {profile}` lists them)")
+    todo = status[status["state"] != "done"]
+    log(f"{len(todo)} of {len(status)} runs to store, estimated {format_duration(todo['est_seconds'].sum() / max(1, workers))} "
+        f"with {workers} workers")
+    if dry_run or todo.empty:
+        return 0
+    plan = book_plan(profile)
+    done = set(status.loc[status["state"] == "done", "key"])
+    pending = list(todo["key"])
+    est = dict(zip(todo["key"], todo["est_seconds"]))
+    logs = ROOT / "data" / "store-work" / profile / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    running: list[_Job] = []
+    failed: list[str] = []
+    bar = tqdm.tqdm(total=float(todo["est_seconds"].sum()), unit="s", desc="runs", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s est. [{elapsed}<{remaining}]")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    while pending or running:
+        for job in list(running):
+            if job.proc.poll() is None:
+                continue
+            running.remove(job)
+            bar.update(est[job.key])
+            if job.proc.returncode == 0:
+                done.add(job.key)
+                log(f"stored {job.key} ({format_duration(time.perf_counter() - job.started)})")
+            elif job.proc.returncode == 3:
+                log(f"skipped {job.key}: another queue is storing it")
+            else:
+                failed.append(job.key)
+                log(f"FAILED {job.key} (exit {job.proc.returncode}): see {job.log}")
+        while len(running) < workers:
+            nxt = next((k for k in pending if _ready(plan[k], done)), None)
+            if nxt is None:
+                break
+            pending.remove(nxt)
+            lp = logs / (nxt.replace("/", "__") + ".log")
+            cmd = [sys.executable, "-m", "avgn", "runs", "store-one", nxt, "--profile", profile, "--device", device]
+            if store_root is not None:
+                cmd += ["--store", str(store_root)]
+            if data_dir is not None:
+                cmd += ["--data", str(data_dir)]
+            running.append(_Job(nxt, subprocess.Popen(cmd, stdout=open(lp, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT), lp,
+                                time.perf_counter()))
+            log(f"started {nxt} (est. {format_duration(est[nxt])}; log {lp})")
+        if not running and pending:  # what is left waits for a run that failed or is missing
+            for k in pending:
+                failed.append(k)
+                log(f"NOT STARTED {k}: it needs {plan[k].init_key or plan[k].weights_key}, which is not stored")
+            break
+        time.sleep(2)
+    bar.close()
+    return len(failed)
+
+
+# --------------------------------------------------------------------------------------------------
+# what chapters call
+# --------------------------------------------------------------------------------------------------
+def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path, store: RunStore | None = None,
+             plan: dict[str, PlannedRun] | None = None) -> dict[str, Any]:
+    """Materialise the stored run ``key`` where a chapter reads it (``runs_dir``'s conventional
+    folders, :func:`avgn.runs.variant_dirs` / :func:`avgn.runs.reference_dir`) and return
+    ``{"key", "id", "run_dir", "eval_dir", "record", "commands"}``.
+
+    Raises:
+        PlanKeyError: the plan does not declare ``key``.
+        StoreError: the store has no current record of ``key`` (missing, stale, broken): the
+            message names it and the command that trains it.
+    """
+    from avgn.runs import reference_dir, variant_dirs
+
+    store = store or RunStore(profile)
+    plan = plan or book_plan(profile)
+    if key not in plan:
+        raise PlanKeyError(f"{key!r} is not a run of the {profile} plan (avgn.store.plan.book_plan); declare it there first")
+    run = plan[key]
+    build = build_identity(profile, data_dir)
+    sr = store.read(key, expected_id=run_id(run, plan, build), build=build_id(build))
+    runs_dir, data_dir = Path(runs_dir), Path(data_dir)
+    commands = [sr.record["command"]]
+    if run.reference:
+        out = reference_dir(runs_dir, run.reference, profile)
+        if not _is_current(out, sr):
+            store.materialize_evals(sr, out)
+            from avgn.checkpoint import atomic_write_json
+
+            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+        return {"key": key, "id": sr.id, "run_dir": out, "eval_dir": out, "record": sr.record, "commands": commands}
+    run_dir, eval_dir = variant_dirs(run.variant, runs_dir, profile, run.seed)  # type: ignore[arg-type]
+    if run.trains:
+        if not _is_current(run_dir, sr):
+            _materialize_run(sr, store, run_dir, data_dir)
+    else:
+        base = checkout(run.weights_key, profile, runs_dir, data_dir, store, plan)  # type: ignore[arg-type]
+        commands = base["commands"] + commands
+        if not _is_current(eval_dir, sr):
+            store.materialize_evals(sr, eval_dir)
+            from avgn.checkpoint import atomic_write_json
+
+            atomic_write_json(eval_dir / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+    return {"key": key, "id": sr.id, "run_dir": run_dir, "eval_dir": eval_dir, "record": sr.record, "commands": commands}
