@@ -1,20 +1,23 @@
 """The chapters' set-up in one call: :func:`chapter_context`.
 
 Every chapter that compares methods starts the same way: seed, plotting style, the data build of its
-profile (built if missing), the runs folder, the profile's seeds, the variants' runs trained or
-reused, the references evaluated. After the ``parameters`` cell a chapter writes::
+profile (built if missing), the runs folder, the profile's seeds, the variants' runs and the
+references' evaluations *read from the run store* (:mod:`avgn.store`; a chapter never trains: a run
+missing from the store is an error naming its key and the command that trains it). After the
+``parameters`` cell a chapter writes::
 
     ctx = chapter_context("03", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
-    ctx.run_variants(MAIN_VARIANTS)          # trained or reused; the reproducing commands printed
-    long = ctx.collect(MAIN_VARIANTS)        # + the references, long format
+    ctx.run_variants(MAIN_VARIANTS)          # read from the store; the reproducing commands printed
+    long = ctx.collect(MAIN_VARIANTS)        # + the references, long format, with each row's run id
     results = ctx.write(long, "03_main")     # results/03_main.csv, read back
+    ctx.runs_table()                         # the chapter's last cell: every run it read, and the revision
 
 and reads ``ctx.data``, ``ctx.runs``, ``ctx.seeds``, ``ctx.profile`` (the :class:`avgn.config.Profile`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,9 +25,11 @@ from avgn.config import Profile, get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.experiment import REFERENCES
-from avgn.pipeline import collect_references, collect_variants, run_reference, run_variant
+from avgn.pipeline import collect_references, collect_variants
 from avgn.results import RESULTS_DIR, read_results, to_results, write_results
 from avgn.runs import Variant, variant_dirs
+from avgn.store.queue import checkout
+from avgn.store.records import RunStore
 from avgn.viz import set_style
 
 __all__ = ["Chapter", "chapter_context"]
@@ -43,6 +48,23 @@ class Chapter:
     results_dir: Path
     figures_dir: Path
     progress: bool = False
+    store_dir: Path | None = None
+    #: key -> (label, run id) of every stored run this chapter read (:meth:`runs_table`)
+    read: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.profile.name, self.store_dir)
+
+    def key(self, variant: Variant, seed: int) -> str:
+        """The run plan's key of ``variant`` / ``seed`` (:class:`avgn.store.plan.PlannedRun`)."""
+        return f"{variant.name or variant.method}/seed{seed}"
+
+    def checkout(self, key: str) -> dict[str, Any]:
+        """The stored run ``key`` materialised in :attr:`runs` (:func:`avgn.store.queue.checkout`)."""
+        res = checkout(key, self.profile.name, self.runs, self.data, self.store)
+        self.read[key] = (res["record"].get("label", key), res["id"])
+        return res
 
     @property
     def seeds(self) -> list[int]:
@@ -53,23 +75,38 @@ class Chapter:
         """The folder holding ``variant``'s weights for ``seed`` (default: the first seed)."""
         return variant_dirs(variant, self.runs, self.profile.name, self.seeds[0] if seed is None else seed)[0]
 
-    def run_variants(self, variants: Sequence[Variant], seeds: Sequence[int] | None = None, verbose: bool = True, **kw: Any) -> None:
-        """Train (or reuse) and evaluate every variant for every seed, seed by seed
-        (:func:`avgn.pipeline.run_variant`; ``kw``: ``eval_splits``, ``eval_sets``), printing the
-        commands that reproduce each run and its evaluations."""
+    def run_variants(self, variants: Sequence[Variant], seeds: Sequence[int] | None = None, verbose: bool = True,
+                     eval_splits: Sequence[str] = (), eval_sets: dict[str, Sequence[str]] | None = None) -> None:
+        """Read every variant's run for every seed from the store (:meth:`checkout`), printing the
+        command that stored it; ``eval_splits`` / ``eval_sets`` name evaluation tags the chapter
+        needs, which the stored run must carry (the plan declares them)."""
+        need = list(eval_splits) + list(eval_sets or {})
         for s in self.seeds if seeds is None else seeds:
             for v in variants:
-                res = run_variant(v, self.profile.name, s, self.data, self.runs, device=self.device, progress=self.progress, **kw)
+                res = self.checkout(self.key(v, s))
+                lacking = [t for t in need if t not in res["record"].get("evals", {})]
+                if lacking:
+                    raise KeyError(f"{res['key']}: the stored run has no evaluation {lacking}; add them to its entry in "
+                                   "avgn.store.plan.book_plan and run `avgn runs train`")
                 if verbose:
-                    print(f"{v.label} / seed {s}:\n  " + "\n  ".join(res["commands"]), flush=True)
+                    print(f"{v.label} / seed {s}: run {res['id']}\n  " + "\n  ".join(res["commands"]), flush=True)
 
     def run_references(self, names: Sequence[str] = REFERENCES, verbose: bool = True, **kw: Any) -> None:
-        """Evaluate the non-learned references (:func:`avgn.pipeline.run_reference`; ``kw``:
-        ``eval_splits``, ``eval_sets``), printing their commands."""
+        """Read the non-learned references' evaluations from the store (as :meth:`run_variants`)."""
         for n in names:
-            res = run_reference(n, self.profile.name, self.data, self.runs, device=self.device, progress=self.progress, **kw)
+            res = self.checkout(f"ref-{n}")
             if verbose:
-                print(f"{n}:\n  " + "\n  ".join(res["commands"]), flush=True)
+                print(f"{n}: run {res['id']}\n  " + "\n  ".join(res["commands"]), flush=True)
+
+    def runs_table(self):
+        """The runs this chapter read (key, label, run id) and the code revision it ran on: every
+        chapter's last table."""
+        import pandas as pd
+
+        from avgn.env import git_revision
+
+        print(f"code revision: {git_revision()}; run store: {self.store.base}")
+        return pd.DataFrame([{"key": k, "label": lab, "run": rid} for k, (lab, rid) in sorted(self.read.items())])
 
     def collect(self, variants: Sequence[Variant], references: Sequence[str] = REFERENCES, split: str = "test", samples: bool = False,
                 seeds: Sequence[int] | None = None):
@@ -101,6 +138,7 @@ def chapter_context(
     results_dir: str | Path = RESULTS_DIR,
     figures_dir: str | Path = "../figures",
     progress: bool = False,
+    store_dir: str | Path | None = None,
 ) -> Chapter:
     """Seed everything, set the plotting style, build (or reuse) the profile's data and return the
     chapter's :class:`Chapter`; prints one line saying what it uses."""
@@ -109,6 +147,7 @@ def chapter_context(
     set_style()
     data = dataset_dir(data_dir, profile, seed)
     build_dataset(profile=profile, seed=seed, out=data, progress=False)
-    ctx = Chapter(str(chapter), prof, int(seed), device, Path(data), Path(runs_dir), Path(results_dir), Path(figures_dir), progress)
+    ctx = Chapter(str(chapter), prof, int(seed), device, Path(data), Path(runs_dir), Path(results_dir), Path(figures_dir), progress,
+                  None if store_dir is None else Path(store_dir))
     print(f"chapter {chapter}: profile {profile}, seeds {ctx.seeds}; data {data}; runs {ctx.runs}", flush=True)
     return ctx

@@ -18,7 +18,7 @@ from avgn.methods import get_method
 from avgn.runs import Variant, eval_command, reference_command, reference_dir, reproduce_command, run_presence_threshold, variant_dirs
 from avgn.train import train
 
-__all__ = ["run_variant", "run_reference", "collect_variants", "collect_references"]
+__all__ = ["run_variant", "run_reference", "collect_variants", "collect_references", "stored_run_id"]
 
 
 def _jobs(eval_splits: Sequence[str], eval_sets: dict[str, Sequence[str]] | None) -> list[tuple[str, str | list[str], list[str] | None]]:
@@ -100,6 +100,13 @@ def run_reference(
     return {"eval_dir": out, "commands": commands}
 
 
+def stored_run_id(folder: str | Path) -> str:
+    """The store's id of the run materialised in ``folder`` (its ``store.json``, written by
+    :func:`avgn.store.queue.checkout`), or ``""`` for a run that did not come from the store."""
+    p = Path(folder) / "store.json"
+    return json.loads(p.read_text())["id"] if p.is_file() else ""
+
+
 def collect_variants(variants: Sequence[Variant], runs_dir: str | Path, profile: str, seeds: Sequence[int], split: str = "test", samples: bool = False):
     """The long results table (:func:`avgn.evaluate.collect_results` columns, plus ``variant``) of
     ``variants`` over ``seeds``; a missing evaluation is an error naming the command that makes it.
@@ -115,7 +122,7 @@ def collect_variants(variants: Sequence[Variant], runs_dir: str | Path, profile:
             path = eval_dir / (f"eval_{split}_samples.csv" if samples else f"eval_{split}.csv")
             if not path.is_file():
                 raise FileNotFoundError(f"{path} is missing: run `run_variant` for {v.label!r} seed {s} (split {split}) first")
-            frames.append(pd.read_csv(path).assign(variant=v.label, seed=s))
+            frames.append(pd.read_csv(path).assign(variant=v.label, seed=s, run=stored_run_id(eval_dir)))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -129,5 +136,5 @@ def collect_references(names: Sequence[str], runs_dir: str | Path, profile: str,
         path = reference_dir(runs_dir, n, profile) / (f"eval_{split}_samples.csv" if samples else f"eval_{split}.csv")
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run `run_reference({n!r}, ...)` (split {split}) first")
-        frames.append(pd.read_csv(path).assign(variant=get_method(n).label, seed=-1))
+        frames.append(pd.read_csv(path).assign(variant=get_method(n).label, seed=-1, run=stored_run_id(path.parent)))
     return pd.concat(frames, ignore_index=True)

@@ -9,6 +9,8 @@ chapter     the chapter that wrote it (``"02"`` ... ``"06"``)
 variant     the row label of the table (``AVGN``, ``EZ-VSL + object prior``, ``depth 3`` ...)
 method      the code name: ``avgn``, ``ezvsl``, ``mal``, ``centre``, ``object``, ``perfect``, ...
 seed        the training seed (``-1`` for the non-learned references)
+run         the id of the stored run the number comes from (:mod:`avgn.store`; empty for a number
+            that no run gives, e.g. chapter 0's synthetic protocol demonstrations)
 set         ``split/task/layout`` (``test/duet/scene``)
 mode        ``oracle`` (ground-truth sources) or ``predicted`` (the method's own selection)
 metric      as the metric summaries name it: ``ap``, ``cap``, ``piap``, ``ciou@0.3``, ``auc``,
@@ -27,7 +29,7 @@ from typing import Any
 
 __all__ = ["COLUMNS", "RESULTS_DIR", "NON_FRACTION_METRICS", "to_results", "write_results", "read_results"]
 
-COLUMNS = ("chapter", "variant", "method", "seed", "set", "mode", "metric", "value")
+COLUMNS = ("chapter", "variant", "method", "seed", "run", "set", "mode", "metric", "value")
 #: ``results/`` at the repository root (chapters pass their own relative path).
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 #: Summary entries that are counts or times, never written as results.
@@ -42,6 +44,8 @@ def to_results(df: Any, chapter: str, **fixed: Any):
 
     out = df.copy()
     out["chapter"] = str(chapter)
+    if "run" not in out.columns and "run" not in fixed:
+        out["run"] = ""
     for k, v in fixed.items():
         out[k] = v
     missing = [c for c in COLUMNS if c not in out.columns]
@@ -50,6 +54,7 @@ def to_results(df: Any, chapter: str, **fixed: Any):
     out = out[~out["metric"].isin(NON_FRACTION_METRICS)]
     out = out[list(COLUMNS)].copy()
     out["seed"] = out["seed"].astype(int)
+    out["run"] = out["run"].fillna("").astype(str)
     out["value"] = pd.to_numeric(out["value"], errors="raise").astype(float)
     return out.reset_index(drop=True)
 
@@ -81,7 +86,7 @@ def read_results(name: str, results_dir: str | Path = RESULTS_DIR):
     path = Path(results_dir) / f"{name}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: execute the chapter that writes it (results/README.md)")
-    df = pd.read_csv(path, dtype={"chapter": str})
+    df = pd.read_csv(path, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
     if tuple(df.columns) != COLUMNS:
         raise ValueError(f"{path} is not a results table (columns {tuple(df.columns)})")
     return df

@@ -163,18 +163,20 @@ def _catalog_sha(profile: str) -> str:
     return catalog_fingerprint(collect_universe(DATA_PROFILES[profile], CatalogProvider()))
 
 
-def build_identity(profile: str, data_dir: str | Path | None = None) -> dict[str, Any]:
+def build_identity(profile: str, data_dir: str | Path | None = None, *, config: Any = None, provider: Any = None) -> dict[str, Any]:
     """What identifies the data build of ``profile`` (seed 0): exactly the fields
     :func:`avgn.data.build.build_dataset` records (format, profile, seed, settings, the installed
     assets' hash). Read from ``data_dir/build.json`` when it is given and exists, computed from the
-    installed assets otherwise (the two agree: ``tests/test_store.py``)."""
-    from avgn.data.build import FORMAT_VERSION
+    installed assets otherwise (the two agree: ``tests/test_store.py``); ``config`` / ``provider``
+    replace the profile's :class:`~avgn.data.config.DataConfig` and the asset provider (tests)."""
+    from avgn.data.build import FORMAT_VERSION, catalog_fingerprint, collect_universe
 
     if data_dir is not None and (Path(data_dir) / "build.json").is_file():
         info = json.loads((Path(data_dir) / "build.json").read_text())
         return {k: info.get(k) for k in ("format_version", "profile", "seed", "config", "catalog_sha256")}
-    return {"format_version": FORMAT_VERSION, "profile": profile, "seed": 0, "config": DATA_PROFILES[profile].to_dict(),
-            "catalog_sha256": _catalog_sha(profile)}
+    cfg = config if config is not None else DATA_PROFILES[profile]
+    sha = _catalog_sha(profile) if config is None and provider is None else catalog_fingerprint(collect_universe(cfg, provider))
+    return {"format_version": FORMAT_VERSION, "profile": profile, "seed": 0, "config": cfg.to_dict(), "catalog_sha256": sha}
 
 
 def build_id(identity: dict[str, Any]) -> str:

@@ -52,8 +52,9 @@ def format_duration(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------------
 # status
 # --------------------------------------------------------------------------------------------------
-def _plan_and_build(profile: str, data_dir: str | Path | None) -> tuple[dict[str, PlannedRun], dict[str, Any]]:
-    return book_plan(profile), build_identity(profile, data_dir)
+def _plan_and_build(profile: str, data_dir: str | Path | None, plan: dict[str, PlannedRun] | None = None
+                    ) -> tuple[dict[str, PlannedRun], dict[str, Any]]:
+    return plan or book_plan(profile), build_identity(profile, data_dir)
 
 
 def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
@@ -111,13 +112,14 @@ def _measured(store: RunStore) -> dict[str, list[float]]:
     return out
 
 
-def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: str | Path | None = None, keys: Sequence[str] | None = None):
+def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: str | Path | None = None, keys: Sequence[str] | None = None,
+                plan: dict[str, PlannedRun] | None = None):
     """One row per planned run (columns ``key, label, method, seed, chapters, state, id, stored_id,
-    est_seconds, note``), in the plan's priority order."""
+    est_seconds, note``), in the plan's priority order (``plan``: default :func:`book_plan`)."""
     import pandas as pd
 
     store = store or RunStore(profile)
-    plan, build = _plan_and_build(profile, data_dir)
+    plan, build = _plan_and_build(profile, data_dir, plan)
     measured = _measured(store)
     rows = []
     for key, run in plan.items():
@@ -206,7 +208,8 @@ def _eval_one(run: PlannedRun, ev: Any, eval_src: Path, out: Path, data_dir: Pat
 
 
 def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, data_dir: str | Path | None = None,
-              work_dir: str | Path | None = None, device: str = "auto", retrain: bool = False) -> StoredRun:
+              work_dir: str | Path | None = None, device: str = "auto", retrain: bool = False,
+              plan: dict[str, PlannedRun] | None = None) -> StoredRun:
     """Train (or resume), evaluate and store the planned run ``key`` (see the module docstring).
     Runs it depends on (DSOL's first stage, the weights an inference-time variant scores) must be
     stored first. Holds the key's lock throughout.
@@ -223,11 +226,12 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
     store = store or RunStore(profile)
     data_dir = Path(data_dir) if data_dir is not None else dataset_dir(ROOT / "data" / "embedded", profile, 0)
     work = Path(work_dir) if work_dir is not None else ROOT / "data" / "store-work" / profile
-    plan = book_plan(profile)
+    plan = plan or book_plan(profile)
     if key not in plan:
         raise PlanKeyError(f"{key!r} is not a run of the {profile} plan; `avgn runs status --profile {profile}` lists them")
     run = plan[key]
-    build_dataset(profile=profile, seed=0, out=data_dir, progress=False)
+    if not (data_dir / "build.json").is_file():
+        build_dataset(profile=profile, seed=0, out=data_dir, progress=False)
     build = build_identity(profile, data_dir)
     want = run_id(run, plan, build)
     try:

@@ -1,0 +1,254 @@
+"""The run plan and the run store: identities, records, refusals, the queue's lock, checkout, and the
+re-evaluation of a stored run from its fp16 weights (on the shared fake build, tiny experiments)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import avgn.store.plan as plan_mod
+from avgn.runs import Variant, run_lock
+from avgn.store.plan import Evaluation, PlanKeyError, PlannedRun, book_plan, build_id, build_identity, run_id
+from avgn.store.queue import QueueLockedError, checkout, plan_status, store_run
+from avgn.store.records import RunStore, StoreError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VAL = (Evaluation("val", "val"),)
+
+
+def _tiny_plan() -> dict[str, PlannedRun]:
+    runs = [
+        PlannedRun(Variant("AVGN", "avgn"), 0, "smoke", VAL, ("03",)),
+        PlannedRun(Variant("EZ-VSL", "ezvsl"), 0, "smoke", VAL, ("03",)),
+        PlannedRun(Variant("EZ-VSL + object prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ezvsl-ogl"), 0, "smoke",
+                   VAL, ("03",)),
+        PlannedRun(None, -1, "smoke", VAL, ("03",), reference="centre"),
+    ]
+    return {r.key: r for r in runs}
+
+
+@pytest.fixture()
+def tiny(monkeypatch):
+    """Every planned experiment is the seconds-sized :func:`helpers.tiny_experiment` of its method."""
+    from helpers import tiny_experiment
+
+    monkeypatch.setattr(plan_mod, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"train.epochs": 1, **o}))
+    return _tiny_plan()
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory, fake_build):
+    """A store holding the tiny plan (trained, evaluated and stored once for the module)."""
+    from helpers import tiny_experiment
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plan_mod, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"train.epochs": 1, **o}))
+    root = tmp_path_factory.mktemp("store")
+    plan = _tiny_plan()
+    store = RunStore("smoke", root / "store")
+    for key in plan:
+        store_run(key, "smoke", store=store, data_dir=fake_build, work_dir=root / "work", device="cpu", plan=plan)
+    yield {"root": root, "store": store, "plan": plan, "data": fake_build}
+    mp.undo()
+
+
+# ---- the plan ---------------------------------------------------------------------------------------
+def test_book_plan_declares_every_chapter_run_once_with_its_dependencies():
+    from avgn.runs import VARIANT_GROUPS
+
+    plan = book_plan("cpu")
+    assert len(plan) == len(set(plan))
+    for group in ("main", "baselines", "paper", "ablations", "dsol", "text", "short"):
+        for v in VARIANT_GROUPS[group]:
+            for s in (0, 1, 2):
+                assert f"{v.name or v.method}/seed{s}" in plan, (group, v.label, s)
+    assert plan["ezvsl-ogl/seed1"].weights_key == "ezvsl/seed1" and not plan["ezvsl-ogl/seed1"].trains
+    assert plan["dsol/seed2"].init_key == "dsol-stage1/seed2"
+    assert {"ref-centre", "ref-object", "ref-perfect"} <= set(plan)
+    assert [e.tag for e in plan["avgn/seed0"].evals] == ["test", "test_style", "test_audio", "test_real", "test_zeroshot", "composed"]
+
+
+def test_run_id_is_a_content_hash_of_configuration_seed_build_and_method_version(monkeypatch, fake_build):
+    from avgn.methods import get_method
+
+    plan = book_plan("smoke")
+    build = build_identity("smoke", fake_build)
+    a = run_id(plan["avgn/seed0"], plan, build)
+    assert a == run_id(plan["avgn/seed0"], plan, build) and len(a) == 16
+    assert run_id(plan["avgn-depth1/seed0"], plan, build) != a  # configuration
+    other_seed = PlannedRun(plan["avgn/seed0"].variant, 1, "smoke", plan["avgn/seed0"].evals)
+    assert run_id(other_seed, plan, build) != a  # seed
+    assert run_id(plan["avgn/seed0"], plan, {**build, "catalog_sha256": "0" * 64}) != a  # data build
+    monkeypatch.setattr(type(get_method("avgn")), "version", 99)
+    assert run_id(plan["avgn/seed0"], plan, build) != a  # training-code version
+    # an inference-time variant and a second stage follow the runs they depend on
+    ogl = run_id(plan["ezvsl-ogl/seed0"], plan, build)
+    monkeypatch.setattr(type(get_method("ezvsl")), "version", 99)
+    assert run_id(plan["ezvsl-ogl/seed0"], plan, build) != ogl
+    dsol = run_id(plan["dsol/seed0"], plan, build)
+    monkeypatch.setattr(type(get_method("dsol")), "version", 99)
+    assert run_id(plan["dsol/seed0"], plan, build) != dsol
+
+
+def test_build_identity_computed_from_the_assets_equals_the_builds_own(tmp_path):
+    from test_data_build import SMALL, FakeProvider, build_fake
+
+    build_fake(tmp_path / "b")
+    from_file = build_identity("smoke", tmp_path / "b")
+    computed = build_identity("smoke", config=SMALL, provider=FakeProvider())
+    assert from_file == computed
+    assert build_id(from_file) == build_id(computed)
+    # a build of the same profile with other settings is another build
+    assert build_id(build_identity("smoke", config=SMALL.with_overrides(clips_per_source=SMALL.clips_per_source + 1),
+                                   provider=FakeProvider())) != build_id(computed)
+
+
+# ---- storing, reading, checking out ------------------------------------------------------------------
+def test_stored_runs_are_complete_verified_and_fp16(stored):
+    store, plan = stored["store"], stored["plan"]
+    st = plan_status("smoke", store, stored["data"], plan=plan)
+    assert list(st["state"]) == ["done"] * 4, st
+    sr = store.read("avgn/seed0")
+    rec = sr.record
+    assert rec["id"] == st.set_index("key").loc["avgn/seed0", "id"] and rec["trains"] and rec["checkpoint_epoch"] == 1
+    assert set(rec["files"]) == {"weights.safetensors", "config.json", "history.json", "run.json", "eval_val.json", "eval_val.csv",
+                                 "eval_val_samples.csv.gz"}
+    from safetensors.torch import load_file
+
+    w = load_file(str(sr.folder / "weights.safetensors"))
+    assert all(v.dtype == torch.float16 for v in w.values() if v.is_floating_point())
+    assert not any(k.startswith("visual.backbone.") for k in w)  # the frozen packaged backbone is not stored
+    assert store.read("ezvsl-ogl/seed0").record["weights_of"] == "ezvsl/seed0"
+    assert "weights" not in store.read("ref-centre").record
+
+
+def test_reevaluating_a_stored_run_from_its_weights_reproduces_its_record(stored, tmp_path):
+    from avgn.evaluate import evaluate_run
+
+    res = checkout("avgn/seed0", "smoke", tmp_path / "runs", stored["data"], stored["store"], stored["plan"])
+    assert json.loads((res["run_dir"] / "store.json").read_text())["id"] == res["id"]
+    again = evaluate_run(res["run_dir"], "val", device="cpu", progress=False, write=False)
+    kept = json.loads((res["run_dir"] / "eval_val.json").read_text())["results"]
+    n = 0
+    for name, modes in kept.items():
+        for mode, metrics in modes.items():
+            for k, v in metrics.items():
+                if isinstance(v, float) and v == v:
+                    assert again["results"][name][mode][k] == pytest.approx(v, abs=1e-4), (name, mode, k)
+                    n += 1
+    assert n > 20
+    # the inference-time variant checks out its weights' run too; its evaluation is its own
+    ogl = checkout("ezvsl-ogl/seed0", "smoke", tmp_path / "runs", stored["data"], stored["store"], stored["plan"])
+    assert (ogl["eval_dir"] / "eval_val.csv").is_file() and (ogl["run_dir"] / "checkpoints" / "best.json").is_file()
+    assert ogl["eval_dir"] != ogl["run_dir"]
+
+
+def _copy(stored, tmp_path) -> RunStore:
+    shutil.copytree(stored["store"].root, tmp_path / "store")
+    return RunStore("smoke", tmp_path / "store")
+
+
+def test_broken_records_are_refused_naming_the_file_and_the_command(stored, tmp_path):
+    store = _copy(stored, tmp_path)
+    cmd = "avgn runs train --profile smoke --keys avgn/seed0"
+    folder = store.folder("avgn/seed0")
+    # an edited evaluation
+    p = folder / "eval_val.csv"
+    p.write_text(p.read_text().replace("0.", "0.9", 1))
+    with pytest.raises(StoreError, match=r"eval_val\.csv: its SHA-256 differs") as err:
+        store.read("avgn/seed0")
+    assert cmd in str(err.value) and "\n" not in str(err.value)
+    # missing weights
+    shutil.copyfile(stored["store"].folder("avgn/seed0") / "eval_val.csv", p)
+    (folder / "weights.safetensors").unlink()
+    with pytest.raises(StoreError, match=r"weights\.safetensors: missing"):
+        store.read("avgn/seed0")
+    # a truncated record
+    rec = folder / "record.json"
+    rec.write_text(rec.read_text()[: len(rec.read_text()) // 2])
+    with pytest.raises(StoreError, match=r"record\.json: unreadable record"):
+        store.read("avgn/seed0")
+    # a record of another profile, placed under this one
+    shutil.copytree(stored["store"].folder("ezvsl/seed0"), store.root / "cpu" / "ezvsl" / "seed0")
+    with pytest.raises(StoreError, match=r"is 'ezvsl/seed0' of profile 'smoke', not 'ezvsl/seed0' of 'cpu'"):
+        RunStore("cpu", store.root).read("ezvsl/seed0")
+    # a record of another data build
+    with pytest.raises(StoreError, match=r"trained on data build .* not this profile's build feedface"):
+        store.read("ezvsl/seed0", build="feedface")
+    # a run missing from the store: one line naming the key and the command
+    shutil.rmtree(store.folder("ezvsl-ogl/seed0"))
+    with pytest.raises(StoreError, match=r"no record of 'ezvsl-ogl/seed0' in the store; retrain it: `avgn runs train --profile smoke --keys ezvsl-ogl/seed0`"):
+        checkout("ezvsl-ogl/seed0", "smoke", tmp_path / "runs", stored["data"], store, stored["plan"])
+    # status reports the broken one, not as done
+    st = plan_status("smoke", store, stored["data"], plan=stored["plan"]).set_index("key")
+    assert st.loc["avgn/seed0", "state"] == "broken" and st.loc["ezvsl/seed0", "state"] == "done"
+
+
+def test_a_changed_configuration_makes_the_stored_run_stale_and_checkout_refuses_it(stored, tmp_path, monkeypatch):
+    from helpers import tiny_experiment
+
+    monkeypatch.setattr(plan_mod, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"train.epochs": 1, "train.lr": 5e-4, **o}))
+    st = plan_status("smoke", stored["store"], stored["data"], plan=stored["plan"]).set_index("key")
+    assert st.loc["avgn/seed0", "state"] == "stale" and st.loc["ezvsl-ogl/seed0", "state"] == "stale"
+    assert st.loc["ref-centre", "state"] == "done"  # a reference does not train
+    with pytest.raises(StoreError, match=r"stale record .* `avgn runs train --profile smoke --keys avgn/seed0`"):
+        checkout("avgn/seed0", "smoke", tmp_path / "runs", stored["data"], stored["store"], stored["plan"])
+
+
+def test_a_key_the_plan_does_not_declare_is_an_error(stored, tmp_path):
+    with pytest.raises(PlanKeyError, match=r"'avgn/seed7' is not a run of the smoke plan"):
+        checkout("avgn/seed7", "smoke", tmp_path / "runs", stored["data"], stored["store"], stored["plan"])
+    with pytest.raises(PlanKeyError, match=r"'nope/seed0' is not a run of the smoke plan"):
+        store_run("nope/seed0", "smoke", store=stored["store"], data_dir=stored["data"], work_dir=tmp_path, plan=stored["plan"])
+
+
+def test_two_queues_never_store_one_run(stored, tmp_path):
+    work = tmp_path / "work"
+    with run_lock(work / "locks" / "ezvsl" / "seed0"):
+        with pytest.raises(QueueLockedError, match=r"ezvsl/seed0: another queue is storing it"):
+            store_run("ezvsl/seed0", "smoke", store=_copy(stored, tmp_path), data_dir=stored["data"], work_dir=work, plan=stored["plan"],
+                      retrain=True)
+
+
+def test_missing_evaluations_are_rescored_from_the_stored_weights_without_training(stored, tmp_path):
+    store = _copy(stored, tmp_path)
+    plan = dict(stored["plan"])
+    r = plan["avgn/seed0"]
+    plan["avgn/seed0"] = PlannedRun(r.variant, r.seed, r.profile, r.evals + (Evaluation("val_solo", "val", ("val/solo/scene",)),), r.chapters)
+    st = plan_status("smoke", store, stored["data"], plan=plan).set_index("key")
+    assert st.loc["avgn/seed0", "state"] == "evals" and "val_solo" in st.loc["avgn/seed0", "note"]
+    before = store.read("avgn/seed0").record
+    sr = store_run("avgn/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)
+    assert not (tmp_path / "work" / "runs").exists()  # nothing trained
+    assert sr.record["files"]["weights.safetensors"] == before["files"]["weights.safetensors"]
+    assert set(sr.eval_tags()) == {"val", "val_solo"}
+    assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["avgn/seed0", "state"] == "done"
+
+
+def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_path, monkeypatch):
+    import avgn.book as book
+    from avgn.runs import MAIN_VARIANTS
+
+    monkeypatch.setattr(book, "build_dataset", lambda **kw: None)
+    monkeypatch.setattr(book, "dataset_dir", lambda d, p, s: stored["data"])
+    monkeypatch.setattr(book, "checkout", lambda key, profile, runs, data, store: checkout(key, profile, runs, data, store, stored["plan"]))
+    ctx = book.chapter_context("03", "smoke", 0, "cpu", tmp_path / "data", tmp_path / "runs", tmp_path / "results", tmp_path / "fig",
+                               store_dir=stored["store"].root)
+    ctx.run_variants([MAIN_VARIANTS[0], MAIN_VARIANTS[2], MAIN_VARIANTS[3]], eval_splits=("val",))
+    ctx.run_references(["centre"])
+    long = ctx.collect([MAIN_VARIANTS[0], MAIN_VARIANTS[3]], references=["centre"], split="val")
+    ids = {k: stored["store"].read(k).id for k in ("avgn/seed0", "ezvsl-ogl/seed0", "ref-centre")}
+    assert set(long["run"]) == set(ids.values())
+    res = ctx.write(long, "t")
+    assert list(res.columns)[4] == "run" and set(res["run"]) == set(ids.values())
+    table = ctx.runs_table()
+    assert set(table["key"]) == {"avgn/seed0", "ezvsl/seed0", "ezvsl-ogl/seed0", "ref-centre"}
+    with pytest.raises(KeyError, match=r"has no evaluation \['test'\]"):
+        ctx.run_variants([MAIN_VARIANTS[0]], eval_splits=("test",))
+    with pytest.raises(PlanKeyError, match=r"'mal/seed0' is not a run of the smoke plan"):
+        ctx.checkout("mal/seed0")
