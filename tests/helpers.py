@@ -25,3 +25,21 @@ def tiny_experiment(method: str = "avgn", **extra: Any) -> Experiment:
         o.update({"model.hidden": 16})
     o.update(extra)
     return get_experiment(method, "smoke", **o)
+
+
+def tiny_plan():
+    """A run plan of four runs (AVGN, EZ-VSL, EZ-VSL + object prior on EZ-VSL's weights, the centre
+    prior), each evaluated on the ``val`` split; with :func:`tiny_experiment` standing for every
+    planned experiment (the ``tiny_store`` fixture) they store in seconds."""
+    from avgn.runs import Variant
+    from avgn.store.plan import Evaluation, PlannedRun
+
+    val = (Evaluation("val", "val"),)
+    runs = [
+        PlannedRun(Variant("AVGN", "avgn"), 0, "smoke", val, ("03",)),
+        PlannedRun(Variant("EZ-VSL", "ezvsl"), 0, "smoke", val, ("03",)),
+        PlannedRun(Variant("EZ-VSL + object prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ezvsl-ogl"), 0, "smoke",
+                   val, ("03",)),
+        PlannedRun(None, -1, "smoke", val, ("03",), reference="centre"),
+    ]
+    return {r.key: r for r in runs}

@@ -21,40 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 VAL = (Evaluation("val", "val"),)
 
 
-def _tiny_plan() -> dict[str, PlannedRun]:
-    runs = [
-        PlannedRun(Variant("AVGN", "avgn"), 0, "smoke", VAL, ("03",)),
-        PlannedRun(Variant("EZ-VSL", "ezvsl"), 0, "smoke", VAL, ("03",)),
-        PlannedRun(Variant("EZ-VSL + object prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ezvsl-ogl"), 0, "smoke",
-                   VAL, ("03",)),
-        PlannedRun(None, -1, "smoke", VAL, ("03",), reference="centre"),
-    ]
-    return {r.key: r for r in runs}
-
-
 @pytest.fixture()
-def tiny(monkeypatch):
-    """Every planned experiment is the seconds-sized :func:`helpers.tiny_experiment` of its method."""
-    from helpers import tiny_experiment
-
-    monkeypatch.setattr(plan_mod, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"train.epochs": 1, **o}))
-    return _tiny_plan()
-
-
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory, fake_build):
-    """A store holding the tiny plan (trained, evaluated and stored once for the module)."""
-    from helpers import tiny_experiment
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(plan_mod, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"train.epochs": 1, **o}))
-    root = tmp_path_factory.mktemp("store")
-    plan = _tiny_plan()
-    store = RunStore("smoke", root / "store")
-    for key in plan:
-        store_run(key, "smoke", store=store, data_dir=fake_build, work_dir=root / "work", device="cpu", plan=plan)
-    yield {"root": root, "store": store, "plan": plan, "data": fake_build}
-    mp.undo()
+def stored(tiny_store, tiny_ids):
+    return tiny_store
 
 
 # ---- the plan ---------------------------------------------------------------------------------------
@@ -146,6 +115,12 @@ def test_reevaluating_a_stored_run_from_its_weights_reproduces_its_record(stored
     ogl = checkout("ezvsl-ogl/seed0", "smoke", tmp_path / "runs", stored["data"], stored["store"], stored["plan"])
     assert (ogl["eval_dir"] / "eval_val.csv").is_file() and (ogl["run_dir"] / "checkpoints" / "best.json").is_file()
     assert ogl["eval_dir"] != ogl["run_dir"]
+
+
+def _tiny_plan():
+    from helpers import tiny_plan
+
+    return tiny_plan()
 
 
 def _copy(stored, tmp_path) -> RunStore:

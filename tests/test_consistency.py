@@ -1,0 +1,142 @@
+"""The book agrees with its run store: one run per (method, variant, seed) across ``results/``, every
+run current in the store, stored numbers reproduced from stored weights, chapters executed on clean
+revisions. Each check is first shown to fail on a deliberately broken copy, then run on the committed
+book.
+
+``PENDING`` lists the chapters whose committed results and notebooks predate the run store (the book's
+second edition re-executes them once the store holds their runs: ``avgn runs status``). A pending
+chapter must still be inconsistent — when it is executed from the store, remove it here — and every
+other chapter must pass every check.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from avgn.store.consistency import check_clean_revisions, check_reevaluation, check_run_ids, check_runs_current
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: chapter -> why its committed outputs are not yet from the store (to be emptied by the second edition)
+PENDING: dict[str, str] = {
+    "00": "executed before the run store (prints no code revision)",
+    "01": "executed before the run store (prints no code revision)",
+    "02": "trains its runs itself (plain-CNN reference); to be read from the store",
+    "03": "its runs are being trained into the store",
+    "04": "its runs are being trained into the store",
+    "05": "its runs are being trained into the store",
+    "06": "its runs are being trained into the store",
+    "07": "DSOL is being fixed (issue 29) before its runs are stored",
+    "08": "its runs are being trained into the store",
+    "09": "T-VSL is being fixed (issue 29) before its runs are stored",
+}
+
+
+def _row(run: str, variant: str = "AVGN", seed: int = 0, method: str = "avgn", chapter: str = "03") -> dict:
+    return {"chapter": chapter, "variant": variant, "method": method, "seed": seed, "run": run, "set": "test/solo/scene", "mode": "oracle",
+            "metric": "ap", "value": 0.5}
+
+
+def _write(folder: Path, name: str, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+
+
+# ---- (a) one run per (method, variant, seed) --------------------------------------------------------------
+def test_run_ids_check_fails_on_two_runs_for_one_seed_and_on_missing_ids(tmp_path):
+    _write(tmp_path, "03_main", [_row("aaaa"), _row("bbbb", variant="EZ-VSL", method="ezvsl"), _row("", variant="centre prior", method="centre",
+                                                                                                   seed=-1)])
+    _write(tmp_path, "07_silent", [_row("aaaa", chapter="07")])
+    assert check_run_ids(tmp_path) == []  # references need no id; the same run in two chapters is fine
+    _write(tmp_path, "07_silent", [_row("cccc", chapter="07")])
+    problems = check_run_ids(tmp_path)
+    assert len(problems) == 1 and "'AVGN' (avgn) seed 0 comes from 2 runs (aaaa, cccc)" in problems[0]
+    _write(tmp_path, "07_silent", [_row("", chapter="07")])
+    assert any("without a run id" in p for p in check_run_ids(tmp_path))
+    pd.DataFrame([{k: v for k, v in _row("x").items() if k != "run"}]).to_csv(tmp_path / "08_old.csv", index=False)
+    assert any("08_old.csv: no 'run' column" in p for p in check_run_ids(tmp_path))
+
+
+# ---- (b) every run current in the store ---------------------------------------------------------------
+def test_runs_current_check_fails_on_unknown_and_stale_runs(tiny_store, tiny_ids, tmp_path, monkeypatch):
+    store, plan, data = tiny_store["store"], tiny_store["plan"], tiny_store["data"]
+    good = store.read("avgn/seed0").id
+    _write(tmp_path, "03_main", [_row(good), _row(store.read("ref-centre").id, variant="centre prior", method="centre", seed=-1)])
+    assert check_runs_current(tmp_path, "smoke", store, data, plan) == []
+    _write(tmp_path, "04_x", [_row("0123456789abcdef", chapter="04")])
+    problems = check_runs_current(tmp_path, "smoke", store, data, plan)
+    assert problems == [f"04_x.csv: run 0123456789abcdef has no record in {store.base}: execute the chapter from the store"]
+    (tmp_path / "04_x.csv").unlink()
+    from helpers import tiny_experiment
+
+    import avgn.store.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"train.epochs": 2, **o}))
+    problems = check_runs_current(tmp_path, "smoke", store, data, plan)
+    assert problems == [f"03_main.csv: run {good} (avgn/seed0) is stale: `avgn runs train --profile smoke --keys avgn/seed0`, "
+                        "then execute the chapter again"]
+
+
+# ---- (c) stored numbers come from the stored weights ----------------------------------------------------
+def test_reevaluation_check_passes_on_a_sound_run_and_fails_when_a_number_is_not_its_weights(tiny_store, tiny_ids, tmp_path):
+    from avgn.store.records import RunStore, sha256_file
+
+    store, plan, data = tiny_store["store"], tiny_store["plan"], tiny_store["data"]
+    assert check_reevaluation("avgn/seed0", "smoke", data, tmp_path / "runs", "val", store, plan=plan) == []
+    shutil.copytree(store.root, tmp_path / "copy")
+    bad = RunStore("smoke", tmp_path / "copy")
+    folder = bad.folder("avgn/seed0")
+    ev = json.loads((folder / "eval_val.json").read_text())
+    name = next(iter(ev["results"]))
+    ev["results"][name]["oracle"]["ap"] += 0.01  # a record whose number is not what its weights give, hashes re-made
+    (folder / "eval_val.json").write_text(json.dumps(ev))
+    rec = json.loads((folder / "record.json").read_text())
+    rec["files"]["eval_val.json"] = sha256_file(folder / "eval_val.json")
+    (folder / "record.json").write_text(json.dumps(rec))
+    problems = check_reevaluation("avgn/seed0", "smoke", data, tmp_path / "runs2", "val", bad, plan=plan)
+    assert len(problems) == 1 and f"{name}/oracle/ap: stored" in problems[0]
+
+
+# ---- (d) chapters executed on clean revisions ----------------------------------------------------------
+def _nb(path: Path, text: str | None) -> None:
+    cells = [{"cell_type": "code", "source": "x", "metadata": {}, "outputs": [] if text is None else [
+        {"output_type": "stream", "name": "stdout", "text": [text]}]}]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+
+
+def test_clean_revision_check_fails_on_dirty_unknown_mixed_or_missing_revisions(tmp_path):
+    _nb(tmp_path / "03_main_results.ipynb", "code revision: 1a2b3c4; run store: store/cpu\n")
+    assert check_clean_revisions(tmp_path) == []
+    _nb(tmp_path / "04_ablations.ipynb", "code revision: 1a2b3c4-dirty\n")
+    _nb(tmp_path / "05_flexible_sources.ipynb", None)
+    _nb(tmp_path / "06_visualizations.ipynb", "code revision: 1a2b3c4\ncode revision: 9f8e7d6\n")
+    problems = check_clean_revisions(tmp_path)
+    assert any("04_ablations.ipynb: executed on 1a2b3c4-dirty" in p for p in problems)
+    assert any("05_flexible_sources.ipynb: prints no 'code revision:' line" in p for p in problems)
+    assert any("06_visualizations.ipynb: executed on several revisions" in p for p in problems)
+    assert not any("03_main_results" in p for p in problems)
+
+
+# ---- the committed book ---------------------------------------------------------------------------------
+def _chapter_of(problem: str) -> str | None:
+    import re
+
+    m = re.search(r"(?:^|[/ ,])(\d\d)_[a-z_]+\.(?:csv|ipynb)", problem)
+    return m.group(1) if m else None
+
+
+def test_the_committed_book_is_consistent_apart_from_the_pending_chapters():
+    problems = check_run_ids(ROOT / "results") + check_runs_current(ROOT / "results", "cpu") + check_clean_revisions(ROOT / "book")
+    by_chapter: dict[str | None, list[str]] = {}
+    for p in problems:
+        by_chapter.setdefault(_chapter_of(p), []).append(p)
+    unexpected = {c: ps for c, ps in by_chapter.items() if c not in PENDING}
+    assert not unexpected, "inconsistent chapters:\n" + "\n".join(p for ps in unexpected.values() for p in ps)
+    fixed = sorted(set(PENDING) - set(by_chapter))
+    assert not fixed, f"chapters {fixed} are consistent now: remove them from PENDING in {Path(__file__).name}"
