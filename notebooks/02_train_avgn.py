@@ -39,9 +39,10 @@
 # threshold of the `predicted` mode is then chosen on the validation split by presence F1 and
 # stored with the run (never on test).
 #
-# **Reruns are cheap.** Runs live in `runs_dir` and are resumable: a finished run is read back, an
-# interrupted one continues from its last epoch and ends with exactly the weights of an
-# uninterrupted run (`tests/test_train.py`).
+# **Runs come from the run store.** Every run this chapter reads is declared in the book's run plan
+# (`avgn.store.plan.book_plan`) and stored, trained and evaluated, in the committed run store
+# (`store/`, `avgn runs train`); the chapter reads them back (`ctx.checkout`) and never trains one.
+# A run missing from the store is an error naming its key and the command that trains it.
 
 # %% tags=["parameters"]
 profile = "cpu"
@@ -51,6 +52,7 @@ data_dir = "../data/embedded"
 figures_dir = "../figures"
 runs_dir = "../data/runs"
 results_dir = "../results"
+store_dir = None  # the committed run store (None: store/ in the repository)
 
 # %%
 import numpy as np
@@ -60,40 +62,37 @@ import torch
 from matplotlib import pyplot as plt
 
 from avgn.analysis import presence_rule_table, selection_gap
-from avgn.data.build import build_dataset, dataset_dir
+from avgn.book import chapter_context
 from avgn.env import environment_report
-from avgn.evaluate import evaluate_run, evaluate_sets, example_maps, load_eval_set, token_confusion
+from avgn.evaluate import evaluate_sets, example_maps, load_eval_set, token_confusion
 from avgn.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, presence_reference_run, prior_bce,
                               training_batches)
 from avgn.experiment import get_experiment, profile_table
 from avgn.features import FeatureStore
 from avgn.methods import MethodPredictor, create_model, get_method
-from avgn.pipeline import collect_variants, run_variant
+from avgn.pipeline import collect_variants
 from avgn.results import to_results, write_results
-from avgn.runs import MAIN_VARIANTS, PAPER_DESIGN_VARIANT, WIDTH_VARIANTS, eval_command, load_run, load_trained_model, long_variant, run_dir_for
-from avgn.train import train
-from avgn.viz import gradient_heatmap, save_figure, set_style
+from avgn.runs import MAIN_VARIANTS, PAPER_DESIGN_VARIANT, SHORT_VARIANT, WIDTH_VARIANTS, eval_command, load_run, load_trained_model
+from avgn.viz import gradient_heatmap, save_figure
 
-set_style()
+ctx = chapter_context("02", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir, store_dir=store_dir)
+data = ctx.data
 exp = get_experiment("avgn", profile)
-# "does more training help?": the plain CNN trains for REFERENCE_FACTOR x AVGN's steps, the long AVGN
-# run for 3x the profile's epochs (CI's smoke profile runs less, as in chapter 8)
+# "does more training help?": the plain CNN trains for REFERENCE_FACTOR x the 6-epoch AVGN run's steps
+# (CI's smoke profile runs less, as in chapter 8)
 REFERENCE_FACTOR = {"smoke": 1, "cpu": 4, "gpu": 4}[profile]
-LONG = long_variant({"smoke": 2, "cpu": 3, "gpu": 3}[profile] * exp.train.epochs)
-run_dir = run_dir_for(runs_dir, "avgn", profile, seed)
 pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
 
 # %% [markdown]
 # ## The profile
 #
 # Sizes are configuration (`avgn.experiment`): `smoke` runs in seconds for CI, `cpu` (the book's
-# default) fits the whole comparison of chapter 3 in about an hour on two CPU cores, `gpu` uses the
-# paper's settings. The `cpu` profile freezes the ImageNet EfficientNet-Lite0 visual backbone and
-# caches its features once per image (`avgn.features`), narrows the model ($D = 128$, two transformer
-# layers, an audio ResNet-18 at a quarter of its width), uses a 16 ms analysis window and a 50 ms hop
-# (a $129\times61$ spectrogram instead of the paper's $401\times121$) and trains for 6 epochs of
-# 5,000 fresh mixtures with a larger learning rate; frames stay $224\times224$, so maps have the
-# paper's $7\times7$ resolution.
+# default) is sized for two CPU cores, `gpu` uses the paper's settings. The `cpu` profile freezes the
+# ImageNet EfficientNet-Lite0 visual backbone and caches its features once per image
+# (`avgn.features`), narrows the model (the table below: embedding size, depth, the audio ResNet-18's
+# width), uses a 16 ms analysis window and a 50 ms hop (a $129\times61$ spectrogram instead of the
+# paper's $401\times121$) and trains on fresh mixtures every epoch with a larger learning rate than the
+# paper's; frames stay $224\times224$, so maps have the paper's $7\times7$ resolution.
 
 # %%
 profile_table(methods=("avgn",))
@@ -102,14 +101,15 @@ profile_table(methods=("avgn",))
 # ## Training
 #
 # The benchmark is built if it is not there yet (chapter 1 builds it; the build is deterministic, so
-# this returns at once when it exists). Training then runs — or, when the run is already finished in
-# `runs_dir`, is only read back.
+# this returns at once when it exists). The run is read from the run store: the command printed below
+# trained and evaluated it (`avgn runs train`), on the machine its record names.
 
 # %%
-data = dataset_dir(data_dir, profile, seed)  # where chapter 1 builds the benchmark
-build_dataset(profile=profile, seed=seed, out=data, progress=False)
-summary = train(exp, data, run_dir, seed=seed, device=device, resume=True, progress=False)
+main = ctx.checkout(ctx.key(MAIN_VARIANTS[0], seed))
+run_dir = main["run_dir"]
 run = load_run(run_dir)
+summary = run["run"]
+print(f"run {main['id']} ({main['key']}), stored by `{main['record']['command']}` on {main['record']['machine'].get('cpu')}")
 hist = run["history"]
 print(f"run folder: {run_dir}")
 print(f"epochs: {summary['epochs_run']} (best: {summary['best_epoch']}), training time {summary['train_seconds']:.0f} s, "
@@ -252,9 +252,12 @@ print(f"token classifier accuracy on the val sources (best epoch): {np.trace(con
 # This section measures why, and what this book's defaults change (each a flag of `AVGNConfig`).
 
 # %%
-paper = run_variant(PAPER_DESIGN_VARIANT, profile, seed, data, runs_dir, device=device, progress=False, eval_splits=())
-print("\n".join(paper["commands"]))
-designs = {"this book's defaults": run_dir, "paper design": paper["run_dir"]}
+# both on the 6-epoch schedule of chapter 4's ablations (avgn.runs.ABLATION_SCHEDULE)
+paper = ctx.checkout(ctx.key(PAPER_DESIGN_VARIANT, seed))
+short = ctx.checkout(ctx.key(SHORT_VARIANT, seed))
+print("\n".join(paper["commands"] + short["commands"]))
+short_steps = load_run(short["run_dir"])["run"]["steps"]
+designs = {"this book's defaults": short["run_dir"], "paper design": paper["run_dir"]}
 batches = training_batches(exp, data, seed, n=24)
 prior = prior_bce(torch.cat([b["labels"] for b in batches]))
 hists = pd.concat([load_run(d)["history"].assign(design=k) for k, d in designs.items()], ignore_index=True)
@@ -318,8 +321,9 @@ grads.pivot_table(index="module", columns=["design", "loss"], values="grad_norm"
 # Then a **linear probe** (one logistic regression per class on the max-pooled audio-encoder
 # features, fitted on training mixtures, scored on validation duets) and a **plain CNN** (four conv
 # blocks, BCE on the labels) trained on the same mixtures: how much class information the audio
-# holds at this budget (the CNN is trained for four times AVGN's steps, kept in `runs_dir`; the table
-# gives its validation F1 at AVGN's number of steps, the next section its whole curve).
+# holds at this budget (the CNN is trained here, for four times the 6-epoch AVGN run's steps — a
+# diagnostic of this chapter, not a stored run; the table gives its validation F1 at AVGN's number of
+# steps, the next section its whole curve).
 
 # %%
 val_duets = load_eval_set(data, "val/duet/scene", exp.inputs, FeatureStore(data, exp.inputs.features, preload=False))
@@ -330,10 +334,10 @@ for name, d in designs.items():
     probe = audio_encoder_probe(m, batches, list(val_duets.batches()))
     test_f1 = load_run(d)["history"].iloc[-1]["val/val/duet/scene/predicted/presence_f1"]
     probe_rows.append({"design": name, **bal, "presence F1 (own heads, val duets)": test_f1, "linear probe F1 (val duets)": probe["probe_f1"]})
-# trained for 4x AVGN's steps on the cpu profile (kept in runs_dir, read back on reruns); here its value at AVGN's budget
-cnn = presence_reference_run(exp, data, run_dir.parent / f"presence-reference-seed{seed}", seed=seed, steps=REFERENCE_FACTOR * summary["steps"],
-                             eval_every=max(1, summary["steps"] // 3))
-at_budget = [h for h in cnn.history if h["step"] <= summary["steps"]][-1]
+# trained for 4x the 6-epoch AVGN run's steps on the cpu profile (read back on reruns); here its value at that budget
+cnn = presence_reference_run(exp, data, ctx.runs / profile / f"presence-reference-seed{seed}", seed=seed, steps=REFERENCE_FACTOR * short_steps,
+                             eval_every=max(1, short_steps // 3))
+at_budget = [h for h in cnn.history if h["step"] <= short_steps][-1]
 probe_rows.append({"design": f"plain CNN, {at_budget['step']} steps", "presence F1 (own heads, val duets)": at_budget["val/duet/scene"]})
 pd.DataFrame(probe_rows).set_index("design").round(3)
 
@@ -420,7 +424,7 @@ for split_name, fig_name in (("val", "02_maps_val"), ("test", "02_maps_test")):
 # full comparison with the baselines and the references is chapter 3, which reads these files).
 
 # %%
-test = evaluate_run(run_dir, "test", device=device, progress=False)
+test = run["eval"]["test"]  # stored with the run, computed from its stored weights
 rows = []
 for name, by_mode in test["results"].items():
     for mode, s in by_mode.items():
@@ -431,30 +435,29 @@ pd.DataFrame(rows).set_index(["set", "mode"]).round(3)
 # ## Does more training help?
 #
 # Presence prediction is where AVGN's label-free selection loses most (the predicted rows above
-# against the oracle ones). Two measurements of what more training buys on this benchmark: the
-# plain CNN of the previous section, trained on the same mixtures for four times AVGN's steps, and
-# AVGN with chapter 4's wider audio encoder (width 0.5) trained for three times the profile's epochs,
-# every epoch run (no early stopping), its cosine schedule stretched over them.
+# against the oracle ones). What more training buys on this benchmark: the plain CNN of the previous
+# section, trained on the same mixtures for four times the 6-epoch AVGN run's steps, and the book's
+# AVGN, trained for the profile's epochs, every epoch run (no early stopping), against the same
+# model on the 6-epoch schedule with early stopping.
 
 # %%
-long = run_variant(LONG, profile, seed, data, runs_dir, device=device, progress=False)
-print("\n".join(long["commands"]))
 print(f"plain CNN: {cnn.steps} steps in {cnn.seconds / 60:.1f} min (`avgn.diagnostics.presence_reference_run`, seed {seed})")
 f1_key = "val/val/duet/scene/predicted/presence_f1"
-avgn_hists = pd.concat([hists, load_run(long["run_dir"])["history"].assign(design=LONG.label)], ignore_index=True)
+LONG = MAIN_VARIANTS[0]
+avgn_hists = pd.concat([hists, run["history"].assign(design=f"AVGN, {summary['epochs_run']} epochs (the book's)")], ignore_index=True)
 curves = pd.concat([pd.DataFrame(cnn.history).rename(columns={"val/duet/scene": "F1", "train_bce": "BCE"}).assign(model="plain CNN"),
                     avgn_hists.rename(columns={f1_key: "F1", "train/audio_cls": "BCE", "design": "model"})], ignore_index=True)
 clips = pd.read_parquet(data / "clips.parquet").query("part == 'train'")
 print(f"training clips: {len(clips)} recordings of {clips['class'].nunique()} classes, the mixtures' only sounds")
-budget_f1 = lambda d: d.loc[d["step"] <= summary["steps"], "F1"].iloc[-1]  # noqa: E731
+budget_f1 = lambda d: d.loc[d["step"] <= short_steps, "F1"].iloc[-1]  # noqa: E731
 curves.groupby("model", sort=False).apply(lambda d: pd.Series({
-    "steps": d["step"].max(), f"F1 at step {summary['steps']}": budget_f1(d), "best F1": d["F1"].max(),
+    "steps": d["step"].max(), f"F1 at step {short_steps}": budget_f1(d), "best F1": d["F1"].max(),
     "last F1": d["F1"].iloc[-1], "last training BCE": d["BCE"].iloc[-1]}), include_groups=False).round(3)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 sns.lineplot(data=curves, x="step", y="F1", hue="model", marker="o", ax=axes[0])
-axes[0].axvline(summary["steps"], color="grey", ls=":", lw=1)
+axes[0].axvline(short_steps, color="grey", ls=":", lw=1)
 axes[0].set(title="presence micro-F1, validation duets (scene)", xlabel="training step", ylabel="F1", ylim=(0, 1))
 axes[0].legend(fontsize=8, loc="lower right")
 sns.lineplot(data=curves, x="step", y="BCE", hue="model", marker="o", ax=axes[1], legend=False)
@@ -468,29 +471,27 @@ plt.close(fig)
 # :label: fig-more-training
 # :alt: validation presence F1 and training presence loss against training steps
 # Left: presence micro-F1 on the validation duets against training steps (AVGN: its audio presence
-# heads with the predicted selection, once per epoch; the dotted line is the profile's budget).
+# heads with the predicted selection, once per epoch; the dotted line is the 6-epoch run's budget).
 # Right: the presence loss on the training mixtures (AVGN: the audio presence BCE), log scale.
 # ```
 #
-# The same comparison on the test split (AVGN at the profile's width, at width 0.5 for the profile's
-# six epochs — chapter 4's run — and for eighteen; the selected checkpoint of each):
+# The same comparison on the test split (the book's AVGN; the same model for six epochs with early
+# stopping; and chapter 4's narrower audio encoder on that schedule; the selected checkpoint of each):
 
 # %%
-width = run_variant(WIDTH_VARIANTS[0], profile, seed, data, runs_dir, device=device, progress=False)
+width = ctx.checkout(ctx.key(WIDTH_VARIANTS[0], seed))
 print("\n".join(width["commands"]))
-budget = collect_variants([MAIN_VARIANTS[0], WIDTH_VARIANTS[0], LONG], runs_dir, profile, [seed])
+BUDGET = [MAIN_VARIANTS[0], SHORT_VARIANT, WIDTH_VARIANTS[0]]
+budget = collect_variants(BUDGET, ctx.runs, profile, [seed])
 res = to_results(budget, "02")
 print("wrote", write_results(res, "02_training", results_dir))
 keep = res[res["set"].isin(["test/duet/scene", "test/duet/concat"]) & res["metric"].isin(["presence_f1", "cap"])]
 keep.pivot_table(index="variant", columns=["set", "metric", "mode"], values="value", sort=False).round(3)
 
 # %% [markdown]
-# **Reading it.** Both the plain CNN and the long AVGN run drive their presence loss on the training
-# mixtures towards zero while their validation F1 stops rising near the profile's budget: past it,
-# more steps fit the training mixtures, not new ones. Every training mixture is made from the few
-# hundred recordings counted above, so what limits presence prediction at this size is the number of
-# recordings more than the number of steps; the README ("More training, more recordings") measures
-# the same CNN and AVGN on a build with 2.4 times as many recordings per audio source.
+# **Reading it.** The curves show where more steps stop buying presence F1 on new mixtures while the
+# presence loss on the training mixtures keeps falling: past that point more steps fit the training
+# mixtures, not new ones. Every training mixture is made from the recordings counted above.
 
 # %% [markdown]
 # **Where the predicted selection loses.** A source's map does not depend on which other classes
@@ -502,15 +503,13 @@ keep.pivot_table(index="variant", columns=["set", "metric", "mode"], values="val
 # 5 points (`max_missed`, at the missed sources' mean oracle AP `ap_missed`).
 
 # %%
-samples = collect_variants([MAIN_VARIANTS[0], WIDTH_VARIANTS[0], LONG], runs_dir, profile, [seed], samples=True)
+samples = collect_variants(BUDGET, ctx.runs, profile, [seed], samples=True)
 gaps = selection_gap(samples, sets=["test/duet/scene", "test/duet/concat"], target=0.05)
 gaps.drop(columns="seed").set_index(["variant", "set"]).round(3)
 
-# %% [markdown]
-# At the threshold chosen on validation by F1, each of these models misses a quarter to a third of
-# the sounding duet sources, while a gap of 5 points allows missing about one in eight: closing it
-# takes a presence *recall* near 0.9 on duets, more than an F1 of 0.85 with the precision these
-# thresholds favour.
+# %%
+print(f"At the threshold chosen on validation by F1 these models miss {gaps['missed'].min():.0%}-{gaps['missed'].max():.0%} of the "
+      f"sounding duet sources; a gap of 5 points allows missing {gaps['max_missed'].min():.0%}-{gaps['max_missed'].max():.0%}.")
 
 # %% [markdown]
 # **Other threshold rules.** The threshold above maximises F1 on validation, weighing a missed source
@@ -520,21 +519,22 @@ gaps.drop(columns="seed").set_index(["variant", "set"]).round(3)
 # written to `results/02_threshold_rules.csv`, the rule in the variant's name):
 
 # %%
-rule_runs = {MAIN_VARIANTS[0].label: run_dir, WIDTH_VARIANTS[0].label: width["run_dir"], LONG.label: long["run_dir"]}
+rule_runs = {MAIN_VARIANTS[0].label: run_dir, SHORT_VARIANT.label: short["run_dir"], WIDTH_VARIANTS[0].label: width["run_dir"]}
+rule_ids = {MAIN_VARIANTS[0].label: main["id"], SHORT_VARIANT.label: short["id"], WIDTH_VARIANTS[0].label: width["id"]}
 rules = pd.concat([presence_rule_table(d, ["test/duet/scene", "test/duet/concat"], betas=(1.0, 1.5, 2.0), device=device).assign(variant=k)
                    for k, d in rule_runs.items()], ignore_index=True)
 rule_rows = rules.assign(variant=[f"{v}, threshold {t:.2f} (F{b:g} on validation)" for v, t, b in zip(rules["variant"], rules["threshold"], rules["beta"])])
 long_rules = rule_rows.melt(id_vars=["variant", "set"], value_vars=["presence_precision", "presence_recall", "presence_f1", "predicted_cap"],
                             var_name="metric").assign(mode="predicted", metric=lambda d: d["metric"].replace({"predicted_cap": "cap"}))
+long_rules["run"] = [rule_ids[v.split(", threshold")[0]] for v in long_rules["variant"]]
 print("wrote", write_results(to_results(long_rules.assign(method="avgn", seed=seed), "02"), "02_threshold_rules", results_dir))
 rules.set_index(["variant", "beta", "threshold", "set"])[["presence_precision", "presence_recall", "presence_f1", "gap"]].round(3)
 
-# %% [markdown]
-# A recall-weighted rule keeps more of the sounding sources and narrows the gap, at some cost in
-# F1: with $\beta = 2$ these models keep 81–85 % of the duet sources and their gap falls to 6–8
-# points, their F1 1–5 points below the F1 rule's. On these runs no rule brings duet presence F1 to
-# 0.85 and the gap to 5 points together; the README ("More training, more recordings") measures the
-# same rules on the larger build.
+# %%
+b2 = rules[rules["beta"] == 2.0]
+print(f"With beta = 2 these models keep {b2['presence_recall'].min():.0%}-{b2['presence_recall'].max():.0%} of the duet sources, "
+      f"their gap {100 * b2['gap'].min():.1f}-{100 * b2['gap'].max():.1f} points, presence F1 {b2['presence_f1'].min():.3f}-"
+      f"{b2['presence_f1'].max():.3f}.")
 
 # %% [markdown]
 # ## Reproducing this run
@@ -542,5 +542,12 @@ rules.set_index(["variant", "beta", "threshold", "set"])[["presence_precision", 
 # The command line calls the same library functions as this chapter:
 
 # %%
+print(main["record"]["command"])
 print(run["config"]["command"])
 print(eval_command(run_dir, "test"))
+
+# %% [markdown]
+# ## The runs this chapter read
+
+# %%
+ctx.runs_table()

@@ -243,7 +243,7 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     add((SHORT_VARIANT,), _evals("test"), ("02", "04"))
     add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",))
     add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS, _evals("test"), ("04",))
-    add((DSOL_STAGE1_VARIANT,), (), ("07",))
+    add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
     add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))
     add(TVSL_VARIANTS, _evals("test", ZEROSHOT_SPLIT), ("09",))
     add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))
