@@ -33,11 +33,16 @@ from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, sh
 __all__ = ["plan_status", "store_run", "train_queue", "checkout", "QueueLockedError", "DEFAULT_COST_S", "format_duration"]
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Estimated seconds on one thread of a 2-core machine (two runs side by side) per run of a method
-#: when the store holds no finished run of that variant or method to measure from.
-DEFAULT_COST_S: dict[str, float] = {"avgn": 2400.0, "ezvsl": 1200.0, "mal": 600.0, "dsol": 900.0, "tvsl": 900.0}
-#: ... per evaluation tag of a run (loading the sets and predicting them).
-EVAL_COST_S = 60.0
+#: Estimated training seconds on one thread of a 2-core machine (two runs side by side) per run of a
+#: method at its profile's schedule, when the store holds no finished run of that variant or method
+#: to measure from (then the measured mean is used).
+DEFAULT_COST_S: dict[str, dict[str, float]] = {
+    "smoke": {"avgn": 30.0, "ezvsl": 20.0, "mal": 15.0, "dsol": 20.0, "tvsl": 30.0},
+    "cpu": {"avgn": 1500.0, "ezvsl": 1200.0, "mal": 600.0, "dsol": 900.0, "tvsl": 900.0},
+    "gpu": {"avgn": 1800.0, "ezvsl": 1200.0, "mal": 900.0, "dsol": 900.0, "tvsl": 900.0},
+}
+#: ... per evaluation tag of a run (loading the sets and predicting them), by profile.
+EVAL_COST_S: dict[str, float] = {"smoke": 3.0, "cpu": 60.0, "gpu": 60.0}
 
 
 class QueueLockedError(RuntimeError):
@@ -79,7 +84,7 @@ def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, 
 
 def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], state: str) -> float:
     """Estimated seconds left for ``run`` in ``state``."""
-    n_eval = len(run.evals) * EVAL_COST_S
+    n_eval = len(run.evals) * EVAL_COST_S.get(run.profile, 60.0)
     if state == "done":
         return 0.0
     if state == "evals" or not run.trains:
@@ -93,7 +98,7 @@ def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], st
 
     epochs, base_epochs = run.experiment().train.epochs, get_experiment(v.method, run.profile).train.epochs
     times = measured.get(f"method:{v.method}")
-    per_run = sum(times) / len(times) if times else DEFAULT_COST_S.get(v.method, 1800.0)
+    per_run = sum(times) / len(times) if times else DEFAULT_COST_S.get(run.profile, DEFAULT_COST_S["cpu"]).get(v.method, 1800.0)
     train_s = per_run * epochs / base_epochs  # a variant on another schedule: in proportion to its epochs
     return train_s + n_eval
 
