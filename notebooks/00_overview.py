@@ -225,3 +225,12 @@ check_maps = metrics.upsample_maps(noisy_maps(check_masks, 0.5, generator=gen), 
 ours = metrics.pixel_average_precision(check_maps, check_masks)
 ref = torch.tensor([average_precision_score(m.flatten().numpy(), s.flatten().numpy()) for s, m in zip(check_maps, check_masks)], dtype=torch.float64)
 print(f"{len(ours)} samples: max |AP(avgn) - AP(sklearn)| = {(ours - ref).abs().max().item():.1e}")
+
+
+# %% [markdown]
+# ## The code this chapter ran on
+
+# %%
+from avgn.env import git_revision  # noqa: E402
+
+print(f"code revision: {git_revision()}")

@@ -250,3 +250,12 @@ for split in ("test_real", "test_audio"):
 #   for readers who have the videos.
 #
 # The manifest schema is documented in `avgn.data.manifest` and `data/README.md`.
+
+
+# %% [markdown]
+# ## The code this chapter ran on
+
+# %%
+from avgn.env import git_revision  # noqa: E402
+
+print(f"code revision: {git_revision()}")

@@ -62,9 +62,9 @@ print({k: v for k, v in environment_report(device).items() if k in ("torch", "cp
 # %% [markdown]
 # ## Training and evaluating every method
 #
-# `ctx.run_variants` (`avgn.pipeline.run_variant` per seed) trains each variant's run (or resumes / reuses a finished one in `runs_dir`) and
-# evaluates its best-on-validation checkpoint on the test split; the commands printed for each run
-# reproduce it from a shell. "EZ-VSL + object prior" is not trained separately: it scores the trained
+# `ctx.run_variants` reads each variant's run from the run store (`store/`: trained and evaluated by
+# `avgn runs train`; a chapter never trains), its best-on-validation checkpoint evaluated on the test
+# split; the command printed for each run reproduces it from a shell. "EZ-VSL + object prior" is not trained separately: it scores the trained
 # EZ-VSL weights with the object-prior fusion of EZ-VSL's test script (`alpha = 0.4`), so the two
 # EZ-VSL rows differ only at inference. The settings each profile uses (and what the `cpu` profile
 # reduces) are listed below.
@@ -316,3 +316,13 @@ presence.pivot_table(index=["set", "mode"], columns="metric", values="value", ag
 # different protocol implementation (chapter 0 explains the fixes). The paper's tables could not be
 # quoted here: the paper is not among the material reachable offline, and numbers are never typed in
 # from memory in this book. Read them in Mo & Tian, CVPR 2023, Tables 1 and 2.
+
+
+# %% [markdown]
+# ## The runs this chapter read
+#
+# Every number above comes from these stored runs (`store/`, `avgn runs status`), read on the code
+# revision printed here.
+
+# %%
+ctx.runs_table()

@@ -223,3 +223,13 @@ plt.close(grid.figure)
 # splits against the in-domain test split; bars are means over training seeds, whiskers one
 # standard deviation.
 # ```
+
+
+# %% [markdown]
+# ## The runs this chapter read
+#
+# Every number above comes from these stored runs (`store/`, `avgn runs status`), read on the code
+# revision printed here.
+
+# %%
+ctx.runs_table()

@@ -230,3 +230,13 @@ _ = save_figure(fig, "06_explorer_still", figures_dir)
 
 # %%
 ex.widget()
+
+
+# %% [markdown]
+# ## The runs this chapter read
+#
+# Every number above comes from these stored runs (`store/`, `avgn runs status`), read on the code
+# revision printed here.
+
+# %%
+ctx.runs_table()

@@ -64,12 +64,13 @@ VARIANTS = [DSOL_VARIANT, *[v for v in MAIN_VARIANTS if v.label != "AVGN (public
 # %% [markdown]
 # ## Training both stages, and the methods it is compared with
 #
-# `ctx.run_variants` trains (or reuses) each run and evaluates it on the test split and on the
-# composed trios and quartets of frames; DSOL's stage 2 trains its stage 1 first (same seed). The
+# `ctx.run_variants` reads each run from the run store, evaluated on the test split and on the
+# composed trios and quartets of frames; DSOL's stage 2 starts from its stage 1 (same seed). The
 # commands printed reproduce every run.
 
 # %%
-ctx.run_variants([DSOL_STAGE1_VARIANT, DSOL_VARIANT], eval_splits=("test",), eval_sets=COMPOSED)
+ctx.run_variants([DSOL_STAGE1_VARIANT], eval_splits=("test",))
+ctx.run_variants([DSOL_VARIANT], eval_splits=("test",), eval_sets=COMPOSED)
 ctx.run_variants(VARIANTS[1:], verbose=False, eval_splits=("test",), eval_sets=COMPOSED)  # chapter 3's runs
 ctx.run_references(verbose=False, eval_sets=COMPOSED)
 
@@ -188,3 +189,13 @@ print(f"DSOL stage-1 cluster purity at the last clustering: {last['cluster_purit
 for v in ("DSOL", "AVGN"):
     print(f"{v}: duet-scene CAP oracle {100 * cap[(v, 'oracle')]:.1f} vs predicted {100 * cap[(v, 'predicted')]:.1f}; "
           f"NSA over silent distractors, oracle maps {nsa[(v, 'oracle')]:.2f}, predicted {nsa[(v, 'predicted')]:.2f}")
+
+
+# %% [markdown]
+# ## The runs this chapter read
+#
+# Every number above comes from these stored runs (`store/`, `avgn runs status`), read on the code
+# revision printed here.
+
+# %%
+ctx.runs_table()

@@ -228,3 +228,13 @@ for av, seg in [(av, seg) for av in ("EZ-VSL", "AVGN") for seg in segmenters]:
 # (the failures above). And the benchmark pastes whole objects on backgrounds, which favours a prior
 # of "where the objects are"; its silent distractors are the case where only the audio can choose,
 # and the per-class table shows where the audio-visual map does not.
+
+
+# %% [markdown]
+# ## The runs this chapter read
+#
+# Every number above comes from these stored runs (`store/`, `avgn runs status`), read on the code
+# revision printed here.
+
+# %%
+ctx.runs_table()
