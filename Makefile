@@ -1,15 +1,22 @@
-# avgn — the two commands of README.md:
-#   make book   set up, execute every chapter with papermill (profile cpu), render the HTML book
+# avgn — the commands of README.md:
+#   make book   set up, build the data, execute every chapter from the committed run store (profile cpu;
+#               no training), render the HTML book
 #   make test   set up, unit tests + notebook smoke runs (pytest --nbval-lax) + book build and reader test
+#   make runs   retrain and re-evaluate every run of the plan from scratch into build/store-rerun
+#               (resumable across sittings) and compare it with the committed store, metric by metric
+#   make store  train, evaluate and store what the committed store lacks (avgn runs train)
 PY      := .venv/bin/python
 PROFILE ?= cpu
 
-.PHONY: setup notebooks html book smoke-notebooks test bench clean
+.PHONY: setup data notebooks html book smoke-notebooks test bench clean runs store status
 
 setup:
 	bash scripts/setup.sh
 
-notebooks: setup
+data: setup
+	.venv/bin/avgn data build --profile $(PROFILE) --quiet
+
+notebooks: setup data
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 
 html: setup
@@ -27,6 +34,16 @@ smoke-notebooks: setup
 # and runs) in whichever slot frees first; each job's log is printed when it ends (scripts/ci_test.py)
 test: setup html smoke-notebooks
 	$(PY) scripts/ci_test.py --jobs 2
+
+status: setup
+	.venv/bin/avgn runs status --profile $(PROFILE)
+
+store: setup data
+	.venv/bin/avgn runs train --profile $(PROFILE) --workers 2
+
+runs: setup data
+	.venv/bin/avgn runs train --profile $(PROFILE) --workers 2 --store build/store-rerun
+	.venv/bin/avgn runs compare build/store-rerun --profile $(PROFILE)
 
 bench: setup
 	$(PY) benchmarks/bench_metrics.py

@@ -11,6 +11,7 @@
     avgn runs status [--profile P]             the book's runs: done, stale, missing, and the time left
     avgn runs train [--profile P] [--keys K ...] [--workers 2]   train, evaluate and store what is left
     avgn runs check [--profile P]              verify every stored record (hashes, ids)
+    avgn runs compare OTHER_STORE [--profile P]   a retrained store against the committed one
 """
 
 from __future__ import annotations
@@ -162,6 +163,20 @@ def _cmd_runs_check(args: argparse.Namespace) -> int:
     return 1 if len(bad) else 0
 
 
+def _cmd_runs_compare(args: argparse.Namespace) -> int:
+    from avgn.store.queue import compare_stores
+
+    df = compare_stores(args.profile, args.other, args.store)
+    if df.empty:
+        print(f"no common evaluations between {args.other} and the committed store")
+        return 1
+    flagged = df[df["flag"]]
+    print(f"{len(df)} numbers of {df['key'].nunique()} runs compared; {len(flagged)} beyond 2 sd of the committed seeds (or 0.01)")
+    if len(flagged):
+        print(flagged[["key", "set", "mode", "metric", "value", "committed_mean", "committed_sd"]].round(4).to_string(index=False))
+    return 1 if len(flagged) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for the ``avgn`` console script."""
     parser = argparse.ArgumentParser(prog="avgn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_one.add_argument("key")
     p_one.add_argument("--device", default="auto")
     p_one.set_defaults(func=_cmd_runs_store_one)
+    p_cmp = runs_sub.add_parser("compare", parents=[common], help="a retrained store (make runs) against the committed one, metric by metric")
+    p_cmp.add_argument("other", help="the other store's root folder")
+    p_cmp.set_defaults(func=_cmd_runs_compare)
     p_ck = runs_sub.add_parser("check", parents=[common], help="verify every stored record against its files and the plan")
     p_ck.set_defaults(func=_cmd_runs_check)
     return parser

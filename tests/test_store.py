@@ -227,3 +227,32 @@ def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_
         ctx.run_variants([MAIN_VARIANTS[0]], eval_splits=("test",))
     with pytest.raises(PlanKeyError, match=r"'mal/seed0' is not a run of the smoke plan"):
         ctx.checkout("mal/seed0")
+
+
+def test_a_retrained_store_is_compared_metric_by_metric_and_a_drifted_number_flagged(stored, tmp_path):
+    import pandas as pd
+
+    from avgn.store.queue import compare_stores
+    from avgn.store.records import sha256_file
+
+    other = _copy(stored, tmp_path)
+    same = compare_stores("smoke", other.root, stored["store"].root, tags=("val",))
+    assert len(same) > 20 and not same["flag"].any()
+    folder = other.folder("ezvsl/seed0")
+    df = pd.read_csv(folder / "eval_val.csv")
+    i = df.index[(df["metric"] == "ap") & (df["mode"] == "oracle")][0]
+    df.loc[i, "value"] += 0.05
+    df.to_csv(folder / "eval_val.csv", index=False)
+    rec = json.loads((folder / "record.json").read_text())
+    rec["files"]["eval_val.csv"] = sha256_file(folder / "eval_val.csv")
+    (folder / "record.json").write_text(json.dumps(rec))
+    diff = compare_stores("smoke", other.root, stored["store"].root, tags=("val",))
+    flagged = diff[diff["flag"]]
+    assert len(flagged) == 1 and flagged.iloc[0]["key"] == "ezvsl/seed0" and flagged.iloc[0]["metric"] == "ap"
+
+
+def test_a_second_store_trains_in_its_own_work_folder(tmp_path):
+    from avgn.store.queue import default_work_dir
+
+    assert default_work_dir(RunStore("cpu")).parts[-2:] == ("store-work", "cpu")
+    assert default_work_dir(RunStore("cpu", tmp_path / "store-rerun")) == tmp_path / "store-rerun-work" / "cpu"

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from avgn.store.plan import PlanKeyError, PlannedRun, book_plan, build_id, build_identity, run_id, run_identity
 from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, sha256_file, train_command
 
-__all__ = ["plan_status", "store_run", "train_queue", "checkout", "QueueLockedError", "DEFAULT_COST_S", "format_duration"]
+__all__ = ["plan_status", "store_run", "train_queue", "checkout", "compare_stores", "QueueLockedError", "DEFAULT_COST_S", "format_duration"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Estimated training seconds on one thread of a 2-core machine (two runs side by side) per run of a
@@ -140,6 +140,17 @@ def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: s
 # --------------------------------------------------------------------------------------------------
 # storing one run
 # --------------------------------------------------------------------------------------------------
+def default_work_dir(store: RunStore) -> Path:
+    """Where a store's runs are trained before they are stored: ``data/store-work/<profile>`` for the
+    committed store, ``<root>-work/<profile>`` beside any other (a retraining never reuses the
+    committed store's training folders)."""
+    from avgn.store.records import STORE_DIR
+
+    if store.root.resolve() == STORE_DIR.resolve():
+        return ROOT / "data" / "store-work" / store.profile
+    return store.root.parent / (store.root.name + "-work") / store.profile
+
+
 def _machine() -> dict[str, Any]:
     from avgn.env import environment_report
 
@@ -230,7 +241,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
 
     store = store or RunStore(profile)
     data_dir = Path(data_dir) if data_dir is not None else dataset_dir(ROOT / "data" / "embedded", profile, 0)
-    work = Path(work_dir) if work_dir is not None else ROOT / "data" / "store-work" / profile
+    work = Path(work_dir) if work_dir is not None else default_work_dir(store)
     plan = plan or book_plan(profile)
     if key not in plan:
         raise PlanKeyError(f"{key!r} is not a run of the {profile} plan; `avgn runs status --profile {profile}` lists them")
@@ -253,6 +264,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                                   "method": run.method, "seed": run.seed, "trains": run.trains, "chapters": list(run.chapters),
                                   "command": train_command(key, profile)}
         t0 = time.perf_counter()
+        keep = False
         if run.trains:
             assert run.variant is not None
             exp = run.experiment()
@@ -263,7 +275,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                 _materialize_run(sr, store, stage, data_dir)
                 record.update({k: sr.record.get(k) for k in ("code_revision", "machine", "wall_seconds", "train_seconds", "samples_per_s",
                                                             "presence_threshold", "checkpoint_epoch", "steps", "trainable_parameters")})
-                weights = fp16_weights(store.load_weights(sr))
+                weights, keep = None, True
             else:
                 over = dict(run.variant.overrides)
                 if run.init_key:  # a second stage starts from the stored first stage, materialised
@@ -311,7 +323,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
             from avgn.env import git_revision
 
             record.update({"code_revision": git_revision(), "machine": _machine()})
-        return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights)
+        return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights, keep_weights=keep)
     finally:
         lock.__exit__(None, None, None)
 
@@ -354,7 +366,7 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
     done = set(status.loc[status["state"] == "done", "key"])
     pending = list(todo["key"])
     est = dict(zip(todo["key"], todo["est_seconds"]))
-    logs = ROOT / "data" / "store-work" / profile / "logs"
+    logs = default_work_dir(store) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     running: list[_Job] = []
     failed: list[str] = []
@@ -444,3 +456,35 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
 
             atomic_write_json(eval_dir / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
     return {"key": key, "id": sr.id, "run_dir": run_dir, "eval_dir": eval_dir, "record": sr.record, "commands": commands}
+
+
+# --------------------------------------------------------------------------------------------------
+# a second store against the committed one
+# --------------------------------------------------------------------------------------------------
+def compare_stores(profile: str, other_root: str | Path, store_root: str | Path | None = None, tags: Sequence[str] = ("test",),
+                   min_tol: float = 0.01):
+    """Every metric of the runs in the store at ``other_root`` (e.g. ``make runs``' fresh retraining)
+    against the committed store, per (variant, evaluation, set, mode, metric): the committed seeds'
+    mean and sd, the other store's value per seed, and ``flag`` when it lies further than
+    ``max(2 sd, min_tol)`` from the committed mean. Returns a long :class:`pandas.DataFrame`."""
+    import pandas as pd
+
+    ours, theirs = RunStore(profile, store_root), RunStore(profile, other_root)
+
+    def table(store: RunStore) -> "pd.DataFrame":
+        frames = []
+        for key in store.keys():
+            sr = store.read(key)
+            for tag in sr.eval_tags():
+                if tag in tags:
+                    df = pd.read_csv(sr.path(f"eval_{tag}.csv"))
+                    frames.append(df.assign(key=key, variant=key.split("/")[0], tag=tag, run=sr.id))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["variant", "tag", "set", "mode", "metric", "value"])
+
+    a, b = table(ours), table(theirs)
+    by = ["variant", "tag", "set", "mode", "metric"]
+    ref = a.groupby(by)["value"].agg(committed_mean="mean", committed_sd="std", committed_seeds="count").reset_index()
+    out = b[by + ["key", "value"]].merge(ref, on=by, how="left")
+    tol = (2 * out["committed_sd"].fillna(0)).clip(lower=min_tol)
+    out["flag"] = out["committed_mean"].isna() | ((out["value"] - out["committed_mean"]).abs() > tol)
+    return out

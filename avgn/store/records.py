@@ -152,16 +152,20 @@ class RunStore:
 
     # ---- writing ----------------------------------------------------------------------------------
     def write(self, key: str, record: dict[str, Any], run_dir: Path | None, eval_dir: Path | None, tags: list[str],
-              weights: dict[str, torch.Tensor] | None) -> StoredRun:
+              weights: dict[str, torch.Tensor] | None, keep_weights: bool = False) -> StoredRun:
         """Write the folder of ``key`` atomically file by file, ``record.json`` last: the run's files
-        from ``run_dir`` (training) and ``eval_<tag>.*`` from ``eval_dir``; ``weights`` (fp16)."""
+        from ``run_dir`` (training) and ``eval_<tag>.*`` from ``eval_dir``; ``weights`` (fp16), or
+        with ``keep_weights`` the folder's stored weights file as it is (a re-scoring)."""
         folder = self.folder(key)
         folder.mkdir(parents=True, exist_ok=True)
         old = folder / "record.json"
         if old.exists():  # an incomplete folder until the new record is written
             old.unlink()
         files: dict[str, str] = {}
-        if weights is not None:
+        if keep_weights:
+            files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
+            record["weights"] = "weights.safetensors"
+        elif weights is not None:
             atomic_save_safetensors(folder / "weights.safetensors", weights, metadata={"key": key, "id": record["id"]})
             files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
             record["weights"] = "weights.safetensors"
