@@ -1,0 +1,43 @@
+"""The committed ``cpu`` run store on the ``cpu`` data build: every record sound and current, and a
+committed run re-evaluated from its stored fp16 weights reproduces its record's numbers to 1e-4
+(``make test`` runs these as their own job: the data build takes a few minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avgn.store.consistency import check_reevaluation
+from avgn.store.queue import plan_status
+from avgn.store.records import RunStore
+
+pytestmark = [pytest.mark.cpu_store, pytest.mark.usefixtures("one_thread")]
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the runs re-evaluated, cheapest first: the first one the store holds is checked
+CANDIDATES = ("mal/seed0", "ezvsl/seed0", "avgn/seed0")
+
+
+@pytest.fixture(scope="module")
+def cpu_build() -> Path:
+    from avgn.data.build import build_dataset, dataset_dir
+
+    data = dataset_dir(ROOT / "data" / "embedded", "cpu", 0)
+    build_dataset(profile="cpu", seed=0, out=data, progress=False)
+    return data
+
+
+def test_every_committed_cpu_record_is_sound_and_current(cpu_build):
+    st = plan_status("cpu", RunStore("cpu"), cpu_build)
+    stored = st[st["state"] != "missing"]
+    assert len(stored), "the committed cpu store holds no run: `avgn runs train --profile cpu` and commit store/cpu"
+    bad = stored[~stored["state"].isin(["done", "evals"])]
+    assert bad.empty, "\n".join(f"{r.key}: {r.state} {r.note}" for r in bad.itertuples())
+
+
+def test_a_committed_cpu_run_reevaluates_to_its_record(cpu_build, tmp_path):
+    store = RunStore("cpu")
+    key = next((k for k in CANDIDATES if store.exists(k)), None)
+    assert key is not None, f"none of {CANDIDATES} is in the committed cpu store"
+    assert check_reevaluation(key, "cpu", cpu_build, tmp_path / "runs", "test", store) == []
