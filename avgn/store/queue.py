@@ -365,6 +365,15 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
     plan = book_plan(profile)
     done = set(status.loc[status["state"] == "done", "key"])
     pending = list(todo["key"])
+    work_runs = default_work_dir(store) / "runs"
+
+    def trained(key: str) -> bool:  # its training finished in the work folder: only evaluations left
+        from avgn.runs import variant_dirs
+
+        r = plan[key]
+        return r.trains and (variant_dirs(r.variant, work_runs, profile, r.seed)[0] / "run.json").is_file()
+
+    pending.sort(key=lambda k: not trained(k))  # stable: otherwise the plan's order
     est = dict(zip(todo["key"], todo["est_seconds"]))
     logs = default_work_dir(store) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
