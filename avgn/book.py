@@ -24,7 +24,8 @@ from typing import Any, Sequence
 from avgn.config import Profile, get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
-from avgn.experiment import REFERENCES
+from avgn.experiment import METHODS, REFERENCES, get_experiment
+from avgn.features import compute_features
 from avgn.pipeline import collect_references, collect_variants
 from avgn.results import RESULTS_DIR, read_results, to_results, write_results
 from avgn.runs import Variant, variant_dirs
@@ -147,6 +148,9 @@ def chapter_context(
     set_style()
     data = dataset_dir(data_dir, profile, seed)
     build_dataset(profile=profile, seed=seed, out=data, progress=False)
+    inputs = get_experiment(METHODS[0], profile).inputs
+    if inputs.cached_features:  # the frozen backbone's features of every frame (a cache of the data, not training)
+        compute_features(data, inputs.features, device=device, progress=False)
     ctx = Chapter(str(chapter), prof, int(seed), device, Path(data), Path(runs_dir), Path(results_dir), Path(figures_dir), progress,
                   None if store_dir is None else Path(store_dir))
     print(f"chapter {chapter}: profile {profile}, seeds {ctx.seeds}; data {data}; runs {ctx.runs}", flush=True)

@@ -211,6 +211,7 @@ def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_
 
     monkeypatch.setattr(book, "build_dataset", lambda **kw: None)
     monkeypatch.setattr(book, "dataset_dir", lambda d, p, s: stored["data"])
+    monkeypatch.setattr(book, "compute_features", lambda *a, **k: None)  # the fake build's cache is the tiny one
     monkeypatch.setattr(book, "checkout", lambda key, profile, runs, data, store: checkout(key, profile, runs, data, store, stored["plan"]))
     ctx = book.chapter_context("03", "smoke", 0, "cpu", tmp_path / "data", tmp_path / "runs", tmp_path / "results", tmp_path / "fig",
                                store_dir=stored["store"].root)
