@@ -1,6 +1,6 @@
 """avgn — Audio-Visual Grouping Network for sound localization from mixtures.
 
-A thin research library backing the avgn book. Each module has one job; from the bottom of the
+A thin research library backing the avgn book (whose studies live apart, in :mod:`avgnbook`). Each module has one job; from the bottom of the
 import graph to the top (a module imports only from those above it in this list; no import circle,
 ``tests/test_imports.py``):
 
@@ -22,19 +22,10 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.experiment`   one run's configuration (method x profile, dotted overrides)
 - :mod:`avgn.runs`         run folders, named variants, reproduce commands, loading a trained run
 - :mod:`avgn.evaluate`     evaluation sets, predictions, scoring under both source-selection modes
-- :mod:`avgn.zeroshot`     zero-shot evaluation of the held-out classes (how each method names them)
 - :mod:`avgn.train`        the training loop (within-epoch checkpoints, micro-batches, DistributedDataParallel)
-- :mod:`avgn.pipeline`     train / evaluate / collect the book's variants and references
-- :mod:`avgn.book`         a chapter's set-up in one call (``chapter_context``)
+- :mod:`avgn.store`        the run store: planned runs and their ids, records with fp16 weights, the queue
 - :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording, or video (ffmpeg)
-- :mod:`avgn.analysis`     analyses beyond the summary numbers (binarisation, presence, embeddings)
-- :mod:`avgn.anchors`      T-VSL's anchors beside a run's class-aware features (similarities, t-SNE)
-- :mod:`avgn.diagnostics`  does a model learn from the audio? controls and references
-- :mod:`avgn.shape_masks`  chapter 8: maps -> point prompts -> segmenter masks, AVSBench scores
-- :mod:`avgn.results`      the committed long-format results files
-- :mod:`avgn.explorer`     the interactive explorer of chapter 6
 - :mod:`avgn.viz`          figure helpers (save to ``figures/``)
-- :mod:`avgn.synthetic`    synthetic maps for the protocol demonstrations of chapter 0
 - :mod:`avgn.cli`          the ``avgn`` command line (also ``python -m avgn``, ``torchrun -m avgn``)
 """
 

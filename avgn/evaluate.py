@@ -522,7 +522,7 @@ def threshold_for_beta(curve: Sequence[Mapping[str, float]], beta: float = 1.0) 
     ``beta = 1`` is the book's rule and reads the curve's own F1 (the mean of the sets' F1s, exactly
     what :func:`choose_presence_threshold` maximises); any other ``beta`` is computed from the
     curve's mean precision and recall. ``beta > 1`` weighs recall more: a missed sounding source
-    loses its whole map, a false alarm costs CAP nothing (:func:`avgn.analysis.selection_gap`).
+    loses its whole map, a false alarm costs CAP nothing (:func:`avgnbook.analysis.selection_gap`).
     """
     if beta <= 0:
         raise ValueError(f"beta must be positive, got {beta}")

@@ -53,20 +53,6 @@ __all__ = [
     "run_presence_threshold",
     "flatten",
     "Variant",
-    "MAIN_VARIANTS",
-    "BASELINE_DESIGN_VARIANTS",
-    "PAPER_DESIGN_VARIANT",
-    "DEPTH_VARIANTS",
-    "ASSIGNMENT_VARIANTS",
-    "LOSS_VARIANTS",
-    "DSOL_STAGE1_VARIANT",
-    "DSOL_VARIANT",
-    "TVSL_VARIANTS",
-    "TVSL_HELDOUT_CANDIDATES",
-    "VARIANT_GROUPS",
-    "WIDTH_VARIANTS",
-    "SHORT_VARIANT",
-    "ABLATION_SCHEDULE",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,7 +287,7 @@ def load_trained_model(
 
 
 # --------------------------------------------------------------------------------------------------
-# the variants the book compares
+# named variants (the book's catalogue of them: avgnbook.variants)
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Variant:
@@ -360,90 +346,3 @@ def variant_dirs(variant: Variant, runs_dir: str | Path, profile: str, seed: int
     if not variant.eval_overrides:
         return run_dir, run_dir
     return run_dir, run_dir_for(runs_dir / "variants" / str(variant.name), variant.method, profile, seed)
-
-
-#: Chapter 4's ablations and chapter 2's paper design train on the 6-epoch schedule with early stopping (:data:`SHORT_VARIANT`, their
-#: reference row), not the profile's 16 epochs: 27 ablation runs (9 variants x 3 seeds) at 16 epochs
-#: would cost ~19 h of 2-core time, at 6 epochs about 40 % of it.
-ABLATION_SCHEDULE: tuple[tuple[str, Any], ...] = (("train.epochs", 6), ("train.early_stopping_patience", 3))
-#: Chapter 3: every method, and the two readings of AVGN's and EZ-VSL's public code.
-MAIN_VARIANTS: tuple[Variant, ...] = (
-    Variant("AVGN", "avgn"),
-    Variant("AVGN (public-code target)", "avgn", overrides=(("model.loc_target", "public"),), name="avgn-public"),
-    Variant("EZ-VSL", "ezvsl"),
-    Variant("EZ-VSL + object prior", "ezvsl", eval_overrides=(("object_prior_alpha", 0.4),), name="ezvsl-ogl"),
-    Variant("Mix-and-Localize", "mal"),
-)
-#: Chapter 3, "Do the baselines learn?": the baselines as their public code builds them (EZ-VSL at the
-#: public contrastive temperature 0.03) or as this book's earlier defaults did (EZ-VSL with a batch norm
-#: on the audio embedding; Mix-and-Localize walking over every frame of the batch), against which the
-#: defaults' departures are measured.
-BASELINE_DESIGN_VARIANTS: tuple[Variant, ...] = (
-    Variant("EZ-VSL (public code: temperature 0.03)", "ezvsl", overrides=(("model.tau", 0.03),), name="ezvsl-tau003"),
-    Variant("EZ-VSL (audio batch norm)", "ezvsl", overrides=(("model.audio_norm", "batchnorm"),), name="ezvsl-batchnorm"),
-    Variant("Mix-and-Localize (batch frame graph)", "mal", overrides=(("model.graph", "frames"),), name="mal-frames"),
-)
-#: Chapter 2: AVGN exactly as the paper and its released code design it (shared presence head, every
-#: loss weight 1), against which chapter 2 diagnoses why it does not learn from the audio.
-PAPER_DESIGN_VARIANT = Variant(
-    "AVGN (paper design)", "avgn", overrides=ABLATION_SCHEDULE + tuple((f"model.{k}", v) for k, v in PAPER_DESIGN.items()), name="avgn-paper-design",
-)
-#: Chapter 2: what training buys: AVGN on the profile's earlier schedule, 6 epochs with early stopping
-#: after 3 epochs without a better validation score (the profile trains 16 epochs, every one).
-SHORT_VARIANT = Variant("AVGN, 6 epochs (early stopping)", "avgn", overrides=(("train.epochs", 6), ("train.early_stopping_patience", 3)),
-                        name="avgn-6ep", factor="training epochs", level=6)
-#: Chapter 4: depth of the per-modality transformers (the profile's own depth is :data:`SHORT_VARIANT`).
-DEPTH_VARIANTS: tuple[Variant, ...] = tuple(
-    Variant(f"depth {d}", "avgn", overrides=ABLATION_SCHEDULE + (("model.depth", d),), name=f"avgn-depth{d}", factor="depth", level=d) for d in (1, 3, 6, 12)
-)
-#: Chapter 4: how features are assigned to class tokens (Softmax is the plain AVGN run).
-ASSIGNMENT_VARIANTS: tuple[Variant, ...] = (
-    Variant("Hard-Softmax", "avgn", overrides=ABLATION_SCHEDULE + (("model.assignment", "hard"),), name="avgn-hard", factor="assignment", level="hard"),
-    Variant("Gumbel-Softmax", "avgn", overrides=ABLATION_SCHEDULE + (("model.assignment", "gumbel"),), name="avgn-gumbel", factor="assignment", level="gumbel"),
-)
-#: Chapter 4: losses removed (Eq. 10 against the public-code target is in :data:`MAIN_VARIANTS`).
-LOSS_VARIANTS: tuple[Variant, ...] = (
-    Variant("without token loss", "avgn", overrides=ABLATION_SCHEDULE + (("model.w_token", 0.0),), name="avgn-no-token", factor="loss", level="no token"),
-    Variant("without presence losses", "avgn", overrides=ABLATION_SCHEDULE + (("model.w_audio_cls", 0.0), ("model.w_visual_cls", 0.0)), name="avgn-no-presence",
-            factor="loss", level="no presence"),
-)
-#: Chapter 4: the width of the audio ResNet-18 (the ``cpu`` profile's is 0.5, the paper's 1.0; the
-#: profile's own width is the plain AVGN run). Not a claim of the paper: how much the audio side's
-#: capacity limits presence prediction and label-free selection at this budget.
-WIDTH_VARIANTS: tuple[Variant, ...] = (
-    Variant("audio width 0.25", "avgn", overrides=ABLATION_SCHEDULE + (("model.encoder.audio_width", 0.25),), name="avgn-audio-width0.25", factor="audio width",
-            level=0.25),
-)
-#: Chapter 7: DSOL's two stages — stage 1 on single-source scenes only, stage 2 on mixtures only,
-#: initialised from stage 1's run of the same seed.
-DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
-                              name="dsol-stage1")
-DSOL_VARIANT = Variant("DSOL", "dsol", overrides=(("model.stage", 2), ("train.solo_items", 0)), name="dsol", init_from=DSOL_STAGE1_VARIANT)
-#: Chapter 9: T-VSL with this book's MiniLM anchors (two prompt templates averaged) and with the bare
-#: class name as its only prompt (the public code prompts its text tower with the bare name).
-TVSL_VARIANTS: tuple[Variant, ...] = (
-    Variant("T-VSL (MiniLM anchors)", "tvsl", factor="templates", level="sound + photo"),
-    Variant("T-VSL (MiniLM, bare name)", "tvsl", overrides=(("model.templates", ("{}",)),), name="tvsl-bare",
-            factor="templates", level="bare name"),
-)
-#: Chapter 9: the default T-VSL weights, ``predicted`` selection choosing among the held-out classes only
-#: (the classic zero-shot protocol; the plain run chooses among all classes: generalised zero-shot).
-#: Meant for the ``test_zeroshot`` split.
-TVSL_HELDOUT_CANDIDATES = Variant(
-    "T-VSL (MiniLM anchors), held-out candidates", "tvsl", eval_overrides=(("candidate_classes", DataConfig().heldout_classes),),
-    name="tvsl-heldout-candidates", factor="candidates", level="held-out classes",
-)
-#: The groups of variants by name (``scripts/run_variants.py --group``, the chapters).
-VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
-    "main": MAIN_VARIANTS,
-    "baselines": BASELINE_DESIGN_VARIANTS,
-    "paper": (PAPER_DESIGN_VARIANT,),
-    "depth": DEPTH_VARIANTS,
-    "assignment": ASSIGNMENT_VARIANTS,
-    "loss": LOSS_VARIANTS,
-    "width": WIDTH_VARIANTS,
-    "short": (SHORT_VARIANT,),
-    "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS,
-    "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
-    "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
-}

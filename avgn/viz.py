@@ -116,7 +116,7 @@ def gradient_heatmap(grads, by: str = "design") -> Figure:
     """Heatmaps of gradient norms (one panel per value of ``by``): rows ``module``, columns ``loss``,
     colour ``log10(grad_norm)`` on one shared scale, each cell annotated with its value; a zero norm
     (no path from that loss to that module) is left blank. ``grads``: the long table of
-    :func:`avgn.diagnostics.avgn_gradient_table` with a ``by`` column."""
+    :func:`avgnbook.diagnostics.avgn_gradient_table` with a ``by`` column."""
     import numpy as np
 
     panels = list(dict.fromkeys(grads[by]))

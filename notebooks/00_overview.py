@@ -57,7 +57,7 @@ from matplotlib import pyplot as plt
 from avgn import metrics
 from avgn.config import get_profile
 from avgn.env import environment_report, seed_everything
-from avgn.synthetic import noisy_maps, perfect_map_ciou_vs_area, protocol_sweep, random_box_masks
+from avgnbook.synthetic import noisy_maps, perfect_map_ciou_vs_area, protocol_sweep, random_box_masks
 from avgn.viz import save_figure, set_style
 
 cfg = get_profile(profile)

@@ -40,7 +40,7 @@
 # stored with the run (never on test).
 #
 # **Runs come from the run store.** Every run this chapter reads is declared in the book's run plan
-# (`avgn.store.plan.book_plan`) and stored, trained and evaluated, in the committed run store
+# (`avgnbook.plan.book_plan`) and stored, trained and evaluated, in the committed run store
 # (`store/`, `avgn runs train`); the chapter reads them back (`ctx.checkout`) and never trains one.
 # A run missing from the store is an error naming its key and the command that trains it.
 
@@ -61,18 +61,19 @@ import seaborn as sns
 import torch
 from matplotlib import pyplot as plt
 
-from avgn.analysis import presence_rule_table, selection_gap
-from avgn.book import chapter_context
+from avgnbook.analysis import presence_rule_table, selection_gap
+from avgnbook.chapter import chapter_context
 from avgn.env import environment_report
 from avgn.evaluate import evaluate_sets, example_maps, load_eval_set, token_confusion
-from avgn.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, presence_reference_run, prior_bce,
+from avgnbook.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, presence_reference_run, prior_bce,
                               training_batches)
 from avgn.experiment import get_experiment, profile_table
 from avgn.features import FeatureStore
 from avgn.methods import MethodPredictor, create_model, get_method
-from avgn.pipeline import collect_variants
-from avgn.results import to_results, write_results
-from avgn.runs import MAIN_VARIANTS, PAPER_DESIGN_VARIANT, SHORT_VARIANT, WIDTH_VARIANTS, eval_command, load_run, load_trained_model
+from avgnbook.pipeline import collect_variants
+from avgnbook.results import to_results, write_results
+from avgn.runs import eval_command, load_run, load_trained_model
+from avgnbook.variants import MAIN_VARIANTS, PAPER_DESIGN_VARIANT, SHORT_VARIANT, WIDTH_VARIANTS
 from avgn.viz import gradient_heatmap, save_figure
 
 ctx = chapter_context("02", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir, store_dir=store_dir)
@@ -441,7 +442,7 @@ pd.DataFrame(rows).set_index(["set", "mode"]).round(3)
 # model on the 6-epoch schedule with early stopping.
 
 # %%
-print(f"plain CNN: {cnn.steps} steps in {cnn.seconds / 60:.1f} min (`avgn.diagnostics.presence_reference_run`, seed {seed})")
+print(f"plain CNN: {cnn.steps} steps in {cnn.seconds / 60:.1f} min (`avgnbook.diagnostics.presence_reference_run`, seed {seed})")
 f1_key = "val/val/duet/scene/predicted/presence_f1"
 LONG = MAIN_VARIANTS[0]
 avgn_hists = pd.concat([hists, run["history"].assign(design=f"AVGN, {summary['epochs_run']} epochs (the book's)")], ignore_index=True)
@@ -498,7 +499,7 @@ keep.pivot_table(index="variant", columns=["set", "metric", "mode"], values="val
 # are selected, and a selected class that does not sound costs CAP nothing (the reason the presence
 # threshold is chosen by F1, `avgn.evaluate.choose_presence_threshold`). So the predicted
 # selection's CAP falls short of the oracle's by exactly the oracle AP of the sounding sources it
-# misses, over the number of sources: `avgn.analysis.selection_gap` measures both sides of that
+# misses, over the number of sources: `avgnbook.analysis.selection_gap` measures both sides of that
 # identity (`gap`, `gap_from_missed`) and the share of missed sources at which the gap would be
 # 5 points (`max_missed`, at the missed sources' mean oracle AP `ap_missed`).
 
@@ -515,7 +516,7 @@ print(f"At the threshold chosen on validation by F1 these models miss {gaps['mis
 # **Other threshold rules.** The threshold above maximises F1 on validation, weighing a missed source
 # and a false alarm alike. Weighing recall more — F-beta with $\beta = 1.5$ or $2$, still chosen on
 # the validation curve kept in `run.json` (`avgn.evaluate.threshold_for_beta`) — selects lower
-# thresholds; each rule's choice scored on the test duets (`avgn.analysis.presence_rule_table`,
+# thresholds; each rule's choice scored on the test duets (`avgnbook.analysis.presence_rule_table`,
 # written to `results/02_threshold_rules.csv`, the rule in the variant's name):
 
 # %%

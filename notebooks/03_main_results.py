@@ -46,13 +46,13 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import rescore_variants
-from avgn.book import chapter_context
-from avgn.diagnostics import baseline_report
+from avgnbook.analysis import rescore_variants
+from avgnbook.chapter import chapter_context
+from avgnbook.diagnostics import baseline_report
 from avgn.env import environment_report
 from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
 from avgn.methods import get_method
-from avgn.runs import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS
+from avgnbook.variants import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS
 from avgn.viz import save_figure
 
 ctx = chapter_context("03", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
@@ -228,7 +228,7 @@ pd.DataFrame(ref_rows).round(1).set_index(["set", "metric", "reference"])
 #   default let the first step go to *any* frame of the batch (`graph="frames"`, variant
 #   `mal-frames`).
 #
-# The public designs are trained with the same seeds. For each run, `avgn.diagnostics.baseline_report`
+# The public designs are trained with the same seeds. For each run, `avgnbook.diagnostics.baseline_report`
 # measures:
 #
 # - how alike the audio embeddings of different clips are (mean pairwise cosine; 1 = collapsed);

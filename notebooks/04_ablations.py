@@ -46,11 +46,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, mean_std_table, predict_reference, predict_run, ranking_table,
+from avgnbook.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, mean_std_table, predict_reference, predict_run, ranking_table,
                            seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
-from avgn.book import chapter_context
+from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
-from avgn.runs import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, SHORT_VARIANT, WIDTH_VARIANTS
+from avgnbook.variants import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, SHORT_VARIANT, WIDTH_VARIANTS
 from avgn.viz import save_figure
 
 ctx = chapter_context("04", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
@@ -213,7 +213,7 @@ pd.concat({layout: mean_std_table(long, f"test/duet/{layout}", ["presence F1", "
 # a mask. The book's protocol (chapter 0) uses the median rule of the AVGN and EZ-VSL test scripts
 # (`top_fraction 0.5`: keep the upper half of the min-max normalised map); DSOL and T-VSL use other
 # rules. Here the seed-0 predictions of every method are re-scored under seven rules without another
-# forward pass (`avgn.analysis.binarization_sweep`).
+# forward pass (`avgnbook.analysis.binarization_sweep`).
 
 # %%
 sets = ["test/solo/scene", "test/duet/scene"]

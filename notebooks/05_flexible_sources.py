@@ -41,12 +41,13 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import class_presence_table, predict_run, presence_summary, sources_curves
-from avgn.book import chapter_context
+from avgnbook.analysis import class_presence_table, predict_run, presence_summary, sources_curves
+from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgn.methods import get_method
-from avgn.results import with_set_parts
-from avgn.runs import MAIN_VARIANTS, load_run
+from avgnbook.results import with_set_parts
+from avgn.runs import load_run
+from avgnbook.variants import MAIN_VARIANTS
 from avgn.viz import save_figure
 
 ctx = chapter_context("05", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)

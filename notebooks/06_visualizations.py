@@ -38,12 +38,13 @@ import seaborn as sns
 from matplotlib import pyplot as plt
 from sklearn.manifold import TSNE
 
-from avgn.analysis import class_embeddings, embedding_dependence
-from avgn.book import chapter_context
+from avgnbook.analysis import class_embeddings, embedding_dependence
+from avgnbook.chapter import chapter_context
 from avgn.evaluate import example_maps
-from avgn.explorer import Explorer, explorer_items
+from avgnbook.explorer import Explorer, explorer_items
 from avgn.segment.segmenters import GrabCutSegmenter
-from avgn.runs import MAIN_VARIANTS, load_run, load_trained_model
+from avgn.runs import load_run, load_trained_model
+from avgnbook.variants import MAIN_VARIANTS
 from avgn.viz import MAP_CMAP, qualitative_grid, save_figure
 
 ctx = chapter_context("06", profile, seed, device, data_dir, runs_dir, figures_dir=figures_dir)
@@ -202,7 +203,7 @@ plt.close(fig)
 # %% [markdown]
 # ## Interactive explorer
 #
-# `avgn.explorer.Explorer` puts a few test scenes behind widgets: pick the scene and the method,
+# `avgnbook.explorer.Explorer` puts a few test scenes behind widgets: pick the scene and the method,
 # listen to the mixture and to each source as mixed, overlay the map of **any** class (AVGN has one
 # per class token, so the map of a silent or absent class can be inspected too), move the threshold
 # and see the binarised mask and its cIoU against the matched source; the `segment` toggle replaces the

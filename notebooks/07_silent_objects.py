@@ -48,11 +48,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import mean_std_table, predict_run, seed_sd, silent_object_metrics, verdict_beats, verdict_summary
-from avgn.book import chapter_context
+from avgnbook.analysis import mean_std_table, predict_run, seed_sd, silent_object_metrics, verdict_beats, verdict_summary
+from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES
 from avgn.methods import get_method
-from avgn.runs import DSOL_STAGE1_VARIANT, DSOL_VARIANT, MAIN_VARIANTS, load_run, run_presence_threshold
+from avgn.runs import load_run, run_presence_threshold
+from avgnbook.variants import DSOL_STAGE1_VARIANT, DSOL_VARIANT, MAIN_VARIANTS
 from avgn.viz import save_figure
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole

@@ -60,12 +60,12 @@ sam_model_type = "vit_h"
 import pandas as pd
 import torch
 
-from avgn.book import chapter_context
-from avgn.runs import MAIN_VARIANTS
+from avgnbook.chapter import chapter_context
+from avgnbook.variants import MAIN_VARIANTS
 from avgn.segment import SAMPLERS, PromptConfig
 from avgn.segment.decoder import DecoderConfig, DecoderSegmenter, train_point_decoder
 from avgn.segment.segmenters import GrabCutSegmenter, SamSegmenter
-from avgn.shape_masks import (BLOB, fused, load_pairs, mask_study, plot_masks, prior_ablation, prior_map_source, qualitative,
+from avgnbook.shape_masks import (BLOB, fused, load_pairs, mask_study, plot_masks, prior_ablation, prior_map_source, qualitative,
                               run_map_sources, split_variant)
 from avgn.viz import save_figure
 

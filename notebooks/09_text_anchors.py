@@ -39,7 +39,7 @@
 # names only, and its checkpoint is picked on the test set. Here maps are scored as they are (high =
 # sounding), both selection modes are reported, and the checkpoint is picked on validation. The
 # training losses see only the anchors of the training classes: a held-out class is neither a target
-# nor a negative (`avgn.zeroshot.check_unseen`).
+# nor a negative (`avgnbook.zeroshot.check_unseen`).
 
 # %% tags=["parameters"]
 profile = "cpu"
@@ -57,15 +57,15 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgn.analysis import mean_std_table, seed_sd, verdict_beats, verdict_summary
-from avgn.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
-from avgn.book import chapter_context
+from avgnbook.analysis import mean_std_table, seed_sd, verdict_beats, verdict_summary
+from avgnbook.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
+from avgnbook.chapter import chapter_context
 from avgn.data.manifest import load_build_info
 from avgn.evaluate import list_sets
 from avgn.experiment import METHOD_NAMES, REFERENCES
-from avgn.runs import MAIN_VARIANTS, TVSL_HELDOUT_CANDIDATES, TVSL_VARIANTS
+from avgnbook.variants import MAIN_VARIANTS, TVSL_HELDOUT_CANDIDATES, TVSL_VARIANTS
 from avgn.viz import save_figure
-from avgn.zeroshot import ZEROSHOT_SPLIT, heldout_classes, zeroshot_scoring
+from avgnbook.zeroshot import ZEROSHOT_SPLIT, heldout_classes, zeroshot_scoring
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("09", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
@@ -161,7 +161,7 @@ pres.pivot_table(index=["set", "variant"], columns="metric", values="value", agg
 # ## Zero-shot: the held-out classes, from their names
 #
 # `test_zeroshot` holds scenes where only held-out classes sound. How each method is scored there
-# (`avgn.zeroshot.zeroshot_scoring`):
+# (`avgnbook.zeroshot.zeroshot_scoring`):
 #
 # - **T-VSL** (`text`): the maps and audio probabilities of the held-out classes come from their
 #   anchors; `predicted` picks among *all* anchors (generalised zero-shot: a seen class picked

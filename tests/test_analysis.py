@@ -1,4 +1,4 @@
-"""avgn.analysis on hand-made predictions: sweeps, rankings, tables, roles of classes."""
+"""avgnbook.analysis on hand-made predictions: sweeps, rankings, tables, roles of classes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from avgn.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table, selection_gap
+from avgnbook.analysis import binarization_sweep, class_presence_table, mean_std_table, presence_summary, ranking_table, selection_gap
 from avgn.config import EvalConfig
 from avgn.evaluate import SetName, SetPredictions, score_set, threshold_for_beta
 
@@ -71,7 +71,7 @@ def test_mean_std_table_cells():
 
 def test_class_presence_roles(tmp_path, monkeypatch):
     """Sounding / distractor / absent from the manifest; selection = presence >= 0.5 or the top class."""
-    import avgn.analysis as man  # the name the analysis module reads
+    import avgnbook.analysis as man  # the name the analysis module reads
 
     manifest = pd.DataFrame({"scene_id": ["a", "b"], "classes": [["cat"], ["dog", "cat"]], "distractor_classes": [["dog"], ["cow"]]})
     monkeypatch.setattr(man, "load_manifest", lambda root, split=None: manifest.copy())
@@ -140,7 +140,7 @@ def test_embedding_roles_of_a_trained_run_follow_the_manifest(fake_build, tmp_pa
     the embeddings are the ones ``class_embeddings(all_classes=True)`` returns."""
     from helpers import tiny_experiment
 
-    from avgn.analysis import class_embeddings, embedding_roles
+    from avgnbook.analysis import class_embeddings, embedding_roles
     from avgn.data.manifest import load_manifest
     from avgn.methods.avgn import ABSENT, SOUNDING, VISIBLE_SILENT
     from avgn.train import train
@@ -166,7 +166,7 @@ def _long(values: dict[tuple[str, int], float], set_name: str = "test/duet/scene
 
 
 def test_verdicts_order_means_and_judge_against_seed_noise():
-    from avgn.analysis import beyond_noise, cell_mean, seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary
+    from avgnbook.analysis import beyond_noise, cell_mean, seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary
 
     df = _long({("A", 0): 0.50, ("A", 1): 0.54, ("B", 0): 0.40, ("B", 1): 0.42, ("C", 0): 0.52, ("C", 1): 0.50})
     assert cell_mean(df, "A", "test/duet/scene", "cap") == pytest.approx(0.52)
@@ -187,7 +187,7 @@ def test_verdicts_order_means_and_judge_against_seed_noise():
 
 
 def test_sources_curves_put_one_source_on_the_mixture_scale():
-    from avgn.analysis import sources_curves
+    from avgnbook.analysis import sources_curves
 
     res = pd.concat([
         _long({("AVGN", 0): 0.6, ("EZ", 0): 0.4}, "test/duet/scene", "cap"),
@@ -206,7 +206,7 @@ def test_sources_curves_put_one_source_on_the_mixture_scale():
 
 
 def test_silent_object_metrics_on_hand_made_maps(tmp_path, monkeypatch):
-    import avgn.analysis as an
+    import avgnbook.analysis as an
 
     manifest = pd.DataFrame({"scene_id": ["a"], "classes": [["cat"]], "distractor_classes": [["dog"]]})
     monkeypatch.setattr(an, "load_manifest", lambda root, split=None: manifest.copy())
@@ -278,7 +278,7 @@ def test_threshold_for_beta_by_hand():
 def test_presence_rule_table_scores_each_rule_on_the_same_predictions(tmp_path, monkeypatch):
     import json
 
-    import avgn.analysis as analysis
+    import avgnbook.analysis as analysis
 
     g = torch.Generator().manual_seed(5)
     n, c = 16, 4

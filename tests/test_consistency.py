@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from avgn.store.consistency import check_clean_revisions, check_reevaluation, check_run_ids, check_runs_current
+from avgnbook.consistency import check_clean_revisions, check_reevaluation, check_run_ids, check_runs_current
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

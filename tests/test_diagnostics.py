@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from avgn.diagnostics import PresenceCNN, audio_probe, gradient_norms, prior_bce
+from avgnbook.diagnostics import PresenceCNN, audio_probe, gradient_norms, prior_bce
 
 
 def test_prior_bce_is_the_entropy_of_the_class_frequencies():
@@ -94,7 +94,7 @@ def test_linear_probe_finds_a_linearly_coded_class():
 
 
 def test_results_round_trip_and_validation(tmp_path):
-    from avgn.results import COLUMNS, read_results, to_results, write_results
+    from avgnbook.results import COLUMNS, read_results, to_results, write_results
 
     long = pd.DataFrame({"variant": ["AVGN"] * 5, "method": "avgn", "seed": [0] * 5, "set": "test/duet/scene", "mode": "oracle",
                          "metric": ["cap", "n", "piap", "n_pairs", "n_samples"], "value": [0.5, 200, 0.25, 400, 200]})
@@ -112,7 +112,7 @@ def test_results_round_trip_and_validation(tmp_path):
     with pytest.raises(FileNotFoundError, match="execute the chapter"):
         read_results("missing", tmp_path)
     assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
-    from avgn.results import with_set_parts
+    from avgnbook.results import with_set_parts
 
     parts = with_set_parts(back)
     assert parts[["split", "task", "layout"]].iloc[0].tolist() == ["test", "duet", "scene"]
@@ -133,7 +133,7 @@ def test_map_orientation_scores_the_map_its_negation_and_a_constant():
     """One 4x4 frame, a 2x2 source: the mask as the map has AP 1; its negation ranks the 12
     background pixels first (one tie) and then all 16, so AP = 4/16, which is also the AP of a
     constant map (one tie of all pixels: precision 4/16 at recall 1)."""
-    from avgn.diagnostics import map_orientation
+    from avgnbook.diagnostics import map_orientation
     from avgn.evaluate import SetName, SetPredictions
 
     masks = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
@@ -179,7 +179,7 @@ def _batch(b: int) -> dict:
 
 
 def test_audio_embedding_collapse_is_the_mean_pairwise_cosine():
-    from avgn.diagnostics import audio_embedding_collapse
+    from avgnbook.diagnostics import audio_embedding_collapse
 
     e = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])  # cos: (0,1) = 1, (0,2) = (1,2) = 0
     assert audio_embedding_collapse(_Fixed(audio_emb=e), [_batch(3)]) == pytest.approx(2 / 6)
@@ -189,7 +189,7 @@ def test_audio_embedding_collapse_is_the_mean_pairwise_cosine():
 
 
 def test_walk_locality_own_frame_versus_another_frame():
-    from avgn.diagnostics import walk_locality
+    from avgnbook.diagnostics import walk_locality
 
     # 2 frames of 2 regions, D = 4, one slot per frame (K = 1): each slot equals one region
     r = torch.eye(4).reshape(2, 2, 4)  # frame b, region q -> basis vector 2b + q
@@ -215,7 +215,7 @@ def test_presence_reference_run_is_kept_and_refuses_other_settings(fake_build, t
 
     from helpers import tiny_experiment
 
-    from avgn.diagnostics import presence_reference_run
+    from avgnbook.diagnostics import presence_reference_run
 
     exp = tiny_experiment()
     kw = dict(steps=5, eval_every=2, val_sets=["val/duet/scene"])

@@ -95,8 +95,8 @@ def pd_isna(x) -> bool:
 
 def test_dsol_variants_chain_the_stages(fake_build, tmp_path, monkeypatch):
     import avgn.train
-    from avgn.pipeline import run_variant
-    from avgn.runs import DSOL_STAGE1_VARIANT, DSOL_VARIANT
+    from avgnbook.pipeline import run_variant
+    from avgnbook.variants import DSOL_STAGE1_VARIANT, DSOL_VARIANT
 
     monkeypatch.setattr(avgn.train, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"model.num_clusters": 3, "train.epochs": 2, **o}))
     out = run_variant(DSOL_VARIANT, "smoke", 0, fake_build, tmp_path, device="cpu", eval_splits=(), progress=False)

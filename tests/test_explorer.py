@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from avgn import metrics
-from avgn.explorer import Explorer, ExplorerItem, binarize_value, explorer_items, score_map, wav_bytes
+from avgnbook.explorer import Explorer, ExplorerItem, binarize_value, explorer_items, score_map, wav_bytes
 
 SET = "test/duet/scene"
 LABELS = {"AVGN": "avgn", "EZ-VSL": "ezvsl", "MaL": "mal"}

@@ -84,3 +84,35 @@ def test_avgn_has_no_import_circle():
 @pytest.mark.parametrize("name", sorted(set(module_graph()) - {"avgn.__main__"}))  # that one runs the command line
 def test_every_module_imports_on_its_own(name):
     importlib.import_module(name)
+
+
+BOOK = ROOT.parent / "avgnbook"
+
+
+def _imports_of(root: Path) -> dict[str, set[str]]:
+    """``{module file: every module name it imports}`` (anywhere in the file)."""
+    out: dict[str, set[str]] = {}
+    for p in root.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(p.relative_to(root.parent))] = names
+    return out
+
+
+def test_the_library_never_imports_the_books_studies():
+    offenders = {f: sorted(n for n in names if n == "avgnbook" or n.startswith("avgnbook."))
+                 for f, names in _imports_of(ROOT).items()}
+    assert not {f: n for f, n in offenders.items() if n}, offenders
+
+
+def test_the_books_studies_have_no_import_circle():
+    assert cycles(module_graph(BOOK)) == []
+
+
+def test_the_library_has_at_most_twenty_top_level_modules():
+    top = sorted(p.stem for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(top) <= 20, top

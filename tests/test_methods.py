@@ -164,7 +164,8 @@ def test_a_run_refuses_data_built_for_another_profile(fake_build):
 
 def test_variants_are_typed_and_checked_when_made():
     from avgn.experiment import get_experiment
-    from avgn.runs import DEPTH_VARIANTS, VARIANT_GROUPS, WIDTH_VARIANTS, Variant
+    from avgn.runs import Variant
+    from avgnbook.variants import DEPTH_VARIANTS, VARIANT_GROUPS, WIDTH_VARIANTS
 
     assert [v.level for v in DEPTH_VARIANTS] == [1, 3, 6, 12] and {v.factor for v in DEPTH_VARIANTS} == {"depth"}
     assert VARIANT_GROUPS["ablations"][:4] == DEPTH_VARIANTS and VARIANT_GROUPS["ablations"][-1:] == WIDTH_VARIANTS

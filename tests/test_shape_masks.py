@@ -1,4 +1,4 @@
-"""Chapter 8's study pieces (avgn.shape_masks) on synthetic pairs: blob vs GrabCut, pairs without a
+"""Chapter 8's study pieces (avgnbook.shape_masks) on synthetic pairs: blob vs GrabCut, pairs without a
 map, the long rows; and the pairs of a (fake) benchmark build."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from avgn.shape_masks import BLOB, MapSource, PairSet, fused, load_pairs, mask_study, segment_source, split_variant
+from avgnbook.shape_masks import BLOB, MapSource, PairSet, fused, load_pairs, mask_study, segment_source, split_variant
 from avgn.segment.prompts import PromptConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,7 +85,7 @@ def test_explorer_segment_toggle():
     pytest.importorskip("ipywidgets")
     import numpy as np
 
-    from avgn.explorer import Explorer, ExplorerItem, score_map
+    from avgnbook.explorer import Explorer, ExplorerItem, score_map
     from avgn.segment.segmenters import GrabCutSegmenter
 
     pairs = _pairs(1)
@@ -122,7 +122,7 @@ def tiny_runs(fake_build, tmp_path_factory):
 
 
 def test_map_sources_of_trained_runs_and_the_prior(fake_build, tiny_runs):
-    from avgn.shape_masks import prior_map_source, run_map_sources
+    from avgnbook.shape_masks import prior_map_source, run_map_sources
 
     pairs = load_pairs(fake_build, "test/duet/scene", max_items=2)
     avgn = run_map_sources(tiny_runs["avgn"], pairs, fake_build, "AVGN", device="cpu")

@@ -12,7 +12,8 @@ import torch
 
 import avgn.store.plan as plan_mod
 from avgn.runs import Variant, run_lock
-from avgn.store.plan import Evaluation, PlanKeyError, PlannedRun, book_plan, build_id, build_identity, run_id
+from avgn.store.plan import Evaluation, PlanKeyError, PlannedRun, build_id, build_identity, run_id
+from avgnbook.plan import book_plan
 from avgn.store.queue import QueueLockedError, checkout, plan_status, store_run
 from avgn.store.records import RunStore, StoreError
 
@@ -28,7 +29,7 @@ def stored(tiny_store, tiny_ids):
 
 # ---- the plan ---------------------------------------------------------------------------------------
 def test_book_plan_declares_every_chapter_run_once_with_its_dependencies():
-    from avgn.runs import VARIANT_GROUPS
+    from avgnbook.variants import VARIANT_GROUPS
 
     plan = book_plan("cpu")
     assert len(plan) == len(set(plan))
@@ -206,8 +207,8 @@ def test_missing_evaluations_are_rescored_from_the_stored_weights_without_traini
 
 
 def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_path, monkeypatch):
-    import avgn.book as book
-    from avgn.runs import MAIN_VARIANTS
+    import avgnbook.chapter as book
+    from avgnbook.variants import MAIN_VARIANTS
 
     monkeypatch.setattr(book, "build_dataset", lambda **kw: None)
     monkeypatch.setattr(book, "dataset_dir", lambda d, p, s: stored["data"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from avgn.store.consistency import check_reevaluation
+from avgnbook.consistency import check_reevaluation
 from avgn.store.queue import plan_status
 from avgn.store.records import RunStore
 

@@ -299,7 +299,7 @@ def test_ezvsl_scored_with_and_without_the_object_prior(fake_build, tmp_path):
 
 def test_variants_share_weights_when_only_inference_changes(fake_build, tmp_path, monkeypatch):
     """An inference-only variant scores its base run's weights and writes its own evaluation."""
-    import avgn.pipeline as tr
+    import avgnbook.pipeline as tr
     import avgn.train
     from avgn.runs import Variant
 
@@ -392,7 +392,7 @@ def test_smoke_profile_avgn_learns_from_the_audio(tmp_path_factory):
     import math
 
     from avgn.data.build import build_dataset
-    from avgn.diagnostics import prior_bce, training_batches
+    from avgnbook.diagnostics import prior_bce, training_batches
     from avgn.evaluate import evaluate_run
 
     data = tmp_path_factory.getbasetemp() / "avgn_smoke_build"
@@ -466,7 +466,7 @@ def test_baseline_report_on_a_tiny_run(fake_build, tmp_path, method):
     in its range, the loss ratio equal to the history's last loss over the chance level."""
     import math
 
-    from avgn.diagnostics import baseline_report
+    from avgnbook.diagnostics import baseline_report
 
     exp = _tiny(method, **{"train.epochs": 1})
     train(exp, fake_build, tmp_path / method, seed=0, device="cpu", progress=False)
@@ -496,7 +496,7 @@ def test_smoke_ezvsl_audio_batch_norm_prevents_the_collapse(tmp_path_factory):
     0.66 / 0.40 (asserted >= 0.3). Both at the public temperature 0.03 (the default before 2026-12-03,
     pinned here: the measurement was made at it)."""
     from avgn.data.build import build_dataset
-    from avgn.diagnostics import audio_embedding_collapse, training_batches
+    from avgnbook.diagnostics import audio_embedding_collapse, training_batches
 
     data = tmp_path_factory.getbasetemp() / "avgn_smoke_build"
     build_dataset("smoke", 0, data, progress=False)

@@ -293,7 +293,7 @@ def test_tvsl_trains_through_the_shared_loop(tvsl_run, fake_build):
 
 
 def test_zeroshot_evaluation_names_unseen_classes(tvsl_run, fake_build):
-    from avgn.zeroshot import check_unseen, evaluate_zeroshot, heldout_classes, zeroshot_scoring
+    from avgnbook.zeroshot import check_unseen, evaluate_zeroshot, heldout_classes, zeroshot_scoring
 
     run, _ = tvsl_run
     held = heldout_classes(fake_build)
@@ -309,7 +309,7 @@ def test_zeroshot_evaluation_names_unseen_classes(tvsl_run, fake_build):
 
 
 def test_anchor_analyses_of_a_run(tvsl_run, fake_build):
-    from avgn.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
+    from avgnbook.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
 
     run, _ = tvsl_run
     sets = ["test/duet/scene", "test_zeroshot/duet/scene"]
@@ -341,7 +341,7 @@ def test_candidate_classes_restrict_predicted_selection():
 
 
 def test_a_run_trained_with_a_heldout_class_is_refused(tvsl_run, tmp_path):
-    from avgn.zeroshot import check_unseen
+    from avgnbook.zeroshot import check_unseen
 
     run, _ = tvsl_run
     cfg = json.loads((run / "config.json").read_text())
@@ -356,7 +356,7 @@ def test_avgn_is_scored_on_the_heldout_classes_with_its_untrained_tokens(fake_bu
     from helpers import tiny_experiment
 
     from avgn.train import train
-    from avgn.zeroshot import evaluate_zeroshot
+    from avgnbook.zeroshot import evaluate_zeroshot
 
     train(tiny_experiment("avgn", **{"train.epochs": 1}), fake_build, tmp_path / "avgn", seed=0, device="cpu", progress=False)
     res = evaluate_zeroshot(tmp_path / "avgn", device="cpu")

@@ -60,7 +60,7 @@ def embedding_dependence(emb: np.ndarray, sounding: np.ndarray, names: Sequence[
     return pd.DataFrame(rows)
 
 
-#: Roles of a class in a scene (:func:`embedding_dependence_by_role`, :func:`avgn.analysis.embedding_roles`).
+#: Roles of a class in a scene (:func:`embedding_dependence_by_role`, :func:`avgnbook.analysis.embedding_roles`).
 ABSENT, VISIBLE_SILENT, SOUNDING = 0, 1, 2
 
 

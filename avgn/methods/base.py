@@ -17,7 +17,7 @@ declares
   (:meth:`predict`), and what to log per epoch besides the validation scores
   (:meth:`epoch_diagnostics`).
 
-The engine (:mod:`avgn.train`, :mod:`avgn.evaluate`, :mod:`avgn.explorer`, :mod:`avgn.analysis`)
+The engine (:mod:`avgn.train`, :mod:`avgn.evaluate`, :mod:`avgnbook.explorer`, :mod:`avgnbook.analysis`)
 reads only these; it never branches on a method's name.
 """
 
@@ -74,7 +74,7 @@ class Method:
     modes: ClassVar[tuple[str, ...]] = ("oracle",)
     learned: ClassVar[bool] = True
     #: a class-aware method whose classes come from their names (text anchors), so that classes never
-    #: seen in training still get maps (zero-shot, :mod:`avgn.zeroshot`)
+    #: seen in training still get maps (zero-shot, :mod:`avgnbook.zeroshot`)
     names_classes: ClassVar[bool] = False
     #: the model configuration dataclass (``None`` for a reference without settings)
     config_cls: ClassVar[type | None] = None

@@ -5,7 +5,7 @@ and the multi-label probabilities of the audio against all anchors (``audio_prob
 source-selection modes: ``oracle`` (the ground-truth class names: what the public code does) and
 ``predicted`` (the classes the audio names: the paper's description), thresholded like AVGN's
 presence. Because classes are anchors, not learned tokens, classes never seen in training get maps
-and probabilities from their names alone (zero-shot, :mod:`avgn.zeroshot`).
+and probabilities from their names alone (zero-shot, :mod:`avgnbook.zeroshot`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Here:
   other mixtures' (audio-visual correspondence, the other pairs of the batch as negatives) and, on
   ``concat`` duets, its own sound's slot to its partner's (separation).
 * ``graph='frames'`` (this book's earlier default): the same nodes, but the first step goes to any
-  frame of the batch. It has a shortcut, measured in chapter 3 (:func:`avgn.diagnostics.walk_locality`):
+  frame of the batch. It has a shortcut, measured in chapter 3 (:func:`avgnbook.diagnostics.walk_locality`):
   a slot returns through whichever frame of the batch it and that frame mutually prefer, so the
   cycle loss falls while the first step puts no more mass on the slot's own frame than on any other
   and the maps point away from the sources.
@@ -33,7 +33,7 @@ Here:
   stays near its chance level ``ln K`` for the first epochs (measured, README).
 * ``graph='regions'`` (the book's first adaptation, kept as an ablation): the nodes are *all*
   regions and *all* slots of the batch. It has a shortcut, measured in an earlier edition of chapter 3
-  (:func:`avgn.diagnostics.walk_locality`): a slot can return to itself through any single region of
+  (:func:`avgnbook.diagnostics.walk_locality`): a slot can return to itself through any single region of
   the batch that prefers it, in any frame, so the cycle loss falls while the walk's first step puts
   no more mass on the slot's own frame than on any other (1 / B).
 * Differences from the public code: the shared :class:`~avgn.models.encoders.VisualEncoder` (one 1x1

@@ -3,7 +3,7 @@
 Anything, and Segment Anything loaded from a user's checkpoint (:mod:`avgn.segment.segmenters`) —
 and a small promptable decoder trained on the benchmark's object masks (:mod:`avgn.segment.decoder`).
 The chapter's study (maps of the trained runs and the priors through samplers and segmenters, scored
-with the AVSBench metrics) is :mod:`avgn.shape_masks`, a layer above.
+with the AVSBench metrics) is :mod:`avgnbook.shape_masks`, a layer above.
 
 OpenCV and ``segment-anything`` are the optional ``segment`` extra (``pip install -e ".[segment]"``);
 they are imported only when a segmenter is built.

@@ -17,6 +17,10 @@ from it. Its **key** is a name a chapter asks for (``"avgn/seed0"``, ``"ezvsl-og
 So the same key under changed code, configuration or data is a different run, and a stored record
 whose id differs from what the current plan computes is *stale*.
 
+Which runs a plan holds is the plan's business (the book's is :func:`avgnbook.plan.book_plan`, found
+through the entry point group :data:`PLAN_GROUP`: :func:`get_plan`); this module only defines what a
+planned run is and what identifies it.
+
 Evaluations are versioned separately (:data:`avgn.evaluate.EVAL_VERSION`): a new metric re-scores
 stored weights without retraining.
 """
@@ -31,34 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from avgn.data.config import DATA_PROFILES
-from avgn.experiment import REFERENCES, get_experiment
+from avgn.experiment import get_experiment
 from avgn.methods import get_method
-from avgn.runs import (
-    ASSIGNMENT_VARIANTS,
-    BASELINE_DESIGN_VARIANTS,
-    DEPTH_VARIANTS,
-    DSOL_STAGE1_VARIANT,
-    DSOL_VARIANT,
-    LOSS_VARIANTS,
-    MAIN_VARIANTS,
-    PAPER_DESIGN_VARIANT,
-    SHORT_VARIANT,
-    TVSL_HELDOUT_CANDIDATES,
-    TVSL_VARIANTS,
-    WIDTH_VARIANTS,
-    Variant,
-)
+from avgn.runs import Variant
 
-__all__ = ["Evaluation", "PlannedRun", "build_identity", "build_id", "book_plan", "run_identity", "run_id", "PlanKeyError",
-           "SHIFT_SPLITS", "COMPOSED_SETS", "ZEROSHOT_SPLIT"]
+__all__ = ["Evaluation", "PlannedRun", "build_identity", "build_id", "run_identity", "run_id", "PlanKeyError", "get_plan",
+           "list_plans", "PLAN_GROUP"]
 
-#: Chapter 5: the domain-shift test splits.
-SHIFT_SPLITS: tuple[str, ...] = ("test_style", "test_audio", "test_real")
-#: Chapters 5 and 7: 3 and 4 sources side by side, composed from test scenes.
-COMPOSED_SETS: tuple[str, ...] = ("test/trio/concat", "test/quartet/concat")
-#: Chapter 9: the held-out (zero-shot) classes' test split.
-ZEROSHOT_SPLIT = "test_zeroshot"
-
+#: The entry-point group under which packages register run plans (``name = "module:function"``, the
+#: function taking a profile name and returning ``{key: PlannedRun}``); the book's is ``book``
+#: (:func:`avgnbook.plan.book_plan`, declared in ``pyproject.toml``).
+PLAN_GROUP = "avgn.plans"
 
 class PlanKeyError(KeyError):
     """A key the plan does not declare."""
@@ -74,13 +61,6 @@ class Evaluation:
     tag: str
     split: str
     sets: tuple[str, ...] | None = None
-
-
-def _evals(*tags: str, composed: bool = False) -> tuple[Evaluation, ...]:
-    out = [Evaluation(t, t) for t in tags]
-    if composed:
-        out.append(Evaluation("composed", "test", COMPOSED_SETS))
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -220,44 +200,23 @@ def run_id(run: PlannedRun, plan: dict[str, PlannedRun], build: dict[str, Any]) 
 
 
 # --------------------------------------------------------------------------------------------------
-# the book's plan
+# plans by name
 # --------------------------------------------------------------------------------------------------
-def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
-    """Every run chapters 00-09 read under ``profile``, by key, in training priority order (the
-    main comparison first, then what each later chapter adds)."""
-    from avgn.config import get_profile
+def list_plans() -> dict[str, Any]:
+    """The installed run plans: ``{name: entry point}`` of the group :data:`PLAN_GROUP`."""
+    from importlib.metadata import entry_points
 
-    seeds = tuple(get_profile(profile).seeds)
-    main_evals = _evals("test", *SHIFT_SPLITS, ZEROSHOT_SPLIT, composed=True)
-    runs: list[PlannedRun] = []
+    return {ep.name: ep for ep in entry_points(group=PLAN_GROUP)}
 
-    def add(variants: tuple[Variant, ...], evals: tuple[Evaluation, ...], chapters: tuple[str, ...], seed_list=seeds) -> None:
-        for s in seed_list:
-            for v in variants:
-                runs.append(PlannedRun(v, int(s), profile, evals, chapters))
 
-    # priority: what the book's next changes cannot make stale first (the references, the class-agnostic
-    # baselines), then AVGN, its variants, and DSOL / T-VSL (being fixed) last
-    for name in REFERENCES:
-        runs.append(PlannedRun(None, -1, profile, main_evals, ("03", "04", "05", "07", "08", "09"), reference=name))
-    baselines = tuple(v for v in MAIN_VARIANTS if v.method != "avgn")
-    add(baselines, main_evals, ("03", "04", "05", "06", "07", "08", "09"))
-    add(BASELINE_DESIGN_VARIANTS, _evals("test"), ("03",))
-    add(tuple(v for v in MAIN_VARIANTS if v.method == "avgn"), main_evals, ("02", "03", "04", "05", "06", "07", "08", "09"))
-    add((SHORT_VARIANT,), _evals("test"), ("02", "04"))
-    add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",))
-    add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS, _evals("test"), ("04",))
-    add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
-    add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))
-    add(TVSL_VARIANTS, _evals("test", ZEROSHOT_SPLIT), ("09",))
-    add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))
-    plan: dict[str, PlannedRun] = {}
-    for r in runs:
-        if r.key in plan:
-            raise ValueError(f"the plan declares {r.key!r} twice")
-        plan[r.key] = r
-    for r in plan.values():  # every run it depends on is declared
-        for dep in (r.weights_key, r.init_key):
-            if dep is not None and dep not in plan:
-                raise ValueError(f"{r.key!r} needs {dep!r}, which the plan does not declare")
-    return plan
+def get_plan(profile: str = "cpu", name: str = "book") -> dict[str, PlannedRun]:
+    """The run plan ``name`` (an entry point of :data:`PLAN_GROUP`) for ``profile``.
+
+    Raises:
+        PlanKeyError: no plan of that name is installed (naming the ones that are and the fix).
+    """
+    plans = list_plans()
+    if name not in plans:
+        raise PlanKeyError(f"no run plan {name!r} is installed (plans: {', '.join(sorted(plans)) or 'none'}); "
+                           f"declare it as an entry point of {PLAN_GROUP!r} in your package's pyproject.toml and reinstall it")
+    return plans[name].load()(profile)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from avgn.store.plan import PlanKeyError, PlannedRun, book_plan, build_id, build_identity, run_id, run_identity
+from avgn.store.plan import PlanKeyError, PlannedRun, build_id, build_identity, get_plan, run_id, run_identity
 from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, sha256_file, train_command
 
 __all__ = ["plan_status", "store_run", "train_queue", "checkout", "compare_stores", "QueueLockedError", "DEFAULT_COST_S", "format_duration"]
@@ -59,7 +59,7 @@ def format_duration(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------------
 def _plan_and_build(profile: str, data_dir: str | Path | None, plan: dict[str, PlannedRun] | None = None
                     ) -> tuple[dict[str, PlannedRun], dict[str, Any]]:
-    return plan or book_plan(profile), build_identity(profile, data_dir)
+    return plan or get_plan(profile), build_identity(profile, data_dir)
 
 
 def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
@@ -242,7 +242,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
     store = store or RunStore(profile)
     data_dir = Path(data_dir) if data_dir is not None else dataset_dir(ROOT / "data" / "embedded", profile, 0)
     work = Path(work_dir) if work_dir is not None else default_work_dir(store)
-    plan = plan or book_plan(profile)
+    plan = plan or get_plan(profile)
     if key not in plan:
         raise PlanKeyError(f"{key!r} is not a run of the {profile} plan; `avgn runs status --profile {profile}` lists them")
     run = plan[key]
@@ -362,7 +362,7 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
         f"with {workers} workers")
     if dry_run or todo.empty:
         return 0
-    plan = book_plan(profile)
+    plan = get_plan(profile)
     done = set(status.loc[status["state"] == "done", "key"])
     pending = list(todo["key"])
     work_runs = default_work_dir(store) / "runs"
@@ -436,9 +436,9 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
     from avgn.runs import reference_dir, variant_dirs
 
     store = store or RunStore(profile)
-    plan = plan or book_plan(profile)
+    plan = plan or get_plan(profile)
     if key not in plan:
-        raise PlanKeyError(f"{key!r} is not a run of the {profile} plan (avgn.store.plan.book_plan); declare it there first")
+        raise PlanKeyError(f"{key!r} is not a run of the {profile} plan (avgnbook.plan.book_plan); declare it there first")
     run = plan[key]
     build = build_identity(profile, data_dir)
     sr = store.read(key, expected_id=run_id(run, plan, build), build=build_id(build))

@@ -26,8 +26,8 @@ from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
 from avgn.experiment import METHODS, REFERENCES, get_experiment
 from avgn.features import compute_features
-from avgn.pipeline import collect_references, collect_variants
-from avgn.results import RESULTS_DIR, read_results, to_results, write_results
+from avgnbook.pipeline import collect_references, collect_variants
+from avgnbook.results import RESULTS_DIR, read_results, to_results, write_results
 from avgn.runs import Variant, variant_dirs
 from avgn.store.queue import checkout
 from avgn.store.records import RunStore
@@ -88,7 +88,7 @@ class Chapter:
                 lacking = [t for t in need if t not in res["record"].get("evals", {})]
                 if lacking:
                     raise KeyError(f"{res['key']}: the stored run has no evaluation {lacking}; add them to its entry in "
-                                   "avgn.store.plan.book_plan and run `avgn runs train`")
+                                   "avgnbook.plan.book_plan and run `avgn runs train`")
                 if verbose:
                     print(f"{v.label} / seed {s}: run {res['id']}\n  " + "\n  ".join(res["commands"]), flush=True)
 
@@ -124,7 +124,7 @@ class Chapter:
         return pd.concat(frames, ignore_index=True)
 
     def write(self, long: Any, name: str, fractions: bool = True):
-        """Write ``long`` as ``results/<name>.csv`` (:func:`avgn.results.write_results`) and read it back."""
+        """Write ``long`` as ``results/<name>.csv`` (:func:`avgnbook.results.write_results`) and read it back."""
         print("wrote", write_results(to_results(long, self.chapter), name, self.results_dir, fractions=fractions))
         return read_results(name, self.results_dir)
 

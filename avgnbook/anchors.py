@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from avgn.analysis import class_embeddings
+from avgnbook.analysis import class_embeddings
 from avgn.runs import load_trained_model
 from avgn.text import DEFAULT_TEMPLATES, text_anchors
 
@@ -67,7 +67,7 @@ def anchor_embedding_tsne(run_dir: str | Path, sets: Sequence[str], *, max_items
                           seed: int = 0, perplexity: float = 30.0):
     """t-SNE (scikit-learn, cosine metric, PCA init, ``random_state=seed``) of a text-anchored run's
     anchors ``[C, E]`` and of its class-aware audio and visual features of every sounding source of
-    ``sets`` (:func:`avgn.analysis.class_embeddings`).
+    ``sets`` (:func:`avgnbook.analysis.class_embeddings`).
 
     Returns a ``pandas.DataFrame`` with columns ``x, y, kind`` (``anchor`` | ``audio`` | ``visual``),
     ``class`` and ``seen`` (the class was among the run's training classes)."""

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 __all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "REVISION_LINE"]
 
-#: What :meth:`avgn.book.Chapter.runs_table` prints (and chapters without runs print themselves).
+#: What :meth:`avgnbook.chapter.Chapter.runs_table` prints (and chapters without runs print themselves).
 REVISION_LINE = re.compile(r"code revision: ([0-9a-f]{7,40}(?:-dirty)?|unknown)")
 
 

@@ -503,7 +503,7 @@ def selection_gap(samples, sets: Sequence[str] | None = None, target: float = 0.
 
     Args:
         samples: per-source rows of an evaluation (``eval_<split>_samples.csv``, or
-            :func:`avgn.pipeline.collect_variants` with ``samples=True``): ``set, mode, scene_id,
+            :func:`avgnbook.pipeline.collect_variants` with ``samples=True``): ``set, mode, scene_id,
             source, ap, has_map`` and optionally ``variant, seed``.
         sets: the sets to report (default: every set with both modes).
         target: the gap asked for (fraction of AP; 0.05 = 5 points).

@@ -1,0 +1,83 @@
+"""The book's run plan: every run chapters 00-09 read, by key, with the evaluations they read
+(registered with the run store as the plan ``book``: the entry point ``avgn.plans`` in
+``pyproject.toml``; ``avgn runs status`` reads it)."""
+
+from __future__ import annotations
+
+from avgn.experiment import REFERENCES
+from avgn.store.plan import Evaluation, PlannedRun
+from avgn.runs import Variant
+from avgnbook.variants import (
+    ASSIGNMENT_VARIANTS,
+    BASELINE_DESIGN_VARIANTS,
+    DEPTH_VARIANTS,
+    DSOL_STAGE1_VARIANT,
+    DSOL_VARIANT,
+    LOSS_VARIANTS,
+    MAIN_VARIANTS,
+    PAPER_DESIGN_VARIANT,
+    SHORT_VARIANT,
+    TVSL_HELDOUT_CANDIDATES,
+    TVSL_VARIANTS,
+    WIDTH_VARIANTS,
+)
+
+__all__ = ["book_plan", "SHIFT_SPLITS", "COMPOSED_SETS", "ZEROSHOT_SPLIT"]
+
+#: Chapter 5: the domain-shift test splits.
+SHIFT_SPLITS: tuple[str, ...] = ("test_style", "test_audio", "test_real")
+#: Chapters 5 and 7: 3 and 4 sources side by side, composed from test scenes.
+COMPOSED_SETS: tuple[str, ...] = ("test/trio/concat", "test/quartet/concat")
+#: Chapter 9: the held-out (zero-shot) classes' test split.
+ZEROSHOT_SPLIT = "test_zeroshot"
+
+
+
+
+def _evals(*tags: str, composed: bool = False) -> tuple[Evaluation, ...]:
+    out = [Evaluation(t, t) for t in tags]
+    if composed:
+        out.append(Evaluation("composed", "test", COMPOSED_SETS))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------------------------------
+def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
+    """Every run chapters 00-09 read under ``profile``, by key, in training priority order (the
+    main comparison first, then what each later chapter adds)."""
+    from avgn.config import get_profile
+
+    seeds = tuple(get_profile(profile).seeds)
+    main_evals = _evals("test", *SHIFT_SPLITS, ZEROSHOT_SPLIT, composed=True)
+    runs: list[PlannedRun] = []
+
+    def add(variants: tuple[Variant, ...], evals: tuple[Evaluation, ...], chapters: tuple[str, ...], seed_list=seeds) -> None:
+        for s in seed_list:
+            for v in variants:
+                runs.append(PlannedRun(v, int(s), profile, evals, chapters))
+
+    # priority: what the book's next changes cannot make stale first (the references, the class-agnostic
+    # baselines), then AVGN, its variants, and DSOL / T-VSL (being fixed) last
+    for name in REFERENCES:
+        runs.append(PlannedRun(None, -1, profile, main_evals, ("03", "04", "05", "07", "08", "09"), reference=name))
+    baselines = tuple(v for v in MAIN_VARIANTS if v.method != "avgn")
+    add(baselines, main_evals, ("03", "04", "05", "06", "07", "08", "09"))
+    add(BASELINE_DESIGN_VARIANTS, _evals("test"), ("03",))
+    add(tuple(v for v in MAIN_VARIANTS if v.method == "avgn"), main_evals, ("02", "03", "04", "05", "06", "07", "08", "09"))
+    add((SHORT_VARIANT,), _evals("test"), ("02", "04"))
+    add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",))
+    add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS, _evals("test"), ("04",))
+    add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
+    add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))
+    add(TVSL_VARIANTS, _evals("test", ZEROSHOT_SPLIT), ("09",))
+    add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))
+    plan: dict[str, PlannedRun] = {}
+    for r in runs:
+        if r.key in plan:
+            raise ValueError(f"the plan declares {r.key!r} twice")
+        plan[r.key] = r
+    for r in plan.values():  # every run it depends on is declared
+        for dep in (r.weights_key, r.init_key):
+            if dep is not None and dep not in plan:
+                raise ValueError(f"{r.key!r} needs {dep!r}, which the plan does not declare")
+    return plan
