@@ -51,10 +51,14 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     main_evals = _evals("test", *SHIFT_SPLITS, ZEROSHOT_SPLIT, composed=True)
     runs: list[PlannedRun] = []
 
-    def add(variants: tuple[Variant, ...], evals: tuple[Evaluation, ...], chapters: tuple[str, ...], seed_list=seeds) -> None:
+    def add(variants: tuple[Variant, ...], evals: tuple[Evaluation, ...], chapters: tuple[str, ...], seed_list=seeds,
+            weights: str = "all") -> None:
+        """``weights``: which seeds' weights the store keeps — ``all``, ``first`` (the seed a chapter
+        loads the model of) or ``none`` (read by their evaluations only: the store stays <= 250 MB)."""
         for s in seed_list:
             for v in variants:
-                runs.append(PlannedRun(v, int(s), profile, evals, chapters))
+                keep = weights == "all" or (weights == "first" and s == seed_list[0])
+                runs.append(PlannedRun(v, int(s), profile, evals, chapters, keep_weights=keep))
 
     # priority: what the book's next changes cannot make stale first (the references, the class-agnostic
     # baselines), then AVGN, its variants, and DSOL / T-VSL (being fixed) last
@@ -62,14 +66,16 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
         runs.append(PlannedRun(None, -1, profile, main_evals, ("03", "04", "05", "07", "08", "09"), reference=name))
     baselines = tuple(v for v in MAIN_VARIANTS if v.method != "avgn")
     add(baselines, main_evals, ("03", "04", "05", "06", "07", "08", "09"))
-    add(BASELINE_DESIGN_VARIANTS, _evals("test"), ("03",))
+    add(BASELINE_DESIGN_VARIANTS, _evals("test"), ("03",), weights="first")
     add(tuple(v for v in MAIN_VARIANTS if v.method == "avgn"), main_evals, ("02", "03", "04", "05", "06", "07", "08", "09"))
-    add((SHORT_VARIANT,), _evals("test"), ("02", "04"))
-    add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",))
-    add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS, _evals("test"), ("04",))
+    add((SHORT_VARIANT,), _evals("test"), ("02", "04"), weights="first")
+    add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",), weights="first")
+    add(WIDTH_VARIANTS, _evals("test"), ("02", "04"), weights="first")
+    add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS, _evals("test"), ("04",), weights="none")
     add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
     add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))
-    add(TVSL_VARIANTS, _evals("test", ZEROSHOT_SPLIT), ("09",))
+    add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT), ("09",))
+    add(TVSL_VARIANTS[1:], _evals("test", ZEROSHOT_SPLIT), ("09",), weights="none")
     add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))
     plan: dict[str, PlannedRun] = {}
     for r in runs:

@@ -258,3 +258,18 @@ def test_a_second_store_trains_in_its_own_work_folder(tmp_path):
 
     assert default_work_dir(RunStore("cpu")).parts[-2:] == ("store-work", "cpu")
     assert default_work_dir(RunStore("cpu", tmp_path / "store-rerun")) == tmp_path / "store-rerun-work" / "cpu"
+
+
+def test_a_run_the_plan_keeps_without_weights_is_stored_and_read_by_its_evaluations(stored, tmp_path):
+    from dataclasses import replace
+
+    plan = dict(stored["plan"])
+    plan["ezvsl/seed0"] = replace(plan["ezvsl/seed0"], keep_weights=False)
+    store = RunStore("smoke", tmp_path / "store")
+    sr = store_run("ezvsl/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)
+    assert "weights" not in sr.record and sr.record["weights_kept"] is False and "weights.safetensors" not in sr.record["files"]
+    assert sr.id == stored["store"].read("ezvsl/seed0").id  # storage policy is not part of the run's identity
+    res = checkout("ezvsl/seed0", "smoke", tmp_path / "runs", stored["data"], store, plan)
+    assert (res["run_dir"] / "eval_val.csv").is_file() and not (res["run_dir"] / "checkpoints").exists()
+    with pytest.raises(StoreError, match=r"stores no weights"):
+        store.load_weights(store.read("ezvsl/seed0"))

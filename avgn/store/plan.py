@@ -74,6 +74,9 @@ class PlannedRun:
         evals: the evaluations the chapters read from it.
         chapters: the chapters that read it (for ``avgn runs status`` and the chapters' run tables).
         reference: a non-learned reference's name (then ``variant`` is None).
+        keep_weights: whether the store keeps the run's weights (storage policy, not part of the
+            run's identity): a run kept without them is read by its evaluations only, and
+            re-scoring it with a new protocol version retrains it.
     """
 
     variant: Variant | None
@@ -82,6 +85,7 @@ class PlannedRun:
     evals: tuple[Evaluation, ...]
     chapters: tuple[str, ...] = ()
     reference: str | None = None
+    keep_weights: bool = True
 
     @property
     def key(self) -> str:

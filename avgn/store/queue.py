@@ -192,7 +192,8 @@ def _materialize_run(sr: StoredRun, store: RunStore, dest: Path, data_dir: Path)
     summary = json.loads(sr.path("run.json").read_text())
     summary["data_dir"] = config["data_dir"]
     summary["run_dir"] = str(dest)
-    _write_best_checkpoint(dest, config, store.load_weights(sr), int(sr.record["checkpoint_epoch"]), int(sr.record.get("steps") or 0))
+    if sr.record.get("weights"):  # a run kept by its evaluations only has no checkpoint to load
+        _write_best_checkpoint(dest, config, store.load_weights(sr), int(sr.record["checkpoint_epoch"]), int(sr.record.get("steps") or 0))
     atomic_write_json(dest / "config.json", config)
     (dest / "history.json").write_bytes(sr.path("history.json").read_bytes())
     store.materialize_evals(sr, dest)
@@ -269,7 +270,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
             assert run.variant is not None
             exp = run.experiment()
             run_dir = variant_dirs(run.variant, work / "runs", profile, run.seed)[0]
-            reuse = state == "evals" and not retrain
+            reuse = state == "evals" and not retrain and store.read(key).record.get("weights") is not None
             if reuse:  # the weights are current: re-score them, no training
                 sr = store.read(key, expected_id=want)
                 _materialize_run(sr, store, stage, data_dir)
@@ -323,6 +324,9 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
             from avgn.env import git_revision
 
             record.update({"code_revision": git_revision(), "machine": _machine()})
+        if run.trains and not run.keep_weights:  # the plan keeps this run by its evaluations only (the store's size)
+            weights, keep = None, False
+            record["weights_kept"] = False
         return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights, keep_weights=keep)
     finally:
         lock.__exit__(None, None, None)
