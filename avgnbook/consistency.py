@@ -30,7 +30,7 @@ def _results(results_dir: Path):
     import pandas as pd
 
     frames = []
-    for p in sorted(Path(results_dir).glob("*.csv")):
+    for p in sorted(Path(results_dir).glob("[0-9][0-9]_*.csv")):  # the chapters' tables (not papers.csv)
         df = pd.read_csv(p, dtype={"chapter": str, "run": str}, keep_default_na=False)
         frames.append(df.assign(file=p.name, has_run="run" in df.columns))
     if not frames:

@@ -140,3 +140,10 @@ def test_the_committed_book_is_consistent_apart_from_the_pending_chapters():
     assert not unexpected, "inconsistent chapters:\n" + "\n".join(p for ps in unexpected.values() for p in ps)
     fixed = sorted(set(PENDING) - set(by_chapter))
     assert not fixed, f"chapters {fixed} are consistent now: remove them from PENDING in {Path(__file__).name}"
+
+
+def test_the_papers_numbers_table_is_well_formed_and_sourced():
+    papers = pd.read_csv(ROOT / "results" / "papers.csv")
+    assert list(papers.columns) == ["paper", "source", "table", "dataset", "method", "metric", "value"]
+    assert papers["source"].str.len().gt(10).all() and papers["value"].between(0, 100).all()
+    assert not papers.duplicated(["paper", "table", "dataset", "method", "metric"]).any()
