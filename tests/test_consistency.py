@@ -147,3 +147,26 @@ def test_the_papers_numbers_table_is_well_formed_and_sourced():
     assert list(papers.columns) == ["paper", "source", "table", "dataset", "method", "metric", "value"]
     assert papers["source"].str.len().gt(10).all() and papers["value"].between(0, 100).all()
     assert not papers.duplicated(["paper", "table", "dataset", "method", "metric"]).any()
+
+
+def test_the_code_revision_ignores_what_the_code_writes(tmp_path):
+    import subprocess
+
+    from avgn.env import git_revision
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("lib.py", "book/01.ipynb", "figures/f.svg", "results/01_x.csv", "store/cpu/r.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0")
+    git("add", "-A")
+    git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x")
+    clean = git_revision(tmp_path)
+    assert clean and not clean.endswith("-dirty")
+    for name in ("book/01.ipynb", "figures/f.svg", "results/01_x.csv", "store/cpu/r.json"):
+        (tmp_path / name).write_text("1")  # a chapter's outputs, the store's records
+    assert git_revision(tmp_path) == clean
+    (tmp_path / "lib.py").write_text("1")
+    assert git_revision(tmp_path) == clean + "-dirty"
