@@ -103,6 +103,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     if res["video"] is not None:
         v = res["video"]
         print(f"video: frame at {v['time_s']:g} s, audio {v['window_s'][0]:.2f}-{v['window_s'][1]:.2f} s of {v['file']}")
+    if res["message"]:
+        print(res["message"])
     for s in res["sources"]:
         extra = f", presence {s['presence']:.2f}" if "presence" in s else ""
         print(f"{s['name']}: peak {s['peak_value']:.3f} at (x, y) = {tuple(s['peak_xy'])}{extra} -> {s['overlay']}, {s['mask']}")

@@ -17,15 +17,15 @@ How each method's maps are attached to the ground-truth sources
   - ``oracle``: each source is scored with the map of its ground-truth class; PIAP assigns the
     maps of the ground-truth classes to the sources.
   - ``predicted``: the method decides which classes sound: those with audio presence probability
-    ``>= presence_threshold`` (0.5), at least the most probable one
-    (:func:`avgn.models.select_sources`). A source whose class is predicted is scored with that
+    ``>= presence_threshold`` (0.5) and no others — an empty selection ("nothing sounds") is an
+    answer (:data:`PREDICTED_MIN_SOURCES` = 0 in :func:`avgn.models.select_sources`). A source whose class is predicted is scored with that
     class's map; a source whose class is *not* predicted has no map and scores AP 0 and cIoU 0
     (the convention PIAP already uses for a source left without a map). PIAP assigns the
     *predicted* classes' maps to the sources; spurious predictions cost nothing in PIAP (they are
     simply not assigned) but show in the presence precision, reported next to it
     (``presence_precision`` / ``presence_recall`` / ``presence_f1``, micro-averaged over the set,
-    and ``count_acc``: the predicted number of sources is right). None of the public
-    implementations supports this mode.
+    and ``count_acc``: the predicted number of sources is right), and in the label-free metrics
+    below. None of the public implementations supports this mode.
 
 * **EZ-VSL** (``kind='shared'``): a single global audio feature, hence a single map per mixture; that
   map is used for *every* source (CAP, CIoU) and as the predicted map of every source (PIAP = CAP).
@@ -41,6 +41,23 @@ How each method's maps are attached to the ground-truth sources
   224x224 frame (for a ``concat`` frame, one bump per half); ``object`` — the ImageNet-feature
   object prior (mean absolute activation of the frozen EfficientNet-Lite0 features,
   :func:`avgn.models.object_prior`) of the frame. One map for every source, like EZ-VSL.
+
+Label-free metrics (every method, both modes; :func:`avgn.metrics.evaluate_semantic`):
+``semantic_ap`` (per sample over the class x pixel volume, then the mean), ``semantic_miou`` and
+``semantic_f`` (per class, pixel counts summed over the set, binarised by the profile's rule). They
+score the *selection* with its maps: a selected class that does not sound and a sounding class that
+is not selected both cost, which CAP and PIAP do not charge. What is selected, per kind:
+
+* ``class_aware``: ``oracle`` selects the ground-truth classes, ``predicted`` the method's own
+  selection (possibly empty), each with its class's map.
+* ``shared`` (EZ-VSL, references): the one map stands for every sounding class, and no other class
+  is selected. ``slots`` (Mix-and-Localize): each sounding class gets the slot matched to its source
+  (as for CAP); a source left without a slot is a miss; no other class is selected. Both readings are
+  *favourable* to class-agnostic methods: they are never charged for a false class (they cannot name
+  one) and are told which classes sound; only the overlap of one map with several sources costs them
+  (every source's pixels are negatives in the other classes' copies of the map).
+
+``semantic_ap`` of each sample is also in the per-source rows (the sample's value on each of its rows).
 
 AVGN's token classifier is also scored: applied to the class-aware audio embedding of every
 ground-truth source it should return that source's class (``token_accuracy`` and macro
@@ -92,6 +109,7 @@ __all__ = [
     "threshold_for_beta",
     "token_confusion",
     "presence_metrics",
+    "PREDICTED_MIN_SOURCES",
     "evaluate_run",
     "evaluate_reference",
     "collect_results",
@@ -101,7 +119,12 @@ __all__ = [
 #: The version of the evaluation protocol (:func:`evaluate_sets`, :mod:`avgn.metrics`): stored
 #: evaluations of another version are re-scored from the stored weights (``avgn runs train``),
 #: without retraining.
-EVAL_VERSION = 1
+EVAL_VERSION = 2
+
+#: The ``predicted`` selection of the evaluation keeps exactly the classes whose presence
+#: probability reaches the threshold: none may pass ("nothing sounds" is an answer; it scores 0 on a
+#: set where something always sounds, which is the cost of a miss).
+PREDICTED_MIN_SOURCES = 0
 
 MODES = ("oracle", "predicted")
 #: Anything that turns a batch into maps and declares their ``kind`` (:class:`avgn.methods.MethodPredictor`).
@@ -341,12 +364,16 @@ def _hungarian_match(pairs: Tensor, valid: Tensor) -> Tensor:
     return out
 
 
-def presence_metrics(audio_probs: Tensor, labels: Tensor, threshold: float = 0.5) -> dict[str, float]:
-    """Micro precision / recall / F1 of the predicted class sets (``>= threshold``, at least the top
-    one) against ``labels``, and the share of samples whose predicted number of sources is right."""
+def presence_metrics(audio_probs: Tensor, labels: Tensor, threshold: float = 0.5, min_sources: int = 1) -> dict[str, float]:
+    """Micro precision / recall / F1 of the predicted class sets (``>= threshold``, and at least the
+    ``min_sources`` most probable; the evaluation's ``predicted`` mode passes
+    :data:`PREDICTED_MIN_SOURCES` = 0, so a set may be empty) against ``labels`` ``[N, C]``, and the
+    share of samples whose predicted number of sources is right. Precision of no prediction at all
+    is 0."""
     pred = audio_probs >= threshold
-    top = audio_probs.argmax(dim=1)
-    pred[torch.arange(len(top)), top] = True
+    if min_sources > 0:
+        top = audio_probs.argsort(dim=1, descending=True, stable=True)[:, :min_sources]  # ties: the lowest index first
+        pred[torch.arange(len(top))[:, None], top] = True
     tgt = labels > 0.5
     tp = (pred & tgt).sum().item()
     fp = (pred & ~tgt).sum().item()
@@ -403,9 +430,10 @@ def _source_maps(p: SetPredictions, mode: str, threshold: float) -> dict[str, An
             return {"maps": maps, "hit": valid, "pred_maps": None}
         if p.audio_probs is None:
             raise ValueError("predicted mode needs audio presence probabilities")
-        sel, sel_classes, sel_mask = select_sources(p.maps, "predicted", audio_probs=p.audio_probs, threshold=threshold)
+        sel, sel_classes, sel_mask = select_sources(p.maps, "predicted", audio_probs=p.audio_probs, threshold=threshold,
+                                                    min_sources=PREDICTED_MIN_SOURCES)
         hit = valid & (p.classes[:, :, None] == torch.where(sel_mask, sel_classes, -2)[:, None, :]).any(-1)
-        return {"maps": maps, "hit": hit, "pred_maps": sel, "pred_valid": sel_mask}
+        return {"maps": maps, "hit": hit, "pred_maps": sel, "pred_valid": sel_mask, "pred_classes": sel_classes}
     if p.kind == "shared":
         return {"maps": p.maps[:, :1].expand(-1, s, -1, -1), "hit": valid, "pred_maps": None}
     if p.kind == "slots":
@@ -417,8 +445,36 @@ def _source_maps(p: SetPredictions, mode: str, threshold: float) -> dict[str, An
     raise ValueError(f"unknown predictor kind {p.kind!r}")
 
 
+def _first_of_class(classes: Tensor) -> Tensor:
+    """``classes [N, S]`` with every repeat of a class within a sample set to -1 (first kept)."""
+    s = classes.shape[1]
+    same = (classes[:, :, None] == classes[:, None, :]) & (classes >= 0)[:, :, None]
+    earlier = torch.ones(s, s, dtype=torch.bool).tril(-1)
+    return torch.where((same & earlier).any(2), torch.full_like(classes, -1), classes)
+
+
+def _semantic_selection(p: SetPredictions, mode: str, sm: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The selected classes and their maps for the label-free metrics: ``(maps [N, K, h, w],
+    classes [N, K] with -1 for none)``. See the module docstring: class-aware methods give their
+    ground-truth (``oracle``) or own (``predicted``) selection; a class-agnostic method's map (its
+    matched slot) stands for each sounding class it covers, with no other class."""
+    if p.kind == "class_aware":
+        if mode == "predicted":
+            return sm["pred_maps"], sm["pred_classes"]
+        chosen = _first_of_class(p.classes)
+        return metrics.class_aware_maps(p.maps, chosen)[0], chosen
+    chosen = _first_of_class(torch.where(sm["hit"], p.classes, torch.full_like(p.classes, -1)))
+    return sm["maps"], chosen
+
+
 def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalConfig(), presence_threshold: float = 0.5) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics of one set under one source-selection mode: ``(summary, per-source rows)``."""
+    """Metrics of one set under one source-selection mode: ``(summary, per-source rows)``.
+
+    The summary holds the single-source (``ap``, ``iou@t``, ``auc``) or multi-source (``cap``,
+    ``piap``, ``ciou@t``, ``auc``) metrics, the label-free ``semantic_ap`` / ``semantic_miou`` /
+    ``semantic_f`` (:func:`_semantic_selection`; a favourable reading for class-agnostic methods,
+    see the module docstring) and, for class-aware methods, the token classifier's and (``predicted``)
+    the presence metrics of the same, possibly empty, selection."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     sm = _source_maps(p, mode, presence_threshold)
@@ -450,9 +506,14 @@ def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalCon
         else:
             piap = r.piap
         summary = metrics.MultiSourceResult(cap=ap, piap=piap, ciou=iou, valid=valid, iou_threshold=cfg.iou_threshold_multi).summary()
+    sel_maps, sel_classes = _semantic_selection(p, mode, sm)
+    sem = metrics.evaluate_semantic(sel_maps, sel_classes, p.masks, p.classes, rule=cfg.binarize_rule, value=cfg.binarize_value,
+                                    num_classes=p.labels.shape[1])
+    summary.update(sem.summary())
+    sem_ap = sem.ap.tolist()
     if p.kind == "class_aware":
         if mode == "predicted":
-            summary.update(presence_metrics(p.audio_probs, p.labels, presence_threshold))
+            summary.update(presence_metrics(p.audio_probs, p.labels, presence_threshold, min_sources=PREDICTED_MIN_SOURCES))
         if p.token_pred is not None:
             summary.update(_macro_prf(token_confusion(p)))
     rows = []
@@ -464,7 +525,7 @@ def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalCon
             rows.append(
                 {
                     "set": str(p.name), "mode": mode, "scene_id": p.scene_ids[i], "source": j, "class_id": ids[i][j],
-                    "ap": float(ap[i, j]), "ciou": float(iou[i, j]), "has_map": bool(hit[i, j]),
+                    "ap": float(ap[i, j]), "ciou": float(iou[i, j]), "has_map": bool(hit[i, j]), "semantic_ap": sem_ap[i],
                 }
             )
     return summary, rows

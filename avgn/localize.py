@@ -21,13 +21,16 @@ as PNG and the first audio stream as mono WAV at the run's sample rate to a temp
 recording applies. ``localize.json`` records the video, the time stamp, the window and the exact
 ffprobe / ffmpeg commands (``"video"``).
 
-Which maps: a class-aware method (AVGN) with ``classes="auto"`` uses its own selection (the classes
-whose audio presence probability reaches the run's validation-chosen threshold, at least the most
-probable one); a list of class names restricts the output to those classes. A class-agnostic
-method gives its one shared map, or its slot maps.
+Which maps: a class-aware method (AVGN) with ``classes="auto"`` uses its own selection (exactly the
+classes whose audio presence probability reaches the run's validation-chosen threshold, as in the
+evaluation's ``predicted`` mode); when none does, nothing is drawn and ``localize.json`` says so
+(``"sources": []``, ``"message": "no sounding source in view"``, :data:`NO_SOURCE_MESSAGE`). A list of
+class names restricts the output to those classes. A class-agnostic method gives its one shared
+map, or its slot maps.
 
 Bad input is refused with one line naming the file and the fix (:class:`LocalizeInputError`):
-unreadable or truncated image / audio, more than two audio channels, silent audio, a clip shorter
+unreadable or truncated image / audio, more than two audio channels, NaN or infinite audio samples,
+silent audio, a clip shorter
 than the window, an unfinished run folder, a class the run does not know; for a video also a
 missing ffmpeg, a file ffmpeg cannot read, a video without an audio or a video stream, a time
 stamp outside the video (or past the end of its audio track), and ``--video`` given with
@@ -60,10 +63,14 @@ from avgn.methods import MethodPredictor, get_method
 from avgn.models.avgn import select_sources
 from avgn.runs import load_trained_model
 
-__all__ = ["LocalizeInputError", "read_frame", "read_recording", "probe_video", "read_video", "window_start", "localize"]
+__all__ = ["NO_SOURCE_MESSAGE", "LocalizeInputError", "read_frame", "read_recording", "probe_video", "read_video", "window_start", "localize"]
 
 #: RMS (full scale 1.0) under which a recording counts as silent.
 SILENCE_RMS = 1e-4
+
+#: What ``localize.json`` (``"message"``) and ``avgn localize`` say when the method's own selection
+#: (``--classes auto``) selects no class.
+NO_SOURCE_MESSAGE = "no sounding source in view"
 
 
 class LocalizeInputError(ValueError):
@@ -125,6 +132,10 @@ def read_recording(path: str | Path, sample_rate: int, seconds: float, offset: f
     if channels > 2:
         raise LocalizeInputError(f"{what} has {channels} channels: give a mono or stereo recording "
                                  "(e.g. `ffmpeg -i IN -ac 1 OUT.wav`)")
+    bad = ~np.isfinite(data).all(axis=1)
+    if bad.any():
+        raise LocalizeInputError(f"{what} holds {int(bad.sum())} NaN or infinite sample(s) (the first at {int(np.argmax(bad)) / sr:.2f} s): "
+                                 "repair the recording, or export it again from its source with finite samples")
     need = offset + seconds
     have = data.shape[0] / sr
     if have + 1e-9 < need:
@@ -428,7 +439,7 @@ def localize(
     threshold = float(info.get("presence_threshold", 0.5))
     if method.kind == "class_aware":
         if wanted is None:
-            _, sel, mask = select_sources(pred["maps"], "predicted", audio_probs=probs, threshold=threshold)
+            _, sel, mask = select_sources(pred["maps"], "predicted", audio_probs=probs, threshold=threshold, min_sources=0)
             idx = [int(c) for c, m in zip(sel[0], mask[0]) if m]
         else:
             idx = [names.index(c) for c in wanted]
@@ -443,9 +454,35 @@ def localize(
     out = Path(out_dir) if out_dir is not None else run_dir / "localize" / _safe(default_name)
     out.mkdir(parents=True, exist_ok=True)
     h, w = frame.shape[-2:]
+    sources = _write_sources(out, frame, maps, idx, labels, probs, exp.eval.binarize_rule, exp.eval.binarize_value)
+    result = {
+        "run_dir": str(run_dir), "method": exp.method, "checkpoint_epoch": info["checkpoint_epoch"],
+        **inputs, "image_size": [w, h], "resampled_to": rec.sample_rate, "window_s": [rec.offset_s, rec.offset_s + spec.seconds],
+        "video": video_record,
+        "selection": "auto" if wanted is None else "given", "presence_threshold": threshold if method.kind == "class_aware" else None,
+        "binarize": {"rule": exp.eval.binarize_rule, "value": exp.eval.binarize_value},
+        "sources": sources,
+        "message": None if sources else NO_SOURCE_MESSAGE,
+        "presence": {c: float(probs[0, j]) for j, c in enumerate(names)} if probs is not None else None,
+        "command": command or " ".join(shlex.quote(x) for x in ["avgn", "localize", str(run_dir), *flags,
+                                                               "--classes", "auto" if wanted is None else ",".join(wanted), "--out", str(out)]),
+        "out_dir": str(out),
+    }
+    atomic_write_text(out / "localize.json", json.dumps(result, indent=2))
+    return result
+
+
+def _write_sources(out: Path, frame: Tensor, maps: Tensor, idx: list[int], labels: list[str], probs: Tensor | None,
+                   rule: str, value: float) -> list[dict[str, Any]]:
+    """Write the overlay and mask PNGs of the selected maps ``maps[idx]`` (``maps [K, h, w]``, upsampled
+    to the frame ``[3, H, W]``) into ``out`` and return their ``localize.json`` entries (none for an
+    empty selection)."""
+    if not idx:
+        return []
+    h, w = frame.shape[-2:]
     up = metrics.upsample_maps(maps[idx].float(), (h, w))  # [S, H, W]
     norm = metrics.minmax_normalise(up)
-    binary = metrics.binarize(up, exp.eval.binarize_rule, exp.eval.binarize_value)
+    binary = metrics.binarize(up, rule, value)
     sources = []
     for k, (i, label) in enumerate(zip(idx, labels)):
         flat = int(up[k].argmax())
@@ -457,17 +494,4 @@ def localize(
         if probs is not None:
             entry["presence"] = float(probs[0, i])
         sources.append(entry)
-    result = {
-        "run_dir": str(run_dir), "method": exp.method, "checkpoint_epoch": info["checkpoint_epoch"],
-        **inputs, "image_size": [w, h], "resampled_to": rec.sample_rate, "window_s": [rec.offset_s, rec.offset_s + spec.seconds],
-        "video": video_record,
-        "selection": "auto" if wanted is None else "given", "presence_threshold": threshold if method.kind == "class_aware" else None,
-        "binarize": {"rule": exp.eval.binarize_rule, "value": exp.eval.binarize_value},
-        "sources": sources,
-        "presence": {c: float(probs[0, j]) for j, c in enumerate(names)} if probs is not None else None,
-        "command": command or " ".join(shlex.quote(x) for x in ["avgn", "localize", str(run_dir), *flags,
-                                                               "--classes", "auto" if wanted is None else ",".join(wanted), "--out", str(out)]),
-        "out_dir": str(out),
-    }
-    atomic_write_text(out / "localize.json", json.dumps(result, indent=2))
-    return result
+    return sources

@@ -271,3 +271,84 @@ def test_perfect_reference_scores_one_and_selection_score_modes():
     results = {"val/solo/scene": {"oracle": {"ap": 0.6}, "predicted": {"ap": 0.2}}, "val/duet/scene": {"oracle": {"cap": 0.4}, "predicted": {"cap": 0.2}}}
     assert selection_score(results, "oracle") == pytest.approx(0.5)
     assert selection_score(results, ("oracle", "predicted")) == pytest.approx(0.35)
+
+
+# --------------------------------------------------------------------------------------------------
+# label-free metrics (semantic AP / mIoU / F) and empty selections
+# --------------------------------------------------------------------------------------------------
+class _LoudSilentClasses(_GroundTruthClassAware):
+    """A stub AVGN whose silent classes' maps light rows 28-31 (128 px, where nothing sounds) at the
+    sounding maps' peak value."""
+
+    name = "stub-loud-silent"
+
+    def maps(self, batch):
+        out = super().maps(batch)
+        silent = out["maps"].flatten(2).amax(2) == 0  # [N, C]
+        out["maps"][:, :, 28:, :] += silent[:, :, None, None].float()
+        return out
+
+
+def test_semantic_metrics_charge_false_selections_that_cap_ignores():
+    masks, classes = _masks(2)  # two 192-px bands per frame; sample i sounds classes i and i + 1
+    es = _set("test/duet/scene", masks, classes)
+    p = predict_set(MethodPredictor(_LoudSilentClasses(torch.full((3, C), 0.9))), es)
+    oracle, _ = score_set(p, "oracle", EvalConfig(), 0.5)
+    every, rows = score_set(p, "predicted", EvalConfig(), 0.5)  # every class selected
+    assert oracle["semantic_ap"] == oracle["semantic_miou"] == oracle["semantic_f"] == 1.0
+    assert every["cap"] == 1.0 and every["piap"] == 1.0  # CAP / PIAP: selecting everything is the oracle
+    # 384 positives tied at the top with 2 x 128 false pixels
+    assert every["semantic_ap"] == pytest.approx(384 / 640, abs=1e-15)
+    # class c sounds in a of the 3 samples (a = 1, 2, 2, 1) and is a false selection in the others
+    a = torch.tensor([1.0, 2.0, 2.0, 1.0], dtype=torch.float64)
+    tp, fp = 192 * a, 128 * (3 - a)
+    assert every["semantic_miou"] == pytest.approx(float((tp / (tp + fp)).mean()), abs=1e-15)
+    assert every["semantic_f"] == pytest.approx(float((1.3 * tp / (1.3 * tp + fp)).mean()), abs=1e-15)
+    assert [r["semantic_ap"] for r in rows] == pytest.approx([0.6] * 6, abs=1e-15)
+
+
+def test_predicted_selection_may_be_empty():
+    masks, classes = _masks(2)
+    probs = torch.full((3, C), 0.1)
+    probs[0, classes[0, 0]] = 0.9  # only sample 0 selects a class (its first source's)
+    p = predict_set(GroundTruthClassAware(probs), _set("test/duet/scene", masks, classes))
+    s, rows = score_set(p, "predicted", EvalConfig(), 0.5)
+    assert [r["has_map"] for r in rows] == [True, False] + [False, False] * 2
+    assert s["cap"] == pytest.approx(1 / 6) and s["piap"] == pytest.approx(1 / 6)  # one source of six found
+    assert [r["semantic_ap"] for r in rows[::2]] == [0.5, 0.0, 0.0]  # "nothing sounds" is wrong here: 0
+    assert s["presence_precision"] == 1.0 and s["presence_recall"] == pytest.approx(1 / 6) and s["count_acc"] == 0.0
+    # class 0 found in sample 0 (TP 192), every other sounding source missed
+    # (class 1: 2 x 192 FN, class 2: 2 x 192 FN, class 3: 192 FN, class 0: none missed)
+    assert s["semantic_miou"] == pytest.approx(1 / 4) and s["semantic_f"] == pytest.approx(1 / 4)
+    solo_masks, solo_classes = _masks(1)
+    solo = predict_set(GroundTruthClassAware(torch.full((3, C), 0.1)), _set("test/solo/scene", solo_masks, solo_classes))
+    s1, _ = score_set(solo, "predicted", EvalConfig(), 0.5)
+    assert s1["ap"] == 0.0 and s1["semantic_ap"] == 0.0 and s1["semantic_miou"] == 0.0 and s1["presence_f1"] == 0.0
+
+
+def test_presence_metrics_with_an_empty_selection_allowed():
+    probs = torch.tensor([[0.9, 0.1, 0.6, 0.0], [0.2, 0.3, 0.1, 0.0]])
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    m = presence_metrics(probs, labels, min_sources=0)
+    # sample 0 predicts {0, 2} (1 right, 1 wrong); sample 1 predicts nothing (its source missed)
+    assert m["presence_precision"] == pytest.approx(1 / 2) and m["presence_recall"] == pytest.approx(1 / 2)
+    assert m["count_acc"] == 0.0
+    nothing = presence_metrics(torch.zeros(2, C), labels, min_sources=0)
+    assert nothing == {"presence_precision": 0.0, "presence_recall": 0.0, "presence_f1": 0.0, "count_acc": 0.0}
+
+
+def test_class_agnostic_methods_get_the_favourable_semantic_reading():
+    masks, classes = _masks(2)
+    es = _set("test/duet/concat", masks, classes)
+    res = evaluate_sets(UnionMap(), [es], EvalConfig(), ("oracle", "predicted"))["results"]["test/duet/concat"]
+    # the union map stands for both sources: each class's copy ranks the other source's 192 px as
+    # high as its own; binarised, it is the union (TP 192, FP 192 per class and sample)
+    s = res["oracle"]
+    assert s["semantic_ap"] == pytest.approx(0.5, abs=1e-15) and s["semantic_miou"] == pytest.approx(0.5, abs=1e-15)
+    assert s["semantic_f"] == pytest.approx(1.3 / 2.3, abs=1e-15) and res["predicted"] == s
+    masks3, classes3 = _masks(3)
+    slots = evaluate_sets(SwappedSlots(), [_set("test/trio/scene", masks3, classes3)], EvalConfig(), ("oracle",))
+    t = slots["results"]["test/trio/scene"]["oracle"]
+    # K = 2 slots: the third source (144 px) of every trio is a miss; summed per class:
+    # IoU 1/2 (class 0), 1 (class 1), 2/3 (class 2), 1/2 (class 3)
+    assert t["semantic_ap"] == pytest.approx(2 / 3, abs=1e-15) and t["semantic_miou"] == pytest.approx(2 / 3, abs=1e-15)

@@ -46,6 +46,12 @@ def media(tmp_path_factory) -> dict[str, Path]:
     sf.write(d / "short.wav", tone[:22050], 22050)
     sf.write(d / "silent.wav", np.zeros_like(tone), 22050)
     sf.write(d / "six.wav", np.stack([tone] * 6, 1), 22050)
+    broken = tone.copy()
+    broken[2205] = np.nan  # at 0.10 s
+    sf.write(d / "nan.wav", broken, 22050, subtype="FLOAT")
+    broken = np.stack([tone, tone], 1)
+    broken[[11025, 11026, 20000], 1] = [np.inf, -np.inf, np.inf]  # from 0.50 s, in one channel
+    sf.write(d / "inf.wav", broken, 22050, subtype="FLOAT")
     (d / "truncated.png").write_bytes((d / "frame.png").read_bytes()[:200])
     wav = (d / "stereo.wav").read_bytes()
     (d / "garbage.wav").write_bytes(b"RIFF" + wav[4:40])
@@ -60,8 +66,8 @@ def test_avgn_auto_selection_writes_overlays_masks_and_json(runs, media, tmp_pat
     assert res["image_size"] == [160, 90] and len(res["sources"]) >= 1
     probs = res["presence"]
     chosen = [s["name"] for s in res["sources"]]
-    above = [c for c, p in probs.items() if p >= res["presence_threshold"]] or [max(probs, key=probs.get)]
-    assert sorted(chosen) == sorted(above)  # the run's own selection: threshold, at least the top class
+    above = [c for c, p in probs.items() if p >= res["presence_threshold"]]
+    assert sorted(chosen) == sorted(above) and res["message"] is None  # the run's own selection: the threshold
     for s in res["sources"]:
         over = np.asarray(Image.open(tmp_path / "out" / s["overlay"]))
         mask = np.asarray(Image.open(tmp_path / "out" / s["mask"]))
@@ -94,6 +100,8 @@ def test_class_agnostic_methods_give_their_shared_or_slot_maps(runs, media, tmp_
     ("frame.png", "garbage.wav", r"cannot decode the audio .*garbage.wav.*convert it to WAV or FLAC"),
     ("frame.png", "six.wav", r"six.wav has 6 channels: give a mono or stereo recording"),
     ("frame.png", "silent.wav", r"silent.wav is silent from 0 s to 3 s"),
+    ("frame.png", "nan.wav", r"nan.wav holds 1 NaN or infinite sample\(s\) \(the first at 0.10 s\): repair the recording, or export it"),
+    ("frame.png", "inf.wav", r"inf.wav holds 3 NaN or infinite sample\(s\) \(the first at 0.50 s\)"),
     ("frame.png", "short.wav", r"short.wav lasts 1.00 s, shorter than the model's window of 3 s"),
 ])
 def test_bad_input_is_refused_naming_the_file(runs, media, tmp_path, image, audio, message):
@@ -125,6 +133,35 @@ def test_command_line(runs, media, tmp_path, capsys):
                  "--out", str(tmp_path / "cli")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("avgn: error: the audio") and err.count("\n") == 1  # one line, no traceback
+    assert main(["localize", str(runs["avgn"]), "--image", str(media["frame.png"]), "--audio", str(media["nan.wav"]),
+                 "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avgn: error: the audio") and "nan.wav holds 1 NaN or infinite sample" in err and err.count("\n") == 1
+
+
+def _with_threshold(run: Path, dest: Path, threshold: float) -> Path:
+    """A copy of the finished ``run`` whose validation-chosen presence threshold is ``threshold``."""
+    shutil.copytree(run, dest)
+    info = json.loads((dest / "run.json").read_text())
+    info["presence_threshold"] = threshold
+    (dest / "run.json").write_text(json.dumps(info))
+    return dest
+
+
+def test_auto_selection_of_no_class_says_no_sounding_source(runs, media, tmp_path, capsys):
+    run = _with_threshold(runs["avgn"], tmp_path / "strict", 1.01)  # no presence probability reaches it
+    res = localize(run, media["frame.png"], media["mono.flac"], out_dir=tmp_path / "out", device="cpu")
+    assert res["sources"] == [] and res["message"] == "no sounding source in view" and res["selection"] == "auto"
+    assert json.loads((tmp_path / "out" / "localize.json").read_text()) == res
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["localize.json"]  # no overlay, no mask
+    assert len(res["presence"]) == len(json.loads((run / "config.json").read_text())["class_names"])
+    assert main(["localize", str(run), "--image", str(media["frame.png"]), "--audio", str(media["mono.flac"]),
+                 "--out", str(tmp_path / "cli"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == "no sounding source in view" and out[-1].startswith("written:")  # and no source line
+    # named classes are drawn whatever the presence says
+    named = localize(run, media["frame.png"], media["mono.flac"], classes=next(iter(res["presence"])), out_dir=tmp_path / "named", device="cpu")
+    assert len(named["sources"]) == 1 and named["message"] is None
 
 
 # ---- video input (ffmpeg) -----------------------------------------------------------------------

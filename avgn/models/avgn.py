@@ -217,7 +217,10 @@ def select_sources(
         mode: ``oracle`` = the ground-truth sounding classes (``gt_classes``: multi-hot ``[B, C]`` or
             indices ``[B, S]`` padded with -1); ``predicted`` = classes with
             ``audio_probs [B, C] >= threshold``, most probable first; if fewer than ``min_sources``
-            pass, the top ``min_sources`` are taken anyway (every mixture has at least one source).
+            pass, the top ``min_sources`` are taken anyway. ``min_sources=0`` keeps exactly the
+            classes that pass, so a sample's selection may be empty ("nothing sounds": the
+            evaluation's ``predicted`` mode and ``avgn localize`` use it); the outputs then still
+            have at least one column, all padding for such a sample.
         max_sources: keep at most this many per sample (most probable first for ``predicted``; the
             given order for ``oracle``).
 
