@@ -110,6 +110,7 @@ __all__ = [
     "token_confusion",
     "presence_metrics",
     "PREDICTED_MIN_SOURCES",
+    "SELECTION_MIN_SOURCES",
     "evaluate_run",
     "evaluate_reference",
     "collect_results",
@@ -125,6 +126,12 @@ EVAL_VERSION = 2
 #: probability reaches the threshold: none may pass ("nothing sounds" is an answer; it scores 0 on a
 #: set where something always sounds, which is the cost of a miss).
 PREDICTED_MIN_SOURCES = 0
+#: Model selection during training (the validation score of every epoch, :func:`avgn.train`) and
+#: the choice of the presence threshold score the ``predicted`` selection with at least one class, as
+#: the first edition did: the stored runs' selected epochs and thresholds stay what they are. Whether
+#: selection should allow an empty answer too is decided with AVGN's training on negative audio
+#: (silence, noise), which changes what it trains anyway.
+SELECTION_MIN_SOURCES = 1
 
 MODES = ("oracle", "predicted")
 #: Anything that turns a batch into maps and declares their ``kind`` (:class:`avgn.methods.MethodPredictor`).
@@ -419,7 +426,7 @@ def token_confusion(preds: SetPredictions | Sequence[SetPredictions], num_classe
     return conf
 
 
-def _source_maps(p: SetPredictions, mode: str, threshold: float) -> dict[str, Any]:
+def _source_maps(p: SetPredictions, mode: str, threshold: float, min_sources: int = PREDICTED_MIN_SOURCES) -> dict[str, Any]:
     """Maps aligned with the sources for one mode: ``maps [N,S,h,w]``, ``hit [N,S]`` (False: the
     source has no map and scores 0), ``pred_maps`` / ``pred_pairs`` for PIAP (None: PIAP of ``maps``)."""
     valid = p.classes >= 0
@@ -431,7 +438,7 @@ def _source_maps(p: SetPredictions, mode: str, threshold: float) -> dict[str, An
         if p.audio_probs is None:
             raise ValueError("predicted mode needs audio presence probabilities")
         sel, sel_classes, sel_mask = select_sources(p.maps, "predicted", audio_probs=p.audio_probs, threshold=threshold,
-                                                    min_sources=PREDICTED_MIN_SOURCES)
+                                                    min_sources=min_sources)
         hit = valid & (p.classes[:, :, None] == torch.where(sel_mask, sel_classes, -2)[:, None, :]).any(-1)
         return {"maps": maps, "hit": hit, "pred_maps": sel, "pred_valid": sel_mask, "pred_classes": sel_classes}
     if p.kind == "shared":
@@ -467,7 +474,8 @@ def _semantic_selection(p: SetPredictions, mode: str, sm: dict[str, Any]) -> tup
     return sm["maps"], chosen
 
 
-def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalConfig(), presence_threshold: float = 0.5) -> tuple[dict[str, float], list[dict[str, Any]]]:
+def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalConfig(), presence_threshold: float = 0.5,
+              min_sources: int = PREDICTED_MIN_SOURCES) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics of one set under one source-selection mode: ``(summary, per-source rows)``.
 
     The summary holds the single-source (``ap``, ``iou@t``, ``auc``) or multi-source (``cap``,
@@ -477,7 +485,7 @@ def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalCon
     the presence metrics of the same, possibly empty, selection."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    sm = _source_maps(p, mode, presence_threshold)
+    sm = _source_maps(p, mode, presence_threshold, min_sources)
     maps, hit = sm["maps"], sm["hit"]
     valid = p.classes >= 0
     n, s = p.classes.shape
@@ -513,7 +521,7 @@ def score_set(p: SetPredictions, mode: str = "oracle", cfg: EvalConfig = EvalCon
     sem_ap = sem.ap.tolist()
     if p.kind == "class_aware":
         if mode == "predicted":
-            summary.update(presence_metrics(p.audio_probs, p.labels, presence_threshold, min_sources=PREDICTED_MIN_SOURCES))
+            summary.update(presence_metrics(p.audio_probs, p.labels, presence_threshold, min_sources=min_sources))
         if p.token_pred is not None:
             summary.update(_macro_prf(token_confusion(p)))
     rows = []
@@ -569,7 +577,7 @@ def choose_presence_threshold(
     preds = [predict_set(predictor, es) for es in sets]
     curve = []
     for t in grid:
-        per_set = [presence_metrics(p.audio_probs, p.labels, float(t)) for p in preds]
+        per_set = [presence_metrics(p.audio_probs, p.labels, float(t), min_sources=SELECTION_MIN_SOURCES) for p in preds]
         row = {"threshold": float(t)}
         for key in ("presence_precision", "presence_recall", "presence_f1"):
             row[key] = float(np.mean([m[key] for m in per_set]))
@@ -607,10 +615,13 @@ def evaluate_sets(
     modes: Sequence[str] = MODES,
     presence_threshold: float = 0.5,
     keep_predictions: bool = False,
+    min_sources: int = PREDICTED_MIN_SOURCES,
 ) -> dict[str, Any]:
     """Predict and score every set. Modes a method does not support (``predicted`` for a method
     that cannot select its sources: EZ-VSL, Mix-and-Localize, the references) give the same numbers
-    as ``oracle`` and are copied, not recomputed.
+    as ``oracle`` and are copied, not recomputed. ``min_sources``: the ``predicted`` selection keeps
+    at least this many classes (the evaluation's :data:`PREDICTED_MIN_SOURCES` = 0: it may be empty;
+    model selection during training keeps :data:`SELECTION_MIN_SOURCES`).
 
     Returns ``{"results": {set: {mode: summary}}, "rows": [...], "seconds": s, "items": n,
     "predictions": {set: SetPredictions} (if keep_predictions)}``.
@@ -629,7 +640,7 @@ def evaluate_sets(
                 results[str(es.name)][mode] = dict(results[str(es.name)]["oracle"])
                 rows += [dict(r, mode=mode) for r in rows if r["set"] == str(es.name) and r["mode"] == "oracle"]
                 continue
-            summary, r = score_set(p, mode, cfg, presence_threshold)
+            summary, r = score_set(p, mode, cfg, presence_threshold, min_sources)
             results[str(es.name)][mode] = summary
             rows += r
         if keep_predictions:

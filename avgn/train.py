@@ -69,7 +69,7 @@ from avgn.data.datasets import OnTheFlyMixtureDataset
 from avgn.data.manifest import load_build_info
 from avgn.distributed import DistInfo
 from avgn.env import environment_report, epoch_seed, git_revision, resolve_device, seed_everything
-from avgn.evaluate import EvalSet, choose_presence_threshold, evaluate_sets, load_eval_set, selection_score
+from avgn.evaluate import SELECTION_MIN_SOURCES, EvalSet, choose_presence_threshold, evaluate_sets, load_eval_set, selection_score
 from avgn.experiment import Experiment, TrainConfig, get_experiment
 from avgn.features import FeatureStore, compute_features
 from avgn.methods import EpochContext, Method, MethodPredictor, get_method, model_inputs
@@ -762,7 +762,7 @@ def _end_epoch(method: Method, model: torch.nn.Module, exp: Experiment, inputs: 
     """Validate after an epoch (model selection), append its row to ``state["history"]`` and update
     the training state (best epoch, early stopping, finished); returns the row."""
     t, modes = exp.train, method.modes
-    ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes)
+    ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes, min_sources=SELECTION_MIN_SOURCES)
     score = selection_score(ev["results"], modes)
     row: dict[str, Any] = {
         "epoch": progress.epoch + 1,
