@@ -165,7 +165,9 @@ class RunStore:
         if keep_weights:
             files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
             record["weights"] = "weights.safetensors"
-        elif weights is not None:
+        elif weights is None:  # a run kept by its evaluations only: no stray weights beside its record
+            (folder / "weights.safetensors").unlink(missing_ok=True)
+        else:
             atomic_save_safetensors(folder / "weights.safetensors", weights, metadata={"key": key, "id": record["id"]})
             files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
             record["weights"] = "weights.safetensors"
