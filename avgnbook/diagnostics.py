@@ -284,6 +284,34 @@ def presence_reference_run(
     return res
 
 
+def read_presence_reference(out_dir: str | Path) -> ReferenceResult:
+    """The plain-CNN presence reference kept in ``out_dir`` (:func:`presence_reference_run`'s file;
+    e.g. the run store's ``presence-cnn`` study checked out by a chapter); never trains.
+
+    Raises:
+        FileNotFoundError: nothing kept there (naming the file).
+    """
+    path = Path(out_dir) / "presence_reference.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: train the reference (avgn runs train --keys presence-cnn/seed0)")
+    old = json.loads(path.read_text())
+    return ReferenceResult(history=old["history"], val=old["history"][-1] if old["history"] else {}, seconds=old["seconds"], steps=old["steps"])
+
+
+def presence_cnn_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, factor: int = 4, epochs: int = 6) -> None:
+    """The run store's ``presence-cnn`` study (:class:`avgn.store.plan.Study`): the plain CNN trained
+    on AVGN's training mixtures for ``factor`` x the steps of ``epochs`` epochs of the profile's
+    schedule (chapter 2's budget reference, the 6-epoch AVGN run), evaluated every third of that
+    budget, kept in ``out_dir``."""
+    from avgn.experiment import get_experiment
+
+    exp = get_experiment("avgn", profile)
+    t = exp.train
+    per_epoch = sum(x or 0 for x in (t.solo_items, t.concat_items, t.scene_items)) // t.batch_size
+    budget = epochs * per_epoch
+    presence_reference_run(exp, data_dir, out_dir, steps=factor * budget, seed=seed, eval_every=max(1, budget // 3))
+
+
 def _audio_only(inputs: Any) -> Any:
     """``inputs`` without cached features (evaluation sets then carry frames; only ``spec`` is read)."""
     from dataclasses import replace

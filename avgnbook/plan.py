@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from avgn.experiment import REFERENCES
-from avgn.store.plan import Evaluation, PlannedRun
+from avgn.store.plan import Evaluation, PlannedRun, Study
 from avgn.runs import Variant
 from avgnbook.variants import (
     ASSIGNMENT_VARIANTS,
@@ -71,6 +71,10 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     add((SHORT_VARIANT,), _evals("test"), ("02", "04"), weights="first")
     add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",), weights="first")
     add(WIDTH_VARIANTS, _evals("test"), ("02", "04"), weights="first")
+    from avgnbook.diagnostics import presence_cnn_study  # chapter 2's plain-CNN presence reference (a study, not a method)
+
+    factor = {"smoke": 1}.get(profile, 4)
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("02",), study=Study("presence-cnn", 1, presence_cnn_study, (("factor", factor),))))
     add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS, _evals("test"), ("04",), weights="none")
     add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
     add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))

@@ -65,7 +65,7 @@ from avgnbook.analysis import presence_rule_table, selection_gap
 from avgnbook.chapter import chapter_context
 from avgn.env import environment_report
 from avgn.evaluate import evaluate_sets, example_maps, load_eval_set, token_confusion
-from avgnbook.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, presence_reference_run, prior_bce,
+from avgnbook.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, prior_bce, read_presence_reference,
                               training_batches)
 from avgn.experiment import get_experiment, profile_table
 from avgn.features import FeatureStore
@@ -79,9 +79,6 @@ from avgn.viz import gradient_heatmap, save_figure
 ctx = chapter_context("02", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir, store_dir=store_dir)
 data = ctx.data
 exp = get_experiment("avgn", profile)
-# "does more training help?": the plain CNN trains for REFERENCE_FACTOR x the 6-epoch AVGN run's steps
-# (CI's smoke profile runs less, as in chapter 8)
-REFERENCE_FACTOR = {"smoke": 1, "cpu": 4, "gpu": 4}[profile]
 pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
 
 # %% [markdown]
@@ -322,9 +319,9 @@ grads.pivot_table(index="module", columns=["design", "loss"], values="grad_norm"
 # Then a **linear probe** (one logistic regression per class on the max-pooled audio-encoder
 # features, fitted on training mixtures, scored on validation duets) and a **plain CNN** (four conv
 # blocks, BCE on the labels) trained on the same mixtures: how much class information the audio
-# holds at this budget (the CNN is trained here, for four times the 6-epoch AVGN run's steps — a
-# diagnostic of this chapter, not a stored run; the table gives its validation F1 at AVGN's number of
-# steps, the next section its whole curve).
+# holds at this budget (the CNN is the run store's `presence-cnn` study, trained for four times the
+# 6-epoch schedule's steps; the table gives its validation F1 at AVGN's number of steps, the next
+# section its whole curve).
 
 # %%
 val_duets = load_eval_set(data, "val/duet/scene", exp.inputs, FeatureStore(data, exp.inputs.features, preload=False))
@@ -335,9 +332,9 @@ for name, d in designs.items():
     probe = audio_encoder_probe(m, batches, list(val_duets.batches()))
     test_f1 = load_run(d)["history"].iloc[-1]["val/val/duet/scene/predicted/presence_f1"]
     probe_rows.append({"design": name, **bal, "presence F1 (own heads, val duets)": test_f1, "linear probe F1 (val duets)": probe["probe_f1"]})
-# trained for 4x the 6-epoch AVGN run's steps on the cpu profile (read back on reruns); here its value at that budget
-cnn = presence_reference_run(exp, data, ctx.runs / profile / f"presence-reference-seed{seed}", seed=seed, steps=REFERENCE_FACTOR * short_steps,
-                             eval_every=max(1, short_steps // 3))
+# the run store's presence-cnn study: trained for 4x the 6-epoch schedule's steps on the cpu profile; here its value at AVGN's budget
+cnn_run = ctx.checkout(f"presence-cnn/seed{seed}")
+cnn = read_presence_reference(cnn_run["run_dir"])
 at_budget = [h for h in cnn.history if h["step"] <= short_steps][-1]
 probe_rows.append({"design": f"plain CNN, {at_budget['step']} steps", "presence F1 (own heads, val duets)": at_budget["val/duet/scene"]})
 pd.DataFrame(probe_rows).set_index("design").round(3)
@@ -442,7 +439,7 @@ pd.DataFrame(rows).set_index(["set", "mode"]).round(3)
 # model on the 6-epoch schedule with early stopping.
 
 # %%
-print(f"plain CNN: {cnn.steps} steps in {cnn.seconds / 60:.1f} min (`avgnbook.diagnostics.presence_reference_run`, seed {seed})")
+print(f"plain CNN: {cnn.steps} steps in {cnn.seconds / 60:.1f} min (the run store's `presence-cnn` study, seed {seed})")
 f1_key = "val/val/duet/scene/predicted/presence_f1"
 LONG = MAIN_VARIANTS[0]
 avgn_hists = pd.concat([hists, run["history"].assign(design=f"AVGN, {summary['epochs_run']} epochs (the book's)")], ignore_index=True)

@@ -273,3 +273,30 @@ def test_a_run_the_plan_keeps_without_weights_is_stored_and_read_by_its_evaluati
     assert (res["run_dir"] / "eval_val.csv").is_file() and not (res["run_dir"] / "checkpoints").exists()
     with pytest.raises(StoreError, match=r"stores no weights"):
         store.load_weights(store.read("ezvsl/seed0"))
+
+
+def _fake_study(data_dir, out_dir, profile, seed, width=1):
+    (out_dir / "sub").mkdir(parents=True, exist_ok=True)
+    (out_dir / "result.json").write_text(json.dumps({"profile": profile, "seed": seed, "width": width}))
+    (out_dir / "sub" / "curve.csv").write_text("step,f1\n1,0.5\n")
+
+
+def test_a_study_run_is_stored_with_its_files_and_checked_out_as_written(stored, tmp_path):
+    from avgn.store.plan import Study
+
+    plan = dict(stored["plan"])
+    study = PlannedRun(None, 0, "smoke", (), ("02",), study=Study("fake-study", 1, _fake_study, (("width", 3),)))
+    plan[study.key] = study
+    assert study.key == "fake-study/seed0" and not study.trains and study.weights_key is None
+    store = RunStore("smoke", tmp_path / "store")
+    sr = store_run("fake-study/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", plan=plan)
+    assert set(sr.record["files"]) == {"study/result.json", "study/sub/curve.csv"}
+    res = checkout("fake-study/seed0", "smoke", tmp_path / "runs", stored["data"], store, plan)
+    assert json.loads((res["run_dir"] / "result.json").read_text()) == {"profile": "smoke", "seed": 0, "width": 3}
+    assert (res["run_dir"] / "sub" / "curve.csv").read_text().startswith("step,f1")
+    # its parameters and its version are part of its id
+    build = build_identity("smoke", stored["data"])
+    ids = {run_id(PlannedRun(None, 0, "smoke", (), study=Study("fake-study", v, _fake_study, p)), plan, build)
+           for v, p in ((1, (("width", 3),)), (2, (("width", 3),)), (1, (("width", 4),)))}
+    assert len(ids) == 3 and sr.id in ids
+    assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["fake-study/seed0", "state"] == "done"

@@ -32,14 +32,14 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from avgn.data.config import DATA_PROFILES
 from avgn.experiment import get_experiment
 from avgn.methods import get_method
 from avgn.runs import Variant
 
-__all__ = ["Evaluation", "PlannedRun", "build_identity", "build_id", "run_identity", "run_id", "PlanKeyError", "get_plan",
+__all__ = ["Evaluation", "PlannedRun", "Study", "build_identity", "build_id", "run_identity", "run_id", "PlanKeyError", "get_plan",
            "list_plans", "PLAN_GROUP"]
 
 #: The entry-point group under which packages register run plans (``name = "module:function"``, the
@@ -64,6 +64,19 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Study:
+    """A run of a study that is not a localization method (e.g. a reference model a chapter compares
+    with): ``train(data_dir, out_dir, profile, seed, **params)`` writes its files into ``out_dir``
+    (everything there is stored and checked out as it is). ``version`` is bumped when what it trains
+    changes (part of the run's id, as a method's version is)."""
+
+    name: str
+    version: int
+    train: Callable[..., None]
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class PlannedRun:
     """One run of the plan.
 
@@ -74,6 +87,7 @@ class PlannedRun:
         evals: the evaluations the chapters read from it.
         chapters: the chapters that read it (for ``avgn runs status`` and the chapters' run tables).
         reference: a non-learned reference's name (then ``variant`` is None).
+        study: a :class:`Study` run (then ``variant`` is None and ``evals`` empty).
         keep_weights: whether the store keeps the run's weights (storage policy, not part of the
             run's identity): a run kept without them is read by its evaluations only, and
             re-scoring it with a new protocol version retrains it.
@@ -86,31 +100,38 @@ class PlannedRun:
     chapters: tuple[str, ...] = ()
     reference: str | None = None
     keep_weights: bool = True
+    study: Study | None = None
 
     @property
     def key(self) -> str:
         if self.reference:
             return f"ref-{self.reference}"
+        if self.study:
+            return f"{self.study.name}/seed{self.seed}"
         assert self.variant is not None
         return f"{self.variant.name or self.variant.method}/seed{self.seed}"
 
     @property
     def label(self) -> str:
+        if self.study:
+            return self.study.name
         return get_method(self.reference).label if self.reference else self.variant.label  # type: ignore[union-attr]
 
     @property
     def method(self) -> str:
+        if self.study:
+            return f"study:{self.study.name}"
         return self.reference or self.variant.method  # type: ignore[union-attr]
 
     @property
     def trains(self) -> bool:
         """Whether the run trains weights of its own (not a reference, not an inference-time variant)."""
-        return self.reference is None and not self.variant.eval_overrides  # type: ignore[union-attr]
+        return self.reference is None and self.study is None and not self.variant.eval_overrides  # type: ignore[union-attr]
 
     @property
     def weights_key(self) -> str | None:
         """The key whose weights this run scores (itself when it trains; None for a reference)."""
-        if self.reference:
+        if self.reference or self.study:
             return None
         if self.trains:
             return self.key
@@ -127,7 +148,7 @@ class PlannedRun:
 
     def experiment(self):
         """The resolved :class:`avgn.experiment.Experiment` this run trains (None for a reference)."""
-        if self.reference:
+        if self.reference or self.study:
             return None
         tv = self.variant.training  # type: ignore[union-attr]
         return get_experiment(tv.method, self.profile, **dict(tv.overrides))
@@ -174,6 +195,9 @@ def run_identity(run: PlannedRun, plan: dict[str, PlannedRun], build: dict[str, 
 
     if run.reference:
         return {"reference": run.reference, "profile": run.profile, "build": build_id(build), "eval_version": EVAL_VERSION}
+    if run.study:
+        return {"study": run.study.name, "version": run.study.version, "params": [list(kv) for kv in run.study.params],
+                "profile": run.profile, "seed": int(run.seed), "build": build_id(build)}
     if not run.trains:
         base = plan[run.weights_key]  # type: ignore[index]
         return {"weights_of": run_id(base, plan, build), "eval_overrides": [list(kv) for kv in run.variant.eval_overrides]}  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: method at its profile's schedule, when the store holds no finished run of that variant or method
 #: to measure from (then the measured mean is used).
 DEFAULT_COST_S: dict[str, dict[str, float]] = {
-    "smoke": {"avgn": 30.0, "ezvsl": 20.0, "mal": 15.0, "dsol": 20.0, "tvsl": 30.0},
-    "cpu": {"avgn": 1500.0, "ezvsl": 1200.0, "mal": 600.0, "dsol": 900.0, "tvsl": 900.0},
+    "smoke": {"avgn": 30.0, "ezvsl": 20.0, "mal": 15.0, "dsol": 20.0, "tvsl": 30.0, "study": 20.0},
+    "cpu": {"avgn": 1500.0, "ezvsl": 1200.0, "mal": 600.0, "dsol": 900.0, "tvsl": 900.0, "study": 1500.0},
     "gpu": {"avgn": 1800.0, "ezvsl": 1200.0, "mal": 900.0, "dsol": 900.0, "tvsl": 900.0},
 }
 #: ... per evaluation tag of a run (loading the sets and predicting them), by profile.
@@ -87,6 +88,8 @@ def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], st
     n_eval = len(run.evals) * EVAL_COST_S.get(run.profile, 60.0)
     if state == "done":
         return 0.0
+    if run.study is not None:
+        return 0.0 if state == "done" else DEFAULT_COST_S.get(run.profile, DEFAULT_COST_S["cpu"]).get("study", 600.0)
     if state == "evals" or not run.trains:
         return n_eval
     v = run.variant
@@ -266,6 +269,15 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                                   "command": train_command(key, profile)}
         t0 = time.perf_counter()
         keep = False
+        if run.study is not None:  # a study's run: its own trainer writes its files
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
+            run.study.train(data_dir, stage, profile, run.seed, **dict(run.study.params))
+            from avgn.env import git_revision
+
+            record.update({"code_revision": git_revision(), "machine": _machine(), "wall_seconds": round(time.perf_counter() - t0, 1),
+                           "evals": {}})
+            return store.write(key, record, None, None, [], None, study_dir=stage)
         if run.trains:
             assert run.variant is not None
             exp = run.experiment()
@@ -448,6 +460,18 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
     sr = store.read(key, expected_id=run_id(run, plan, build), build=build_id(build))
     runs_dir, data_dir = Path(runs_dir), Path(data_dir)
     commands = [sr.record["command"]]
+    if run.study is not None:
+        out = runs_dir / profile / "studies" / key
+        if not _is_current(out, sr):
+            shutil.rmtree(out, ignore_errors=True)
+            for name in sr.record["files"]:
+                if name.startswith("study/"):
+                    (out / name[len("study/"):]).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(sr.path(name), out / name[len("study/"):])
+            from avgn.checkpoint import atomic_write_json
+
+            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+        return {"key": key, "id": sr.id, "run_dir": out, "eval_dir": out, "record": sr.record, "commands": commands}
     if run.reference:
         out = reference_dir(runs_dir, run.reference, profile)
         if not _is_current(out, sr):

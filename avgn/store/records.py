@@ -152,7 +152,7 @@ class RunStore:
 
     # ---- writing ----------------------------------------------------------------------------------
     def write(self, key: str, record: dict[str, Any], run_dir: Path | None, eval_dir: Path | None, tags: list[str],
-              weights: dict[str, torch.Tensor] | None, keep_weights: bool = False) -> StoredRun:
+              weights: dict[str, torch.Tensor] | None, keep_weights: bool = False, study_dir: Path | None = None) -> StoredRun:
         """Write the folder of ``key`` atomically file by file, ``record.json`` last: the run's files
         from ``run_dir`` (training) and ``eval_<tag>.*`` from ``eval_dir``; ``weights`` (fp16), or
         with ``keep_weights`` the folder's stored weights file as it is (a re-scoring)."""
@@ -161,6 +161,7 @@ class RunStore:
         old = folder / "record.json"
         if old.exists():  # an incomplete folder until the new record is written
             old.unlink()
+        shutil.rmtree(folder / "study", ignore_errors=True)
         files: dict[str, str] = {}
         if keep_weights:
             files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
@@ -177,6 +178,13 @@ class RunStore:
                     shutil.copyfile(run_dir / name, folder / (name + ".tmp"))
                     (folder / (name + ".tmp")).replace(folder / name)
                     files[name] = sha256_file(folder / name)
+        if study_dir is not None:  # a study's files, as it wrote them (under study/)
+            for f in sorted(p for p in study_dir.rglob("*") if p.is_file()):
+                rel = "study/" + str(f.relative_to(study_dir))
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, folder / (rel + ".tmp"))
+                (folder / (rel + ".tmp")).replace(folder / rel)
+                files[rel] = sha256_file(folder / rel)
         for tag in tags:
             assert eval_dir is not None
             for suffix in (".json", ".csv"):
