@@ -76,6 +76,9 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     factor = {"smoke": 1}.get(profile, 4)
     runs.append(PlannedRun(None, seeds[0], profile, (), ("02",), study=Study("presence-cnn", 1, presence_cnn_study, (("factor", factor),))))
     add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS, _evals("test"), ("04",), weights="none")
+    from avgnbook.shape_masks import decoder_study  # chapter 8's promptable decoder (a study, not a method)
+
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("08",), study=Study("point-decoder", 1, decoder_study)))
     add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
     add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))
     add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT), ("09",))

@@ -19,6 +19,8 @@ map binarised by the book's protocol rule (its IoU is the protocol's cIoU of the
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -256,3 +258,51 @@ def plot_masks(panels: Sequence[Mapping[str, Any]], title: str = ""):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# the promptable decoder as a run of the store (chapter 8 reads it, never trains it)
+# --------------------------------------------------------------------------------------------------
+#: Training scenes per training set and the decoder's schedule, per profile.
+DECODER_TRAIN_ITEMS = {"smoke": 12, "cpu": 600, "gpu": None}
+DECODER_STEPS = {"smoke": (20, 4), "cpu": (600, 16), "gpu": (4000, 32)}  # (steps, batch size)
+DECODER_TRAIN_SETS = ("train/solo/scene", "train/duet/scene")
+
+
+def decoder_config(profile: str):
+    """The :class:`avgn.segment.decoder.DecoderConfig` chapter 8 trains under ``profile``."""
+    from avgn.segment.decoder import DecoderConfig
+
+    steps, batch = DECODER_STEPS[profile]
+    return DecoderConfig(steps=steps, batch_size=batch)
+
+
+def decoder_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int) -> None:
+    """The run store's ``point-decoder`` study (:class:`avgn.store.plan.Study`): the promptable
+    decoder trained on the train split's object masks, written to ``out_dir`` (``decoder.safetensors``,
+    ``decoder.json``: its configuration, the training pairs' count and the loss per step)."""
+    import dataclasses
+
+    from avgn.checkpoint import atomic_save_safetensors
+    from avgn.io import atomic_write_json
+    from avgn.segment.decoder import train_point_decoder
+
+    cfg = decoder_config(profile)
+    train = [load_pairs(data_dir, s, DECODER_TRAIN_ITEMS[profile]) for s in DECODER_TRAIN_SETS]
+    model, losses = train_point_decoder(torch.cat([t.images for t in train]), torch.cat([t.masks for t in train]), cfg, seed=seed)
+    out = Path(out_dir)
+    atomic_save_safetensors(out / "decoder.safetensors", model.state_dict())
+    atomic_write_json(out / "decoder.json", {"config": dataclasses.asdict(cfg), "pairs": sum(len(t) for t in train), "losses": losses})
+
+
+def read_decoder(out_dir: str | Path):
+    """``(model in eval mode, DecoderConfig, training pairs, losses)`` of a :func:`decoder_study` kept in ``out_dir``."""
+    from safetensors.torch import load_file
+
+    from avgn.segment.decoder import DecoderConfig, PointMaskNet
+
+    meta = json.loads((Path(out_dir) / "decoder.json").read_text())
+    cfg = DecoderConfig(**meta["config"])
+    model = PointMaskNet(cfg.width)
+    model.load_state_dict(load_file(str(Path(out_dir) / "decoder.safetensors")))
+    return model.eval(), cfg, meta["pairs"], meta["losses"]

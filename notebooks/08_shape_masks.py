@@ -63,9 +63,9 @@ import torch
 from avgnbook.chapter import chapter_context
 from avgnbook.variants import MAIN_VARIANTS
 from avgn.segment import SAMPLERS, PromptConfig
-from avgn.segment.decoder import DecoderConfig, DecoderSegmenter, train_point_decoder
+from avgn.segment.decoder import DecoderSegmenter
 from avgn.segment.segmenters import GrabCutSegmenter, SamSegmenter
-from avgnbook.shape_masks import (BLOB, fused, load_pairs, mask_study, plot_masks, prior_ablation, prior_map_source, qualitative,
+from avgnbook.shape_masks import (BLOB, fused, load_pairs, mask_study, read_decoder, plot_masks, prior_ablation, prior_map_source, qualitative,
                               run_map_sources, split_variant)
 from avgn.viz import save_figure
 
@@ -74,8 +74,6 @@ ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_d
 # scenes per set: GrabCut takes a few tenths of a second per mask on one core
 SETS = {"smoke": ["test/solo/scene"], "cpu": ["test/solo/scene", "test/duet/scene"], "gpu": ["test/solo/scene", "test/duet/scene"]}[profile]
 MAX_ITEMS = {"smoke": 3, "cpu": 20, "gpu": None}[profile]
-TRAIN_ITEMS = {"smoke": 12, "cpu": 600, "gpu": None}[profile]  # training scenes per set for the decoder
-DECODER = DecoderConfig(steps={"smoke": 20, "cpu": 600, "gpu": 4000}[profile], batch_size={"smoke": 4, "cpu": 16, "gpu": 32}[profile])
 
 # %% [markdown]
 # ## The maps
@@ -102,14 +100,14 @@ def map_sources(p, s):
 # Going beyond GSAVL: SAM is a promptable segmenter trained on masks; the benchmark has an exact mask
 # for every sounding object it pastes, so a small one can be trained here (`avgn.segment.decoder`:
 # a U-Net on the frame and a prompt channel, prompts drawn uniformly inside the training masks, so
-# it learns objects, not any localizer's habits). It is trained on the **train** split and scored
-# below on the held-out **test** scenes next to GrabCut, with the same maps and prompts.
+# it learns objects, not any localizer's habits). It is trained on the **train** split — a run of the
+# run store (the study `point-decoder`), read here — and scored below on the held-out **test** scenes
+# next to GrabCut, with the same maps and prompts.
 
 # %%
-train = [load_pairs(ctx.data, s, TRAIN_ITEMS) for s in ("train/solo/scene", "train/duet/scene")]
-decoder, losses = train_point_decoder(torch.cat([t.images for t in train]), torch.cat([t.masks for t in train]), DECODER, seed=seed,
-                                      log_every=max(1, DECODER.steps // 4))
-print(f"{sum(len(t) for t in train)} training pairs; loss {sum(losses[:10]) / 10:.3f} -> {sum(losses[-10:]) / 10:.3f}")
+dec = ctx.checkout(f"point-decoder/seed{seed}")  # the run store's point-decoder study
+decoder, DECODER, n_pairs, losses = read_decoder(dec["run_dir"])
+print(f"run {dec['id']}: {n_pairs} training pairs, {DECODER.steps} steps; loss {sum(losses[:10]) / 10:.3f} -> {sum(losses[-10:]) / 10:.3f}")
 
 # %% [markdown]
 # ## Prompts, segmenters, scores
