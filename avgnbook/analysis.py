@@ -339,6 +339,48 @@ def beyond_noise(diff: float, sd: float, k: float = 2.0) -> str:
     return "yes" if abs(diff) > k * sd else "no"
 
 
+def compare_seeds(df, a: str, b: str, set_name: str, metric: str, mode_a: str = "oracle", mode_b: str | None = None,
+                  k: float = 2.0) -> dict[str, Any]:
+    """``a`` against ``b`` on one cell of a long results table, paired by seed where both have the
+    seed (a reference without seeds, ``seed = -1``, is a constant): their means, the mean difference
+    ``diff`` (a - b), the sample sd of the per-seed differences (of ``a``'s seeds against a constant),
+    the margin ``diff / sd`` and the verdict: ``above`` / ``below`` when ``|diff| > k sd`` with at
+    least 3 seeds, ``within noise`` otherwise (the book's rule for a claim)."""
+    mode_b = mode_b or mode_a
+
+    def per_seed(v: str, mode: str):
+        sel = df[(df["variant"] == v) & (df["set"] == set_name) & (df["metric"] == metric) & (df["mode"] == mode)]
+        return sel.groupby("seed")["value"].mean()
+
+    x, y = per_seed(a, mode_a), per_seed(b, mode_b)
+    if len(y) == 1 and y.index[0] == -1:  # a reference: one value for every seed
+        d = x - float(y.iloc[0])
+    elif len(x) == 1 and x.index[0] == -1:
+        d = float(x.iloc[0]) - y
+    else:
+        d = (x - y).dropna()
+    n = len(d)
+    diff = float(d.mean()) if n else math.nan
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    margin = diff / sd if sd and not math.isnan(sd) else (math.inf if n > 1 and diff else math.nan)
+    verdict = ("above" if diff > 0 else "below") if n >= 3 and abs(diff) > k * (0.0 if math.isnan(sd) else sd) else "within noise"
+    return {"a": a, "b": b, "set": set_name, "metric": metric, "mean_a": float(x.mean()) if len(x) else math.nan,
+            "mean_b": float(y.mean()) if len(y) else math.nan, "diff": diff, "sd": sd, "margin_sd": margin, "seeds": n, "verdict": verdict}
+
+
+__all__.append("compare_seeds")
+
+
+def say(c: Mapping[str, Any], scale: float = 100.0) -> str:
+    """One phrase for a :func:`compare_seeds` result: ``52.7 against 55.3 (-2.6 points, 3.1 sd: below)``."""
+    sd = "" if math.isnan(c["margin_sd"]) else f", {abs(c['margin_sd']):.1f} sd" if math.isfinite(c["margin_sd"]) else ", every seed alike"
+    return (f"{scale * c['mean_a']:.1f} against {scale * c['mean_b']:.1f} ({scale * c['diff']:+.1f} points{sd}: "
+            f"{c['verdict'] if c['verdict'] == 'within noise' else c['verdict'] + ', beyond 2 sd'})")
+
+
+__all__.append("say")
+
+
 Cell = tuple[str, str]  # (set, metric)
 
 

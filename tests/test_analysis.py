@@ -301,3 +301,30 @@ def test_presence_rule_table_scores_each_rule_on_the_same_predictions(tmp_path, 
     (tmp_path / "run.json").write_text(json.dumps({}))
     with pytest.raises(ValueError, match="no validation threshold curve"):
         analysis.presence_rule_table(tmp_path, ["test/duet/scene"])
+
+
+def test_compare_seeds_pairs_by_seed_and_calls_a_difference_only_beyond_two_sd():
+    import math
+
+    import pandas as pd
+
+    from avgnbook.analysis import compare_seeds, say
+
+    def rows(variant, values, seeds=(0, 1, 2)):
+        return [{"variant": variant, "seed": s, "set": "t/s/s", "metric": "ap", "mode": "oracle", "value": v} for s, v in zip(seeds, values)]
+
+    df = pd.DataFrame(rows("A", [0.50, 0.52, 0.54]) + rows("B", [0.40, 0.43, 0.43]) + rows("C", [0.49, 0.53, 0.52])
+                      + rows("prior", [0.45], seeds=(-1,)))
+    c = compare_seeds(df, "A", "B", "t/s/s", "ap")  # paired differences 0.10, 0.09, 0.11: mean 0.10, sd 0.01
+    assert c["diff"] == pytest.approx(0.10) and c["sd"] == pytest.approx(0.01) and c["margin_sd"] == pytest.approx(10.0)
+    assert c["verdict"] == "above" and c["seeds"] == 3
+    n = compare_seeds(df, "A", "C", "t/s/s", "ap")  # differences 0.01, -0.01, 0.02: mean 0.00667, sd 0.01528
+    assert n["verdict"] == "within noise" and n["sd"] == pytest.approx(math.sqrt(((1 - 2 / 3) ** 2 + (-1 - 2 / 3) ** 2 + (2 - 2 / 3) ** 2) / 2) / 100)
+    r = compare_seeds(df, "B", "prior", "t/s/s", "ap")  # a reference is a constant: differences -0.05, -0.02, -0.02
+    assert r["diff"] == pytest.approx(-0.03) and r["sd"] == pytest.approx(math.sqrt(3) / 100)
+    assert r["verdict"] == "within noise"  # 0.03 < 2 x 0.0173
+    far = compare_seeds(df, "A", "prior", "t/s/s", "ap")  # 0.05, 0.07, 0.09: mean 0.07, sd 0.02
+    assert far["verdict"] == "above" and far["margin_sd"] == pytest.approx(3.5)
+    two = compare_seeds(df[df["seed"] != 2], "A", "B", "t/s/s", "ap")
+    assert two["verdict"] == "within noise" and two["seeds"] == 2  # fewer than 3 seeds never decide
+    assert say(c) == "52.0 against 42.0 (+10.0 points, 10.0 sd: above, beyond 2 sd)"
