@@ -25,8 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 #: chapter -> why its committed outputs are not yet from the store (to be emptied by the second edition)
 PENDING: dict[str, str] = {
-    "00": "executed before the run store (prints no code revision)",
-    "01": "executed before the run store (prints no code revision)",
     "02": "trains its runs itself (plain-CNN reference); to be read from the store",
     "03": "its runs are being trained into the store",
     "04": "its runs are being trained into the store",
