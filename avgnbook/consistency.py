@@ -5,7 +5,8 @@
 * :func:`check_runs_current` — (b) every run id in the results has a record in the store whose id is
   what the current code and plan compute for its key (a stale run names the command that retrains it);
 * :func:`check_reevaluation` — (c) re-evaluating a stored run from its stored weights reproduces its
-  record's numbers;
+  record's numbers; :func:`check_chapter_reproduces` — a chapter executed from the committed store
+  reproduces its committed results tables;
 * :func:`check_clean_revisions` — (d) every committed chapter printed the code revision it ran on,
   and it was a clean one.
 
@@ -20,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "REVISION_LINE"]
+__all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "check_chapter_reproduces", "REVISION_LINE"]
 
 #: What :meth:`avgnbook.chapter.Chapter.runs_table` prints (and chapters without runs print themselves).
 REVISION_LINE = re.compile(r"code revision: ([0-9a-f]{7,40}(?:-dirty)?|unknown)")
@@ -130,4 +131,49 @@ def check_clean_revisions(book_dir: str | Path, names: Sequence[str] | None = No
                 problems.append(f"{p}: executed on {r}: commit the code, then execute the chapter on the clean revision")
         if len({r.removesuffix('-dirty') for r in revs}) > 1:
             problems.append(f"{p}: executed on several revisions ({', '.join(sorted(revs))})")
+    return problems
+
+
+def check_chapter_reproduces(stem: str, profile: str, work: str | Path, root: str | Path | None = None, tol: float = 1e-6) -> list[str]:
+    """(c) Execute chapter ``stem`` (``notebooks/<stem>.py``) with papermill on ``profile`` from the
+    committed store, writing its results into ``work/results``, and compare every table it writes
+    with the committed ``results/<name>.csv``: the same rows (chapter, variant, method, seed, run,
+    set, mode, metric) and values to ``tol``."""
+    import jupytext
+    import pandas as pd
+    import papermill
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    work = Path(work)
+    (work / "results").mkdir(parents=True, exist_ok=True)
+    nb = work / f"{stem}.ipynb"
+    jupytext.write(jupytext.read(root / "notebooks" / f"{stem}.py"), nb)
+    params = {"profile": profile, "data_dir": str(root / "data" / "embedded"), "runs_dir": str(work / "runs"),
+              "results_dir": str(work / "results"), "figures_dir": str(work / "figures")}
+    papermill.execute_notebook(str(nb), str(work / f"{stem}.out.ipynb"), parameters=params, cwd=str(work), progress_bar=False,
+                               kernel_name="python3", language="python")
+    problems = []
+    written = sorted((work / "results").glob("*.csv"))
+    if not written:
+        problems.append(f"{stem}: wrote no results table")
+    keys = ["chapter", "variant", "method", "seed", "run", "set", "mode", "metric"]
+    for p in written:
+        committed = root / "results" / p.name
+        if not committed.is_file():
+            problems.append(f"{stem}: wrote {p.name}, which is not committed in results/")
+            continue
+        a = pd.read_csv(committed, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+        b = pd.read_csv(p, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+        m = a.merge(b, on=keys, how="outer", suffixes=("_committed", "_now"), indicator=True)
+        only = m[m["_merge"] != "both"]
+        if len(only):
+            problems.append(f"results/{p.name}: {len(only)} rows differ between the committed table and the re-execution "
+                            f"(e.g. {only.iloc[0][keys].to_dict()})")
+        both = m[m["_merge"] == "both"]
+        diff = (both["value_committed"] - both["value_now"]).abs()
+        bad = both[(diff > tol) | (both["value_committed"].isna() != both["value_now"].isna())]
+        if len(bad):
+            r = bad.iloc[0]
+            problems.append(f"results/{p.name}: {len(bad)} values differ (e.g. {r['variant']} {r['set']} {r['mode']} {r['metric']}: "
+                            f"{r['value_committed']} committed, {r['value_now']} now)")
     return problems

@@ -168,3 +168,32 @@ def test_the_code_revision_ignores_what_the_code_writes(tmp_path):
     assert git_revision(tmp_path) == clean
     (tmp_path / "lib.py").write_text("1")
     assert git_revision(tmp_path) == clean + "-dirty"
+
+
+def test_chapter_reproduction_check_passes_on_the_same_table_and_fails_on_a_changed_one(tmp_path):
+    from avgnbook.consistency import check_chapter_reproduces
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "results").mkdir()
+    (root / "notebooks" / "98_fake.py").write_text('''# %% tags=["parameters"]
+profile = "smoke"
+data_dir = "data"
+runs_dir = "runs"
+results_dir = "results"
+figures_dir = "figures"
+
+# %%
+import pandas as pd
+
+pd.DataFrame([{"chapter": "98", "variant": "AVGN", "method": "avgn", "seed": 0, "run": "abc", "set": "test/solo/scene", "mode": "oracle",
+               "metric": "ap", "value": 0.5}]).to_csv(f"{results_dir}/98_fake.csv", index=False)
+''')
+    committed = pd.DataFrame([_row("abc", chapter="98")])
+    committed.to_csv(root / "results" / "98_fake.csv", index=False)
+    assert check_chapter_reproduces("98_fake", "smoke", tmp_path / "w1", root=root) == []
+    committed.assign(value=0.6).to_csv(root / "results" / "98_fake.csv", index=False)
+    problems = check_chapter_reproduces("98_fake", "smoke", tmp_path / "w2", root=root)
+    assert len(problems) == 1 and "results/98_fake.csv: 1 values differ" in problems[0] and "0.6 committed, 0.5 now" in problems[0]
+    committed.assign(run="xyz").to_csv(root / "results" / "98_fake.csv", index=False)
+    assert any("rows differ" in p for p in check_chapter_reproduces("98_fake", "smoke", tmp_path / "w3", root=root))

@@ -41,3 +41,20 @@ def test_a_committed_cpu_run_reevaluates_to_its_record(cpu_build, tmp_path):
     key = next((k for k in CANDIDATES if store.exists(k)), None)
     assert key is not None, f"none of {CANDIDATES} is in the committed cpu store"
     assert check_reevaluation(key, "cpu", cpu_build, tmp_path / "runs", "test", store) == []
+
+
+def test_a_chapter_executed_from_the_committed_store_reproduces_its_committed_results(cpu_build, tmp_path):
+    """The cheapest chapter that reads stored runs, writes results and is no longer pending
+    (``tests/test_consistency.py``) is executed on the cpu profile from the committed store; every
+    table it writes equals the committed one. While every such chapter is pending, that is said."""
+    from test_consistency import PENDING
+
+    from avgnbook.consistency import check_chapter_reproduces
+
+    writers = sorted({p.name[:2] for p in (ROOT / "results").glob("[0-9][0-9]_*.csv")})
+    ready = [c for c in writers if c not in PENDING]
+    if not ready:
+        assert set(writers) <= set(PENDING), writers
+        pytest.xfail(f"every chapter that writes results is still pending its store runs: {', '.join(writers)}")
+    stem = next(p.stem for p in sorted((ROOT / "notebooks").glob(f"{ready[0]}_*.py")))
+    assert check_chapter_reproduces(stem, "cpu", tmp_path) == []
