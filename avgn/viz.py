@@ -106,9 +106,10 @@ def qualitative_grid(samples: list[dict], methods: list[str], title: str | None 
             ax.set_title(f"{m}: AP {s['ap'][m][k]:.2f}", fontsize=9)
             ax.grid(False)
             ax.axis("off")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
+    # the title gets its own band above the column headers (two-line axes titles included)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()) if title else None)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=11, y=1 - 0.2 / fig.get_figheight(), va="top")
     return fig
 
 

@@ -228,16 +228,17 @@ sweep.to_csv(runs / profile / "binarization_sweep.csv", index=False)
 
 method_order = list(preds)
 panels = [("test/solo/scene", "iou@0.5"), ("test/duet/scene", "ciou@0.3"), ("test/duet/scene", "auc")]
-fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=False)
+fig, axes = plt.subplots(1, 3, figsize=(15, 5.0), sharey=False)
 for ax, (set_name, metric) in zip(axes, panels):
     sub = sweep[(sweep["set"] == set_name) & (sweep["metric"] == metric)]
     sns.pointplot(data=sub, x="label", y="score", hue="method", hue_order=method_order, ax=ax, markersize=4, linewidth=1.4)
     ax.set(title=f"{set_name}: {metric}", xlabel="binarisation rule", ylabel=metric)
-    ax.tick_params(axis="x", rotation=45)
+    plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
     ax.axvline(2, color="0.6", ls=":", lw=1)  # top_fraction 0.5: the book's protocol
     if ax is not axes[-1]:
         ax.get_legend().remove()
 axes[-1].legend(title="", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+fig.tight_layout()
 save_figure(fig, "04_binarization", figures_dir)
 plt.close(fig)
 

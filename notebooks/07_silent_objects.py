@@ -132,8 +132,13 @@ silent = ctx.write(pd.DataFrame(silent_rows), "07_silent_objects")
 silent.pivot_table(index=["variant", "mode"], columns=["set", "metric"], values="value", aggfunc="mean").round(3)
 
 # %%
-plot = silent[silent["metric"].isin(["nsa_distractors", "false_alarm"])]
+WORDS = {"nsa_distractors": "NSA over visible silent objects (higher is better)", "false_alarm": "false-alarm rate (lower is better)",
+         "oracle": "ground-truth classes", "predicted": "classes it hears"}
+plot = silent[silent["metric"].isin(["nsa_distractors", "false_alarm"])].assign(
+    metric=lambda d: d["metric"].map(WORDS), mode=lambda d: d["mode"].map(WORDS), set=lambda d: d["set"].str.replace("test/", "", regex=False))
 grid = sns.catplot(data=plot, x="set", y="value", hue="variant", col="metric", row="mode", kind="bar", errorbar="sd", height=3.0, aspect=1.5)
+grid.set_titles("{col_name}\n({row_name})", size=9)
+grid.set_axis_labels("test set (sources / layout)", "value")
 grid.tick_params(axis="x", rotation=20)
 save_figure(grid.figure, "07_silent", figures_dir)
 plt.close(grid.figure)

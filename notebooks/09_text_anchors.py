@@ -181,10 +181,14 @@ for set_name in list_sets(ctx.data, ZEROSHOT_SPLIT):
 # %%
 key = results["set"].str.contains("/solo/").map({True: "ap", False: "cap"})
 zs = results[(results["metric"] == key) & results["set"].str.startswith(ZEROSHOT_SPLIT + "/")]
-grid = sns.catplot(data=zs, x="set", y="value", hue="variant", col="mode", kind="bar", errorbar="sd",
-                   hue_order=[v for v in ORDER if v in set(zs["variant"])], height=3.6, aspect=1.3)
-grid.set_axis_labels("", "AP (solo) / CAP (duets)")
+grid = sns.catplot(data=zs.assign(set=zs["set"].str.replace(ZEROSHOT_SPLIT + "/", "", regex=False)), x="set", y="value", hue="variant",
+                   col="mode", kind="bar", errorbar="sd", hue_order=[v for v in ORDER if v in set(zs["variant"])], height=3.6, aspect=1.3,
+                   legend_out=True)
+grid.set_titles("{col_name} selection")
+grid.set_axis_labels("held-out classes' test set (sources / layout)", "AP (solo) / CAP (duets)")
 grid.tick_params(axis="x", rotation=20)
+sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, title=None, frameon=False)
+grid.figure.subplots_adjust(bottom=0.32)
 save_figure(grid.figure, "09_zeroshot", figures_dir)
 plt.close(grid.figure)
 
