@@ -28,9 +28,20 @@
 # |---|---|
 # | 0. Overview (this page) | the task, the evaluation protocol, the environment |
 # | [1. Data preparation](01_data_prep.ipynb) | builds the embedded audio-visual mixture benchmark from real recordings and pictures |
+# | [2. Training AVGN](02_train_avgn.ipynb) | one AVGN run from the inside; does it learn from the audio, and what more training buys |
+# | [3. Main results](03_main_results.ipynb) | AVGN against EZ-VSL, Mix-and-Localize and non-learned priors, with and without labels at test time |
+# | [4. Ablations](04_ablations.ipynb) | depth, assignment, losses, audio width, and how much the protocol decides |
+# | [5. Flexible sources](05_flexible_sources.ipynb) | one to four sources, silent distractors, domain shift |
+# | [6. Visualisations](06_visualizations.ipynb) | tokens, embeddings, qualitative maps, an interactive explorer |
+# | [7. Silent objects](07_silent_objects.ipynb) | DSOL's two-stage class-aware localization against AVGN |
+# | [8. Shape-aware masks](08_shape_masks.ipynb) | GSAVL: maps to point prompts to masks |
+# | [9. Text as anchors](09_text_anchors.ipynb) | T-VSL's text anchors and zero-shot classes |
 #
-# Later chapters (training AVGN, the main comparison, ablations, flexible numbers of sources and
-# visualisations) are added as they are built.
+# **Where the numbers come from.** Every trained model the chapters read is a run of the book's run
+# plan (`avgnbook.plan.book_plan`), trained, evaluated and committed in the run store (`store/`);
+# a chapter reads its runs from there and ends with their ids and the code revision it ran on. The
+# store fills over several sittings (`avgn runs status` says what is left); a chapter whose runs are
+# not all stored yet still shows its previous edition.
 #
 # **Rerunning a chapter.** The sources are the `notebooks/*.py` files (jupytext, `py:percent`);
 # `make book` executes them with papermill into `book/` and renders the book. One chapter with another
