@@ -425,12 +425,25 @@ def verdict_beats(df, claim: str, a: str, rivals: Sequence[str], cells: Sequence
 
 
 def verdict_summary(rows: Sequence[Mapping[str, Any]]):
-    """Per claim: ``reproduces`` (holds on every cell), ``partly`` (on some) or ``does not reproduce``."""
+    """Per claim, the book's rule (a difference counts only beyond two seed standard deviations):
+    ``reproduces`` (holds on every cell, beyond noise on every cell), ``does not reproduce`` (fails on
+    every cell, beyond noise on every cell), ``within noise`` (no cell beyond noise) or ``partly``."""
     import pandas as pd
 
     df = pd.DataFrame(list(rows))
+
+    def classify(g) -> str:
+        beyond = g["beyond seed noise (> 2 sd)"].eq("yes")
+        if beyond.all() and g["holds"].all():
+            return "reproduces"
+        if beyond.all() and not g["holds"].any():
+            return "does not reproduce"
+        if not beyond.any():
+            return "within noise"
+        return "partly (not on every metric beyond noise)"
+
     s = df.groupby("claim", sort=False)["holds"].agg(["all", "any"])
-    s["verdict"] = ["reproduces" if a else "partly (not on every metric)" if y else "does not reproduce" for a, y in zip(s["all"], s["any"])]
+    s["verdict"] = [classify(df[df["claim"] == c]) for c in s.index]
     return s
 
 

@@ -271,13 +271,14 @@ print("methods whose rank changes with the rule:", ", ".join(f"{m} ({ranks.loc[m
 # %%
 CELLS = [("test/solo/scene", "ap"), ("test/duet/scene", "cap")]
 main_res = ctx.collect(MAIN_VARIANTS, references=())  # chapter 3: all seeds
-noise = {c: seed_sd(main_res, "AVGN", *c) for c in CELLS + [("test/duet/concat", "cap")]}  # the plain AVGN runs' spread
-print("seed-to-seed sd of the plain AVGN runs: " + "; ".join(f"{k[0]} {k[1]} {100 * v:.1f} points" for k, v in noise.items()))
+# the seed-to-seed spread of AVGN on the ablations' schedule (their reference row) decides what counts
+noise = {c: seed_sd(results["depth"], reference.label, *c) for c in CELLS + [("test/duet/concat", "cap")]}
+print(f"seed-to-seed sd of {reference.label}: " + "; ".join(f"{k[0]} {k[1]} {100 * v:.1f} points" for k, v in noise.items()))
 baselines = [v.label for v in MAIN_VARIANTS if v.method != "avgn"]
 verdicts = (verdict_best(results["depth"], "depth 3 is best", next(v.label for v in GROUPS["depth"] if v.level == 3),
                          [v.label for v in GROUPS["depth"]], CELLS, noise)
-            + verdict_margin(results["assignment"], "Softmax beats Hard-Softmax by a large margin (5 points)",
-                             "Softmax (default)", "Hard-Softmax", 0.05, CELLS, noise)
+            + verdict_margin(results["assignment"], "Softmax beats Hard-Softmax (the paper's Table 4 ordering)",
+                             "Softmax (default)", "Hard-Softmax", 0.0, CELLS, noise)
             + verdict_beats(main_res, "AVGN beats the baselines", "AVGN", baselines, CELLS + [("test/duet/concat", "cap")], noise)
             + verdict_beats(main_res, "AVGN beats the non-learned priors (not a claim of the paper; a sanity check)", "AVGN",
                             ["centre prior", "object prior"], CELLS + [("test/duet/concat", "cap")], noise, rival_df=refs))
@@ -290,11 +291,11 @@ summary[["verdict"]]
 
 # %% [markdown]
 # The verdicts above are computed, not written by hand: rerunning the chapter with more seeds or
-# another profile updates them. On the `cpu` profile the models are small (D = 128) and trained for
-# six short epochs on frozen, cached backbone features, so a claim that does not reproduce here is
-# a statement about this budget and this benchmark, not a refutation of the paper; with two seeds
-# per ablation, a difference that does not exceed twice the seed-to-seed spread of the plain AVGN
-# runs (the last column) is not evidence either way.
+# another profile updates them. A claim *reproduces* or *does not reproduce* only where the
+# difference exceeds twice the seed-to-seed standard deviation of AVGN on the ablations' schedule on
+# every cell; otherwise it is *within noise*. On the `cpu` profile the models are small and trained
+# on frozen, cached backbone features, so a claim that does not reproduce here is a statement about
+# this budget and this benchmark, not a refutation of the paper.
 
 
 # %% [markdown]

@@ -182,8 +182,11 @@ def test_verdicts_order_means_and_judge_against_seed_noise():
     assert not verdict_margin(df, "A beats C by 5 points", "A", "C", 0.05, cells, noise)[0]["holds"]
     b = verdict_beats(df, "B beats the others", "B", ["A", "C"], cells, noise)[0]
     assert not b["holds"] and "vs A 52.0" in b["evidence"]
-    s = verdict_summary([best, m, b, {**best, "claim": "mixed", "holds": True}, {**best, "claim": "mixed", "holds": False}])
-    assert list(s["verdict"]) == ["reproduces", "reproduces", "does not reproduce", "partly (not on every metric)"]
+    s = verdict_summary([best, m, b, {**best, "claim": "mixed", "holds": True}, {**best, "claim": "mixed", "holds": False},
+                         {**m, "claim": "partly"}, {**best, "claim": "partly"}])
+    # A best but within noise; A beats B beyond noise; B loses beyond noise; no cell beyond noise; one of two beyond
+    assert list(s["verdict"]) == ["within noise", "reproduces", "does not reproduce", "within noise",
+                                  "partly (not on every metric beyond noise)"]
 
 
 def test_sources_curves_put_one_source_on_the_mixture_scale():
