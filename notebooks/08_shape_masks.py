@@ -32,9 +32,9 @@
 #    thresholds), per image and then over the set, so the numbers do not depend on a batch size
 #    (the public code's F-score does); an empty ground truth is never scored silently.
 #
-# GSAVL's own logs carry the question this chapter tests: with SAM, the object prior alone scored
-# 45.0 IoU and the audio-visual map alone 15.7 — **the image prior, not the audio, gave most of the
-# gain**. Does the same hold here?
+# GSAVL's own logs carry the question this chapter tests (printed below from `results/papers.csv`):
+# with SAM, how the object prior alone and the audio-visual map alone score against the fused map —
+# if the image prior, not the audio, gives most of the gain there, does the same hold here?
 
 # %% [markdown]
 # **Where GSAVL's public code differs from what is done here** (read from its repository; the
@@ -71,6 +71,9 @@ from avgn.viz import save_figure
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+papers = pd.read_csv(f"{results_dir}/papers.csv").query("paper.str.startswith('GSAVL') and dataset == 'AVSBench-semantic v1s'")
+print("GSAVL's logs (AVSBench, its own 336-clip test list; context only):")
+print(papers[["method", "metric", "value", "source"]].to_string(index=False))
 # scenes per set: GrabCut takes a few tenths of a second per mask on one core
 SETS = {"smoke": ["test/solo/scene"], "cpu": ["test/solo/scene", "test/duet/scene"], "gpu": ["test/solo/scene", "test/duet/scene"]}[profile]
 MAX_ITEMS = {"smoke": 3, "cpu": 20, "gpu": None}[profile]
