@@ -112,3 +112,15 @@ def with_set_parts(df: Any):
 
 
 __all__.append("with_set_parts")
+
+
+def papers(paper: str | None = None):
+    """The committed table of the papers' numbers (``results/papers.csv``: paper, source, table,
+    dataset, method, metric, value in %), optionally the rows of papers whose name starts with ``paper``."""
+    import pandas as pd
+
+    df = pd.read_csv(RESULTS_DIR / "papers.csv")
+    return df if paper is None else df[df["paper"].str.startswith(paper)].reset_index(drop=True)
+
+
+__all__.append("papers")

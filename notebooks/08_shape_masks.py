@@ -61,6 +61,7 @@ import pandas as pd
 import torch
 
 from avgnbook.chapter import chapter_context
+from avgnbook.results import papers as read_papers
 from avgnbook.variants import MAIN_VARIANTS
 from avgn.segment import SAMPLERS, PromptConfig
 from avgn.segment.decoder import DecoderSegmenter
@@ -71,7 +72,7 @@ from avgn.viz import save_figure
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
-papers = pd.read_csv(f"{results_dir}/papers.csv").query("paper.str.startswith('GSAVL') and dataset == 'AVSBench-semantic v1s'")
+papers = read_papers("GSAVL").query("dataset == 'AVSBench-semantic v1s'")
 print("GSAVL's logs (AVSBench, its own 336-clip test list; context only):")
 print(papers[["method", "metric", "value", "source"]].to_string(index=False))
 # scenes per set: GrabCut takes a few tenths of a second per mask on one core
