@@ -60,6 +60,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from avgn.io import atomic_write_bytes, atomic_write_text
+from avgn.data.audio import pink_noise
 from avgn.data.config import DATA_PROFILES, TASK_SOURCES, DataConfig
 
 __all__ = [
@@ -71,8 +72,6 @@ __all__ = [
     "build_dataset",
     "dataset_dir",
     "plan_groups",
-    "pink_noise",
-    "pink_from_white",
     "atomic_write_bytes",
     "atomic_write_text",
 ]
@@ -108,26 +107,6 @@ def _slug(text: str) -> str:
 def _seed_of(*parts: int) -> int:
     """A 32-bit seed derived from integers (stable across processes and platforms)."""
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
-
-
-def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of 1/f (pink) noise with unit RMS, float32 (``rng.standard_normal(n)`` shaped)."""
-    return pink_from_white(rng.standard_normal(n))
-
-
-def pink_from_white(white: np.ndarray) -> np.ndarray:
-    """Shape a standard-normal draw ``[T]`` into 1/f noise with unit RMS (float32).
-
-    :func:`avgn.data.batching.pink_from_white_batch` is the same function on a ``[B, T]`` tensor."""
-    n = white.shape[-1]
-    spec = np.fft.rfft(white)
-    f = np.arange(spec.shape[0], dtype=np.float64)
-    f[0] = 1.0
-    spec = spec / np.sqrt(f)
-    spec[0] = 0.0
-    y = np.fft.irfft(spec, n=n)
-    rms = float(np.sqrt(np.mean(y * y))) or 1.0
-    return (y / rms).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
