@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avgn.losses import avgn_total_loss  # noqa: E402
 from avgn.config import PROFILE_NAMES  # noqa: E402
+from avgn.io import config_to_dict  # noqa: E402
 from avgn.models import AVGN, AVGNConfig, EncoderConfig, select_sources  # noqa: E402
 from avgn.models.encoders import BACKBONE_CHANNELS  # noqa: E402
 
@@ -687,7 +688,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": args.profile,
         "profile_used": setup["profile_used"],
         "config_note": setup["note"],
-        "model_config": setup["cfg"].to_dict(),
+        "model_config": config_to_dict(setup["cfg"]),
         "spec_shape": list(setup["spec_shape"]),
         "visual_input": "cached backbone features" if setup["cached"] else f"{args.image_size}x{args.image_size} image",
         "overrides": overrides,
