@@ -4,7 +4,7 @@ What a build makes (all paths relative to ``out``; the manifest schema is in :mo
 
 ``audio/clips/<class>/<pool>_<i>.flac``
     The audio pools: for every (class, audio source) pair ``clips_per_source`` clips of
-    ``clip_seconds`` s, 16 kHz mono, loudness-normalised by :func:`avgn.data.catalog.render_clips`.
+    ``clip_seconds`` s, 16 kHz mono, loudness-normalised by :func:`avgn.data.clips.render_clips`.
     Every pool is cut into disjoint train / val / test parts (``clip_split``); pools of held-out
     classes, of the held-out audio source (and of recordings when ``real_audio_in_train`` is off)
     belong to test only. ``clips.parquet`` lists every clip and its part.
@@ -115,7 +115,7 @@ def _seed_of(*parts: int) -> int:
 
 
 class CatalogProvider:
-    """The real assets, through :mod:`avgn.data.catalog` (imported lazily; picklable)."""
+    """The real assets, through :mod:`avgn.data.catalog` and its loaders (imported lazily; picklable)."""
 
     def class_names(self) -> tuple[str, ...]:
         from avgn.data.classes import CLASS_NAMES
@@ -133,24 +133,24 @@ class CatalogProvider:
         return list(catalog.visual_assets(classes))
 
     def backgrounds(self) -> list[str]:
-        from avgn.data import catalog
+        from avgn.data import pictures
 
-        return list(catalog.backgrounds())
+        return list(pictures.backgrounds())
 
     def load_background(self, key: str, size: int, rng: np.random.Generator) -> np.ndarray:
-        from avgn.data import catalog
+        from avgn.data.pictures import load_background
 
-        return catalog.load_background(key, size, rng)
+        return load_background(key, size, rng)
 
     def load_sprite(self, asset, max_size: int = 256) -> np.ndarray:
-        from avgn.data import catalog
+        from avgn.data.pictures import load_sprite
 
-        return catalog.load_sprite(asset, max_size=max_size)
+        return load_sprite(asset, max_size=max_size)
 
     def render_clips(self, source, n: int, seed: int, seconds: float, sample_rate: int) -> np.ndarray:
-        from avgn.data import catalog
+        from avgn.data.clips import render_clips
 
-        return catalog.render_clips(source, n, seed, seconds=seconds, sample_rate=sample_rate)
+        return render_clips(source, n, seed, seconds=seconds, sample_rate=sample_rate)
 
 
 # --------------------------------------------------------------------------------------------------
