@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avgn.losses import avgn_total_loss  # noqa: E402
 from avgn.config import PROFILE_NAMES  # noqa: E402
+from avgn.env import cpu_name as env_cpu_name  # noqa: E402
 from avgn.io import config_to_dict  # noqa: E402
 from avgn.models import AVGN, AVGNConfig, EncoderConfig, select_sources  # noqa: E402
 from avgn.models.encoders import BACKBONE_CHANNELS  # noqa: E402
@@ -193,13 +194,8 @@ def rates(bsz: int, per_call: list[tuple[float, float]], threads: int, device: t
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (:func:`avgn.env.cpu_name`), else the machine type."""
+    return env_cpu_name(platform.machine())
 
 
 def load_average() -> list[float] | None:
