@@ -1,4 +1,4 @@
-"""What the embedded benchmark is made of: hand-picked sounds and pictures per class, and their loaders.
+"""What the embedded benchmark is made of: hand-picked sounds and pictures per class, and their files.
 
 Every asset below was looked at (pictures rendered and inspected; recordings decoded and measured)
 before being listed; nothing is globbed. Assets are read from where their packages install them

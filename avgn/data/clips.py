@@ -30,9 +30,10 @@ def render_clips(
     (RMS -20 dBFS with peak protection at 0.99, see :func:`avgn.data.audio.loudness_normalise`).
 
     Deterministic in ``(source, seed)``: clip ``i`` depends only on ``(source, seed, i)``, so
-    ``render_clips(s, 5, k)[:3] == render_clips(s, 3, k)``. How soundfont melodies and recording clips are
-    made: :func:`render_melody` and :func:`_clip_from_recordings`. Soundfont synthesisers are kept per
-    process (first use of a font loads it: 0.1-2.5 s); not thread-safe -- use processes, not threads.
+    ``render_clips(s, 5, k)[:3] == render_clips(s, 3, k)``. How soundfont melodies and recording clips
+    are made: :func:`avgn.data.synth.render_melody` and :func:`_clip_from_recordings`. Soundfont
+    synthesisers are kept per process (first use of a font loads it: 0.1-2.5 s); not thread-safe --
+    use processes, not threads.
     """
     from avgn.data.audio import loudness_normalise
 
