@@ -62,14 +62,15 @@ def git_revision(root: str | Path | None = None) -> str:
         return "unknown"
 
 
-def _cpu_name() -> str:
+def cpu_name(fallback: str = "unknown") -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`, else ``fallback``)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return platform.processor() or fallback
 
 
 #: The instruction-set flags that decide which precision and kernels are fast on a CPU.
@@ -151,7 +152,7 @@ def environment_report(device: str = "auto") -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "torchaudio": torchaudio.__version__,
         "numpy": np.__version__,
-        "cpu": f"{_cpu_name()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})",
+        "cpu": f"{cpu_name()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})",
         "cpu flags": ", ".join(k for k, v in cpu_flags().items() if v) or "none of " + ", ".join(CPU_FLAGS),
         "device": str(dev),
     }

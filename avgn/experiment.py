@@ -71,10 +71,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avgn.io import config_from_dict, config_to_dict
 from avgn.config import PROFILE_NAMES, EvalConfig, InputConfig, TrainConfig, get_profile
 from avgn.methods import get_method, list_methods
 
@@ -125,20 +126,19 @@ class Experiment:
     # ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (round-trips through :meth:`from_dict`)."""
-        d = asdict(self)
-        return json.loads(json.dumps(d))  # tuples -> lists
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Experiment":
         method = d["method"]
-        model = _build(get_method(method).config_cls, d["model"])
+        model = config_from_dict(get_method(method).config_cls, d["model"])
         return cls(
             method=method,
             profile=d["profile"],
             model=model,
-            train=_build(TrainConfig, d["train"]),
-            inputs=_build(InputConfig, d["inputs"]),
-            eval=_build(EvalConfig, d.get("eval", {})),
+            train=config_from_dict(TrainConfig, d["train"]),
+            inputs=config_from_dict(InputConfig, d["inputs"]),
+            eval=config_from_dict(EvalConfig, d.get("eval", {})),
         )
 
     def fingerprint(self) -> str:
@@ -190,22 +190,6 @@ class Experiment:
         method decides what changes: :meth:`avgn.methods.Method.for_build`)."""
         cfg = get_method(self.method).for_build(self.model, build_info)
         return self if cfg is self.model else dataclasses.replace(self, model=cfg)
-
-
-def _build(cls: type, d: dict[str, Any]) -> Any:
-    """Dataclass from a dict, recursing into nested dataclass fields and restoring tuples."""
-    kw = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    for name, value in d.items():
-        if name not in hints:
-            raise KeyError(f"{cls.__name__} has no field {name!r}")
-        default = hints[name].default_factory() if hints[name].default_factory is not dataclasses.MISSING else hints[name].default  # type: ignore[misc]
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _build(type(default), value)
-        elif isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING or default is None):
-            value = tuple(value)
-        kw[name] = value
-    return cls(**kw)
 
 
 def get_experiment(method: str, profile: str = "cpu", **overrides: Any) -> Experiment:

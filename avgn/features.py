@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -147,6 +147,7 @@ def compute_features(
     from tqdm.auto import tqdm
 
     from avgn.checkpoint import atomic_save_safetensors, atomic_write_json
+    from avgn.io import config_to_dict
     from avgn.data.datasets import read_image
     from avgn.env import resolve_device
     from avgn.models.encoders import VisualEncoder
@@ -162,7 +163,7 @@ def compute_features(
         # channels-last: about 2x faster for EfficientNet's depthwise convolutions on CPU, same fp32 math
         enc = VisualEncoder(spec.encoder_config()).to(dev).eval().to(memory_format=torch.channels_last)
         info = {
-            "spec": asdict(spec),
+            "spec": config_to_dict(spec),
             "key": spec.key,
             "weights_source": enc.weights_source,
             "channels": enc.backbone_channels,

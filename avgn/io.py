@@ -1,15 +1,21 @@
-"""Atomic file writes: a reader (or an interrupted run) never sees a half-written file.
+"""Persistence helpers: atomic file writes, and configurations as JSON-ready dicts.
+
+Atomic writes: a reader (or an interrupted run) never sees a half-written file.
 
 Everything the library persists — dataset files, checkpoints, results, figures — goes through
 :func:`atomic_path`: the content is written to a temporary file in the target folder, flushed to disk,
 and moved into place with :func:`os.replace` (atomic on POSIX). On any error the temporary file is
 removed and the previous version of the target, if any, is left untouched.
+
+Configurations (frozen dataclasses) are stored as JSON: :func:`config_to_dict` gives the
+JSON-ready dict (nested dataclasses as dicts, tuples as lists) and :func:`config_from_dict` builds
+the dataclass back from it (nested dataclasses and tuples restored).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-
 import json
 import os
 import tempfile
@@ -65,3 +71,34 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-ready dict: nested dataclasses become dicts, tuples lists
+    (round-trips through :func:`config_from_dict`)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type, d: dict[str, Any], *, ignore_unknown: bool = False) -> Any:
+    """Inverse of :func:`config_to_dict`: the dataclass ``cls`` from ``d``, recursing into fields whose
+    default is a dataclass and turning lists back into tuples where the default is a tuple, None or
+    missing. Fields absent from ``d`` keep their defaults.
+
+    Raises:
+        KeyError: ``d`` has a key that is not a field of ``cls`` (unless ``ignore_unknown``).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kw = {}
+    for name, value in d.items():
+        if name not in fields:
+            if ignore_unknown:
+                continue
+            raise KeyError(f"{cls.__name__} has no field {name!r}")
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(type(default), value)
+        elif isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING or default is None):
+            value = tuple(value)
+        kw[name] = value
+    return cls(**kw)

@@ -72,6 +72,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from avgn.losses import avgn_total_loss  # noqa: E402
 from avgn.config import PROFILE_NAMES  # noqa: E402
+from avgn.env import cpu_name as env_cpu_name  # noqa: E402
+from avgn.io import config_to_dict  # noqa: E402
 from avgn.models import AVGN, AVGNConfig, EncoderConfig, select_sources  # noqa: E402
 from avgn.models.encoders import BACKBONE_CHANNELS  # noqa: E402
 
@@ -192,13 +194,8 @@ def rates(bsz: int, per_call: list[tuple[float, float]], threads: int, device: t
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (:func:`avgn.env.cpu_name`), else the machine type."""
+    return env_cpu_name(platform.machine())
 
 
 def load_average() -> list[float] | None:
@@ -687,7 +684,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": args.profile,
         "profile_used": setup["profile_used"],
         "config_note": setup["note"],
-        "model_config": setup["cfg"].to_dict(),
+        "model_config": config_to_dict(setup["cfg"]),
         "spec_shape": list(setup["spec_shape"]),
         "visual_input": "cached backbone features" if setup["cached"] else f"{args.image_size}x{args.image_size} image",
         "overrides": overrides,

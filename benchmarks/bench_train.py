@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_models (GEMM peak, FLOP counting) when imported from elsewhere
 
 from avgn.data.audio import mix  # noqa: E402
-from avgn.data.build import pink_from_white  # noqa: E402
+from avgn.data.audio import pink_from_white  # noqa: E402
 from avgn.data.datasets import log_spectrogram, read_clip, read_image  # noqa: E402
 from avgn.env import choose_precision, cpu_flags, git_revision, resolve_device  # noqa: E402
 from avgn.experiment import get_experiment  # noqa: E402

@@ -27,40 +27,15 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from avgn.data.catalog import AudioSource, VisualAsset  # noqa: E402
 from avgn.data.classes import CLASSES  # noqa: E402
 from avgn.data.config import DATA_PROFILES  # noqa: E402
-
-
-@dataclass(frozen=True)
-class SynthAudioSource:
-    cls: str
-    kind: str  # "soundfont" | "recording"
-    source: str
-    key: str
-    real: bool
-
-    @property
-    def id(self) -> str:
-        return f"{self.cls}/{self.source}/{self.key}"
-
-
-@dataclass(frozen=True)
-class SynthVisualAsset:
-    cls: str
-    style: str
-    source: str
-    key: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.cls}/{self.style}/{self.source}/{self.key}"
 
 
 class SyntheticProvider:
@@ -77,18 +52,18 @@ class SyntheticProvider:
     def _group(self, cls: str) -> str:
         return next(c.group for c in CLASSES if c.name == cls)
 
-    def audio_sources(self, classes=None) -> list[SynthAudioSource]:
+    def audio_sources(self, classes=None) -> list[AudioSource]:
         out = []
         for c in classes or self.class_names():
             if self._group(c) == "instrument":
-                out += [SynthAudioSource(c, "soundfont", s, f"{s}/{c}", False) for s in ("fluidr3", "timgm6mb", "musescore")]
+                out += [AudioSource(c, "soundfont", s, f"{s}/{c}", False) for s in ("fluidr3", "timgm6mb", "musescore")]
             else:
-                out += [SynthAudioSource(c, "recording", s, f"{s}/{c}", True) for s in ("gcompris", "tuxpaint")]
+                out += [AudioSource(c, "recording", s, f"{s}/{c}", True) for s in ("gcompris", "tuxpaint")]
         return out
 
-    def visual_assets(self, classes=None) -> list[SynthVisualAsset]:
+    def visual_assets(self, classes=None) -> list[VisualAsset]:
         styles = (("photo", "tuxpaint"), ("drawing", "openclipart"), ("emoji", "noto"), ("emoji", "twemoji"))
-        return [SynthVisualAsset(c, st, src, f"{src}/{c}") for c in classes or self.class_names() for st, src in styles]
+        return [VisualAsset(c, st, src, f"{src}/{c}") for c in classes or self.class_names() for st, src in styles]
 
     def backgrounds(self) -> list[str]:
         return ["flat", "noise", "gradient"]
@@ -101,7 +76,7 @@ class SyntheticProvider:
             return np.broadcast_to(g, (size, size, 3)).astype(np.uint8).copy()
         return rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
 
-    def load_sprite(self, asset: SynthVisualAsset, max_size: int = 256) -> np.ndarray:
+    def load_sprite(self, asset: VisualAsset, max_size: int = 256) -> np.ndarray:
         i = self.class_names().index(asset.cls)
         h, w = min(max_size, 120 + 3 * i), min(max_size, 180 - 2 * i)
         yy, xx = np.mgrid[:h, :w]
@@ -118,7 +93,7 @@ class SyntheticProvider:
         rgba[..., 3] = inside * 255
         return rgba
 
-    def render_clips(self, source: SynthAudioSource, n: int, seed: int, seconds: float = 3.0, sample_rate: int = 16000) -> np.ndarray:
+    def render_clips(self, source: AudioSource, n: int, seed: int, seconds: float = 3.0, sample_rate: int = 16000) -> np.ndarray:
         i = self.class_names().index(source.cls)
         rng = np.random.default_rng([seed, i, sum(map(ord, source.source))])
         t = np.arange(int(round(seconds * sample_rate))) / sample_rate

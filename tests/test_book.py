@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -36,19 +37,12 @@ BUILD_HINT = "run `python scripts/build_book.py` first"
 
 
 def _toc_files() -> list[str]:
-    import yaml
-
-    config = yaml.safe_load((ROOT / "myst.yml").read_text(encoding="utf-8"))
-    files: list[str] = []
-
-    def collect(entries):
-        for entry in entries or []:
-            if isinstance(entry, dict):
-                if "file" in entry:
-                    files.append(entry["file"])
-                collect(entry.get("children"))
-
-    collect(config["project"]["toc"])
+    """The chapters of the toc of ``myst.yml``, read as ``scripts/build_book.py`` reads them."""
+    spec = importlib.util.spec_from_file_location("build_book", ROOT / "scripts" / "build_book.py")
+    build_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build_book)
+    files = build_book._toc()
+    assert files, f"{ROOT / 'myst.yml'} has no toc"
     return files
 
 

@@ -83,7 +83,8 @@ def test_runs_current_check_fails_on_unknown_and_stale_runs(tiny_store, tiny_ids
 
 # ---- (c) stored numbers come from the stored weights ----------------------------------------------------
 def test_reevaluation_check_passes_on_a_sound_run_and_fails_when_a_number_is_not_its_weights(tiny_store, tiny_ids, tmp_path):
-    from avgn.store.records import RunStore, sha256_file
+    from avgn.io import file_sha256
+    from avgn.store.records import RunStore
 
     store, plan, data = tiny_store["store"], tiny_store["plan"], tiny_store["data"]
     assert check_reevaluation("avgn/seed0", "smoke", data, tmp_path / "runs", "val", store, plan=plan) == []
@@ -95,7 +96,7 @@ def test_reevaluation_check_passes_on_a_sound_run_and_fails_when_a_number_is_not
     ev["results"][name]["oracle"]["ap"] += 0.01  # a record whose number is not what its weights give, hashes re-made
     (folder / "eval_val.json").write_text(json.dumps(ev))
     rec = json.loads((folder / "record.json").read_text())
-    rec["files"]["eval_val.json"] = sha256_file(folder / "eval_val.json")
+    rec["files"]["eval_val.json"] = file_sha256(folder / "eval_val.json")
     (folder / "record.json").write_text(json.dumps(rec))
     problems = check_reevaluation("avgn/seed0", "smoke", data, tmp_path / "runs2", "val", bad, plan=plan)
     assert len(problems) == 1 and f"{name}/oracle/ap: stored" in problems[0]

@@ -15,22 +15,21 @@ import pytest
 
 from avgn.data import assets as A
 from avgn.data.audio import decode_audio, loudness_normalise, mix, read_audio, rms_dbfs, write_audio
+from avgn.data.pictures import backgrounds, load_background
 from avgn.data.catalog import (
     STYLES,
     AudioSource,
     VisualAsset,
     asset_path,
     audio_sources,
-    backgrounds,
     check_assets,
     coverage_table,
-    load_background,
-    load_sprite,
-    render_clips,
     visual_assets,
 )
+from avgn.data.clips import render_clips
 from avgn.data.classes import CLASS_NAMES, CLASSES, class_index
 from avgn.data.rcc import RccError, list_rcc, read_rcc
+from avgn.data.pictures import load_sprite
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def test_a_retrained_store_is_compared_metric_by_metric_and_a_drifted_number_fla
     import pandas as pd
 
     from avgn.store.queue import compare_stores
-    from avgn.store.records import sha256_file
+    from avgn.io import file_sha256
 
     other = _copy(stored, tmp_path)
     same = compare_stores("smoke", other.root, stored["store"].root, tags=("val",))
@@ -246,7 +246,7 @@ def test_a_retrained_store_is_compared_metric_by_metric_and_a_drifted_number_fla
     df.loc[i, "value"] += 0.05
     df.to_csv(folder / "eval_val.csv", index=False)
     rec = json.loads((folder / "record.json").read_text())
-    rec["files"]["eval_val.csv"] = sha256_file(folder / "eval_val.csv")
+    rec["files"]["eval_val.csv"] = file_sha256(folder / "eval_val.csv")
     (folder / "record.json").write_text(json.dumps(rec))
     diff = compare_stores("smoke", other.root, stored["store"].root, tags=("val",))
     flagged = diff[diff["flag"]]

@@ -302,6 +302,30 @@ def _xyxy(box: Sequence[float], where: str) -> list[float]:
     return b
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a release keeps its files: ``root/frames_dir/<file><frame_ext>`` and
+    ``root/audio_dir/<file><audio_ext>``; :meth:`item` makes the :class:`RealItem` of a sample."""
+
+    root: Path
+    frames_dir: str
+    audio_dir: str
+    frame_ext: str
+    audio_ext: str
+
+    def item(self, key: str, frames: Sequence[str], audios: Sequence[str], classes: list[str], frame_of_source: list[int],
+             **truth: Any) -> RealItem:
+        """The sample ``key`` from its frame and audio file stems (``truth``: ``boxes`` or ``mask_files``)."""
+        return RealItem(
+            key=key,
+            frames=[self.root / self.frames_dir / f"{f}{self.frame_ext}" for f in frames],
+            audios=[self.root / self.audio_dir / f"{a}{self.audio_ext}" for a in audios],
+            classes=classes,
+            frame_of_source=frame_of_source,
+            **truth,
+        )
+
+
 def music_solo(
     root: str | Path,
     annotations: str | Path | None = None,
@@ -315,7 +339,7 @@ def music_solo(
     """MUSIC-Solo: ``annotations`` (``music_solo.json``, ``[x, y, w, h]`` boxes) and/or a
     ``file,class`` list (``music_solo_train.txt`` / ``music_solo_test.csv``). With both, the list
     selects the samples; training lists have no boxes (empty masks, ``meta["has_gt"]`` False)."""
-    root = Path(root)
+    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     ann = {}
     if annotations is not None:
         for a in _read_json(annotations):
@@ -331,16 +355,7 @@ def music_solo(
         if cls is None:
             raise ValueError(f"no class for MUSIC-Solo sample {f!r} (give annotations or a file,class list)")
         boxes = [[_xywh(a["bbox"], f"{annotations} [{f}]")]] if a else [[]]
-        items.append(
-            RealItem(
-                key=f,
-                frames=[root / frames_dir / f"{f}{frame_ext}"],
-                audios=[root / audio_dir / f"{music_video_id(f)}{audio_ext}"],
-                classes=[cls],
-                frame_of_source=[0],
-                boxes=boxes,
-            )
-        )
+        items.append(layout.item(f, [f], [music_video_id(f)], [cls], [0], boxes=boxes))
     return RealDataset(items, **kwargs)
 
 
@@ -357,7 +372,7 @@ def music_duet(
     """MUSIC-Duet: ``annotations`` (``music_duet.json``: ``class_src1/2``, ``bbox_src1/2`` in
     ``[x, y, w, h]``) and/or a list (``file,class1,class2`` for training, ``file`` for testing).
     Both sources share the frame and the recording (``audio/<video>.wav``)."""
-    root = Path(root)
+    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     ann = {a["file"]: a for a in _read_json(annotations)} if annotations is not None else {}
     if split_list is not None:
         rows = read_list(split_list)
@@ -377,16 +392,7 @@ def music_duet(
             raise ValueError(f"no classes for MUSIC-Duet sample {f!r} (give annotations or file,class1,class2 rows)")
         if classes[0] == classes[1]:  # a duet of one class: a single label, the union of the boxes
             classes, boxes = classes[:1], [boxes[0] + boxes[1]]
-        items.append(
-            RealItem(
-                key=f,
-                frames=[root / frames_dir / f"{f}{frame_ext}"],
-                audios=[root / audio_dir / f"{music_video_id(f)}{audio_ext}"],
-                classes=classes,
-                frame_of_source=[0] * len(classes),
-                boxes=boxes,
-            )
-        )
+        items.append(layout.item(f, [f], [music_video_id(f)], classes, [0] * len(classes), boxes=boxes))
     return RealDataset(items, **kwargs)
 
 
@@ -415,35 +421,23 @@ def vgginstruments(
 ) -> RealDataset:
     """VGGSound-Instruments (single source): a ``file,class`` list and, for testing, a folder of
     per-file masks (``<file>.pkl``/``.npy``/``.png``; pickles need ``allow_pickle=True``)."""
-    root = Path(root)
+    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     md = Path(mask_dir) if mask_dir is not None else None
     items = [
-        RealItem(
-            key=r[0],
-            frames=[root / frames_dir / f"{r[0]}{frame_ext}"],
-            audios=[root / audio_dir / f"{r[0]}{audio_ext}"],
-            classes=[r[1]],
-            frame_of_source=[0],
-            mask_files=[_mask_file(md, r[0], _MASK_EXTS)],
-        )
+        layout.item(r[0], [r[0]], [r[0]], [r[1]], [0], mask_files=[_mask_file(md, r[0], _MASK_EXTS)])
         for r in read_list(split_list)
     ]
     return RealDataset(items, **kwargs)
 
 
-def _pairs(
-    root: Path, pairs_csv, frames_dir, audio_dir, frame_ext, audio_ext
-) -> list[tuple[str, str, str, str, list[Path], list[Path]]]:
+def _pairs(pairs_csv: str | Path) -> list[tuple[str, str, str, str]]:
+    """The ``(file, class, partner, partner_class)`` rows of a pair list."""
     out = []
     for r in read_list(pairs_csv):
         if len(r) < 4:
             raise ValueError(f"{pairs_csv}: pair rows are file,class,partner,partner_class; got {r}")
         f, c, g, d = r[:4]
-        out.append(
-            (f, c, g, d,
-             [root / frames_dir / f"{f}{frame_ext}", root / frames_dir / f"{g}{frame_ext}"],
-             [root / audio_dir / f"{f}{audio_ext}", root / audio_dir / f"{g}{audio_ext}"])
-        )
+        out.append((f, c, g, d))
     return out
 
 
@@ -459,18 +453,12 @@ def vgginstruments_multi(
 ) -> RealDataset:
     """VGGSound-Instruments multi-source test pairs (``file,class,partner,partner_class``): two
     frames side by side, the two recordings summed, each source's mask from ``mask_dir``."""
-    root = Path(root)
+    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     md = Path(mask_dir) if mask_dir is not None else None
     items = [
-        RealItem(
-            key=f"{f}+{g}",
-            frames=frames,
-            audios=audios,
-            classes=[c, d],
-            frame_of_source=[0, 1],
-            mask_files=[_mask_file(md, f, _MASK_EXTS), _mask_file(md, g, _MASK_EXTS)],
-        )
-        for f, c, g, d, frames, audios in _pairs(root, pairs_csv, frames_dir, audio_dir, frame_ext, audio_ext)
+        layout.item(f"{f}+{g}", [f, g], [f, g], [c, d], [0, 1],
+                    mask_files=[_mask_file(md, f, _MASK_EXTS), _mask_file(md, g, _MASK_EXTS)])
+        for f, c, g, d in _pairs(pairs_csv)
     ]
     return RealDataset(items, **kwargs)
 
@@ -560,7 +548,7 @@ def vggss(
     ``[0.384375, 0.859375, 0.696875, -2.88e16]``); ``"drop"`` (default) skips them with a warning
     naming each one, and skips a listed sample left without any box (it cannot be scored), also
     named; ``"error"`` refuses the file. The dataset's ``box_report`` (:class:`BoxReport`) lists both."""
-    root = Path(root)
+    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     boxes, classes, report = _vggss_boxes(annotations, on_bad_box)
     rows = read_list(split_list) if split_list is not None else [[f] for f in boxes]
     items = []
@@ -573,16 +561,7 @@ def vggss(
             raise ValueError(f"no class for VGG-SS sample {f!r}: the annotation has none and the list gives none")
         if f not in boxes:
             raise ValueError(f"VGG-SS sample {f!r} has no annotation in {annotations}")
-        items.append(
-            RealItem(
-                key=f,
-                frames=[root / frames_dir / f"{f}{frame_ext}"],
-                audios=[root / audio_dir / f"{f}{audio_ext}"],
-                classes=[cls],
-                frame_of_source=[0],
-                boxes=[boxes[f]],
-            )
-        )
+        items.append(layout.item(f, [f], [f], [cls], [0], boxes=[boxes[f]]))
     ds = RealDataset(items, **kwargs)
     ds.box_report = report
     return ds
@@ -602,21 +581,16 @@ def vggsound_duet(
     """VGGSound-Duet test pairs (``file,class,partner,partner_class``) with VGG-SS corner boxes for
     both frames; the frames are concatenated and the recordings summed. ``on_bad_box`` as in
     :func:`vggss` (a pair with a frame left without any box is skipped and reported)."""
-    root = Path(root)
+    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     boxes, _, report = _vggss_boxes(annotations, on_bad_box)
     items = []
-    for f, c, g, d, frames, audios in _pairs(root, pairs_csv, frames_dir, audio_dir, frame_ext, audio_ext):
+    for f, c, g, d in _pairs(pairs_csv):
         if f in report.samples or g in report.samples:
             continue
         for x in (f, g):
             if x not in boxes:
                 raise ValueError(f"VGGSound-Duet sample {x!r} has no annotation in {annotations}")
-        items.append(
-            RealItem(
-                key=f"{f}+{g}", frames=frames, audios=audios, classes=[c, d], frame_of_source=[0, 1],
-                boxes=[boxes[f], boxes[g]],
-            )
-        )
+        items.append(layout.item(f"{f}+{g}", [f, g], [f, g], [c, d], [0, 1], boxes=[boxes[f], boxes[g]]))
     ds = RealDataset(items, **kwargs)
     ds.box_report = report
     return ds

@@ -8,6 +8,10 @@ Conventions: mono float32 waveforms in ``[-1, 1]`` (full scale = 1.0, so 0 dBFS 
 (the clip then ends up quieter than the target; it is never clipped). Near-silent clips
 (RMS below 1e-6, -120 dBFS) are returned unchanged.
 
+**Pink noise** (:func:`pink_from_white`): a standard-normal draw whose spectrum is divided by
+``sqrt(f)`` (DC removed), scaled to unit RMS and rounded to float32 -- one algorithm for the build's
+NumPy mixtures and the training batches' torch tensors.
+
 **Mixing rule** (:func:`mix`): ``y = sum_i 10**(gains_db[i]/20) * sources[i]``; optional noise is
 scaled so that ``10*log10(P(y)/P(noise)) = snr_db`` and added; finally, if ``max|y| > peak``, the whole
 mixture (and every returned component) is multiplied by ``peak / max|y|`` so nothing clips and the
@@ -30,6 +34,8 @@ __all__ = [
     "rms_dbfs",
     "loudness_normalise",
     "mix",
+    "pink_noise",
+    "pink_from_white",
     "resample",
     "read_audio",
     "decode_audio",
@@ -118,6 +124,36 @@ def mix(
             None if nz is None else nz.astype(np.float32),
         )
     return y.astype(np.float32)
+
+
+def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples of 1/f (pink) noise with unit RMS, float32 (``rng.standard_normal(n)`` shaped)."""
+    return pink_from_white(rng.standard_normal(n))
+
+
+def pink_from_white(white):
+    """Shape standard-normal draws ``[..., T]`` into 1/f noise with unit RMS per row, rounded to float32.
+
+    ``white`` is a float64 NumPy array or torch tensor; the result is ``[..., T]`` float32 of the same
+    kind (a tensor stays on its device). An all-zero row is returned as zeros.
+    """
+    if isinstance(white, np.ndarray):
+        xp, device = np, {}
+    else:
+        import torch as xp
+
+        device = {"device": white.device}
+    n = white.shape[-1]
+    spec = xp.fft.rfft(white)
+    f = xp.arange(spec.shape[-1], dtype=xp.float64, **device)
+    f[0] = 1.0
+    spec = spec / xp.sqrt(f)
+    spec[..., 0] = 0.0
+    y = xp.fft.irfft(spec, n=n)
+    rms = xp.sqrt(xp.mean(y * y, axis=-1, keepdims=True))
+    rms = xp.where(rms > 0, rms, 1.0)
+    y = y / rms
+    return y.astype(np.float32) if xp is np else y.float()
 
 
 def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:

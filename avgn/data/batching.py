@@ -8,7 +8,8 @@ mixtures) is rendered in one pass:
 * :class:`ClipBank` decodes every clip a training split can draw **once** into one float32 tensor
   ``[N, T]``;
 * :func:`mix_batch` gathers ``[B, S, T]``, applies the gains, shapes the noise of the items that have
-  some (one batched FFT, :func:`pink_from_white_batch`), scales it to its SNR, protects the peak —
+  some (one batched FFT, :func:`avgn.data.audio.pink_from_white`), scales it to its SNR, protects
+  the peak —
   the rules of :func:`avgn.data.audio.mix`, vectorised (float64: the NumPy path bit for bit). The
   training default (``InputConfig.train_render='fast'``) mixes in float32 (:func:`mix_batch_fast`)
   and takes the noise from a :class:`NoiseBank` of pink noises (a clip and a circular shift per noisy
@@ -38,9 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from avgn.data.audio import PEAK
+from avgn.data.audio import PEAK, pink_from_white
 
-__all__ = ["ClipBank", "FrameBank", "NoiseBank", "pink_from_white_batch", "mix_batch", "mix_batch_fast", "MixtureBatcher"]
+__all__ = ["ClipBank", "FrameBank", "NoiseBank", "mix_batch", "mix_batch_fast", "MixtureBatcher"]
 
 
 class ClipBank:
@@ -133,23 +134,9 @@ class FrameBank:
         return self.frames.index_select(0, idx).float().div_(255.0)
 
 
-def pink_from_white_batch(white: Tensor) -> Tensor:
-    """:func:`avgn.data.build.pink_from_white` on ``[B, T]`` (float64 in, float64 out)."""
-    n = white.shape[-1]
-    spec = torch.fft.rfft(white, dim=-1)
-    f = torch.arange(spec.shape[-1], dtype=torch.float64, device=white.device)
-    f[0] = 1.0
-    spec = spec / f.sqrt()
-    spec[..., 0] = 0.0
-    y = torch.fft.irfft(spec, n=n, dim=-1)
-    rms = y.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    rms = torch.where(rms > 0, rms, torch.ones_like(rms))
-    return (y / rms).float().double()  # float32 rounding, as the NumPy path returns float32
-
-
 class NoiseBank:
-    """``size`` pink noises ``[size, T]`` (float32, RMS 1: :func:`pink_from_white_batch` of seeded
-    normal draws), each stored twice end to end so that a circular shift is a slice.
+    """``size`` pink noises ``[size, T]`` (float32, RMS 1: :func:`avgn.data.audio.pink_from_white`
+    of seeded normal draws), each stored twice end to end so that a circular shift is a slice.
 
     The fast training path draws ``(k, shift)`` per noisy item
     (:meth:`~avgn.data.datasets.OnTheFlyMixtureDataset.recipe` with ``noise_bank=size``) instead of
@@ -160,7 +147,7 @@ class NoiseBank:
         if size < 1:
             raise ValueError(f"a noise bank needs at least one clip, got size={size}")
         rng = np.random.default_rng([int(seed), 0x6E6F697365])
-        pink = pink_from_white_batch(torch.from_numpy(rng.standard_normal((size, n_samples)))).float()
+        pink = pink_from_white(torch.from_numpy(rng.standard_normal((size, n_samples))))
         self.size, self.n_samples = size, n_samples
         self.doubled = torch.cat([pink, pink], dim=1)
 
@@ -193,7 +180,7 @@ def mix_batch(
     if white is not None and snr_db is not None:
         has = ~torch.isnan(snr_db)
         if bool(has.any()):
-            nz = pink_from_white_batch(white[has].double())
+            nz = pink_from_white(white[has].double()).double()
             ys = y[has]
             p_sig = ys.pow(2).mean(dim=-1, keepdim=True)
             p_noise = nz.pow(2).mean(dim=-1, keepdim=True)

@@ -4,7 +4,7 @@ What a build makes (all paths relative to ``out``; the manifest schema is in :mo
 
 ``audio/clips/<class>/<pool>_<i>.flac``
     The audio pools: for every (class, audio source) pair ``clips_per_source`` clips of
-    ``clip_seconds`` s, 16 kHz mono, loudness-normalised by :func:`avgn.data.catalog.render_clips`.
+    ``clip_seconds`` s, 16 kHz mono, loudness-normalised by :func:`avgn.data.clips.render_clips`.
     Every pool is cut into disjoint train / val / test parts (``clip_split``); pools of held-out
     classes, of the held-out audio source (and of recordings when ``real_audio_in_train`` is off)
     belong to test only. ``clips.parquet`` lists every clip and its part.
@@ -60,6 +60,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from avgn.io import atomic_write_bytes, atomic_write_text
+from avgn.data.audio import pink_noise
 from avgn.data.config import DATA_PROFILES, TASK_SOURCES, DataConfig
 
 __all__ = [
@@ -71,8 +72,6 @@ __all__ = [
     "build_dataset",
     "dataset_dir",
     "plan_groups",
-    "pink_noise",
-    "pink_from_white",
     "atomic_write_bytes",
     "atomic_write_text",
 ]
@@ -110,33 +109,13 @@ def _seed_of(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1)[0])
 
 
-def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of 1/f (pink) noise with unit RMS, float32 (``rng.standard_normal(n)`` shaped)."""
-    return pink_from_white(rng.standard_normal(n))
-
-
-def pink_from_white(white: np.ndarray) -> np.ndarray:
-    """Shape a standard-normal draw ``[T]`` into 1/f noise with unit RMS (float32).
-
-    :func:`avgn.data.batching.pink_from_white_batch` is the same function on a ``[B, T]`` tensor."""
-    n = white.shape[-1]
-    spec = np.fft.rfft(white)
-    f = np.arange(spec.shape[0], dtype=np.float64)
-    f[0] = 1.0
-    spec = spec / np.sqrt(f)
-    spec[0] = 0.0
-    y = np.fft.irfft(spec, n=n)
-    rms = float(np.sqrt(np.mean(y * y))) or 1.0
-    return (y / rms).astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------------
 # the asset provider (the catalog, or a fake one in tests)
 # --------------------------------------------------------------------------------------------------
 
 
 class CatalogProvider:
-    """The real assets, through :mod:`avgn.data.catalog` (imported lazily; picklable)."""
+    """The real assets, through :mod:`avgn.data.catalog` and its loaders (imported lazily; picklable)."""
 
     def class_names(self) -> tuple[str, ...]:
         from avgn.data.classes import CLASS_NAMES
@@ -154,24 +133,24 @@ class CatalogProvider:
         return list(catalog.visual_assets(classes))
 
     def backgrounds(self) -> list[str]:
-        from avgn.data import catalog
+        from avgn.data import pictures
 
-        return list(catalog.backgrounds())
+        return list(pictures.backgrounds())
 
     def load_background(self, key: str, size: int, rng: np.random.Generator) -> np.ndarray:
-        from avgn.data import catalog
+        from avgn.data.pictures import load_background
 
-        return catalog.load_background(key, size, rng)
+        return load_background(key, size, rng)
 
     def load_sprite(self, asset, max_size: int = 256) -> np.ndarray:
-        from avgn.data import catalog
+        from avgn.data.pictures import load_sprite
 
-        return catalog.load_sprite(asset, max_size=max_size)
+        return load_sprite(asset, max_size=max_size)
 
     def render_clips(self, source, n: int, seed: int, seconds: float, sample_rate: int) -> np.ndarray:
-        from avgn.data import catalog
+        from avgn.data.clips import render_clips
 
-        return catalog.render_clips(source, n, seed, seconds=seconds, sample_rate=sample_rate)
+        return render_clips(source, n, seed, seconds=seconds, sample_rate=sample_rate)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ for that split, so even the ``smoke`` profile shows every class.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
+
+from avgn.io import config_from_dict, config_to_dict
 
 #: Task name -> number of sounding sources.
 TASK_SOURCES: dict[str, int] = {"solo": 1, "duet": 2, "trio": 3, "quartet": 4}
@@ -107,17 +109,12 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists) — what ``build_config.json`` stores."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
-        """Inverse of :meth:`to_dict`."""
-        kw = {}
-        for f in cls.__dataclass_fields__.values():
-            if f.name in d:
-                v = d[f.name]
-                kw[f.name] = tuple(v) if isinstance(v, list) else v
-        return cls(**kw)
+        """Inverse of :meth:`to_dict` (keys that are not fields are ignored)."""
+        return config_from_dict(cls, d, ignore_unknown=True)
 
     def with_overrides(self, **overrides: Any) -> "DataConfig":
         """Return a copy with fields replaced (e.g. a smaller test build)."""

@@ -387,7 +387,7 @@ class SceneDataset(Dataset):
 
     def _audio(self, r) -> tuple[np.ndarray, np.ndarray | None]:
         from avgn.data.audio import mix
-        from avgn.data.build import pink_noise
+        from avgn.data.audio import pink_noise
 
         d = self.data
         need_components = self.return_sources or r.mixture_path is None
@@ -594,7 +594,7 @@ class OnTheFlyMixtureDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         from avgn.data.audio import mix
-        from avgn.data.build import pink_from_white
+        from avgn.data.audio import pink_from_white
 
         rc = self.recipe(i)
         d = self.data

@@ -2,7 +2,7 @@
 
 A *frame* is one ``image_size`` x ``image_size`` picture: a background plus objects pasted in a
 random order (later objects occlude earlier ones). Each object is a sprite from
-:func:`avgn.data.catalog.load_sprite` (RGBA, alpha = object mask), transformed by
+:func:`avgn.data.pictures.load_sprite` (RGBA, alpha = object mask), transformed by
 
 * a scale: the sprite's longer side becomes ``scale * image_size`` pixels, ``scale`` uniform in
   :attr:`~avgn.data.config.DataConfig.scale_solo` for the single sounding object of a one-source

@@ -9,7 +9,7 @@ VGGSound-Instruments. :meth:`AVGNConfig.paper` returns exactly that; smaller wid
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from avgn.data.classes import CLASS_NAMES
@@ -179,9 +179,6 @@ class AVGNConfig:
         """The paper's and released code's design exactly (C=37, D=512, depth 3, 8 heads, tau 0.03,
         ResNet-18, token residual, one shared presence head, every loss weight 1)."""
         return cls(**{**PAPER_DESIGN, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

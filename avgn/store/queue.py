@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from avgn.io import file_sha256
 from avgn.store.plan import PlanKeyError, PlannedRun, build_id, build_identity, get_plan, run_id, run_identity
-from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, sha256_file, train_command
+from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, train_command
 
 __all__ = ["plan_status", "store_run", "train_queue", "checkout", "compare_stores", "QueueLockedError", "DEFAULT_COST_S", "format_duration"]
 
@@ -201,7 +202,7 @@ def _materialize_run(sr: StoredRun, store: RunStore, dest: Path, data_dir: Path)
     (dest / "history.json").write_bytes(sr.path("history.json").read_bytes())
     store.materialize_evals(sr, dest)
     atomic_write_json(dest / "run.json", summary)
-    atomic_write_json(dest / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+    atomic_write_json(dest / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
 
 
 def _is_current(dest: Path, sr: StoredRun) -> bool:
@@ -209,7 +210,7 @@ def _is_current(dest: Path, sr: StoredRun) -> bool:
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text()).get("record_sha256") == sha256_file(sr.path("record.json"))
+        return json.loads(p.read_text()).get("record_sha256") == file_sha256(sr.path("record.json"))
     except (OSError, json.JSONDecodeError):
         return False
 
@@ -470,7 +471,7 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
                     shutil.copyfile(sr.path(name), out / name[len("study/"):])
             from avgn.checkpoint import atomic_write_json
 
-            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
         return {"key": key, "id": sr.id, "run_dir": out, "eval_dir": out, "record": sr.record, "commands": commands}
     if run.reference:
         out = reference_dir(runs_dir, run.reference, profile)
@@ -478,7 +479,7 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
             store.materialize_evals(sr, out)
             from avgn.checkpoint import atomic_write_json
 
-            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
         return {"key": key, "id": sr.id, "run_dir": out, "eval_dir": out, "record": sr.record, "commands": commands}
     run_dir, eval_dir = variant_dirs(run.variant, runs_dir, profile, run.seed)  # type: ignore[arg-type]
     if run.trains:
@@ -491,7 +492,7 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
             store.materialize_evals(sr, eval_dir)
             from avgn.checkpoint import atomic_write_json
 
-            atomic_write_json(eval_dir / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": sha256_file(sr.path("record.json"))})
+            atomic_write_json(eval_dir / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
     return {"key": key, "id": sr.id, "run_dir": run_dir, "eval_dir": eval_dir, "record": sr.record, "commands": commands}
 
 

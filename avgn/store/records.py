@@ -23,7 +23,6 @@ re-evaluating a record from its weights reproduces its numbers.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -33,8 +32,9 @@ from typing import Any
 import torch
 
 from avgn.checkpoint import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from avgn.io import file_sha256
 
-__all__ = ["STORE_DIR", "RECORD_FORMAT", "StoreError", "StoredRun", "RunStore", "sha256_file", "fp16_weights", "train_command"]
+__all__ = ["STORE_DIR", "RECORD_FORMAT", "StoreError", "StoredRun", "RunStore", "fp16_weights", "train_command"]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The committed store at the repository root.
@@ -45,14 +45,6 @@ _RUN_FILES = ("config.json", "history.json", "run.json")
 
 class StoreError(RuntimeError):
     """A store record that cannot be used as it is (one line: the file or key, and the fix)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def train_command(key: str, profile: str) -> str:
@@ -137,7 +129,7 @@ class RunStore:
                 f = folder / name
                 if not f.is_file():
                     raise StoreError(f"{f}: missing (listed in {path}); restore it with `git checkout -- {f}` or {fix}")
-                if sha256_file(f) != digest:
+                if file_sha256(f) != digest:
                     raise StoreError(f"{f}: its SHA-256 differs from {path}'s (edited or truncated); restore it with `git checkout -- {f}` or {fix}")
         return StoredRun(key, folder, rec)
 
@@ -164,41 +156,41 @@ class RunStore:
         shutil.rmtree(folder / "study", ignore_errors=True)
         files: dict[str, str] = {}
         if keep_weights:
-            files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
+            files["weights.safetensors"] = file_sha256(folder / "weights.safetensors")
             record["weights"] = "weights.safetensors"
         elif weights is None:  # a run kept by its evaluations only: no stray weights beside its record
             (folder / "weights.safetensors").unlink(missing_ok=True)
         else:
             atomic_save_safetensors(folder / "weights.safetensors", weights, metadata={"key": key, "id": record["id"]})
-            files["weights.safetensors"] = sha256_file(folder / "weights.safetensors")
+            files["weights.safetensors"] = file_sha256(folder / "weights.safetensors")
             record["weights"] = "weights.safetensors"
         if run_dir is not None:
             for name in _RUN_FILES:
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, folder / (name + ".tmp"))
                     (folder / (name + ".tmp")).replace(folder / name)
-                    files[name] = sha256_file(folder / name)
+                    files[name] = file_sha256(folder / name)
         if study_dir is not None:  # a study's files, as it wrote them (under study/)
             for f in sorted(p for p in study_dir.rglob("*") if p.is_file()):
                 rel = "study/" + str(f.relative_to(study_dir))
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(f, folder / (rel + ".tmp"))
                 (folder / (rel + ".tmp")).replace(folder / rel)
-                files[rel] = sha256_file(folder / rel)
+                files[rel] = file_sha256(folder / rel)
         for tag in tags:
             assert eval_dir is not None
             for suffix in (".json", ".csv"):
                 src = eval_dir / f"eval_{tag}{suffix}"
                 shutil.copyfile(src, folder / f"eval_{tag}{suffix}.tmp")
                 (folder / f"eval_{tag}{suffix}.tmp").replace(folder / f"eval_{tag}{suffix}")
-                files[f"eval_{tag}{suffix}"] = sha256_file(folder / f"eval_{tag}{suffix}")
+                files[f"eval_{tag}{suffix}"] = file_sha256(folder / f"eval_{tag}{suffix}")
             src = eval_dir / f"eval_{tag}_samples.csv"
             dest = folder / f"eval_{tag}_samples.csv.gz"
             data = gzip.compress(src.read_bytes(), mtime=0)  # mtime 0: the same content gives the same bytes
             tmp = dest.with_suffix(".gz.tmp")
             tmp.write_bytes(data)
             tmp.replace(dest)
-            files[dest.name] = sha256_file(dest)
+            files[dest.name] = file_sha256(dest)
         record = {**record, "format": RECORD_FORMAT, "key": key, "profile": self.profile, "files": dict(sorted(files.items()))}
         atomic_write_json(folder / "record.json", record)
         return StoredRun(key, folder, record)
