@@ -9,7 +9,7 @@ How each method's maps are attached to the ground-truth sources
 ----------------------------------------------------------------
 
 * **AVGN** (class-aware, ``kind='class_aware'``): one forward pass gives the maps of all ``C``
-  classes (:meth:`avgn.models.AVGN.localize`) and the audio presence probabilities. The map is
+  classes (:meth:`avgn.methods.avgn.AVGN.localize`) and the audio presence probabilities. The map is
   the similarity the model was trained on (:func:`avgn_map_target`: ``cos(g^a_c, f_p * g^v_c)``
   for the paper's Eq.-10 loss, ``cos(g^a_c, f_p)`` for the released code's). Two
   source-selection modes, both reported:
@@ -18,7 +18,7 @@ How each method's maps are attached to the ground-truth sources
     maps of the ground-truth classes to the sources.
   - ``predicted``: the method decides which classes sound: those with audio presence probability
     ``>= presence_threshold`` (0.5) and no others — an empty selection ("nothing sounds") is an
-    answer (:data:`PREDICTED_MIN_SOURCES` = 0 in :func:`avgn.models.select_sources`). A source whose class is predicted is scored with that
+    answer (:data:`PREDICTED_MIN_SOURCES` = 0 in :func:`avgn.models.selection.select_sources`). A source whose class is predicted is scored with that
     class's map; a source whose class is *not* predicted has no map and scores AP 0 and cIoU 0
     (the convention PIAP already uses for a source left without a map). PIAP assigns the
     *predicted* classes' maps to the sources; spurious predictions cost nothing in PIAP (they are
@@ -87,7 +87,7 @@ from avgn.env import git_revision, resolve_device
 from avgn.experiment import get_experiment
 from avgn.features import CachedFeatureDataset, FeatureStore, collate_samples, compute_features
 from avgn.methods import Method, MethodPredictor, get_method, list_methods
-from avgn.models.avgn import select_sources
+from avgn.models.selection import select_sources
 from avgn.runs import check_data, load_trained_model
 
 __all__ = [

@@ -60,7 +60,7 @@ from avgn.env import resolve_device
 from avgn.features import prepare_frames
 from avgn.io import atomic_write_bytes, atomic_write_text
 from avgn.methods import MethodPredictor, get_method
-from avgn.models.avgn import select_sources
+from avgn.models.selection import select_sources
 from avgn.runs import load_trained_model
 
 __all__ = ["NO_SOURCE_MESSAGE", "LocalizeInputError", "read_frame", "read_recording", "probe_video", "read_video", "window_start", "localize"]

@@ -29,12 +29,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from avgn.checkpoint import load_checkpoint
-from avgn.data.config import DataConfig
 from avgn.data.manifest import load_build_info
 from avgn.env import resolve_device
 from avgn.experiment import METHODS, Experiment, get_experiment
 from avgn.methods import get_method, list_methods
-from avgn.models.config import PAPER_DESIGN
 
 __all__ = [
     "run_dir_for",

@@ -522,7 +522,7 @@ def silent_object_metrics(p: SetPredictions, data_dir: str | Path, class_names: 
     ``nsa_all`` (over every non-sounding class, absent ones included: the published variant),
     ``false_alarm`` (:func:`avgn.clusters.false_alarm_rate`) and the pair counts."""
     from avgn.clusters import false_alarm_rate, nsa
-    from avgn.models.avgn import select_sources
+    from avgn.models.selection import select_sources
 
     if p.kind != "class_aware":
         raise ValueError(f"silent-object metrics need per-class maps (a class-aware method), got kind {p.kind!r}")

@@ -32,10 +32,9 @@ from avgn.config import EvalConfig
 from avgn.data.manifest import load_build_info
 from avgn.evaluate import _store_for, load_eval_set, predict_set, presence_metrics, primary_metric, score_set
 from avgn.features import FeatureStore, compute_features
-from avgn.losses import avgn_loss_terms
+from avgn.methods.avgn import avgn_loss_terms
 from avgn.methods import MethodPredictor, get_method, model_inputs
-from avgn.methods.avgn import embedding_dependence_summary
-from avgn.models.mal import frame_nodes
+from avgn.methods.mal import frame_nodes
 from avgn.runs import load_run, load_trained_model
 from avgn.train import GroupedBatchSampler, build_train_data
 

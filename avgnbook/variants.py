@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from avgn.data.config import DataConfig
-from avgn.models.config import PAPER_DESIGN
+from avgn.methods.avgn import PAPER_DESIGN
 from avgn.runs import Variant
 
 __all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "TVSL_VARIANTS", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]

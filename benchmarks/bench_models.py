@@ -70,11 +70,13 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avgn.losses import avgn_total_loss  # noqa: E402
+from avgn.methods.avgn import avgn_total_loss  # noqa: E402
 from avgn.config import PROFILE_NAMES  # noqa: E402
 from avgn.env import cpu_name as env_cpu_name  # noqa: E402
 from avgn.io import config_to_dict  # noqa: E402
-from avgn.models import AVGN, AVGNConfig, EncoderConfig, select_sources  # noqa: E402
+from avgn.methods.avgn import AVGN, AVGNConfig  # noqa: E402
+from avgn.models.config import EncoderConfig  # noqa: E402
+from avgn.models.selection import select_sources  # noqa: E402
 from avgn.models.encoders import BACKBONE_CHANNELS  # noqa: E402
 
 NUM_CLASSES = 37

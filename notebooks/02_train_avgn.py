@@ -16,10 +16,10 @@
 # used for any decision), how well the learned class tokens and the audio presence heads separate
 # the classes, and what the maps look like, source by source.
 #
-# **What is trained.** AVGN (`avgn.models.AVGN`) learns one token per class. Per modality a small
+# **What is trained.** AVGN (`avgn.methods.avgn.AVGN`) learns one token per class. Per modality a small
 # transformer mixes the tokens with the features, and a grouping block pools the features assigned
 # to each token into a class-aware embedding ($g^a_c$ for audio, $g^v_c$ for vision). Four losses are
-# summed (`avgn.losses.avgn_total_loss`): the per-source contrastive localization loss (paper
+# summed (`avgn.methods.avgn.avgn_total_loss`): the per-source contrastive localization loss (paper
 # Eq. 10), the token classification loss (every token must be recognised as its own class), and the
 # audio and visual presence losses (which classes sound / are visible). The map of a sounding source
 # of class $c$ is $\cos(g^a_c, f_p \odot g^v_c)$ at every position $p$ — the similarity the

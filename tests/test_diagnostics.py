@@ -38,7 +38,7 @@ def test_gradient_norms_per_loss_and_group_match_autograd_and_leave_grads_alone(
 
 
 def test_presence_head_shared_and_per_class():
-    from avgn.models.avgn import PresenceHead
+    from avgn.methods.avgn import PresenceHead
 
     emb = torch.randn(4, 3, 8)
     shared, per = PresenceHead(8, 3, "shared"), PresenceHead(8, 3, "per_class")
@@ -68,7 +68,7 @@ def test_token_residual_flag_changes_only_the_residual():
 
 
 def test_paper_design_config():
-    from avgn.models.config import PAPER_DESIGN, AVGNConfig
+    from avgn.methods.avgn import PAPER_DESIGN, AVGNConfig
 
     p = AVGNConfig.paper()
     assert (p.token_residual, p.presence_head, p.w_audio_cls) == (True, "shared", 1.0)

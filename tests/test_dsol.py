@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from avgn.methods import MethodPredictor, get_method
-from avgn.models.config import DSOLConfig, EncoderConfig
+from avgn.methods import get_method
+from avgn.methods.dsol import DSOLConfig
+from avgn.models.config import EncoderConfig
 from avgn.runs import load_run
 from avgn.train import train
 from helpers import tiny_experiment
@@ -96,7 +97,7 @@ def pd_isna(x) -> bool:
 def test_dsol_variants_chain_the_stages(fake_build, tmp_path, monkeypatch):
     import avgn.train
     from avgnbook.pipeline import run_variant
-    from avgnbook.variants import DSOL_STAGE1_VARIANT, DSOL_VARIANT
+    from avgnbook.variants import DSOL_VARIANT
 
     monkeypatch.setattr(avgn.train, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"model.num_clusters": 3, "train.epochs": 2, **o}))
     out = run_variant(DSOL_VARIANT, "smoke", 0, fake_build, tmp_path, device="cpu", eval_splits=(), progress=False)

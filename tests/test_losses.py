@@ -8,25 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avgn.losses import (
-    avgn_localization_loss,
-    avgn_pair_scores,
-    avgn_total_loss,
-    maxmil_contrastive_loss,
-    maxmil_similarity,
-    presence_bce_loss,
-    sources_from_multihot,
-    token_ce_loss,
-)
-from avgn.models.config import AVGNConfig
-from avgn.models.mal import (
-    frame_nodes,
-    mal_cycle_loss_frames,
-    mal_cycle_loss_images,
-    mal_cycle_loss_mixture,
-    mal_cycle_loss_pairs,
-    mal_cycle_loss_regions,
-)
+from avgn.methods.avgn import avgn_localization_loss, avgn_pair_scores, avgn_total_loss
+from avgn.losses import maxmil_contrastive_loss, maxmil_similarity, presence_bce_loss, sources_from_multihot, token_ce_loss
+from avgn.methods.avgn import AVGNConfig
+from avgn.methods.mal import frame_nodes, mal_cycle_loss_frames, mal_cycle_loss_images, mal_cycle_loss_mixture, mal_cycle_loss_pairs, mal_cycle_loss_regions
 
 E0 = torch.tensor([1.0, 0.0])
 E1 = torch.tensor([0.0, 1.0])

@@ -8,24 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avgn.losses import avgn_total_loss
+from avgn.methods.avgn import avgn_total_loss
 from avgn.methods import create_model
-from avgn.models import (
-    AVGN,
-    EZVSL,
-    AVGNConfig,
-    EncoderConfig,
-    EZVSLConfig,
-    GroupingBlock,
-    MALConfig,
-    MixAndLocalize,
-    TokenTransformer,
-    VisualEncoder,
-    centre_prior,
-    fuse_with_prior,
-    object_prior,
-    select_sources,
-)
+from avgn.methods.avgn import AVGN, AVGNConfig
+from avgn.methods.ezvsl import EZVSL, EZVSLConfig
+from avgn.models.config import EncoderConfig
+from avgn.models.grouping import GroupingBlock, TokenTransformer
+from avgn.methods.mal import MALConfig, MixAndLocalize
+from avgn.models.encoders import VisualEncoder
+from avgn.models.priors import centre_prior, fuse_with_prior, object_prior
+from avgn.models.selection import select_sources
 from avgn.models.encoders import WeightsError, build_resnet18_trunk
 from avgn.models.grouping import assign_tokens
 

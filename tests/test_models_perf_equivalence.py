@@ -15,8 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avgn.losses import avgn_pair_scores, avgn_total_loss
-from avgn.models import AVGN, AVGNConfig, EncoderConfig, GroupingBlock, TokenTransformer
+from avgn.methods.avgn import avgn_pair_scores, avgn_total_loss
+from avgn.methods.avgn import AVGN, AVGNConfig
+from avgn.models.config import EncoderConfig
+from avgn.models.grouping import GroupingBlock, TokenTransformer
 from avgn.models.grouping import _mha_forward
 
 D, C, B = 32, 5, 3
@@ -237,7 +239,7 @@ def test_bn_folding_not_used_when_training_or_hooked():
 
 def test_frozen_backbone_features_folded_in_training():
     torch.manual_seed(0)
-    from avgn.models import VisualEncoder
+    from avgn.models.encoders import VisualEncoder
 
     enc = VisualEncoder(EncoderConfig(freeze_visual=True, dim=D)).train()
     _randomise_bn(enc.backbone)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from avgn import text
 from avgn.methods import get_method
-from avgn.models.config import TVSLConfig
+from avgn.methods.tvsl import TVSLConfig
 from avgn.models.encoders import EncoderConfig
-from avgn.models.tvsl import TVSL, tvsl_losses, weighted_class_features
+from avgn.methods.tvsl import TVSL, tvsl_losses, weighted_class_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,11 +24,28 @@ picks the sounding objects from the audio, never from labels.
 Departures from the public code (documented in chapter 7): the pseudo-label heads are trained online
 during the epoch instead of in three extra passes after clustering; the mismatched frame is the next
 item of the batch, not a random one; the stage-1 audio head of stage 2 is the model's own, frozen.
+
+The model
+---------
+
+DSOL (Hu, Qian, Wen, Sun, Wang, Wang, NeurIPS 2020) on this project's encoders.
+
+* Audio-visual map ``av = sigmoid(w * cos(v_p, a))`` (``[B, h, w]``) between the L2-normalised visual
+  projection ``v`` ``[B, D, h, w]`` and the audio embedding ``a`` ``[B, D]``; ``w`` is learned (init 5).
+* A dictionary of object categories ``[K, C']`` (buffer): the K-means centres of the backbone features
+  of localised objects (:mod:`avgn.clusters`), set by the method between epochs; ``cluster_to_class``
+  ``[K]`` (buffer) maps the clusters onto the label set (Hungarian, on validation).
+* Pseudo-label heads: ``audio_head`` (max-pooled audio trunk -> K) and ``visual_head`` (average-pooled
+  backbone features -> K).
+* Class-aware maps ``[B, K, h, w]`` = ``(s * cos(f_p, d_k) + b) * av_p`` with a learned affine
+  ``(s, b)`` — the public code's 1x1x1 Conv3d over the ``K`` similarity maps.
+
+The losses live in :mod:`avgn.methods.dsol` (they depend on the stage).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +55,121 @@ from avgn.clusters import hungarian_mapping, kmeans_dictionary, masked_object_fe
 from avgn.env import epoch_seed
 from avgn.methods.base import EpochContext, Method, model_inputs
 from avgn.methods.registry import register_method
-from avgn.models.config import DSOLConfig
-from avgn.models.dsol import DSOL
 
 if TYPE_CHECKING:  # pragma: no cover
     from avgn.config import Profile
+from dataclasses import dataclass, field
 
-__all__ = ["DSOLMethod", "object_features", "stage1_loss", "stage2_loss"]
+from avgn.models.config import EncoderConfig, _sync_encoder_dim
+from avgn.models.encoders import AudioEncoder, VisualEncoder
+
+__all__ = ['DSOLMethod', 'object_features', 'stage1_loss', 'stage2_loss', 'DSOL', 'DSOLConfig']
+
+
+@dataclass(frozen=True)
+class DSOLConfig:
+    """DSOL (Hu et al., NeurIPS 2020): two-stage class-aware localization from object clusters.
+
+    Attributes:
+        stage: 1 = audio-visual correspondence on single-source scenes (from the second epoch on,
+            object clusters and pseudo-label classifiers); 2 = class-aware maps on mixtures,
+            audio and visual category distributions matched (KL) plus the location loss.
+        num_classes: the label set the clusters are mapped onto (set from the data).
+        num_clusters: ``K`` (None: ``num_classes``; the public code uses 11 for MUSIC's 11 classes).
+        dim: embedding dimension of the audio-visual correspondence (public: 128).
+        map_scale_init: initial value of the learned scale ``w`` of ``sigmoid(w cos(v, a))`` (public: 5).
+        region_threshold / dilate: an object's region is the map above this value, grown by its
+            4-neighbours ``dilate`` times (public: 0.05, once).
+        cls_weight: weight of the pseudo-label classification of stage 1 (audio and visual heads).
+        kl_weight / loc_weight: stage 2's ``kl_weight * KL + loc_weight * (BCE_pos + BCE_neg) / 2``
+            (public: 1 and 0.5).
+        softmax_scale: class maps at inference are ``softmax(softmax_scale * maps)`` over the
+            clusters (public: 3).
+    """
+
+    stage: int = 1
+    num_classes: int = 37
+    num_clusters: int | None = None
+    dim: int = 128
+    map_scale_init: float = 5.0
+    region_threshold: float = 0.05
+    dilate: int = 1
+    cls_weight: float = 1.0
+    kl_weight: float = 1.0
+    loc_weight: float = 0.5
+    softmax_scale: float = 3.0
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.num_clusters is not None and self.num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
+        if not 0.0 <= self.region_threshold < 1.0:
+            raise ValueError("region_threshold must lie in [0, 1)")
+        _sync_encoder_dim(self)
+
+    @property
+    def k(self) -> int:
+        """The number of clusters ``K``."""
+        return self.num_clusters or self.num_classes
+
+
+class DSOL(nn.Module):
+    """``forward`` -> dict (see the module docstring); ``has_dictionary`` once clusters exist."""
+
+    def __init__(self, cfg: DSOLConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or DSOLConfig()
+        self.cfg = cfg
+        self.visual = VisualEncoder(cfg.encoder)
+        self.audio = AudioEncoder(cfg.encoder, spatial=False)
+        self.scale = nn.Parameter(torch.tensor(float(cfg.map_scale_init)))
+        k = cfg.k
+        self.audio_head = nn.Linear(self.audio.out_channels, k)
+        self.visual_head = nn.Linear(self.visual.backbone_channels, k)
+        self.class_affine = nn.Parameter(torch.tensor([1.0, 0.0]))
+        self.register_buffer("dictionary", torch.zeros(k, self.visual.backbone_channels))
+        self.register_buffer("cluster_to_class", torch.full((k,), -1, dtype=torch.long))
+        if cfg.stage == 2:  # the stage-1 audio classifier gives the target distribution: frozen
+            for p in self.audio_head.parameters():
+                p.requires_grad_(False)
+
+    def extra_repr(self) -> str:
+        return f"stage={self.cfg.stage}, clusters={self.cfg.k}, classes={self.cfg.num_classes}, region_threshold={self.cfg.region_threshold}"
+
+    @property
+    def has_dictionary(self) -> bool:
+        return bool(self.dictionary.abs().sum() > 0)
+
+    def set_dictionary(self, centres: torch.Tensor) -> None:
+        """Install K-means centres ``[K, C']`` as the dictionary."""
+        if centres.shape != self.dictionary.shape:
+            raise ValueError(f"dictionary must be {tuple(self.dictionary.shape)}, got {tuple(centres.shape)}")
+        self.dictionary.copy_(centres.to(self.dictionary))
+
+    def set_mapping(self, cluster_to_class: torch.Tensor) -> None:
+        """Install the cluster -> class mapping ``[K]`` (-1: unmatched)."""
+        self.cluster_to_class.copy_(cluster_to_class.to(self.cluster_to_class))
+
+    def av_map(self, audio_emb: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """``sigmoid(w cos(v_p, a))`` ``[B, h, w]`` for aligned rows of ``audio_emb`` and ``visual``."""
+        return torch.sigmoid(self.scale * torch.einsum("bd,bdhw->bhw", audio_emb, visual))
+
+    def forward(self, image: torch.Tensor | None = None, spec: torch.Tensor | None = None,
+                visual_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if spec is None:
+            raise ValueError("DSOL needs a spectrogram spec=[B, 1, F, T]")
+        vmap, vback = self.visual(image=image, feats=visual_feats)
+        _, pooled = self.audio.trunk_pooled(spec)
+        a = F.normalize(self.audio.proj(self.audio.dropout(pooled)), dim=1)
+        av = self.av_map(a, vmap)
+        out = {"audio_emb": a, "visual_map_feats": vmap, "visual_backbone_feats": vback, "av_map": av,
+               "audio_cluster_logits": self.audio_head(pooled), "visual_cluster_logits": self.visual_head(vback.float().mean(dim=(2, 3)))}
+        sim = torch.einsum("bchw,kc->bkhw", F.normalize(vback.float(), dim=1), F.normalize(self.dictionary, dim=1))
+        out["class_maps"] = (self.class_affine[0] * sim + self.class_affine[1]) * av[:, None]  # [B, K, h, w]
+        return out
+
 
 #: The public code's embedding width (smaller profiles shrink it).
 PUBLIC_DIM = 128
