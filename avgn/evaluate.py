@@ -699,8 +699,11 @@ def evaluate_run(
     model_overrides: dict[str, Any] | None = None,
     out_dir: str | Path | None = None,
     tag: str | None = None,
+    min_sources: int = PREDICTED_MIN_SOURCES,
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split`` (all its ``task/layout`` sets, or ``sets`` by name).
+    ``min_sources``: the ``predicted`` selection keeps at least this many classes (default: it may be
+    empty; :data:`SELECTION_MIN_SOURCES` is the rule the presence threshold was chosen with).
 
     ``tag`` names the output files ``eval_<tag>.*`` (default: the split), e.g. to keep an
     evaluation on chosen ``sets`` apart from the split's full one.
@@ -731,7 +734,7 @@ def evaluate_run(
     predictor = MethodPredictor(method, model, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)
     loaded = (load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in names)
     threshold = float(info.get("presence_threshold", 0.5))
-    ev = evaluate_sets(predictor, list(loaded), exp.eval, modes, presence_threshold=threshold)
+    ev = evaluate_sets(predictor, list(loaded), exp.eval, modes, presence_threshold=threshold, min_sources=min_sources)
     payload = {
         "method": exp.method,
         "profile": exp.profile,
