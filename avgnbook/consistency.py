@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from avgnbook.results import read_table
+
 __all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "check_chapter_reproduces", "REVISION_LINE"]
 
 #: What :meth:`avgnbook.chapter.Chapter.runs_table` prints (and chapters without runs print themselves).
@@ -32,7 +34,7 @@ def _results(results_dir: Path):
 
     frames = []
     for p in sorted(Path(results_dir).glob("[0-9][0-9]_*.csv")):  # the chapters' tables (not papers.csv)
-        df = pd.read_csv(p, dtype={"chapter": str, "run": str}, keep_default_na=False)
+        df = read_table(p)
         frames.append(df.assign(file=p.name, has_run="run" in df.columns))
     if not frames:
         return pd.DataFrame()
@@ -140,7 +142,6 @@ def check_chapter_reproduces(stem: str, profile: str, work: str | Path, root: st
     with the committed ``results/<name>.csv``: the same rows (chapter, variant, method, seed, run,
     set, mode, metric) and values to ``tol``."""
     import jupytext
-    import pandas as pd
     import papermill
 
     root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
@@ -162,8 +163,7 @@ def check_chapter_reproduces(stem: str, profile: str, work: str | Path, root: st
         if not committed.is_file():
             problems.append(f"{stem}: wrote {p.name}, which is not committed in results/")
             continue
-        a = pd.read_csv(committed, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
-        b = pd.read_csv(p, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+        a, b = read_table(committed), read_table(p)
         m = a.merge(b, on=keys, how="outer", suffixes=("_committed", "_now"), indicator=True)
         only = m[m["_merge"] != "both"]
         if len(only):

@@ -79,14 +79,24 @@ def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR, fra
     return path
 
 
+def read_table(path: str | Path):
+    """A results CSV as written, without checking its columns: ``chapter`` and ``run`` as text (an
+    empty run id stays ``""``), ``value`` as floats (NaN where empty)."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+
+
+__all__.append("read_table")
+
+
 def read_results(name: str, results_dir: str | Path = RESULTS_DIR):
     """Read ``<results_dir>/<name>.csv`` back (a missing file is an error naming the chapter to run)."""
-    import pandas as pd
 
     path = Path(results_dir) / f"{name}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: execute the chapter that writes it (results/README.md)")
-    df = pd.read_csv(path, dtype={"chapter": str, "run": str}, keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    df = read_table(path)
     if tuple(df.columns) != COLUMNS:
         raise ValueError(f"{path} is not a results table (columns {tuple(df.columns)})")
     return df

@@ -202,6 +202,13 @@ def _materialize_run(sr: StoredRun, store: RunStore, dest: Path, data_dir: Path)
     (dest / "history.json").write_bytes(sr.path("history.json").read_bytes())
     store.materialize_evals(sr, dest)
     atomic_write_json(dest / "run.json", summary)
+    _mark_current(dest, sr)
+
+
+def _mark_current(dest: Path, sr: StoredRun) -> None:
+    """Record in ``dest/store.json`` which stored record ``dest`` was materialised from (:func:`_is_current`)."""
+    from avgn.checkpoint import atomic_write_json
+
     atomic_write_json(dest / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
 
 
@@ -469,17 +476,13 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
                 if name.startswith("study/"):
                     (out / name[len("study/"):]).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(sr.path(name), out / name[len("study/"):])
-            from avgn.checkpoint import atomic_write_json
-
-            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
+            _mark_current(out, sr)
         return {"key": key, "id": sr.id, "run_dir": out, "eval_dir": out, "record": sr.record, "commands": commands}
     if run.reference:
         out = reference_dir(runs_dir, run.reference, profile)
         if not _is_current(out, sr):
             store.materialize_evals(sr, out)
-            from avgn.checkpoint import atomic_write_json
-
-            atomic_write_json(out / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
+            _mark_current(out, sr)
         return {"key": key, "id": sr.id, "run_dir": out, "eval_dir": out, "record": sr.record, "commands": commands}
     run_dir, eval_dir = variant_dirs(run.variant, runs_dir, profile, run.seed)  # type: ignore[arg-type]
     if run.trains:
@@ -490,9 +493,7 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
         commands = base["commands"] + commands
         if not _is_current(eval_dir, sr):
             store.materialize_evals(sr, eval_dir)
-            from avgn.checkpoint import atomic_write_json
-
-            atomic_write_json(eval_dir / "store.json", {"key": sr.key, "id": sr.id, "record_sha256": file_sha256(sr.path("record.json"))})
+            _mark_current(eval_dir, sr)
     return {"key": key, "id": sr.id, "run_dir": run_dir, "eval_dir": eval_dir, "record": sr.record, "commands": commands}
 
 
