@@ -291,6 +291,7 @@ def train(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     overrides: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train one run; returns its summary (the content of ``run.json``, or the partial state).
 
@@ -303,6 +304,8 @@ def train(
             as is). With ``resume=False`` an existing run is an error, never overwritten.
         stop_after_epochs: stop after this many epochs *in this call* as if interrupted (tests,
             budgeted sessions); the run stays resumable.
+        callbacks: more :class:`avgn.engine.Callback` hooks, run after the engine's own (model
+            selection, checkpoints, progress bar, history, stop-after).
 
     Raises:
         RunLockedError: another process is training in ``run_dir`` (:func:`avgn.runs.run_lock`).
@@ -324,7 +327,8 @@ def train(
             refused = distributed.broadcast_object(refused, dist_info)
             if refused:
                 raise RunLockedError(refused)
-            return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs, dist_info)
+            return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs, dist_info,
+                          callbacks)
     finally:
         distributed.shutdown(dist_info)
 
@@ -359,7 +363,7 @@ def finished_summary(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, 
 
 
 def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: str, resume: bool, progress: bool,
-           stop_after_epochs: int | None, dist_info: DistInfo = DistInfo()) -> dict[str, Any]:
+           stop_after_epochs: int | None, dist_info: DistInfo = DistInfo(), extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """The body of :func:`train`, under the run folder's lock (on every rank of a data-parallel run;
     rank 0 alone validates and writes): set the run up, fit it (:class:`avgn.engine.Trainer`),
     then write its summary."""
@@ -409,6 +413,7 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     callbacks: list[Callback] = [ModelSelection(t.min_delta, t.early_stopping_patience), checkpoints, ProgressBar(progress), HistoryLog(run_dir)]
     if stop_after_epochs is not None:
         callbacks.append(StopAfter(stop_after_epochs))
+    callbacks += extra_callbacks
     trainer = Trainer(method, model, exp, inputs, dev, seed=seed, callbacks=callbacks, dist_info=dist_info, log=log)
     if last is not None:
         checkpoints.resume(trainer)
