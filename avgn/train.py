@@ -1,6 +1,7 @@
-"""Training engine: one loop for every registered method (AVGN, EZ-VSL, Mix-and-Localize, DSOL, T-VSL).
+"""Training runs: one (method, profile, seed) experiment into a run folder, for every registered method.
 
-:func:`train` runs one (method, profile, seed) experiment into a run folder:
+:func:`train` sets a run up (its configuration, data and model), fits it with the engine
+(:class:`avgn.engine.Trainer` and its callbacks) and writes its summary:
 
 * **Device and numerics**: CUDA when present (``device="auto"``), CPU otherwise; optional bfloat16
   autocast (CPU and CUDA) and channels-last memory format (:class:`avgn.experiment.TrainConfig`).
@@ -44,41 +45,38 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from avgn import distributed
-from avgn.checkpoint import (
-    atomic_write_json, atomic_write_text, capture_rng_state, load_checkpoint, read_checkpoint_info, restore_rng_state, save_checkpoint,
-)
+from avgn.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, read_checkpoint_info
 from avgn.data.batching import MixtureBatcher
 from avgn.data.datasets import OnTheFlyMixtureDataset
 from avgn.data.manifest import load_build_info
 from avgn.distributed import DistInfo
+from avgn.engine import (
+    Callback, Checkpointing, HistoryLog, ModelSelection, ProgressBar, StopAfter, Trainer, TrainInputs, TrainState, WarmupCosine, make_optimizer,
+    prefetch,
+)
 from avgn.env import environment_report, epoch_seed, git_revision, resolve_device, seed_everything
-from avgn.evaluate import SELECTION_MIN_SOURCES, EvalSet, choose_presence_threshold, evaluate_sets, load_eval_set, selection_score
-from avgn.experiment import Experiment, TrainConfig, get_experiment
+from avgn.evaluate import choose_presence_threshold, load_eval_set
+from avgn.experiment import Experiment, get_experiment
 from avgn.features import FeatureStore, compute_features
-from avgn.methods import EpochContext, Method, MethodPredictor, get_method, model_inputs
+from avgn.methods import get_method
 from avgn.runs import RunLockedError, check_data, experiment_overrides, flatten, reproduce_command, run_lock
 
 __all__ = [
     "epoch_seed",
     "GroupedBatchSampler",
     "build_train_data",
+    "make_optimizer",
     "prefetch",
     "WarmupCosine",
     "train",
@@ -165,63 +163,6 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render, device=render_on), groups, sizes
 
 
-def prefetch(batches: Iterator[dict[str, Any]], depth: int) -> Iterator[dict[str, Any]]:
-    """Iterate ``batches`` with up to ``depth`` of them rendered ahead in a background thread
-    (``depth=0``: in the caller's thread). Rendering is NumPy / torch work that releases the GIL;
-    an exception in the thread is raised in the caller."""
-    if depth <= 0:
-        yield from batches
-        return
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for b in batches:
-                if stop.is_set():
-                    return
-                q.put(b)
-            q.put(done)
-        except BaseException as exc:  # handed to the consumer
-            q.put(exc)
-
-    th = threading.Thread(target=work, daemon=True, name="avgn-prefetch")
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while th.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                th.join(0.01)
-
-
-class WarmupCosine:
-    """LR multiplier per step: linear warm-up, then constant or cosine decay to ``min_ratio``
-    (a plain object: :class:`torch.optim.lr_scheduler.LambdaLR` stores its ``__dict__``)."""
-
-    def __init__(self, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float):
-        self.total, self.warmup, self.schedule, self.min_ratio = int(total_steps), int(warmup_steps), schedule, float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup and step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.schedule == "constant":
-            return 1.0
-        span = max(1, self.total - self.warmup)
-        frac = min(1.0, (step - self.warmup) / span)
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
 # --------------------------------------------------------------------------------------------------
 # the loop, in steps
 # --------------------------------------------------------------------------------------------------
@@ -239,13 +180,6 @@ def _frozen_prefixes(exp: Experiment) -> tuple[str, ...]:
     if enc.freeze_visual and (enc.pretrained_path or (enc.visual_backbone == "efficientnet_lite0" and enc.use_packaged_weights)):
         return ("visual.backbone.",)
     return ()
-
-
-def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    import pandas as pd
-
-    atomic_write_json(run_dir / "history.json", history)
-    atomic_write_text(run_dir / "history.csv", pd.DataFrame([flatten(h) for h in history]).to_csv(index=False))
 
 
 def _run_config(exp: Experiment, data_dir: Path, run_dir: Path, seed: int) -> dict[str, Any]:
@@ -278,21 +212,10 @@ def _check_resumable(run_dir: Path, config: dict[str, Any], last: dict[str, Any]
             raise ValueError(f"cannot resume {run_dir}: its {key} differs ({old.get(key)!r} vs {config[key]!r}); use another run folder")
 
 
-@dataclass
-class _Inputs:
-    """What a run reads: the feature store (cached backbone features), the training batcher, its
-    batch sampler, the items per component and the materialised validation sets."""
-
-    store: FeatureStore | None
-    batcher: MixtureBatcher
-    sampler: GroupedBatchSampler
-    sizes: dict[str, int]
-    val_sets: list[EvalSet]
-    features: dict[str, Any] = field(default_factory=dict)
-
-
 def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: bool, log: Callable[[str], None],
-            dist_info: DistInfo = DistInfo()) -> _Inputs:
+            dist_info: DistInfo = DistInfo()) -> TrainInputs:
+    """The run's inputs: the feature cache completed (rank 0) and read, the training batcher and
+    its sampler, the validation sets materialised."""
     store, feat_info = None, {}
     if exp.inputs.cached_features:
         splits = sorted({"train"} | {n.split("/")[0] for n in exp.inputs.val_sets})
@@ -307,106 +230,7 @@ def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: b
     batcher, groups, sizes = build_train_data(exp, data_dir, seed, store, device=device)
     sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=seed)
     val_sets = [load_eval_set(data_dir, n, exp.inputs, store, max_items=exp.inputs.val_max_items, materialize=True) for n in exp.inputs.val_sets]
-    return _Inputs(store, batcher, sampler, sizes, val_sets, feat_info)
-
-
-@dataclass
-class _Optimisation:
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-
-
-def _epoch_plan(inputs: _Inputs, epoch: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[list[int]]:
-    """The index lists of ``epoch``'s batches in its order, less the first ``skip`` (skipped as
-    index lists: they are never rendered); under data parallelism this rank's share of each
-    (:func:`avgn.distributed.shard`)."""
-    inputs.sampler.set_epoch(epoch)
-    inputs.batcher.set_epoch(epoch)
-    return (distributed.shard(b, dist_info) for b in itertools.islice(iter(inputs.sampler), skip, None))
-
-
-def _epoch_batches(inputs: _Inputs, epoch: int) -> Iterator[dict[str, Any]]:
-    """The training batches of ``epoch`` in its order, whole (what :meth:`Method.on_epoch_start` reads)."""
-    return inputs.batcher.iterate(_epoch_plan(inputs, epoch))
-
-
-def _epoch_steps(inputs: _Inputs, epoch: int, micro_batches: int, skip: int = 0, dist_info: DistInfo = DistInfo()) -> Iterator[list[dict[str, Any]]]:
-    """The optimiser steps of ``epoch``: per step, this rank's share of the batch cut into
-    ``micro_batches`` (``share[i::k]``), each rendered as one batch."""
-    for share in _epoch_plan(inputs, epoch, skip, dist_info):
-        yield [inputs.batcher.batch(share[i::micro_batches]) for i in range(micro_batches)]
-
-
-class _TrainStep(torch.nn.Module):
-    """The model's forward and the method's loss as one module (what DistributedDataParallel wraps,
-    so that every parameter the loss touches is synchronised): ``forward(batch) -> (loss, parts)``."""
-
-    def __init__(self, method: Method, model: torch.nn.Module, device: torch.device, channels_last: bool):
-        super().__init__()
-        self.method, self.model, self.device, self.channels_last = method, model, device, channels_last
-
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        out = self.model(**model_inputs(batch, self.device, self.channels_last))
-        return self.method.loss(self.model, out, batch)
-
-
-@dataclass
-class EpochProgress:
-    """How far the current epoch has got: what a within-epoch checkpoint stores (as
-    ``state["partial"]``) and a resumed run starts from.
-
-    Attributes:
-        epoch: the epoch (0-based) in progress.
-        batches: its batches already trained on.
-        sums: per loss part, the sum of ``value x batch size`` so far.
-        samples: samples trained on so far; ``seconds``: training time so far.
-        before: what the method's ``on_epoch_start`` reported (it is not run again on resume).
-    """
-
-    epoch: int
-    batches: int = 0
-    sums: dict[str, float] = field(default_factory=dict)
-    samples: int = 0
-    seconds: float = 0.0
-    before: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batches": self.batches, "sums": dict(self.sums), "samples": self.samples,
-                "seconds": self.seconds, "before": dict(self.before)}
-
-
-class _Lap:
-    """Seconds since the previous :meth:`lap` (or since creation)."""
-
-    def __init__(self) -> None:
-        self.t = time.perf_counter()
-
-    def lap(self) -> float:
-        now = time.perf_counter()
-        dt, self.t = now - self.t, now
-        return dt
-
-
-class _Checkpointer:
-    """Decides when a within-epoch checkpoint is due (every ``minutes`` of training and / or every
-    ``steps`` optimiser steps) and writes it through ``save(progress, step)``."""
-
-    def __init__(self, minutes: float | None, steps: int | None, save: Callable[[EpochProgress, int], None],
-                 dist_info: DistInfo = DistInfo()):
-        self.every_s = None if minutes is None else 60.0 * minutes
-        self.every_steps, self.save, self.dist_info = steps, save, dist_info
-        self.t_last = time.perf_counter()
-
-    def after_step(self, progress: EpochProgress, step: int, epoch_len: int) -> None:
-        if progress.batches >= epoch_len:  # the end-of-epoch checkpoint follows
-            return
-        due = bool(self.every_steps and step % self.every_steps == 0)
-        if self.every_s is not None:  # rank 0's clock decides for every rank
-            due |= distributed.broadcast_object(time.perf_counter() - self.t_last >= self.every_s, self.dist_info)
-        if due:
-            self.save(progress, step)
-            self.t_last = time.perf_counter()
+    return TrainInputs(store, batcher, sampler, sizes, val_sets, feat_info)
 
 
 def _init_from(model: torch.nn.Module, run: str, dev: torch.device) -> dict[str, Any]:
@@ -420,74 +244,10 @@ def _init_from(model: torch.nn.Module, run: str, dev: torch.device) -> dict[str,
     return {"run": str(src), "epoch": info["epoch"], "fingerprint": info["config"].get("fingerprint")}
 
 
-def make_optimizer(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser ``t`` names (``adam`` / ``adamw``, its learning rate, weight decay and kernel)."""
-    opt_cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return opt_cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=t.fused_optimizer or None)
-
-
-def _optimisation(model: torch.nn.Module, exp: Experiment, steps_per_epoch: int) -> _Optimisation:
-    t = exp.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, t)
-    schedule = WarmupCosine(t.epochs * steps_per_epoch, int(round(t.warmup_epochs * steps_per_epoch)), t.schedule, t.min_lr_ratio)
-    return _Optimisation(params, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
-
-
-def _train_epoch(
-    train_step: torch.nn.Module, exp: Experiment, inputs: _Inputs, opt: _Optimisation, dev: torch.device,
-    progress: EpochProgress, step: int, show: bool, checkpointer: _Checkpointer | None = None, dist_info: DistInfo = DistInfo(),
-) -> tuple[dict[str, float], int, int, float]:
-    """One pass over the epoch's fresh mixtures, from ``progress`` (a fresh one, or where a
-    within-epoch checkpoint left it): ``(mean loss parts, samples, step, seconds)``, the means and
-    the samples over every rank."""
-    t = exp.train
-    epoch, n_batches = progress.epoch, len(inputs.sampler)
-    loader = prefetch(_epoch_steps(inputs, epoch, t.micro_batches, skip=progress.batches, dist_info=dist_info), t.num_workers)
-    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=t.bf16)
-    train_step.train()
-    t0 = time.perf_counter() - progress.seconds
-    bar = tqdm(loader, total=n_batches, initial=progress.batches, desc=f"{exp.method} epoch {epoch + 1}/{t.epochs}", disable=not show,
-               leave=False)
-    for micro in bar:
-        opt.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(micro):
-            # under DDP the gradients are averaged over the ranks once per step, with the last micro-batch
-            defer = i < len(micro) - 1 and isinstance(train_step, torch.nn.parallel.DistributedDataParallel)
-            # buffers (batch-norm running statistics) follow the first micro-batch only, as DDP's follow rank 0's share
-            kept = [b.detach().clone() for b in train_step.buffers()] if i > 0 else None
-            with train_step.no_sync() if defer else contextlib.nullcontext(), autocast:  # type: ignore[operator]
-                loss, parts = train_step(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step} "
-                                             f"({ {k: float(v) for k, v in parts.items()} })")
-                (loss / len(micro) if len(micro) > 1 else loss).backward()
-            if kept is not None:
-                with torch.no_grad():
-                    for b, k in zip(train_step.buffers(), kept):
-                        b.copy_(k)
-            bsz = int(batch["spec"].shape[0])
-            progress.samples += bsz
-            for k, v in parts.items():
-                progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * bsz
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(opt.params, t.grad_clip)
-        opt.optimizer.step()
-        opt.scheduler.step()
-        step += 1
-        progress.batches += 1
-        progress.seconds = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        if checkpointer is not None:
-            checkpointer.after_step(progress, step, n_batches)
-    total = distributed.all_reduce_sums({**progress.sums, "__samples": progress.samples}, dist_info)
-    n_seen = int(total.pop("__samples"))
-    return {k: v / max(1, n_seen) for k, v in total.items()}, n_seen, step, time.perf_counter() - t0
-
-
-def _summary(exp: Experiment, seed: int, run_dir: Path, data_dir: Path, config: dict[str, Any], state: dict[str, Any], step: int,
-             n_params: int, inputs: _Inputs, threshold: float | None, curve: Any, device: str) -> dict[str, Any]:
-    best_row = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
+def _summary(exp: Experiment, seed: int, run_dir: Path, data_dir: Path, config: dict[str, Any], state: TrainState, step: int,
+             n_params: int, inputs: TrainInputs, threshold: float | None, curve: Any, device: str) -> dict[str, Any]:
+    """``run.json`` of a finished run: identity, environment, time, the selected epoch and its validation metrics."""
+    best_row = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
     return {
         "method": exp.method,
         "profile": exp.profile,
@@ -500,18 +260,18 @@ def _summary(exp: Experiment, seed: int, run_dir: Path, data_dir: Path, config: 
         "data": config["data"],
         "command": config["command"],
         "fingerprint": config["fingerprint"],
-        "epochs_run": len(state["history"]),
+        "epochs_run": len(state.history),
         "steps": step,
-        "best_epoch": state["best_epoch"],
-        "best_val_score": state["best_score"],
+        "best_epoch": state.best_epoch,
+        "best_val_score": state.best_score,
         "selection_modes": list(get_method(exp.method).modes),
         "presence_threshold": threshold,
         "threshold_curve": curve,
-        "stopped_early": state["stopped_early"],
-        "train_seconds": state["train_seconds"],
-        "wall_seconds": state["wall_seconds"],
-        "samples": state["samples"],
-        "samples_per_s": state["samples"] / state["train_seconds"] if state["train_seconds"] else math.nan,
+        "stopped_early": state.stopped_early,
+        "train_seconds": state.train_seconds,
+        "wall_seconds": state.wall_seconds,
+        "samples": state.samples,
+        "samples_per_s": state.samples / state.train_seconds if state.train_seconds else math.nan,
         "trainable_parameters": n_params,
         "features": inputs.features,
         "val": best_row["val"] if best_row else {},
@@ -531,6 +291,7 @@ def train(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     overrides: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train one run; returns its summary (the content of ``run.json``, or the partial state).
 
@@ -543,6 +304,8 @@ def train(
             as is). With ``resume=False`` an existing run is an error, never overwritten.
         stop_after_epochs: stop after this many epochs *in this call* as if interrupted (tests,
             budgeted sessions); the run stays resumable.
+        callbacks: more :class:`avgn.engine.Callback` hooks, run after the engine's own (model
+            selection, checkpoints, progress bar, history, stop-after).
 
     Raises:
         RunLockedError: another process is training in ``run_dir`` (:func:`avgn.runs.run_lock`).
@@ -564,7 +327,8 @@ def train(
             refused = distributed.broadcast_object(refused, dist_info)
             if refused:
                 raise RunLockedError(refused)
-            return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs, dist_info)
+            return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs, dist_info,
+                          callbacks)
     finally:
         distributed.shutdown(dist_info)
 
@@ -599,9 +363,10 @@ def finished_summary(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, 
 
 
 def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: str, resume: bool, progress: bool,
-           stop_after_epochs: int | None, dist_info: DistInfo = DistInfo()) -> dict[str, Any]:
+           stop_after_epochs: int | None, dist_info: DistInfo = DistInfo(), extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """The body of :func:`train`, under the run folder's lock (on every rank of a data-parallel run;
-    rank 0 alone validates and writes)."""
+    rank 0 alone validates and writes): set the run up, fit it (:class:`avgn.engine.Trainer`),
+    then write its summary."""
     t_wall = time.perf_counter()
     main = dist_info.is_main
     log = _log_fn(progress and main)
@@ -642,107 +407,47 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
             atomic_write_json(run_dir / "config.json", config)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    steps_per_epoch = len(inputs.sampler)
-    opt = _optimisation(model, exp, steps_per_epoch)
-    prefixes = _frozen_prefixes(exp)
-    modes = method.modes
-    train_step: torch.nn.Module = _TrainStep(method, model, dev, t.channels_last)
-    if dist_info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
 
-        train_step = DistributedDataParallel(train_step, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                             find_unused_parameters=True)
-
-    state: dict[str, Any] = {
-        "best_score": -math.inf, "best_epoch": -1, "bad_epochs": 0, "finished": False, "stopped_early": False,
-        "train_seconds": 0.0, "wall_seconds": 0.0, "samples": 0, "history": [],
-    }
-    start_epoch, step, partial = 0, 0, None
+    checkpoints = Checkpointing(run_dir, config, minutes=t.checkpoint_minutes, steps=t.checkpoint_steps,
+                                exclude_prefixes=_frozen_prefixes(exp))
+    callbacks: list[Callback] = [ModelSelection(t.min_delta, t.early_stopping_patience), checkpoints, ProgressBar(progress), HistoryLog(run_dir)]
+    if stop_after_epochs is not None:
+        callbacks.append(StopAfter(stop_after_epochs))
+    callbacks += extra_callbacks
+    trainer = Trainer(method, model, exp, inputs, dev, seed=seed, callbacks=callbacks, dist_info=dist_info, log=log)
     if last is not None:
-        info = load_checkpoint(run_dir, model, name="last", optimizer=opt.optimizer, scheduler=opt.scheduler, restore_rng=True, map_location=dev)
-        assert info is not None
-        ranks = info["extra"].get("ranks")
-        if ranks is not None:  # a data-parallel checkpoint: this rank's RNG states and epoch position
-            if len(ranks) != dist_info.world_size:
-                raise ValueError(f"cannot resume {run_dir} on {dist_info.world_size} process(es): it was trained on {len(ranks)}")
-            restore_rng_state(ranks[dist_info.rank]["rng"])
-        state.update(info["state"])
-        start_epoch, step = int(info["epoch"]), int(info["step"])
-        if state.get("partial"):
-            partial = EpochProgress(**(ranks[dist_info.rank]["partial"] if ranks is not None else state["partial"]))
-            log(f"[avgn.train] resuming {run_dir} in epoch {partial.epoch + 1}, after {partial.batches} of its batches (step {step})")
-        else:
-            log(f"[avgn.train] resuming {run_dir} after epoch {start_epoch} (step {step})")
-        state.pop("partial", None)
+        checkpoints.resume(trainer)
     log(
         f"[avgn.train] {exp.method} / {exp.profile} / seed {seed} on {dev}"
         f"{f' x {dist_info.world_size} processes ({dist_info.backend})' if dist_info.enabled else ''}: "
-        f"{sum(p.numel() for p in opt.params):,} trainable parameters, "
-        f"{len(inputs.batcher)} items/epoch ({inputs.sizes}), {steps_per_epoch} steps/epoch"
+        f"{sum(p.numel() for p in trainer.opt.params):,} trainable parameters, "
+        f"{len(inputs.batcher)} items/epoch ({inputs.sizes}), {trainer.steps_per_epoch} steps/epoch"
     )
+    state = trainer.fit()
+    if trainer.should_stop:
+        return {"finished": False, "epoch": trainer.epoch, "step": trainer.step, "state": state.to_dict()}
+    summary = _finish(trainer, data_dir, run_dir, config, device)
+    log(f"[avgn.train] done: best epoch {state.best_epoch} (val score {state.best_score:.4f}), "
+        f"{summary['samples_per_s']:.0f} samples/s, {time.perf_counter() - t_wall:.0f} s in this call")
+    return summary
 
-    predictor = MethodPredictor(method, model, dev, bf16=t.bf16, channels_last=t.channels_last)
-    wall = _Lap()
-    epochs_this_call = 0
 
-    def save_last(epoch_done: int, at_step: int, st: dict[str, Any], p: EpochProgress | None = None) -> None:
-        """Checkpoint ``last`` (every rank takes part: their RNG states and positions are gathered)."""
-        extra = None
-        if dist_info.enabled:
-            extra = {"ranks": distributed.gather_objects({"rng": capture_rng_state(), "partial": None if p is None else p.to_dict()}, dist_info)}
-        if main:
-            save_checkpoint(run_dir, model, name="last", epoch=epoch_done, step=at_step, optimizer=opt.optimizer, scheduler=opt.scheduler,
-                            state=st if p is None else {**st, "partial": p.to_dict()}, config=config, exclude_prefixes=prefixes, extra=extra)
-
-    def save_partial(p: EpochProgress, at_step: int) -> None:
-        # completed epochs, the global step, and where the epoch in progress stands
-        state["wall_seconds"] += wall.lap()
-        save_last(p.epoch, at_step, state, p)
-
-    checkpointer = _Checkpointer(t.checkpoint_minutes, t.checkpoint_steps, save_partial, dist_info)
-    for epoch in range(start_epoch, t.epochs):
-        if state["finished"]:
-            break
-        if partial is not None and partial.epoch == epoch:  # within-epoch resume: on_epoch_start already ran
-            progress_e, partial = partial, None
-        else:
-            ctx = EpochContext(exp, int(seed), dev, lambda e=epoch: _epoch_batches(inputs, e), inputs.val_sets)
-            progress_e = EpochProgress(epoch, before=method.on_epoch_start(model, epoch, ctx))
-        means, n_seen, step, train_s = _train_epoch(train_step, exp, inputs, opt, dev, progress_e, step, progress and main, checkpointer,
-                                                    dist_info)
-        if main:
-            row = _end_epoch(method, model, exp, inputs, opt, predictor, state, progress_e, means, n_seen, step, train_s, dev)
-            if row["is_best"]:
-                save_checkpoint(run_dir, model, name="best", epoch=epoch + 1, step=step, include_rng=False,
-                                state={"val_score": row["val_score"]}, config=config, exclude_prefixes=prefixes)
-        state = distributed.broadcast_object(state, dist_info)  # rank 0's decisions (best, early stop) for every rank
-        state["wall_seconds"] += wall.lap()
-        save_last(epoch + 1, step, state)
-        if main:
-            _write_history(run_dir, state["history"])
-            log(
-                f"[avgn.train] epoch {epoch + 1}/{t.epochs}: loss {means.get('total', math.nan):.4f}, "
-                f"val score {row['val_score']:.4f}{' (best)' if row['is_best'] else ''}, {row['samples_per_s']:.0f} samples/s, "
-                f"train {train_s:.1f} s, val {row['val_seconds']:.1f} s"
-            )
-        epochs_this_call += 1
-        if state["stopped_early"]:
-            log(f"[avgn.train] early stop: no improvement for {state['bad_epochs']} epochs")
-        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs and not state["finished"]:
-            log(f"[avgn.train] stopping after {epochs_this_call} epoch(s) as asked; resume to continue")
-            return {"finished": False, "epoch": epoch + 1, "step": step, "state": state}
-
-    # ---- finished: the presence threshold of the selected epoch, chosen on validation -----------
-    digests = distributed.gather_objects(_weights_digest(model), dist_info)  # the ranks hold one model
-    if not main:
+def _finish(trainer: Trainer, data_dir: Path, run_dir: Path, config: dict[str, Any], device: str) -> dict[str, Any]:
+    """A finished run's summary, written by rank 0 as ``run.json`` / ``run.csv`` (read back by the
+    other ranks), with the presence threshold of the selected epoch, chosen on validation."""
+    dist_info, exp = trainer.dist_info, trainer.exp
+    digests = distributed.gather_objects(_weights_digest(trainer.model), dist_info)  # the ranks hold one model
+    if not dist_info.is_main:
         distributed.barrier(dist_info)  # rank 0 writes run.json
         return json.loads((run_dir / "run.json").read_text())
     threshold, curve = None, None
-    if "predicted" in modes:
-        load_checkpoint(run_dir, model, name="best", map_location=dev)
-        threshold, curve = choose_presence_threshold(predictor, inputs.val_sets)
-        log(f"[avgn.train] presence threshold {threshold:.2f} (chosen on {', '.join(exp.inputs.val_sets)})")
-    summary = _summary(exp, seed, run_dir, data_dir, config, state, step, int(sum(p.numel() for p in opt.params)), inputs, threshold, curve, device)
+    if "predicted" in trainer.method.modes:
+        load_checkpoint(run_dir, trainer.model, name="best", map_location=trainer.device)
+        threshold, curve = choose_presence_threshold(trainer.predictor, trainer.inputs.val_sets)
+        trainer.log(f"[avgn.train] presence threshold {threshold:.2f} (chosen on {', '.join(exp.inputs.val_sets)})")
+    n_params = int(sum(p.numel() for p in trainer.opt.params))
+    summary = _summary(exp, trainer.seed, run_dir, data_dir, config, trainer.state, trainer.step, n_params, trainer.inputs, threshold, curve,
+                       device)
     if dist_info.enabled:
         summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend, "last_weights_sha256": digests}
     atomic_write_json(run_dir / "run.json", summary)
@@ -751,42 +456,4 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     flat = flatten({k: v for k, v in summary.items() if k not in ("environment", "config", "features", "threshold_curve", "distributed")})
     atomic_write_text(run_dir / "run.csv", pd.DataFrame([flat]).to_csv(index=False))
     distributed.barrier(dist_info)
-    log(f"[avgn.train] done: best epoch {state['best_epoch']} (val score {state['best_score']:.4f}), "
-        f"{summary['samples_per_s']:.0f} samples/s, {time.perf_counter() - t_wall:.0f} s in this call")
     return summary
-
-
-def _end_epoch(method: Method, model: torch.nn.Module, exp: Experiment, inputs: _Inputs, opt: _Optimisation, predictor: MethodPredictor,
-               state: dict[str, Any], progress: EpochProgress, means: dict[str, float], n_seen: int, step: int, train_s: float,
-               dev: torch.device) -> dict[str, Any]:
-    """Validate after an epoch (model selection), append its row to ``state["history"]`` and update
-    the training state (best epoch, early stopping, finished); returns the row."""
-    t, modes = exp.train, method.modes
-    ev = evaluate_sets(predictor, inputs.val_sets, exp.eval, modes, min_sources=SELECTION_MIN_SOURCES)
-    score = selection_score(ev["results"], modes)
-    row: dict[str, Any] = {
-        "epoch": progress.epoch + 1,
-        "step": step,
-        "lr": opt.optimizer.param_groups[0]["lr"],
-        "train": means,
-        "train_seconds": train_s,
-        "samples_per_s": n_seen / train_s if train_s > 0 else math.nan,
-        "val_seconds": ev["seconds"],
-        "val": ev["results"],
-        "val_score": score,
-    }
-    row.update(progress.before)
-    row.update(method.epoch_diagnostics(model, inputs.val_sets, dev))
-    improved = score > state["best_score"] + t.min_delta
-    row["is_best"] = bool(improved)
-    state["history"].append(row)
-    state["train_seconds"] += train_s
-    state["samples"] += n_seen
-    if improved:
-        state["best_score"], state["best_epoch"], state["bad_epochs"] = score, progress.epoch + 1, 0
-    else:
-        state["bad_epochs"] += 1
-    if t.early_stopping_patience and state["bad_epochs"] >= t.early_stopping_patience:
-        state["stopped_early"] = True
-    state["finished"] = progress.epoch + 1 >= t.epochs or state["stopped_early"]
-    return row

@@ -136,7 +136,7 @@ def test_a_new_method_is_one_class(monkeypatch):
     assert r["predicted"] == r["oracle"] and r["oracle"]["cap"] == pytest.approx(0.5)  # each mask is half the map's top
 
 
-ENGINE = ("avgn/train.py", "avgn/evaluate.py", "avgn/runs.py", "avgn/store/queue.py", "avgnbook/explorer.py", "avgnbook/analysis.py",
+ENGINE = ("avgn/train.py", "avgn/engine.py", "avgn/evaluate.py", "avgn/runs.py", "avgn/store/queue.py", "avgnbook/explorer.py", "avgnbook/analysis.py",
           "avgnbook/pipeline.py")
 
 

@@ -253,6 +253,43 @@ def test_resume_reaches_the_same_weights_and_metrics(fake_build, tmp_path):
     assert again["train_seconds"] == s1["train_seconds"]
 
 
+def test_the_engine_runs_its_hooks_in_order(fake_build, tmp_path):
+    """A user's callback (``train(..., callbacks=[...])``) sees the loop d2l-style: fit, then per
+    epoch its start, every optimiser step, the validation row (before it joins the history) and its end."""
+    from avgn.engine import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.calls: list[str] = []
+
+        def on_fit_start(self, trainer):
+            self.calls.append("fit_start")
+
+        def on_epoch_start(self, trainer, progress):
+            self.calls.append(f"epoch_start {progress.epoch}")
+
+        def on_batch_end(self, trainer, progress, loss):
+            assert loss.ndim == 0 and progress.batches >= 1
+            self.calls.append("batch")
+
+        def on_validation_end(self, trainer, row):
+            assert "is_best" in row and all(h is not row for h in trainer.state.history)  # model selection ran first
+            self.calls.append(f"validation {row['epoch']}")
+
+        def on_epoch_end(self, trainer, progress, row):
+            assert trainer.state.history[-1] is row and trainer.epoch == progress.epoch + 1
+            self.calls.append(f"epoch_end {trainer.epoch}")
+
+        def on_fit_end(self, trainer):
+            self.calls.append("fit_end")
+
+    rec = Record()
+    s = train(_tiny(**{"train.epochs": 2}), fake_build, tmp_path / "run", seed=0, device="cpu", progress=False, callbacks=[rec])
+    steps = s["steps"] // 2
+    epoch = lambda e: [f"epoch_start {e}"] + ["batch"] * steps + [f"validation {e + 1}", f"epoch_end {e + 1}"]  # noqa: E731
+    assert rec.calls == ["fit_start", *epoch(0), *epoch(1), "fit_end"]
+
+
 def test_data_loading_workers_do_not_change_the_run(fake_build, tmp_path):
     a = train(_tiny(**{"train.epochs": 1}), fake_build, tmp_path / "w0", seed=1, device="cpu", progress=False)
     b = train(_tiny(**{"train.epochs": 1, "train.num_workers": 1}), fake_build, tmp_path / "w1", seed=1, device="cpu", progress=False)

@@ -5,7 +5,7 @@ structure as :mod:`avgn.data.datasets` (``image``, ``audio``, ``spec``, ``labels
 ``n_sources``, ``masks``, ``boxes``, ``gains_db``, ``meta``), so every model and metric of the
 library runs on them unchanged. Nothing is downloaded; you point the adapters at your own copy.
 
-Folder layout (the one the public loaders expect; names configurable)::
+Folder layout (the one the public loaders expect; names configurable through ``layout=FileLayout(...)``)::
 
     root/frames/<file>.jpg        one extracted frame per sample
     root/audio/<file>.wav         its audio (MUSIC: one file per *video*, see below)
@@ -58,6 +58,7 @@ from torch.utils.data import Dataset
 from avgn.data.datasets import DataFileError, SpecConfig, _sample
 
 __all__ = [
+    "FileLayout",
     "RealItem",
     "RealDataset",
     "read_list",
@@ -303,23 +304,24 @@ def _xyxy(box: Sequence[float], where: str) -> list[float]:
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """Where a release keeps its files: ``root/frames_dir/<file><frame_ext>`` and
-    ``root/audio_dir/<file><audio_ext>``; :meth:`item` makes the :class:`RealItem` of a sample."""
+class FileLayout:
+    """Where a release keeps its files below its root: ``root/frames_dir/<file><frame_ext>`` and
+    ``root/audio_dir/<file><audio_ext>`` (every adapter's ``layout``); :meth:`item` makes the
+    :class:`RealItem` of a sample."""
 
-    root: Path
-    frames_dir: str
-    audio_dir: str
-    frame_ext: str
-    audio_ext: str
+    frames_dir: str = "frames"
+    audio_dir: str = "audio"
+    frame_ext: str = ".jpg"
+    audio_ext: str = ".wav"
 
-    def item(self, key: str, frames: Sequence[str], audios: Sequence[str], classes: list[str], frame_of_source: list[int],
-             **truth: Any) -> RealItem:
+    def item(self, root: str | Path, key: str, frames: Sequence[str], audios: Sequence[str], classes: list[str],
+             frame_of_source: list[int], **truth: Any) -> RealItem:
         """The sample ``key`` from its frame and audio file stems (``truth``: ``boxes`` or ``mask_files``)."""
+        root = Path(root)
         return RealItem(
             key=key,
-            frames=[self.root / self.frames_dir / f"{f}{self.frame_ext}" for f in frames],
-            audios=[self.root / self.audio_dir / f"{a}{self.audio_ext}" for a in audios],
+            frames=[root / self.frames_dir / f"{f}{self.frame_ext}" for f in frames],
+            audios=[root / self.audio_dir / f"{a}{self.audio_ext}" for a in audios],
             classes=classes,
             frame_of_source=frame_of_source,
             **truth,
@@ -330,16 +332,12 @@ def music_solo(
     root: str | Path,
     annotations: str | Path | None = None,
     split_list: str | Path | None = None,
-    frames_dir: str = "frames",
-    audio_dir: str = "audio",
-    frame_ext: str = ".jpg",
-    audio_ext: str = ".wav",
+    layout: FileLayout = FileLayout(),
     **kwargs: Any,
 ) -> RealDataset:
     """MUSIC-Solo: ``annotations`` (``music_solo.json``, ``[x, y, w, h]`` boxes) and/or a
     ``file,class`` list (``music_solo_train.txt`` / ``music_solo_test.csv``). With both, the list
     selects the samples; training lists have no boxes (empty masks, ``meta["has_gt"]`` False)."""
-    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     ann = {}
     if annotations is not None:
         for a in _read_json(annotations):
@@ -355,7 +353,7 @@ def music_solo(
         if cls is None:
             raise ValueError(f"no class for MUSIC-Solo sample {f!r} (give annotations or a file,class list)")
         boxes = [[_xywh(a["bbox"], f"{annotations} [{f}]")]] if a else [[]]
-        items.append(layout.item(f, [f], [music_video_id(f)], [cls], [0], boxes=boxes))
+        items.append(layout.item(root, f, [f], [music_video_id(f)], [cls], [0], boxes=boxes))
     return RealDataset(items, **kwargs)
 
 
@@ -363,16 +361,12 @@ def music_duet(
     root: str | Path,
     annotations: str | Path | None = None,
     split_list: str | Path | None = None,
-    frames_dir: str = "frames",
-    audio_dir: str = "audio",
-    frame_ext: str = ".jpg",
-    audio_ext: str = ".wav",
+    layout: FileLayout = FileLayout(),
     **kwargs: Any,
 ) -> RealDataset:
     """MUSIC-Duet: ``annotations`` (``music_duet.json``: ``class_src1/2``, ``bbox_src1/2`` in
     ``[x, y, w, h]``) and/or a list (``file,class1,class2`` for training, ``file`` for testing).
     Both sources share the frame and the recording (``audio/<video>.wav``)."""
-    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     ann = {a["file"]: a for a in _read_json(annotations)} if annotations is not None else {}
     if split_list is not None:
         rows = read_list(split_list)
@@ -392,7 +386,7 @@ def music_duet(
             raise ValueError(f"no classes for MUSIC-Duet sample {f!r} (give annotations or file,class1,class2 rows)")
         if classes[0] == classes[1]:  # a duet of one class: a single label, the union of the boxes
             classes, boxes = classes[:1], [boxes[0] + boxes[1]]
-        items.append(layout.item(f, [f], [music_video_id(f)], classes, [0] * len(classes), boxes=boxes))
+        items.append(layout.item(root, f, [f], [music_video_id(f)], classes, [0] * len(classes), boxes=boxes))
     return RealDataset(items, **kwargs)
 
 
@@ -413,18 +407,14 @@ def vgginstruments(
     root: str | Path,
     split_list: str | Path,
     mask_dir: str | Path | None = None,
-    frames_dir: str = "frames",
-    audio_dir: str = "audio",
-    frame_ext: str = ".jpg",
-    audio_ext: str = ".wav",
+    layout: FileLayout = FileLayout(),
     **kwargs: Any,
 ) -> RealDataset:
     """VGGSound-Instruments (single source): a ``file,class`` list and, for testing, a folder of
     per-file masks (``<file>.pkl``/``.npy``/``.png``; pickles need ``allow_pickle=True``)."""
-    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     md = Path(mask_dir) if mask_dir is not None else None
     items = [
-        layout.item(r[0], [r[0]], [r[0]], [r[1]], [0], mask_files=[_mask_file(md, r[0], _MASK_EXTS)])
+        layout.item(root, r[0], [r[0]], [r[0]], [r[1]], [0], mask_files=[_mask_file(md, r[0], _MASK_EXTS)])
         for r in read_list(split_list)
     ]
     return RealDataset(items, **kwargs)
@@ -445,18 +435,14 @@ def vgginstruments_multi(
     root: str | Path,
     pairs_csv: str | Path,
     mask_dir: str | Path | None = None,
-    frames_dir: str = "frames",
-    audio_dir: str = "audio",
-    frame_ext: str = ".jpg",
-    audio_ext: str = ".wav",
+    layout: FileLayout = FileLayout(),
     **kwargs: Any,
 ) -> RealDataset:
     """VGGSound-Instruments multi-source test pairs (``file,class,partner,partner_class``): two
     frames side by side, the two recordings summed, each source's mask from ``mask_dir``."""
-    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     md = Path(mask_dir) if mask_dir is not None else None
     items = [
-        layout.item(f"{f}+{g}", [f, g], [f, g], [c, d], [0, 1],
+        layout.item(root, f"{f}+{g}", [f, g], [f, g], [c, d], [0, 1],
                     mask_files=[_mask_file(md, f, _MASK_EXTS), _mask_file(md, g, _MASK_EXTS)])
         for f, c, g, d in _pairs(pairs_csv)
     ]
@@ -534,10 +520,7 @@ def vggss(
     root: str | Path,
     annotations: str | Path,
     split_list: str | Path | None = None,
-    frames_dir: str = "frames",
-    audio_dir: str = "audio",
-    frame_ext: str = ".jpg",
-    audio_ext: str = ".wav",
+    layout: FileLayout = FileLayout(),
     on_bad_box: str = "drop",
     **kwargs: Any,
 ) -> RealDataset:
@@ -548,7 +531,6 @@ def vggss(
     ``[0.384375, 0.859375, 0.696875, -2.88e16]``); ``"drop"`` (default) skips them with a warning
     naming each one, and skips a listed sample left without any box (it cannot be scored), also
     named; ``"error"`` refuses the file. The dataset's ``box_report`` (:class:`BoxReport`) lists both."""
-    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     boxes, classes, report = _vggss_boxes(annotations, on_bad_box)
     rows = read_list(split_list) if split_list is not None else [[f] for f in boxes]
     items = []
@@ -561,7 +543,7 @@ def vggss(
             raise ValueError(f"no class for VGG-SS sample {f!r}: the annotation has none and the list gives none")
         if f not in boxes:
             raise ValueError(f"VGG-SS sample {f!r} has no annotation in {annotations}")
-        items.append(layout.item(f, [f], [f], [cls], [0], boxes=[boxes[f]]))
+        items.append(layout.item(root, f, [f], [f], [cls], [0], boxes=[boxes[f]]))
     ds = RealDataset(items, **kwargs)
     ds.box_report = report
     return ds
@@ -571,17 +553,13 @@ def vggsound_duet(
     root: str | Path,
     annotations: str | Path,
     pairs_csv: str | Path,
-    frames_dir: str = "frames",
-    audio_dir: str = "audio",
-    frame_ext: str = ".jpg",
-    audio_ext: str = ".wav",
+    layout: FileLayout = FileLayout(),
     on_bad_box: str = "drop",
     **kwargs: Any,
 ) -> RealDataset:
     """VGGSound-Duet test pairs (``file,class,partner,partner_class``) with VGG-SS corner boxes for
     both frames; the frames are concatenated and the recordings summed. ``on_bad_box`` as in
     :func:`vggss` (a pair with a frame left without any box is skipped and reported)."""
-    layout = _Layout(Path(root), frames_dir, audio_dir, frame_ext, audio_ext)
     boxes, _, report = _vggss_boxes(annotations, on_bad_box)
     items = []
     for f, c, g, d in _pairs(pairs_csv):
@@ -590,7 +568,7 @@ def vggsound_duet(
         for x in (f, g):
             if x not in boxes:
                 raise ValueError(f"VGGSound-Duet sample {x!r} has no annotation in {annotations}")
-        items.append(layout.item(f"{f}+{g}", [f, g], [f, g], [c, d], [0, 1], boxes=[boxes[f], boxes[g]]))
+        items.append(layout.item(root, f"{f}+{g}", [f, g], [f, g], [c, d], [0, 1], boxes=[boxes[f], boxes[g]]))
     ds = RealDataset(items, **kwargs)
     ds.box_report = report
     return ds
