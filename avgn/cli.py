@@ -42,6 +42,8 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def _parse_sets(items: list[str]) -> dict[str, object]:
+    """``key=value`` pairs: JSON values (``3``, ``0.5``, ``true``, ``null``, ``[1, 2]``), ``None`` for null,
+    anything else as a string."""
     import json
 
     out: dict[str, object] = {}
@@ -49,6 +51,9 @@ def _parse_sets(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects key=value (e.g. train.epochs=3), got {item!r}")
+        if value in ("None", "none"):  # Python's spelling of JSON's null: "no value" (e.g. no early stopping)
+            out[key] = None
+            continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

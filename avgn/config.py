@@ -68,6 +68,10 @@ class TrainConfig:
             ``CUBLAS_WORKSPACE_CONFIG``, which the trainer sets).
         init_from: a finished run folder whose ``best`` weights (buffers included) initialise the
             model before training (a second training stage, fine-tuning); None: from scratch.
+        negative_items: share of the training items whose audio is replaced by silence or by the
+            scene's noise alone, with no sounding label (:class:`avgn.data.batching.MixtureBatcher`):
+            what teaches the presence heads that nothing may sound. Only for methods whose loss
+            reads the labels for its sources (``Method.trains_on_negatives``); 0 = off.
         checkpoint_minutes / checkpoint_steps: also checkpoint ``last`` *within* an epoch, every so
             many minutes of training and / or optimiser steps (None: not on that criterion), with
             the epoch's position, its running loss sums and the RNG states, so that a killed run
@@ -107,8 +111,11 @@ class TrainConfig:
     checkpoint_minutes: float | None = 2.0
     checkpoint_steps: int | None = None
     micro_batches: int = 1
+    negative_items: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.negative_items < 1.0:
+            raise ValueError(f"negative_items is a share of the training items in [0, 1), got {self.negative_items!r}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.schedule not in ("constant", "cosine"):

@@ -156,6 +156,8 @@ class Experiment:
         d["inputs"].pop("eval_workers", None)
         if d["train"].get("micro_batches", 1) == 1:  # absent = one pass per batch: earlier fingerprints unchanged
             d["train"].pop("micro_batches", None)
+        if d["train"].get("negative_items", 0.0) == 0.0:  # absent = no negative items: earlier fingerprints unchanged
+            d["train"].pop("negative_items", None)
         if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
             d["train"].pop("init_from", None)
         else:  # one run folder however its path is spelt (relative to a chapter's folder or absolute)

@@ -142,6 +142,9 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     no float64, which the gains and the exact path use).
     """
     t = exp.train
+    if t.negative_items > 0 and not get_method(exp.method).trains_on_negatives:
+        raise ValueError(f"train.negative_items={t.negative_items}: {exp.method}'s loss does not read the labels for its sources, so an item "
+                         "with nothing sounding would train it as a positive pair; set train.negative_items=0")
     specs = [("solo", "concat", 1, t.solo_items), ("scene", "scene", 2, t.scene_items), ("concat", "concat", 2, t.concat_items)]
     parts: list[tuple[str, Dataset]] = []
     for k, (name, layout, n_src, items) in enumerate(specs):
@@ -160,7 +163,9 @@ def build_train_data(exp: Experiment, data_dir: str | Path, seed: int, store: An
     square = sizes.get("solo", 0) + sizes.get("scene", 0)
     groups = [(0, square), (square, sizes.get("concat", 0))]
     render_on = device if device is not None and torch.device(device).type == "cuda" else None
-    return MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render, device=render_on), groups, sizes
+    batcher = MixtureBatcher(ds, store if exp.inputs.cached_features else None, render=exp.inputs.train_render, device=render_on,
+                             negative_items=t.negative_items)
+    return batcher, groups, sizes
 
 
 # --------------------------------------------------------------------------------------------------

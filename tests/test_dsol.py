@@ -4,6 +4,7 @@ stage 1's run, both evaluate as a class-aware method; the maps go to the mapped 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -104,3 +105,51 @@ def test_dsol_variants_chain_the_stages(fake_build, tmp_path, monkeypatch):
     first = tmp_path / "variants" / "dsol-stage1" / "smoke" / "dsol-seed0"
     assert (first / "run.json").is_file() and out["run_dir"] == tmp_path / "variants" / "dsol" / "smoke" / "dsol-seed0"
     assert f"train.init_from={first}" in out["commands"][0]
+
+
+def test_object_region_maps_by_hand():
+    from avgn.methods.dsol import object_region_maps
+
+    av = torch.tensor([[[0.2, 0.4], [0.6, 1.0]]])
+    assert torch.equal(object_region_maps(av, "absolute"), av)
+    rel = object_region_maps(av, "relative")
+    assert rel[0].flatten().tolist() == pytest.approx([0.0, 0.25, 0.5, 1.0])
+    # a flat map stays finite (all zero): no region but the peak fallback of masked_object_features
+    assert torch.equal(object_region_maps(torch.full((1, 2, 2), 0.3), "relative"), torch.zeros(1, 2, 2))
+
+
+def test_public_design_and_book_defaults_differ_only_in_the_flags():
+    from dataclasses import replace
+
+    from avgn.methods.dsol import PUBLIC_DESIGN
+
+    book = DSOLConfig(num_classes=3, dim=16, encoder=EncoderConfig(audio_width=0.125))
+    public = replace(book, **PUBLIC_DESIGN)
+    assert (book.avc_loss, book.region_rule, book.cluster_features) == ("infonce", "relative", "projection")
+    assert public.region_cut == public.region_threshold == 0.05 and book.region_cut == book.relative_threshold
+    m = get_method("dsol")
+    # the dictionary lives in the clustered feature space: the projection (dim) or the backbone (C')
+    assert m.build(book).dictionary.shape[1] == 16
+    assert m.build(public).dictionary.shape[1] == m.build(public).visual.backbone_channels
+    for bad in ({"avc_loss": "mse"}, {"region_rule": "otsu"}, {"cluster_features": "audio"}, {"avc_tau": 0.0}):
+        with pytest.raises(ValueError):
+            replace(book, **bad)
+
+
+def test_stage_one_infonce_is_the_max_mil_contrastive_loss():
+    from avgn.losses import maxmil_contrastive_loss
+    from avgn.methods.dsol import stage1_loss
+
+    m = get_method("dsol")
+    model = m.build(DSOLConfig(num_classes=3, dim=8, avc_tau=0.2, encoder=EncoderConfig(audio_width=0.125)))
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(4, 8, 3, 3), dim=1)
+    out = {"audio_emb": a, "visual_map_feats": v, "av_map": torch.rand(4, 3, 3)}
+    total, parts = stage1_loss(model, out)
+    expect, _ = maxmil_contrastive_loss(a, v, 0.2)
+    assert total.item() == pytest.approx(expect.item(), rel=1e-6) and parts["avc"].item() == pytest.approx(expect.item(), rel=1e-6)
+    # the public BCE form: chance (every map value 1/2) costs 2 ln 2
+    public = m.build(DSOLConfig(num_classes=3, dim=8, avc_loss="bce", map_scale_init=0.0, encoder=EncoderConfig(audio_width=0.125)))
+    _, p = stage1_loss(public, dict(out, av_map=torch.full((4, 3, 3), 0.5)))
+    assert p["avc"].item() == pytest.approx(2 * math.log(2), rel=1e-6)

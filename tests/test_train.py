@@ -119,6 +119,64 @@ def test_batched_mixtures_equal_the_data_module_items(fake_build, layout, n_sour
     assert any(noisy) or base.noise_prob == 0  # the noise path is exercised
 
 
+def test_negative_items_are_silence_or_the_noise_alone(fake_build):
+    """``negative_items``: the chosen items (per item and epoch, from the seed) lose their sounding
+    labels and their audio: silence (the spectrogram of zeros) or their noise alone, at the level it
+    has against their sources in the own-audio mix (the own mix minus the sources); the others are
+    the batch without negatives, bit for bit; ``visual_labels`` keep what the frame shows."""
+    from torch.utils.data import ConcatDataset
+
+    from avgn.data.batching import MixtureBatcher, mix_batch_fast
+    from avgn.data.datasets import OnTheFlyMixtureDataset, log_spectrogram
+
+    exp = _tiny()
+    kw = dict(split="train", layout="concat", n_sources=2, seed=5, length=24, spec=exp.inputs.spec, noise_prob=0.5)
+    plain = MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), None, render="fast", noise_bank=7, audio_only=True)
+    neg = MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), None, bank=plain.bank, render="fast", noise_bank=7,
+                         audio_only=True, negative_items=0.5)
+    items = list(range(24))
+    a, b = plain.batch(items), neg.batch(items)
+    kinds = [neg.negative_kind(i) for i in items]
+    assert kinds == [neg.negative_kind(i) for i in items] and {"silence", "noise", None} == set(kinds)  # drawn, and repeatable
+    neg.set_epoch(1)
+    assert [neg.negative_kind(i) for i in items] != kinds  # drawn afresh each epoch
+    neg.set_epoch(0)
+    silence = log_spectrogram(torch.zeros(1, plain.bank.n_samples), exp.inputs.spec)[0]
+    for r, k in enumerate(kinds):
+        assert torch.equal(b["visual_labels"][r], a["labels"][r]) and bool(b["negative"][r]) == (k is not None)
+        if k is None:
+            for key in ("spec", "labels", "classes", "n_sources"):
+                assert torch.equal(a[key][r], b[key][r]), key
+            continue
+        assert not b["labels"][r].any() and (b["classes"][r] == -1).all() and b["n_sources"][r] == 0
+        if k == "silence":
+            assert torch.equal(b["spec"][r, 0], silence)
+        else:
+            assert not torch.equal(b["spec"][r, 0], silence) and not torch.equal(b["spec"][r], a["spec"][r])
+    # the noise alone is the own mix without its sources (before the peak rule): one item by hand
+    waves = torch.randn(2, 2, 800)
+    noise = torch.randn(2, 800)
+    snr = torch.tensor([10.0, 0.0])
+    own = mix_batch_fast(waves.clone(), torch.zeros(2, 2), noise, snr, peak=1e9)
+    alone = mix_batch_fast(waves.clone(), torch.zeros(2, 2), noise, snr, peak=1e9, noise_only=torch.tensor([True, False]))
+    assert torch.allclose(alone[0], own[0] - waves[0].sum(0), atol=1e-5) and torch.equal(alone[1], own[1])
+    with pytest.raises(ValueError, match="needs an SNR"):
+        mix_batch_fast(waves, torch.zeros(2, 2), noise[:1], torch.tensor([10.0, float("nan")]), noise_only=torch.tensor([False, True]))
+    with pytest.raises(ValueError, match="render='fast'"):
+        MixtureBatcher(ConcatDataset([OnTheFlyMixtureDataset(fake_build, **kw)]), None, bank=plain.bank, negative_items=0.2)
+
+
+def test_negative_items_only_for_methods_that_read_their_sources(fake_build, tmp_path):
+    with pytest.raises(ValueError, match="negative_items"):
+        train(_tiny("ezvsl", **{"train.negative_items": 0.2, "train.epochs": 1}), fake_build, tmp_path / "e", device="cpu",
+              progress=False)
+    with pytest.raises(ValueError, match="share"):
+        _tiny(**{"train.negative_items": 1.0})
+    # absent from the fingerprint when off: earlier runs keep their ids
+    assert "negative_items" not in _tiny().fingerprint_json()
+    assert _tiny(**{"train.negative_items": 0.2}).fingerprint() != _tiny().fingerprint()
+
+
 @pytest.mark.parametrize("layout,n_sources", [("concat", 1), ("concat", 2), ("scene", 2)])
 def test_frame_bank_gives_the_frames_read_per_draw(fake_build, layout, n_sources):
     """Without cached features the batcher decodes every training frame once (``FrameBank``, uint8)
@@ -723,3 +781,12 @@ def test_torchrun_two_processes_match_one_process(fake_build, tmp_path):
     wa, wb = _weights(tmp_path / "ddp"), _weights(killed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert _history_numbers(tmp_path / "ddp") == _history_numbers(killed)
+
+
+def test_set_values_parse_json_and_none():
+    from avgn.cli import _parse_sets
+
+    got = _parse_sets(["train.epochs=16", "train.lr=0.5", "train.early_stopping_patience=None", "a=null", "b=true", "c=[1, 2]", "d=scene"])
+    assert got == {"train.epochs": 16, "train.lr": 0.5, "train.early_stopping_patience": None, "a": None, "b": True, "c": [1, 2], "d": "scene"}
+    with pytest.raises(SystemExit, match="key=value"):
+        _parse_sets(["train.epochs"])

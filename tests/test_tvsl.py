@@ -117,7 +117,7 @@ def _cfg(**kw):
 
 
 def test_losses_by_hand():
-    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0)
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=0.0)  # the paper's four losses
     anchors = torch.eye(4, E)
     seen = torch.tensor([True, True, True, False])
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
@@ -145,6 +145,30 @@ def test_losses_by_hand():
     assert p1["cnt"].item() == 0.0
     t1.backward()
     assert e1.grad is not None
+
+
+def test_class_feature_presence_by_hand():
+    """The fifth term: BCE of s cos(f_bc, t_c) + b on every sample and seen class."""
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=2.0)
+    anchors = torch.eye(4, E)
+    seen = torch.tensor([True, True, True, False])
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
+    emb = anchors.expand(2, 4, E).clone()  # every class feature at its anchor, sounding or not
+    out = {"audio_emb": emb, "visual_emb": emb.clone(), "ml_logits": torch.zeros(2, 4), "anchors": anchors}
+    affine = (torch.tensor(1.0), torch.tensor(0.0))
+    total, parts = tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg, affine)
+    # logits 1 everywhere: 3 positives cost log(1 + e^-1), 3 negatives log(1 + e)
+    expect = (math.log(1 + math.exp(-1)) + math.log(1 + math.e)) / 2
+    assert parts["feat"].item() == pytest.approx(expect, rel=1e-6)
+    assert parts["total"].item() == pytest.approx(sum(parts[k].item() for k in ("img", "aud", "ml", "cnt")) + 2 * expect, rel=1e-6)
+    # the silent classes' features moved off their anchors (cos 0, logit 0): the negatives cost log 2
+    away = emb.clone()
+    away[labels == 0] = torch.zeros(E).index_fill_(0, torch.tensor([10]), 1.0)
+    _, p2 = tvsl_losses(dict(out, audio_emb=away, visual_emb=away.clone()), labels, seen, torch.tensor(10.0), cfg, affine)
+    assert p2["feat"].item() == pytest.approx((math.log(1 + math.exp(-1)) + math.log(2)) / 2, rel=1e-6)
+    assert p2["feat"].item() < parts["feat"].item()
+    with pytest.raises(ValueError, match="feat_affine"):
+        tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg)
 
 
 def _model(**kw):

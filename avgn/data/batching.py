@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -194,7 +195,7 @@ def mix_batch(
 
 
 def mix_batch_fast(waves: Tensor, gains_db: Tensor, noise: Tensor | None = None, snr_db: Tensor | None = None,
-                   peak: float = PEAK) -> Tensor:
+                   peak: float = PEAK, noise_only: Tensor | None = None) -> Tensor:
     """:func:`mix_batch`'s rules in float32 on noise that is already shaped (a :class:`NoiseBank`'s):
     few passes over ``[B, T]``, in place where possible. Equal to :func:`avgn.data.audio.mix` of the
     same sources, gains and noise up to float32 rounding (``tests/test_train.py``).
@@ -204,6 +205,9 @@ def mix_batch_fast(waves: Tensor, gains_db: Tensor, noise: Tensor | None = None,
         gains_db: ``[B, S]``.
         noise: ``[N, T]`` the noise of the items with some, in batch order (N = their number).
         snr_db: ``[B]`` with NaN where an item has no noise.
+        noise_only: ``[B]`` bool: items that keep their noise (scaled to the SNR it has against their
+            sources) and lose their sources — the noise of a scene with nothing sounding (negative
+            training items, :class:`MixtureBatcher`'s ``negative_items``). Each needs an SNR.
     """
     g = torch.pow(10.0, gains_db.double() / 20.0).float()
     waves = waves.float()
@@ -221,7 +225,13 @@ def mix_batch_fast(waves: Tensor, gains_db: Tensor, noise: Tensor | None = None,
         ok = (p_sig > 0) & (p_noise > 0)
         snr = torch.pow(10.0, snr_db.index_select(0, rows).double() / 10.0).float()[:, None]
         k = torch.where(ok, torch.sqrt(p_sig / (p_noise.clamp_min(1e-30) * snr)), torch.ones_like(p_sig))
-        y.index_copy_(0, rows, ys.addcmul_(nz, k))
+        mixed = ys.addcmul_(nz, k)
+        if noise_only is not None:
+            mixed = torch.where(noise_only.to(mixed.device).index_select(0, rows)[:, None], nz * k, mixed)
+        y.index_copy_(0, rows, mixed)
+    if noise_only is not None and bool(noise_only.any()):
+        if snr_db is None or bool(torch.isnan(snr_db[noise_only.to(snr_db.device)]).any()):
+            raise ValueError("every noise_only item needs an SNR (its noise level is set against its sources)")
     pk = y.abs().amax(dim=-1, keepdim=True)
     return y.mul_(torch.where(pk > peak, peak / pk.clamp_min(1e-30), torch.ones_like(pk)))
 
@@ -245,11 +255,19 @@ class MixtureBatcher:
             moved there once. ``None``: the CPU.
         frame_bank: decode the frames once into a :class:`FrameBank` (at the first batch that needs
             frames) instead of reading each frame at every draw; the batches are the same.
+        negative_items: the share of items whose audio is replaced by *negative audio* — half of them
+            digital silence, half the item's pink noise alone (at the level it has in the mix; an
+            item drawn without noise gets a noise draw and an SNR from the dataset's range) — with
+            their sounding labels emptied (``labels`` zero, ``classes`` -1). Which items, and which
+            kind, is drawn per item and epoch from the first part's seed, so a resumed run repeats
+            it. With ``negative_items > 0`` the batch also carries ``visual_labels`` (what is visible
+            and would sound: the item's own labels) and ``negative`` ``[B]`` (bool). ``fast`` render
+            only.
     """
 
     def __init__(self, dataset: Any, store: Any = None, bank: ClipBank | None = None, audio_only: bool = False,
                  render: str = "exact", noise_bank: int = 256, device: str | torch.device | None = None,
-                 frame_bank: bool = True):
+                 frame_bank: bool = True, negative_items: float = 0.0):
         from avgn.data.datasets import OnTheFlyMixtureDataset
 
         parts = list(getattr(dataset, "datasets", [dataset]))
@@ -274,13 +292,29 @@ class MixtureBatcher:
         self.frame_bank = frame_bank
         self._frames: FrameBank | None = None
         self.spec_cfg, self.n_classes, self.max_sources = first.spec, len(first.class_names), first.max_sources
+        if not 0.0 <= negative_items < 1.0:
+            raise ValueError(f"negative_items is a share of the items in [0, 1), got {negative_items}")
+        if negative_items > 0 and render != "fast":
+            raise ValueError("negative_items needs render='fast' (the noise of a noise-only item comes from the noise bank)")
+        self.negative_items = float(negative_items)
+        self.seed, self.epoch = int(first.seed), 0
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
         for p in self.parts:
             p.set_epoch(epoch)
+
+    def negative_kind(self, i: int) -> str | None:
+        """``None`` (the item's own audio), ``'silence'`` or ``'noise'`` for global item ``i`` this epoch."""
+        if self.negative_items <= 0:
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, int(i), 0x6E6567])
+        if rng.random() >= self.negative_items:
+            return None
+        return "silence" if rng.random() < 0.5 else "noise"
 
     def _locate(self, i: int) -> tuple[Any, int]:
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
@@ -305,6 +339,14 @@ class MixtureBatcher:
         snr = torch.full((b,), float("nan"), dtype=torch.float64)
         white = torch.zeros((b, t), dtype=torch.float64) if self.noise is None else None
         refs: list[tuple[int, int]] = []
+        kinds = [self.negative_kind(int(i)) for i in indices]
+        visual_labels = torch.zeros((b, self.n_classes), dtype=torch.float32)
+        for r, (part, rc) in enumerate(recipes):
+            if kinds[r] == "noise" and rc.snr_db is None:  # a noise-only item needs noise: draw it like the recipe would
+                rng = np.random.default_rng([self.seed, self.epoch, int(indices[r]), 0x6E6F69])
+                rc = replace(rc, snr_db=float(rng.uniform(*part.noise_snr_db)),
+                             noise_ref=(int(rng.integers(self.noise.size)), int(rng.integers(self.bank.n_samples))))
+                recipes[r] = (part, rc)
         for r, (_, rc) in enumerate(recipes):
             n = rc.n_sources
             if n > s_max:
@@ -327,6 +369,13 @@ class MixtureBatcher:
         gains, snr = gains.to(dev), snr.to(dev)
         if self.noise is None:
             y = mix_batch(waves, gains, None if white is None else white.to(dev), snr)
+        elif any(kinds):
+            y = mix_batch_fast(waves, gains, self.noise.take(refs), snr, noise_only=torch.tensor([k == "noise" for k in kinds]))
+            y[torch.tensor([k == "silence" for k in kinds], device=y.device)] = 0.0
+            negative = torch.tensor([k is not None for k in kinds])
+            visual_labels = labels.clone()
+            labels[negative] = 0.0
+            classes[negative] = -1
         else:
             y = mix_batch_fast(waves, gains, self.noise.take(refs), snr)
         out: dict[str, Any] = {
@@ -336,6 +385,9 @@ class MixtureBatcher:
             "n_sources": (classes >= 0).sum(dim=1),
             "scene_ids": ["+".join(rc.scene_ids) for _, rc in recipes],
         }
+        if self.negative_items > 0:
+            out["visual_labels"] = visual_labels if any(kinds) else labels.clone()
+            out["negative"] = torch.tensor([k is not None for k in kinds])
         if self.audio_only:
             return out
         if self.store is not None:

@@ -579,6 +579,7 @@ class AVGNMethod(Method):
     label = "AVGN"
     kind = "class_aware"
     modes = ("oracle", "predicted")
+    trains_on_negatives = True
     config_cls = AVGNConfig
 
     def default_config(self, profile: "Profile") -> AVGNConfig:

@@ -76,6 +76,9 @@ class Method:
     #: a class-aware method whose classes come from their names (text anchors), so that classes never
     #: seen in training still get maps (zero-shot, :mod:`avgnbook.zeroshot`)
     names_classes: ClassVar[bool] = False
+    #: whether the training loss reads the sounding labels for its sources, so that a training item
+    #: with nothing sounding (``train.negative_items``) is a negative, not a positive pair
+    trains_on_negatives: ClassVar[bool] = False
     #: the model configuration dataclass (``None`` for a reference without settings)
     config_cls: ClassVar[type | None] = None
     #: the version of this method's training code: part of every stored run's id

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from avgn.clusters import hungarian_mapping, kmeans_dictionary, masked_object_features
 from avgn.env import epoch_seed
+from avgn.losses import maxmil_contrastive_loss
 from avgn.methods.base import EpochContext, Method, model_inputs
 from avgn.methods.registry import register_method
 
@@ -63,7 +64,19 @@ from dataclasses import dataclass, field
 from avgn.models.config import EncoderConfig, _sync_encoder_dim
 from avgn.models.encoders import AudioEncoder, VisualEncoder
 
-__all__ = ['DSOLMethod', 'object_features', 'stage1_loss', 'stage2_loss', 'DSOL', 'DSOLConfig']
+__all__ = ['DSOLMethod', 'object_features', 'object_region_maps', 'stage1_loss', 'stage2_loss', 'DSOL', 'DSOLConfig', 'AVC_LOSSES',
+           'REGION_RULES', 'CLUSTER_FEATURES', 'PUBLIC_DESIGN']
+
+
+#: Stage 1's correspondence loss (:attr:`DSOLConfig.avc_loss`).
+AVC_LOSSES = ("bce", "infonce")
+#: How an object's region is cut from the map (:attr:`DSOLConfig.region_rule`).
+REGION_RULES = ("absolute", "relative")
+#: What K-means clusters (:attr:`DSOLConfig.cluster_features`).
+CLUSTER_FEATURES = ("backbone", "projection")
+
+#: The public code's choices for the fields where this book's defaults depart from it.
+PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,21 @@ class DSOLConfig:
             (public: 1 and 0.5).
         softmax_scale: class maps at inference are ``softmax(softmax_scale * maps)`` over the
             clusters (public: 3).
+        avc_loss: stage 1's audio-visual correspondence: ``bce`` = the public code (the global max
+            of ``sigmoid(w cos)`` against 1 for the own frame, 0 for one other frame) or ``infonce``
+            (default) = the max-MIL contrastive loss of EZ-VSL over the batch, temperature
+            ``avc_tau``. With this book's frozen backbone the public form stays at its chance value
+            ``2 ln 2`` for every epoch and its map comes out *inverted* (lowest on the object:
+            chapter 7's diagnosis), so the clusters it feeds are of background.
+        region_rule: how an object's region is cut from the map: ``absolute`` = ``map >
+            region_threshold`` (public: 0.05 on ``sigmoid(w cos)``, which with ``w = 5`` keeps every
+            cell whose cosine exceeds -0.59, i.e. the whole frame) or ``relative`` (default) =
+            the min-max normalised map above ``relative_threshold``; both dilated ``dilate`` times.
+        cluster_features: what K-means clusters: ``backbone`` = the backbone features in the region
+            (public: the ResNet's layer 4, which trains with the correspondence) or ``projection``
+            (default) = the trained audio-visual projection of those features. This book's backbone
+            is frozen, so its trainable part is the projection: clustering it keeps what the public
+            code relies on, features shaped by the sounds.
     """
 
     stage: int = 1
@@ -98,6 +126,11 @@ class DSOLConfig:
     kl_weight: float = 1.0
     loc_weight: float = 0.5
     softmax_scale: float = 3.0
+    avc_loss: str = "infonce"
+    avc_tau: float = 0.1
+    region_rule: str = "relative"
+    relative_threshold: float = 0.5
+    cluster_features: str = "projection"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -105,14 +138,35 @@ class DSOLConfig:
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if self.num_clusters is not None and self.num_clusters < 2:
             raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
-        if not 0.0 <= self.region_threshold < 1.0:
-            raise ValueError("region_threshold must lie in [0, 1)")
+        if not 0.0 <= self.region_threshold < 1.0 or not 0.0 <= self.relative_threshold < 1.0:
+            raise ValueError("region_threshold and relative_threshold must lie in [0, 1)")
+        for name, value, allowed in (("avc_loss", self.avc_loss, AVC_LOSSES), ("region_rule", self.region_rule, REGION_RULES),
+                                     ("cluster_features", self.cluster_features, CLUSTER_FEATURES)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.avc_tau <= 0:
+            raise ValueError(f"avc_tau must be > 0, got {self.avc_tau}")
         _sync_encoder_dim(self)
 
     @property
     def k(self) -> int:
         """The number of clusters ``K``."""
         return self.num_clusters or self.num_classes
+
+    @property
+    def region_cut(self) -> float:
+        """The threshold of :func:`object_region_maps`' output (absolute or relative)."""
+        return self.region_threshold if self.region_rule == "absolute" else self.relative_threshold
+
+
+def object_region_maps(av: Tensor, rule: str) -> Tensor:
+    """The map whose cells above :attr:`DSOLConfig.region_cut` form an object's region: ``av [N, h, w]``
+    itself (``absolute``) or min-max normalised per frame (``relative``)."""
+    if rule == "absolute":
+        return av
+    flat = av.flatten(1)
+    lo, hi = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
+    return (av - lo) / (hi - lo).clamp_min(1e-12)
 
 
 class DSOL(nn.Module):
@@ -126,17 +180,20 @@ class DSOL(nn.Module):
         self.audio = AudioEncoder(cfg.encoder, spatial=False)
         self.scale = nn.Parameter(torch.tensor(float(cfg.map_scale_init)))
         k = cfg.k
+        feat_dim = self.visual.backbone_channels if cfg.cluster_features == "backbone" else cfg.dim
         self.audio_head = nn.Linear(self.audio.out_channels, k)
-        self.visual_head = nn.Linear(self.visual.backbone_channels, k)
+        self.visual_head = nn.Linear(feat_dim, k)
         self.class_affine = nn.Parameter(torch.tensor([1.0, 0.0]))
-        self.register_buffer("dictionary", torch.zeros(k, self.visual.backbone_channels))
+        self.register_buffer("dictionary", torch.zeros(k, feat_dim))
         self.register_buffer("cluster_to_class", torch.full((k,), -1, dtype=torch.long))
         if cfg.stage == 2:  # the stage-1 audio classifier gives the target distribution: frozen
             for p in self.audio_head.parameters():
                 p.requires_grad_(False)
 
     def extra_repr(self) -> str:
-        return f"stage={self.cfg.stage}, clusters={self.cfg.k}, classes={self.cfg.num_classes}, region_threshold={self.cfg.region_threshold}"
+        c = self.cfg
+        return (f"stage={c.stage}, clusters={c.k}, classes={c.num_classes}, avc_loss={c.avc_loss}, region_rule={c.region_rule}, "
+                f"region_cut={c.region_cut}, cluster_features={c.cluster_features}")
 
     @property
     def has_dictionary(self) -> bool:
@@ -164,9 +221,10 @@ class DSOL(nn.Module):
         _, pooled = self.audio.trunk_pooled(spec)
         a = F.normalize(self.audio.proj(self.audio.dropout(pooled)), dim=1)
         av = self.av_map(a, vmap)
-        out = {"audio_emb": a, "visual_map_feats": vmap, "visual_backbone_feats": vback, "av_map": av,
-               "audio_cluster_logits": self.audio_head(pooled), "visual_cluster_logits": self.visual_head(vback.float().mean(dim=(2, 3)))}
-        sim = torch.einsum("bchw,kc->bkhw", F.normalize(vback.float(), dim=1), F.normalize(self.dictionary, dim=1))
+        cf = vback.float() if self.cfg.cluster_features == "backbone" else vmap.float()  # [B, C'|D, h, w]
+        out = {"audio_emb": a, "visual_map_feats": vmap, "visual_backbone_feats": vback, "av_map": av, "cluster_feats": cf,
+               "audio_cluster_logits": self.audio_head(pooled), "visual_cluster_logits": self.visual_head(cf.mean(dim=(2, 3)))}
+        sim = torch.einsum("bchw,kc->bkhw", F.normalize(cf, dim=1), F.normalize(self.dictionary, dim=1))
         out["class_maps"] = (self.class_affine[0] * sim + self.class_affine[1]) * av[:, None]  # [B, K, h, w]
         return out
 
@@ -181,15 +239,19 @@ def _mismatched(out: Mapping[str, Tensor], model: DSOL) -> Tensor:
 
 
 def stage1_loss(model: DSOL, out: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Correspondence BCE (+ pseudo-label CE once the dictionary exists)."""
-    pos = out["av_map"].flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
-    neg = _mismatched(out, model).flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
-    avc = F.binary_cross_entropy(pos, torch.ones_like(pos)) + F.binary_cross_entropy(neg, torch.zeros_like(neg))
+    """Correspondence (``avc_loss``: BCE or max-MIL InfoNCE) + pseudo-label CE once the dictionary exists."""
+    if model.cfg.avc_loss == "bce":
+        pos = out["av_map"].flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
+        neg = _mismatched(out, model).flatten(1).amax(1).float().clamp(1e-6, 1 - 1e-6)
+        avc = F.binary_cross_entropy(pos, torch.ones_like(pos)) + F.binary_cross_entropy(neg, torch.zeros_like(neg))
+    else:
+        avc, _ = maxmil_contrastive_loss(out["audio_emb"].float(), out["visual_map_feats"].float(), model.cfg.avc_tau, normalize=False)
     parts = {"avc": avc}
     total = avc
     if model.has_dictionary:
         with torch.no_grad():
-            obj = masked_object_features(out["visual_backbone_feats"].float(), out["av_map"].float(), model.cfg.region_threshold, model.cfg.dilate)
+            obj = masked_object_features(out["cluster_feats"].float(), object_region_maps(out["av_map"].float(), model.cfg.region_rule),
+                                         model.cfg.region_cut, model.cfg.dilate)
             pseudo = (F.normalize(obj.feats, dim=1) @ F.normalize(model.dictionary, dim=1).t()).argmax(1)
         cls = F.cross_entropy(out["audio_cluster_logits"].float(), pseudo) + F.cross_entropy(out["visual_cluster_logits"].float(), pseudo)
         parts["pseudo_cls"] = cls
@@ -225,8 +287,8 @@ def object_features(model: DSOL, batches: Any, device: torch.device) -> tuple[Te
             if not single.any():
                 continue
             out = model(**model_inputs(b, device))
-            obj = masked_object_features(out["visual_backbone_feats"].float().cpu(), out["av_map"].float().cpu(),
-                                         model.cfg.region_threshold, model.cfg.dilate)
+            obj = masked_object_features(out["cluster_feats"].float().cpu(), object_region_maps(out["av_map"].float().cpu(), model.cfg.region_rule),
+                                         model.cfg.region_cut, model.cfg.dilate)
             feats.append(obj.feats[single])
             classes.append(b["classes"][single, 0].long())
             empty.append(obj.empty[single])

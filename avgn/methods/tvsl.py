@@ -59,7 +59,7 @@ from avgn.data.classes import CLASS_NAMES
 from avgn.models.config import EncoderConfig
 from avgn.models.encoders import AudioEncoder, VisualEncoder
 
-__all__ = ['TVSLMethod', 'TVSL', 'ResidualHead', 'tvsl_losses', 'weighted_class_features', 'ML_INPUTS', 'TEXT_DIMS', 'TEXT_ENCODERS', 'TOKEN_WEIGHTINGS', 'TVSLConfig']
+__all__ = ['TVSLMethod', 'TVSL', 'ResidualHead', 'tvsl_losses', 'class_presence_logits', 'weighted_class_features', 'ML_INPUTS', 'TEXT_DIMS', 'TEXT_ENCODERS', 'TOKEN_WEIGHTINGS', 'TVSLConfig']
 
 
 #: Where T-VSL's class anchors come from: ``minilm`` (all-MiniLM-L6-v2 from the
@@ -110,6 +110,15 @@ class TVSLConfig:
             and clamp ``[1, scale_max]`` (public: CLIP's 1/0.07, clamp 100).
         tau: temperature of the audio-visual contrastive term.
         w_img / w_aud / w_ml / w_cnt: weights of the four losses (paper and code: all 1).
+        w_feat: weight of this book's fifth term, *class-feature presence* (0 = the paper's four
+            losses only): per modality, for every sample and every seen class ``c``, BCE of
+            ``s_f cos(f_bc, t_c) + b_f`` against "class ``c`` sounds". The paper's image->text and
+            audio->text terms are computed on the sounding pairs only, and the text-conditioned
+            pooling already points ``f_bc`` at ``t_c`` whatever the input (with isotropic tokens
+            ``f_bc`` is proportional to ``t_c``), so those terms are met from the anchor alone; this
+            term asks the class feature of a class that does *not* sound to stay away from its
+            anchor, so the features (and the maps read from them) depend on the input. Default 1:
+            what works here (chapter 9 reports both).
         encoder: the visual and audio encoders; their ``dim`` is the text width.
     """
 
@@ -131,6 +140,7 @@ class TVSLConfig:
     w_aud: float = 1.0
     w_ml: float = 1.0
     w_cnt: float = 1.0
+    w_feat: float = 1.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     #: width of the text space (``TEXT_DIMS[text_encoder]``; all-MiniLM-L6-v2 by default); every token is projected into it
@@ -227,6 +237,9 @@ class TVSL(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.scale_init)))
         self.ml_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.ml_bias = nn.Parameter(torch.tensor(-2.0))
+        # class-feature presence (w_feat > 0): scale and bias of s_f cos(f_bc, t_c) + b_f
+        self.feat_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.feat_bias = nn.Parameter(torch.tensor(-2.0))
 
     @property
     def scale(self) -> Tensor:
@@ -283,10 +296,22 @@ class TVSL(nn.Module):
 
     def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The four losses against the seen classes' anchors (:func:`tvsl_losses`)."""
-        return tvsl_losses(outputs, labels, self.seen, self.scale, self.cfg)
+        feat_affine = (self.feat_scale.exp(), self.feat_bias)
+        return tvsl_losses(outputs, labels, self.seen, self.scale, self.cfg, feat_affine)
+
+    def class_presence_logits(self, emb: Tensor, anchors: Tensor) -> Tensor:
+        """``s_f cos(emb_bc, t_c) + b_f``: ``emb [B, C, E]``, ``anchors [C, E]`` -> ``[B, C]``."""
+        return class_presence_logits(emb, anchors, self.feat_scale.exp(), self.feat_bias)
 
 
-def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, scale: Tensor, cfg: Any) -> tuple[Tensor, dict[str, Tensor]]:
+def class_presence_logits(emb: Tensor, anchors: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """Whether class ``c``'s feature points at its own anchor: ``scale * cos(emb_bc, t_c) + bias``
+    (``emb [B, C, E]``, ``anchors [C, E]`` -> ``[B, C]``)."""
+    return scale * (F.normalize(emb.float(), dim=-1) * F.normalize(anchors.float(), dim=-1)[None]).sum(-1) + bias
+
+
+def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, scale: Tensor, cfg: Any,
+                feat_affine: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """T-VSL's loss on one forward output.
 
     Args:
@@ -295,13 +320,16 @@ def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, sca
         seen: bool ``[C]``: the classes training may use (targets and negatives); a sounding
             class that is not seen is an error.
         scale: the (clamped) logit scale of the text classification.
-        cfg: weights ``w_img, w_aud, w_ml, w_cnt`` and the contrastive ``tau``.
+        cfg: weights ``w_img, w_aud, w_ml, w_cnt, w_feat`` and the contrastive ``tau``.
+        feat_affine: ``(s_f, b_f)`` of the class-feature presence term (needed when ``w_feat > 0``).
 
     Returns:
-        ``(total, {"img", "aud", "ml", "cnt", "total"})`` (parts detached). ``img`` / ``aud``: mean
+        ``(total, {"img", "aud", "ml", "cnt", "feat", "total"})`` (parts detached). ``img`` / ``aud``: mean
         cross-entropy over the sounding ``(b, c)`` pairs of ``scale * cos(feature_bc, T_seen)`` with
         target ``c``; ``ml``: BCE of ``ml_logits[:, seen]``; ``cnt``: symmetric InfoNCE between the
-        pairs' audio and image features (temperature ``tau``; 0 with a single pair).
+        pairs' audio and image features (temperature ``tau``; 0 with a single pair); ``feat``: mean
+        over the two modalities of the BCE of :func:`class_presence_logits` on every sample and seen
+        class against the multi-hot labels (0 when ``w_feat = 0``).
     """
     labels = labels.to(outputs["ml_logits"].dtype)
     pos = labels > 0.5
@@ -324,8 +352,18 @@ def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, sca
         l_cnt = 0.5 * (F.cross_entropy(sim, idx) + F.cross_entropy(sim.T, idx))
     else:
         l_cnt = fa.sum() * 0.0
-    total = cfg.w_img * l_img + cfg.w_aud * l_aud + cfg.w_ml * l_ml + cfg.w_cnt * l_cnt
-    parts = {"img": l_img, "aud": l_aud, "ml": l_ml, "cnt": l_cnt, "total": total}
+    w_feat = getattr(cfg, "w_feat", 0.0)
+    if w_feat > 0:
+        if feat_affine is None:
+            raise ValueError("w_feat > 0 needs feat_affine=(scale, bias)")
+        y = labels[:, seen].float()
+        l_feat = 0.5 * sum(
+            F.binary_cross_entropy_with_logits(class_presence_logits(outputs[k][:, seen], outputs["anchors"][seen], *feat_affine), y)
+            for k in ("audio_emb", "visual_emb"))
+    else:
+        l_feat = l_ml * 0.0
+    total = cfg.w_img * l_img + cfg.w_aud * l_aud + cfg.w_ml * l_ml + cfg.w_cnt * l_cnt + w_feat * l_feat
+    parts = {"img": l_img, "aud": l_aud, "ml": l_ml, "cnt": l_cnt, "feat": l_feat, "total": total}
     return total, {k: v.detach() for k, v in parts.items()}
 
 

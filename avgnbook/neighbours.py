@@ -1,0 +1,125 @@
+"""Does DSOL / T-VSL learn? The diagnosis of chapters 7 and 9 (issue: both scored below a centred Gaussian).
+
+* :func:`solo_scene_outputs` — one trained model's forward outputs on a split's single-source scenes
+  (cached features), with the sounding object's mask and class.
+* :func:`dsol_stage1_report` — DSOL's stage 1 on those scenes: the AP of its audio-visual map against
+  the sounding object (and of the negated map: an inverted map scores higher negated), how much of
+  the frame its object region keeps under each region rule, and the purity of K-means on the
+  object features under each feature space and region — with the ground-truth region as the
+  ceiling of what any map could give the clustering.
+* :func:`tvsl_dependence_report` — T-VSL's class features: how much they depend on whether the class
+  sounds (cosine between a class feature's mean where it sounds and where it does not; 1 = the
+  anchor alone sets it) and the AP of its maps and of their negation.
+
+Every number is computed from a trained run folder (``avgn train`` / the run store's checkout);
+nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from avgn.clusters import hungarian_mapping, kmeans_dictionary, masked_object_features
+from avgn.data.datasets import SceneDataset
+from avgn.features import CachedFeatureDataset, FeatureStore, collate_samples
+from avgn.methods.base import model_inputs
+from avgn.metrics import pixel_average_precision, upsample_maps
+from avgn.runs import load_trained_model
+
+__all__ = ["solo_scene_outputs", "dsol_stage1_report", "tvsl_dependence_report"]
+
+
+@torch.no_grad()
+def solo_scene_outputs(model: torch.nn.Module, exp: Any, data_dir: str | Path, split: str = "val", max_items: int = 800,
+                       keys: tuple[str, ...] = ("av_map", "visual_backbone_feats", "cluster_feats")) -> dict[str, torch.Tensor]:
+    """``keys`` of the model's outputs on the first ``max_items`` (a seeded random subset) single-source
+    scenes of ``split``, concatenated, plus ``masks [N, H, W]`` (the sounding object) and ``classes [N]``."""
+    store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=["solo"], layouts=["scene"], spec=exp.inputs.spec, max_sources=1),
+                              store, drop=("image", "audio"))
+    if len(ds) > max_items:
+        ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:max_items].tolist())
+    acc: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "masks", "classes")}
+    model.eval()
+    for b in DataLoader(ds, batch_size=64, collate_fn=collate_samples):
+        out = model(**model_inputs(b, torch.device("cpu")))
+        for k in keys:
+            acc[k].append(out[k].float())
+        acc["masks"].append(b["masks"][:, 0])
+        acc["classes"].append(b["classes"][:, 0].long())
+    return {k: torch.cat(v) for k, v in acc.items()}
+
+
+def _purity(feats: torch.Tensor, classes: torch.Tensor, k: int, num_classes: int, seed: int = 0) -> float:
+    centres, _ = kmeans_dictionary(feats, k, seed=seed)
+    assign = (F.normalize(feats, dim=1) @ F.normalize(centres, dim=1).t()).argmax(1)
+    return hungarian_mapping(assign, classes, k, num_classes).purity
+
+
+def _region_mean(feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (feats * weights[:, None]).sum((2, 3)) / weights[:, None].sum((2, 3)).clamp_min(1e-6)
+
+
+def dsol_stage1_report(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_items: int = 800,
+                       model_overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """DSOL stage 1 of ``run_dir`` on ``split``'s single-source scenes (see the module docstring).
+
+    Returns ``map_ap`` / ``map_ap_negated`` (pixel AP of the upsampled ``sigmoid(w cos)`` map against the
+    sounding object), ``scale`` (``w``), ``region_fraction_<rule>`` (mean share of the 7 x 7 cells an
+    object region keeps: ``absolute`` = map > 0.05, ``relative`` = min-max map > 0.5), and
+    ``purity_<features>_<region>`` for ``features`` in {backbone, projection} and ``region`` in
+    {absolute, relative, gt} (``gt``: the cells at least a quarter covered by the object's mask).
+    ``model_overrides``: configuration fields of a run made before they existed (e.g.
+    :data:`avgn.methods.dsol.PUBLIC_DESIGN`).
+    """
+    from avgn.methods.dsol import object_region_maps
+
+    model, exp, _ = load_trained_model(run_dir, device="cpu", model_overrides=model_overrides)
+    o = solo_scene_outputs(model, exp, data_dir, split, max_items, keys=("av_map", "visual_backbone_feats", "visual_map_feats"))
+    av, masks, classes = o["av_map"], o["masks"], o["classes"]
+    up = upsample_maps(av[:, None], tuple(masks.shape[-2:]))[:, 0]
+    rep = {"map_ap": float(pixel_average_precision(up, masks).mean()), "map_ap_negated": float(pixel_average_precision(-up, masks).mean()),
+           "scale": float(model.scale.detach())}
+    cover = F.adaptive_avg_pool2d(masks[:, None].float(), av.shape[-2:])[:, 0]
+    gt = (cover > 0.25).float()
+    gt[gt.flatten(1).sum(1) == 0] = (cover == cover.flatten(1).amax(1)[:, None, None]).float()[gt.flatten(1).sum(1) == 0]
+    regions = {"absolute": (object_region_maps(av, "absolute"), 0.05), "relative": (object_region_maps(av, "relative"), 0.5)}
+    for name, (m, cut) in regions.items():
+        rep[f"region_fraction_{name}"] = float((m > cut).float().mean())
+    k, c = model.cfg.k, model.cfg.num_classes
+    for feat_name, feats in (("backbone", o["visual_backbone_feats"]), ("projection", o["visual_map_feats"])):
+        for name, (m, cut) in regions.items():
+            rep[f"purity_{feat_name}_{name}"] = _purity(masked_object_features(feats, m, cut, model.cfg.dilate).feats, classes, k, c)
+        rep[f"purity_{feat_name}_gt"] = _purity(_region_mean(feats, gt), classes, k, c)
+    return rep
+
+
+@torch.no_grad()
+def tvsl_dependence_report(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_items: int = 800) -> dict[str, float]:
+    """T-VSL of ``run_dir`` on ``split``'s single-source scenes: ``dependence_audio`` / ``dependence_visual``
+    (mean over classes of the cosine between the class feature's mean over scenes where the class
+    sounds and where it does not; 1 = the feature ignores the input), ``map_ap`` / ``map_ap_negated``
+    (the sounding class's map against its object), ``text_scale`` (the classification logit scale)."""
+    model, exp, _ = load_trained_model(run_dir, device="cpu")
+    o = solo_scene_outputs(model, exp, data_dir, split, max_items, keys=("audio_emb", "visual_emb", "visual_map_feats"))
+    classes, masks = o["classes"], o["masks"]
+    rep: dict[str, float] = {"text_scale": float(model.scale.detach())}
+    for mod in ("audio", "visual"):
+        f = F.normalize(o[f"{mod}_emb"], dim=-1)  # [N, C, E]
+        cos = []
+        for c in classes.unique().tolist():
+            on, off = classes == c, classes != c
+            if on.any() and off.any():
+                cos.append(float(F.cosine_similarity(f[on, c].mean(0), f[off, c].mean(0), dim=0)))
+        rep[f"dependence_{mod}"] = sum(cos) / len(cos)
+    maps = model.localize({"visual_map_feats": o["visual_map_feats"], "audio_emb": o["audio_emb"]})  # [N, C, h, w]
+    own = maps[torch.arange(len(classes)), classes]
+    up = upsample_maps(own[:, None], tuple(masks.shape[-2:]))[:, 0]
+    rep["map_ap"] = float(pixel_average_precision(up, masks).mean())
+    rep["map_ap_negated"] = float(pixel_average_precision(-up, masks).mean())
+    return rep
