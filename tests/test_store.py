@@ -210,6 +210,7 @@ def test_missing_evaluations_are_rescored_from_the_stored_weights_without_traini
     assert not (tmp_path / "work" / "runs").exists()  # nothing trained
     assert sr.record["files"]["weights.safetensors"] == before["files"]["weights.safetensors"]
     assert set(sr.eval_tags()) == {"val", "val_solo"}
+    assert sr.record["files"]["eval_val.json"] == before["files"]["eval_val.json"]  # the current evaluation kept, not re-scored
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["avgn/seed0", "state"] == "done"
 
 
