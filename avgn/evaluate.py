@@ -1,7 +1,14 @@
 """Evaluation engine: every method and reference through one code path, on any (split, task, layout).
 
 Evaluation sets are named ``split/task/layout`` (``test/solo/scene``, ``test/duet/concat``,
-``test_zeroshot/duet/scene``, ...); :func:`list_sets` gives those a build has. Metrics come from
+``test_zeroshot/duet/scene``, ...); :func:`list_sets` gives those a build has. Two kinds are
+built on the fly, deterministically (seeded by the crc32 of the name): composed ``concat`` trios and
+quartets (:func:`composed_concat_set`) and **negative-audio** sets ``<split>/<task>/<condition>``
+(``test/solo/silence``, ``test/duet/noise``, ``test/solo/offscreen``: the built solo / duet scene
+frames with digital silence, the build's noise alone or an off-screen class's clip;
+:func:`negative_set`), scored by :func:`avgn.negatives.evaluate_negative` (false alarms, and the
+visible objects' AP next to the frames' own audio) when they are among the sets of
+:func:`evaluate_run` / :func:`evaluate_reference`. Metrics come from
 :mod:`avgn.metrics` (single source: AP, IoU@0.5, AUC; mixtures: CAP, PIAP, CIoU@0.3, AUC; the
 binarisation rule and thresholds from the profile's :class:`avgn.config.EvalConfig`).
 
