@@ -6,6 +6,7 @@
     avgn eval RUN_DIR --split test                 evaluate a trained run (its best checkpoint)
     avgn eval RUN_DIR --set object_prior_alpha=0.4 --out DIR   ... with an inference-time model change
     avgn eval --reference centre|object --profile P --data DIR --out DIR --split test
+    avgn eval RUN_DIR --sets test/solo/silence test/solo/noise test/solo/offscreen --tag negative   negative audio
     avgn localize RUN_DIR --image FRAME.png --audio CLIP.wav [--classes auto|NAME,...] [--out DIR]
     avgn localize RUN_DIR --video FILE.mp4 [--time SECONDS]     ... a video's frame and audio (needs ffmpeg)
     avgn runs status [--profile P]             the book's runs: done, stale, missing, and the time left
@@ -93,8 +94,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     df = results_frame(payload["results"])
     if len(df):
         table = df.pivot_table(index=["set", "mode"], columns="metric", values="value", sort=False)
-        keep = [c for c in ("ap", "iou@0.5", "cap", "piap", "ciou@0.3", "auc", "presence_f1") if c in table.columns]
+        keep = [c for c in ("ap", "iou@0.5", "cap", "piap", "ciou@0.3", "auc", "presence_f1", "false_alarm", "offscreen_selected",
+                            "own_detect", "visible_ap", "own_visible_ap", "visible_ap_drop") if c in table.columns]
         print(table[keep].round(4).to_string())
+    if "detection" in payload:  # negative-audio sets: how the method reports a source
+        print(f"negative audio: {payload['detection']['note']}")
     print(f"written: {payload.get('files', {}).get('json', '(not written)')}")
     return 0
 
@@ -218,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("eval", help="evaluate a trained run (or a reference) on a split")
     p_eval.add_argument("run_dir", nargs="?", help="the run folder")
     p_eval.add_argument("--split", nargs="+", default=["test"], help="split(s), e.g. test test_style (default: test)")
-    p_eval.add_argument("--sets", nargs="+", default=None, help="only these sets, e.g. test/duet/concat")
+    p_eval.add_argument("--sets", nargs="+", default=None, help="only these sets, e.g. test/duet/concat; negative audio: test/solo/silence, test/duet/noise, "
+                        "test/solo/offscreen, ... (avgn.negatives)")
     p_eval.add_argument("--checkpoint", default="best", help="best (default) or last")
     p_eval.add_argument("--reference", choices=list_methods(learned=False), default=None, help="evaluate a non-learned reference")
     p_eval.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="inputs of the reference (with --reference)")

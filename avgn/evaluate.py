@@ -1,7 +1,14 @@
 """Evaluation engine: every method and reference through one code path, on any (split, task, layout).
 
 Evaluation sets are named ``split/task/layout`` (``test/solo/scene``, ``test/duet/concat``,
-``test_zeroshot/duet/scene``, ...); :func:`list_sets` gives those a build has. Metrics come from
+``test_zeroshot/duet/scene``, ...); :func:`list_sets` gives those a build has. Two kinds are
+built on the fly, deterministically (seeded by the crc32 of the name): composed ``concat`` trios and
+quartets (:func:`composed_concat_set`) and **negative-audio** sets ``<split>/<task>/<condition>``
+(``test/solo/silence``, ``test/duet/noise``, ``test/solo/offscreen``: the built solo / duet scene
+frames with digital silence, the build's noise alone or an off-screen class's clip;
+:func:`negative_set`), scored by :func:`avgn.negatives.evaluate_negative` (false alarms, and the
+visible objects' AP next to the frames' own audio) when they are among the sets of
+:func:`evaluate_run` / :func:`evaluate_reference`. Metrics come from
 :mod:`avgn.metrics` (single source: AP, IoU@0.5, AUC; mixtures: CAP, PIAP, CIoU@0.3, AUC; the
 binarisation rule and thresholds from the profile's :class:`avgn.config.EvalConfig`).
 
@@ -98,6 +105,10 @@ __all__ = [
     "load_eval_set",
     "is_composed",
     "composed_concat_set",
+    "is_negative",
+    "negative_set",
+    "negative_set_names",
+    "NEGATIVE_TASKS",
     "composed_items",
     "Predictor",
     "SetPredictions",
@@ -109,6 +120,7 @@ __all__ = [
     "threshold_for_beta",
     "token_confusion",
     "presence_metrics",
+    "selected_classes",
     "PREDICTED_MIN_SOURCES",
     "SELECTION_MIN_SOURCES",
     "evaluate_run",
@@ -193,7 +205,7 @@ class EvalSet:
         yield from (src() if callable(src) else src)
 
 
-_EVAL_KEYS = ("spec", "visual_feats", "image", "labels", "classes", "n_sources", "masks")
+_EVAL_KEYS = ("spec", "visual_feats", "image", "labels", "classes", "n_sources", "masks", "offscreen")
 
 
 def _slim(batch: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +269,52 @@ def composed_concat_set(data_dir: str | Path, name: SetName | str, spec: Any, n_
                                   resample_audio=False, length=n_items, spec=spec, max_sources=sn.n_sources, images=images)
 
 
+#: The built ``scene`` sets whose frames get negative audio (:func:`negative_set`).
+NEGATIVE_TASKS: tuple[str, ...] = ("solo", "duet")
+
+
+def is_negative(name: SetName | str) -> bool:
+    """Whether ``name`` is a negative-audio set ``<split>/<task>/<condition>`` (condition ``silence``,
+    ``noise`` or ``offscreen``: :mod:`avgn.data.negatives`)."""
+    from avgn.data.negatives import CONDITIONS
+
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    return sn.layout in CONDITIONS
+
+
+def negative_set_names(split: str = "test", tasks: Sequence[str] = NEGATIVE_TASKS) -> tuple[str, ...]:
+    """The negative-audio sets of ``split``: ``<split>/<task>/<condition>`` for every task of ``tasks``
+    and every condition (``test/solo/silence``, ``test/solo/noise``, ``test/solo/offscreen``, ...)."""
+    from avgn.data.negatives import CONDITIONS
+
+    return tuple(f"{split}/{t}/{c}" for t in tasks for c in CONDITIONS)
+
+
+def negative_set(data_dir: str | Path, name: SetName | str, spec: Any):
+    """The deterministic negative-audio set ``name`` (``<split>/<task>/<condition>``): the split's built
+    ``<task>/scene`` frames with silence, the build's noise alone, or an off-screen class's clip
+    (:class:`avgn.data.negatives.NegativeAudioDataset`), seeded by the crc32 of the name, so every
+    method hears the same audio."""
+    import zlib
+
+    from avgn.data.negatives import NegativeAudioDataset
+
+    sn = SetName.parse(name) if isinstance(name, str) else name
+    if not is_negative(sn):
+        raise ValueError(f"{sn} is not a negative-audio set (its layout must be silence, noise or offscreen)")
+    seed = zlib.crc32(str(sn).encode()) % 2**31
+    return NegativeAudioDataset(data_dir, sn.split, sn.task, sn.layout, seed, spec=spec, max_sources=sn.n_sources)
+
+
+def _set_dataset(data_dir: str | Path, sn: SetName, spec: Any, images: bool = True) -> Any:
+    """The dataset of set ``sn``: composed, negative-audio or built."""
+    if is_composed(sn):
+        return composed_concat_set(data_dir, sn, spec, images=images)
+    if is_negative(sn):
+        return negative_set(data_dir, sn, spec)
+    return SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=spec, max_sources=sn.n_sources)
+
+
 def load_eval_set(
     data_dir: str | Path,
     name: str | SetName,
@@ -269,7 +327,8 @@ def load_eval_set(
 ) -> EvalSet:
     """Load evaluation set ``name`` with the spectrogram / feature settings of ``inputs``
     (:class:`avgn.experiment.InputConfig`). Composed ``concat`` trios / quartets
-    (:func:`is_composed`) are built on the fly, deterministically.
+    (:func:`is_composed`) and negative-audio sets (:func:`is_negative`) are built on the fly,
+    deterministically.
 
     Args:
         store: a :class:`avgn.features.FeatureStore` if ``inputs.cached_features`` (images are then
@@ -281,10 +340,7 @@ def load_eval_set(
     from torch.utils.data import DataLoader, Subset
 
     sn = SetName.parse(name) if isinstance(name, str) else name
-    if is_composed(sn):
-        ds: Any = composed_concat_set(data_dir, sn, inputs.spec, images=not inputs.cached_features)
-    else:
-        ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=inputs.spec, max_sources=sn.n_sources)
+    ds: Any = _set_dataset(data_dir, sn, inputs.spec, images=not inputs.cached_features)
     class_names = ds.class_names
     if inputs.cached_features:
         if store is None:
@@ -320,12 +376,13 @@ class SetPredictions:
     audio_probs: Tensor | None = None  # [N, C]
     token_pred: Tensor | None = None  # [N, C]
     seconds: float = 0.0
+    offscreen: Tensor | None = None  # [N] long: a negative-audio set's off-screen class (-1: none)
 
 
 def predict_set(predictor: Predictor, es: EvalSet) -> SetPredictions:
     """Run ``predictor`` over every batch of ``es``."""
     t0 = time.perf_counter()
-    acc: dict[str, list[Any]] = {k: [] for k in ("maps", "masks", "classes", "labels", "scene_ids", "audio_probs", "token_pred")}
+    acc: dict[str, list[Any]] = {k: [] for k in ("maps", "masks", "classes", "labels", "scene_ids", "audio_probs", "token_pred", "offscreen")}
     for batch in es.batches():
         out = predictor(batch)
         acc["maps"].append(out["maps"])
@@ -336,6 +393,8 @@ def predict_set(predictor: Predictor, es: EvalSet) -> SetPredictions:
         for k in ("audio_probs", "token_pred"):
             if k in out:
                 acc[k].append(out[k])
+        if "offscreen" in batch:
+            acc["offscreen"].append(batch["offscreen"].long())
     cat = {k: torch.cat(v) if v and k != "scene_ids" else v for k, v in acc.items()}
     return SetPredictions(
         name=es.name,
@@ -348,6 +407,7 @@ def predict_set(predictor: Predictor, es: EvalSet) -> SetPredictions:
         audio_probs=cat["audio_probs"] if len(acc["audio_probs"]) else None,
         token_pred=cat["token_pred"] if len(acc["token_pred"]) else None,
         seconds=time.perf_counter() - t0,
+        offscreen=cat["offscreen"] if len(acc["offscreen"]) else None,
     )
 
 
@@ -371,16 +431,24 @@ def _hungarian_match(pairs: Tensor, valid: Tensor) -> Tensor:
     return out
 
 
+def selected_classes(audio_probs: Tensor, threshold: float = 0.5, min_sources: int = 1) -> Tensor:
+    """``[N, C]`` bool: the classes of the ``predicted`` selection — presence probability
+    ``audio_probs [N, C] >= threshold``, and at least the ``min_sources`` most probable (ties: the
+    lowest index first); with ``min_sources = 0`` a row may be empty."""
+    pred = audio_probs >= threshold
+    if min_sources > 0:
+        top = audio_probs.argsort(dim=1, descending=True, stable=True)[:, :min_sources]
+        pred[torch.arange(len(top))[:, None], top] = True
+    return pred
+
+
 def presence_metrics(audio_probs: Tensor, labels: Tensor, threshold: float = 0.5, min_sources: int = 1) -> dict[str, float]:
     """Micro precision / recall / F1 of the predicted class sets (``>= threshold``, and at least the
     ``min_sources`` most probable; the evaluation's ``predicted`` mode passes
     :data:`PREDICTED_MIN_SOURCES` = 0, so a set may be empty) against ``labels`` ``[N, C]``, and the
     share of samples whose predicted number of sources is right. Precision of no prediction at all
     is 0."""
-    pred = audio_probs >= threshold
-    if min_sources > 0:
-        top = audio_probs.argsort(dim=1, descending=True, stable=True)[:, :min_sources]  # ties: the lowest index first
-        pred[torch.arange(len(top))[:, None], top] = True
+    pred = selected_classes(audio_probs, threshold, min_sources)
     tgt = labels > 0.5
     tp = (pred & tgt).sum().item()
     fp = (pred & ~tgt).sum().item()
@@ -729,12 +797,11 @@ def evaluate_run(
     data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
     dev = resolve_device(device)
     names = list(sets) if sets is not None else list_sets(data_dir, split)
-    store = _store_for(exp, data_dir, names, progress=progress, device=device)
+    store = _store_for(exp, data_dir, _with_calibration(names), progress=progress, device=device)
     method = get_method(exp.method)
     predictor = MethodPredictor(method, model, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)
-    loaded = (load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in names)
     threshold = float(info.get("presence_threshold", 0.5))
-    ev = evaluate_sets(predictor, list(loaded), exp.eval, modes, presence_threshold=threshold, min_sources=min_sources)
+    ev = _evaluate_names(predictor, data_dir, exp, store, names, modes, threshold, min_sources)
     payload = {
         "method": exp.method,
         "profile": exp.profile,
@@ -753,12 +820,43 @@ def evaluate_run(
         "model_overrides": dict(model_overrides or {}),
         "presence_threshold": threshold,
         "results": ev["results"],
+        **({"detection": ev["detection"]} if "detection" in ev else {}),
     }
     if write:
         dest = Path(out_dir) if out_dir is not None else run_dir
         dest.mkdir(parents=True, exist_ok=True)
         payload["files"] = {k: str(v) for k, v in _write_eval(dest, tag or _split_tag(split), payload, ev["rows"], {"method": exp.method, "profile": exp.profile, "seed": info.get("seed")}).items()}
     return payload
+
+
+def _with_calibration(names: Sequence[str]) -> list[str]:
+    """``names``, and the calibration split's own-audio sets when a negative-audio set is among them
+    (a class-agnostic method's detection threshold is chosen there: :mod:`avgn.negatives`), so the
+    feature store covers that split too."""
+    from avgn.negatives import CALIBRATION_SPLIT
+
+    return list(names) + ([f"{CALIBRATION_SPLIT}/{t}/scene" for t in NEGATIVE_TASKS] if any(is_negative(n) for n in names) else [])
+
+
+def _evaluate_names(predictor: Predictor, data_dir: Path, exp: Any, store: FeatureStore | None, names: Sequence[str],
+                    modes: Sequence[str], presence_threshold: float = 0.5, min_sources: int = PREDICTED_MIN_SOURCES) -> dict[str, Any]:
+    """:func:`evaluate_sets` over the built and composed sets of ``names`` and
+    :func:`avgn.negatives.evaluate_negative` over its negative-audio sets, in one result (with the
+    method's ``detection`` when there are negative sets)."""
+    plain = [n for n in names if not is_negative(n)]
+    negative = [n for n in names if is_negative(n)]
+    loaded = [load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in plain]
+    ev = evaluate_sets(predictor, loaded, exp.eval, modes, presence_threshold=presence_threshold, min_sources=min_sources)
+    if negative:
+        from avgn.negatives import evaluate_negative
+
+        neg = evaluate_negative(predictor, data_dir, exp.inputs, store, negative, exp.eval, modes, presence_threshold, min_sources)
+        ev["results"].update(neg["results"])
+        ev["rows"] += neg["rows"]
+        ev["seconds"] += neg["seconds"]
+        ev["items"] += neg["items"]
+        ev["detection"] = neg["detection"]
+    return ev
 
 
 def _store_for(exp: Any, data_dir: Path, names: Sequence[str], progress: bool = False, device: str = "auto") -> FeatureStore | None:
@@ -805,9 +903,9 @@ def evaluate_reference(
     data_dir = Path(data_dir)
     check_data(data_dir, profile)
     names = list(sets) if sets is not None else list_sets(data_dir, split)
-    predictor, exp, store = reference_predictor(kind, profile, data_dir, names, device=device, progress=progress, overrides=overrides)
-    loaded = [load_eval_set(data_dir, n, exp.inputs, store, materialize=False) for n in names]
-    ev = evaluate_sets(predictor, loaded, exp.eval, MODES)
+    predictor, exp, store = reference_predictor(kind, profile, data_dir, _with_calibration(names), device=device, progress=progress,
+                                                overrides=overrides)
+    ev = _evaluate_names(predictor, data_dir, exp, store, names, MODES)
     payload = {
         "method": kind,
         "profile": profile,
@@ -822,6 +920,7 @@ def evaluate_reference(
         "items": ev["items"],
         "eval_config": exp.to_dict()["eval"],
         "results": ev["results"],
+        **({"detection": ev["detection"]} if "detection" in ev else {}),
     }
     if write:
         out = Path(out_dir)
@@ -859,10 +958,7 @@ def example_maps(
     ``audio_probs [C]`` and ``predicted`` (the predicted classes' names).
     """
     sn = SetName.parse(set_name)
-    if is_composed(sn):
-        ds: Any = composed_concat_set(data_dir, sn, exp.inputs.spec)
-    else:
-        ds = SceneDataset(data_dir, split=sn.split, tasks=[sn.task], layouts=[sn.layout], spec=exp.inputs.spec, max_sources=sn.n_sources)
+    ds: Any = _set_dataset(data_dir, sn, exp.inputs.spec)
     samples = [ds[i] for i in indices]
     batch = collate_samples([{k: v for k, v in s.items() if k != "audio"} for s in samples])
     if exp.inputs.cached_features:

@@ -22,22 +22,29 @@ from avgnbook.variants import (
     WIDTH_VARIANTS,
 )
 
-__all__ = ["book_plan", "SHIFT_SPLITS", "COMPOSED_SETS", "ZEROSHOT_SPLIT"]
+__all__ = ["book_plan", "SHIFT_SPLITS", "COMPOSED_SETS", "NEGATIVE_SETS", "ZEROSHOT_SPLIT"]
 
 #: Chapter 5: the domain-shift test splits.
 SHIFT_SPLITS: tuple[str, ...] = ("test_style", "test_audio", "test_real")
 #: Chapters 5 and 7: 3 and 4 sources side by side, composed from test scenes.
 COMPOSED_SETS: tuple[str, ...] = ("test/trio/concat", "test/quartet/concat")
+#: Chapter 5 (issue 30): the test solo and duet frames with negative audio (silence, the build's
+#: noise, an off-screen clip), scored next to their own audio (:mod:`avgn.negatives`). Planned for the
+#: runs whose weights the store keeps (the references and the main comparison), so ``avgn runs
+#: train`` re-scores them from the stored weights without retraining.
+NEGATIVE_SETS: tuple[str, ...] = tuple(f"test/{t}/{c}" for t in ("solo", "duet") for c in ("silence", "noise", "offscreen"))
 #: Chapter 9: the held-out (zero-shot) classes' test split.
 ZEROSHOT_SPLIT = "test_zeroshot"
 
 
 
 
-def _evals(*tags: str, composed: bool = False) -> tuple[Evaluation, ...]:
+def _evals(*tags: str, composed: bool = False, negative: bool = False) -> tuple[Evaluation, ...]:
     out = [Evaluation(t, t) for t in tags]
     if composed:
         out.append(Evaluation("composed", "test", COMPOSED_SETS))
+    if negative:
+        out.append(Evaluation("negative", "test", NEGATIVE_SETS))
     return tuple(out)
 
 
@@ -48,7 +55,7 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     from avgn.config import get_profile
 
     seeds = tuple(get_profile(profile).seeds)
-    main_evals = _evals("test", *SHIFT_SPLITS, ZEROSHOT_SPLIT, composed=True)
+    main_evals = _evals("test", *SHIFT_SPLITS, ZEROSHOT_SPLIT, composed=True, negative=True)
     runs: list[PlannedRun] = []
 
     def add(variants: tuple[Variant, ...], evals: tuple[Evaluation, ...], chapters: tuple[str, ...], seed_list=seeds,

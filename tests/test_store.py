@@ -40,7 +40,14 @@ def test_book_plan_declares_every_chapter_run_once_with_its_dependencies():
     assert plan["ezvsl-ogl/seed1"].weights_key == "ezvsl/seed1" and not plan["ezvsl-ogl/seed1"].trains
     assert plan["dsol/seed2"].init_key == "dsol-stage1/seed2"
     assert {"ref-centre", "ref-object", "ref-perfect"} <= set(plan)
-    assert [e.tag for e in plan["avgn/seed0"].evals] == ["test", "test_style", "test_audio", "test_real", "test_zeroshot", "composed"]
+    assert [e.tag for e in plan["avgn/seed0"].evals] == ["test", "test_style", "test_audio", "test_real", "test_zeroshot", "composed", "negative"]
+    from avgn.evaluate import negative_set_names
+    from avgnbook.plan import NEGATIVE_SETS
+
+    assert NEGATIVE_SETS == negative_set_names("test")
+    negative = {k for k, r in plan.items() if "negative" in [e.tag for e in r.evals]}
+    assert {"ref-centre", "ref-object", "ezvsl/seed0", "mal/seed2"} <= negative  # the references and the main comparison
+    assert all(plan[k].keep_weights for k in negative)  # re-scored from stored weights, never retrained for it
 
 
 def test_run_id_is_a_content_hash_of_configuration_seed_build_and_method_version(monkeypatch, fake_build):
@@ -203,6 +210,7 @@ def test_missing_evaluations_are_rescored_from_the_stored_weights_without_traini
     assert not (tmp_path / "work" / "runs").exists()  # nothing trained
     assert sr.record["files"]["weights.safetensors"] == before["files"]["weights.safetensors"]
     assert set(sr.eval_tags()) == {"val", "val_solo"}
+    assert sr.record["files"]["eval_val.json"] == before["files"]["eval_val.json"]  # the current evaluation kept, not re-scored
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["avgn/seed0", "state"] == "done"
 
 

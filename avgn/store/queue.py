@@ -4,7 +4,7 @@ handing stored runs to the chapters.
 * :func:`plan_status` — one row per planned run: ``done`` (a verified record whose id is what the
   current code computes), ``stale`` (a record of another id: changed code, configuration or data),
   ``evals`` (weights current, an evaluation missing or of another protocol version: re-scored from
-  the stored weights, no training), ``missing``; with the estimated 2-core time of what is left.
+  the stored weights, no training; its current evaluations are kept as stored), ``missing``; with the estimated 2-core time of what is left.
 * :func:`store_run` — train (or resume) one run in the work folder, round its best weights to fp16,
   materialise them, evaluate every planned evaluation *from the stored weights*, write the record.
 * :func:`train_queue` — :func:`store_run` over the missing / stale keys with ``workers`` processes
@@ -64,10 +64,18 @@ def _plan_and_build(profile: str, data_dir: str | Path | None, plan: dict[str, P
     return plan or get_plan(profile), build_identity(profile, data_dir)
 
 
-def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
-    """``(state, stored id, note)`` of one planned run."""
+def _current_evals(run: PlannedRun, record: dict[str, Any]) -> set[str]:
+    """The tags of ``run``'s planned evaluations that ``record`` holds under the current protocol
+    version and over the planned sets (the others are re-scored)."""
     from avgn.evaluate import EVAL_VERSION
 
+    evals = record.get("evals", {})
+    return {e.tag for e in run.evals if evals.get(e.tag, {}).get("eval_version") == EVAL_VERSION
+            and evals.get(e.tag, {}).get("sets") == (list(e.sets) if e.sets else None)}
+
+
+def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
+    """``(state, stored id, note)`` of one planned run."""
     if not store.exists(run.key):
         return "missing", None, ""
     try:
@@ -76,9 +84,8 @@ def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, 
         return "broken", None, str(err)
     if sr.id != want_id:
         return "stale", sr.id, ""
-    evals = sr.record.get("evals", {})
-    lacking = [e.tag for e in run.evals if evals.get(e.tag, {}).get("eval_version") != EVAL_VERSION
-               or evals.get(e.tag, {}).get("sets") != (list(e.sets) if e.sets else None)]
+    current = _current_evals(run, sr.record)
+    lacking = [e.tag for e in run.evals if e.tag not in current]
     if lacking:
         return "evals", sr.id, "re-score " + ", ".join(lacking)
     return "done", sr.id, ""
@@ -335,8 +342,15 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
             eval_src, eval_dir, run_files, weights = src, stage, None, None
             record["weights_of"] = base.key
         stage.mkdir(parents=True, exist_ok=True)
+        # a re-scoring keeps the stored evaluations that are current and scores only the others
+        kept: set[str] = set()
+        if state == "evals" and not retrain and (not run.trains or reuse):
+            old = store.read(key, expected_id=want)
+            kept = _current_evals(run, old.record)
+            store.materialize_evals(old, eval_dir)
         for ev in run.evals:
-            _eval_one(run, ev, eval_src, eval_dir, data_dir, device)
+            if ev.tag not in kept:
+                _eval_one(run, ev, eval_src, eval_dir, data_dir, device)
         record["evals"] = {ev.tag: {"eval_version": EVAL_VERSION, "split": ev.split, "sets": list(ev.sets) if ev.sets else None}
                            for ev in run.evals}
         record["eval_seconds"] = round(time.perf_counter() - t0, 1)
