@@ -73,7 +73,6 @@ ground-truth source it should return that source's class (``token_accuracy`` and
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -93,7 +92,7 @@ from avgn.data.manifest import load_manifest
 from avgn.env import git_revision, resolve_device
 from avgn.experiment import get_experiment
 from avgn.features import CachedFeatureDataset, FeatureStore, collate_samples, compute_features
-from avgn.methods import Method, MethodPredictor, get_method, list_methods
+from avgn.methods import MethodPredictor, get_method, list_methods
 from avgn.models.selection import select_sources
 from avgn.runs import check_data, load_trained_model
 

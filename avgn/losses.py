@@ -33,10 +33,6 @@ __all__ = [
     "maxmil_similarity",
     "maxmil_contrastive_loss",
     "sources_from_multihot",
-    "avgn_pair_scores",
-    "avgn_localization_loss",
-    "avgn_loss_terms",
-    "avgn_total_loss",
 ]
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from avgn.boxes import boxes_to_masks
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
 def random_box_masks(n: int, size: tuple[int, int] = (224, 224), *, min_side: float = 0.15, max_side: float = 0.6,

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
 import avgn.store.plan as plan_mod
-from avgn.runs import Variant, run_lock
+from avgn.runs import run_lock
 from avgn.store.plan import Evaluation, PlanKeyError, PlannedRun, build_id, build_identity, run_id
 from avgnbook.plan import book_plan
 from avgn.store.queue import QueueLockedError, checkout, plan_status, store_run
