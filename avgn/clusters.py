@@ -54,8 +54,11 @@ def masked_object_features(backbone: Tensor, maps: Tensor, threshold: float = 0.
     return ObjectFeatures((backbone.float() * w).sum(dim=(2, 3)), empty)
 
 
-def kmeans_dictionary(feats: Tensor | np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> tuple[Tensor, Tensor]:
-    """K-means with ``k`` clusters on the L2-normalised rows of ``feats [N, C]``.
+def kmeans_dictionary(feats: Tensor | np.ndarray, k: int, seed: int = 0, n_init: int = 10,
+                      init: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """K-means with ``k`` clusters on the L2-normalised rows of ``feats [N, C]``; ``init`` ``[k, C]``
+    starts Lloyd's iterations from those centres (L2-normalised; one run) instead of ``n_init``
+    k-means++ draws, so cluster ``j`` stays the cluster it was (a warm re-clustering).
 
     Returns ``(centres [k, C], labels [N])`` (float32 / long).
 
@@ -75,7 +78,13 @@ def kmeans_dictionary(feats: Tensor | np.ndarray, k: int, seed: int = 0, n_init:
     if len(x) < k or distinct < k:
         raise ValueError(f"K = {k} clusters but only {len(x)} objects ({distinct} distinct) to cluster: lower K (at most the "
                          "number of classes in the training data) or cluster more single-source scenes")
-    km = KMeans(n_clusters=k, n_init=n_init, random_state=int(seed), algorithm="lloyd").fit(x.numpy().astype(np.float64))
+    if init is not None:
+        if tuple(init.shape) != (k, x.shape[1]):
+            raise ValueError(f"init must be [{k}, {x.shape[1]}] centres, got {tuple(init.shape)}")
+        start = F.normalize(torch.as_tensor(init, dtype=torch.float32), dim=1).numpy().astype(np.float64)
+        km = KMeans(n_clusters=k, init=start, n_init=1, random_state=int(seed), algorithm="lloyd").fit(x.numpy().astype(np.float64))
+    else:
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=int(seed), algorithm="lloyd").fit(x.numpy().astype(np.float64))
     labels = torch.as_tensor(km.labels_, dtype=torch.long)
     counts = torch.bincount(labels, minlength=k)
     if (counts == 0).any():

@@ -42,6 +42,21 @@ def test_kmeans_finds_separated_groups_and_refuses_degenerate_k():
         kmeans_dictionary(feats, 1)
 
 
+def test_warm_kmeans_keeps_each_cluster_id():
+    """Started from the previous centres, cluster j stays the group it was: here the groups in the
+    reverse order of a fresh run's ids, whatever the seed."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3, 8) * 5
+    feats = torch.cat([c + 0.05 * torch.randn(10, 8, generator=g) for c in centres])
+    order = torch.tensor([2, 0, 1])
+    for seed in (0, 7):
+        dic, labels = kmeans_dictionary(feats, 3, seed=seed, init=centres[order])
+        assert labels.tolist() == [int((order == i).nonzero()) for i in range(3) for _ in range(10)]
+        assert torch.allclose(torch.nn.functional.normalize(dic, dim=1), torch.nn.functional.normalize(centres[order], dim=1), atol=0.05)
+    with pytest.raises(ValueError, match=r"init must be \[3, 8\]"):
+        kmeans_dictionary(feats, 3, init=centres[:2])
+
+
 def test_hungarian_mapping_on_a_hand_made_case():
     # clusters 0, 1, 2 hold classes: 0 -> {2, 2, 2, 0}, 1 -> {0, 0, 1}, 2 -> {1, 1, 0}
     clusters = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])

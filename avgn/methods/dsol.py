@@ -65,7 +65,7 @@ from avgn.models.config import EncoderConfig, _sync_encoder_dim
 from avgn.models.encoders import AudioEncoder, VisualEncoder
 
 __all__ = ['DSOLMethod', 'object_features', 'object_region_maps', 'stage1_loss', 'stage2_loss', 'DSOL', 'DSOLConfig', 'AVC_LOSSES',
-           'REGION_RULES', 'CLUSTER_FEATURES', 'PUBLIC_DESIGN']
+           'REGION_RULES', 'CLUSTER_FEATURES', 'RECLUSTER', 'PUBLIC_DESIGN']
 
 
 #: Stage 1's correspondence loss (:attr:`DSOLConfig.avc_loss`).
@@ -75,8 +75,11 @@ REGION_RULES = ("absolute", "relative")
 #: What K-means clusters (:attr:`DSOLConfig.cluster_features`).
 CLUSTER_FEATURES = ("backbone", "projection")
 
+#: How each epoch's K-means starts (:attr:`DSOLConfig.recluster`).
+RECLUSTER = ("fresh", "warm")
+
 #: The public code's choices for the fields where this book's defaults depart from it.
-PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone"}
+PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone", "recluster": "fresh"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ class DSOLConfig:
             (default) = the trained audio-visual projection of those features. This book's backbone
             is frozen, so its trainable part is the projection: clustering it keeps what the public
             code relies on, features shaped by the sounds.
+        recluster: each epoch's K-means starts ``fresh`` (public: new k-means++ draws, so cluster
+            ids are reshuffled and the pseudo-label heads start over) or ``warm`` (default) from the
+            previous dictionary, so cluster ``j`` stays cluster ``j`` and the heads keep learning.
     """
 
     stage: int = 1
@@ -131,6 +137,7 @@ class DSOLConfig:
     region_rule: str = "relative"
     relative_threshold: float = 0.5
     cluster_features: str = "projection"
+    recluster: str = "warm"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self) -> None:
@@ -141,7 +148,7 @@ class DSOLConfig:
         if not 0.0 <= self.region_threshold < 1.0 or not 0.0 <= self.relative_threshold < 1.0:
             raise ValueError("region_threshold and relative_threshold must lie in [0, 1)")
         for name, value, allowed in (("avc_loss", self.avc_loss, AVC_LOSSES), ("region_rule", self.region_rule, REGION_RULES),
-                                     ("cluster_features", self.cluster_features, CLUSTER_FEATURES)):
+                                     ("cluster_features", self.cluster_features, CLUSTER_FEATURES), ("recluster", self.recluster, RECLUSTER)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.avc_tau <= 0:
@@ -193,7 +200,7 @@ class DSOL(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"stage={c.stage}, clusters={c.k}, classes={c.num_classes}, avc_loss={c.avc_loss}, region_rule={c.region_rule}, "
-                f"region_cut={c.region_cut}, cluster_features={c.cluster_features}")
+                f"region_cut={c.region_cut}, cluster_features={c.cluster_features}, recluster={c.recluster}")
 
     @property
     def has_dictionary(self) -> bool:
@@ -328,7 +335,9 @@ class DSOLMethod(Method):
         if epoch < 1:
             return {}
         feats, _, empty = object_features(model, ctx.train_batches(), ctx.device)
-        centres, _ = kmeans_dictionary(feats, model.cfg.k, seed=epoch_seed(ctx.seed, epoch, 11) % 2**31)
+        warm = model.cfg.recluster == "warm" and model.has_dictionary
+        centres, _ = kmeans_dictionary(feats, model.cfg.k, seed=epoch_seed(ctx.seed, epoch, 11) % 2**31,
+                                       init=model.dictionary.cpu() if warm else None)
         model.set_dictionary(centres)
         vf, vc, _ = object_features(model, [b for es in ctx.val_sets for b in es.batches()], ctx.device)
         assign = (F.normalize(vf, dim=1) @ F.normalize(model.dictionary.cpu(), dim=1).t()).argmax(1)
