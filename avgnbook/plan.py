@@ -11,6 +11,8 @@ from avgnbook.variants import (
     ASSIGNMENT_VARIANTS,
     BASELINE_DESIGN_VARIANTS,
     DEPTH_VARIANTS,
+    DSOL_PUBLIC_STAGE1_VARIANT,
+    DSOL_PUBLIC_VARIANT,
     DSOL_STAGE1_VARIANT,
     DSOL_VARIANT,
     LOSS_VARIANTS,
@@ -18,6 +20,7 @@ from avgnbook.variants import (
     PAPER_DESIGN_VARIANT,
     SHORT_VARIANT,
     TVSL_HELDOUT_CANDIDATES,
+    TVSL_PAPER_VARIANT,
     TVSL_VARIANTS,
     WIDTH_VARIANTS,
 )
@@ -87,10 +90,15 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
 
     runs.append(PlannedRun(None, seeds[0], profile, (), ("08",), study=Study("point-decoder", 1, decoder_study)))
     add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
-    add((DSOL_VARIANT,), _evals("test", composed=True), ("07",))
-    add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT), ("09",))
+    add((DSOL_VARIANT,), _evals("test", composed=True, negative=True), ("05", "07"))
+    add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT, negative=True), ("05", "09"))
     add(TVSL_VARIANTS[1:], _evals("test", ZEROSHOT_SPLIT), ("09",), weights="none")
     add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))
+    # the designs of the public code (DSOL) and of the paper (T-VSL's four losses): chapter 7's and 9's
+    # diagnosis reads the first seed's weights (stage 1: its maps and clusters)
+    add((DSOL_PUBLIC_STAGE1_VARIANT,), _evals("test"), ("07",), weights="first")
+    add((DSOL_PUBLIC_VARIANT,), _evals("test"), ("07",), weights="none")
+    add((TVSL_PAPER_VARIANT,), _evals("test", ZEROSHOT_SPLIT), ("09",), weights="first")
     plan: dict[str, PlannedRun] = {}
     for r in runs:
         if r.key in plan:

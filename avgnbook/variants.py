@@ -8,9 +8,10 @@ from typing import Any
 
 from avgn.data.config import DataConfig
 from avgn.methods.avgn import PAPER_DESIGN
+from avgn.methods.dsol import PUBLIC_DESIGN as PUBLIC_DSOL_DESIGN
 from avgn.runs import Variant
 
-__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "TVSL_VARIANTS", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
+__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "TVSL_VARIANTS", "TVSL_PAPER_VARIANT", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
 
 
 #: Chapter 4's ablations and chapter 2's paper design train on the 6-epoch schedule with early stopping (:data:`SHORT_VARIANT`, their
@@ -70,6 +71,14 @@ WIDTH_VARIANTS: tuple[Variant, ...] = (
 DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
                               name="dsol-stage1")
 DSOL_VARIANT = Variant("DSOL", "dsol", overrides=(("model.stage", 2), ("train.solo_items", 0)), name="dsol", init_from=DSOL_STAGE1_VARIANT)
+#: Chapter 7's diagnosis: DSOL as the public code designs it (:data:`avgn.methods.dsol.PUBLIC_DESIGN`:
+#: the BCE correspondence, the absolute region threshold, K-means on the backbone features, fresh
+#: clusters every epoch), both stages, on the same data, seeds and budget as this book's DSOL.
+_DSOL_PUBLIC = tuple((f"model.{k}", v) for k, v in PUBLIC_DSOL_DESIGN.items())
+DSOL_PUBLIC_STAGE1_VARIANT = Variant("DSOL stage 1 (public design)", "dsol", overrides=DSOL_STAGE1_VARIANT.overrides + _DSOL_PUBLIC,
+                                     name="dsol-public-stage1", factor="design", level="public code")
+DSOL_PUBLIC_VARIANT = Variant("DSOL (public design)", "dsol", overrides=DSOL_VARIANT.overrides + _DSOL_PUBLIC, name="dsol-public",
+                              init_from=DSOL_PUBLIC_STAGE1_VARIANT, factor="design", level="public code")
 #: Chapter 9: T-VSL with this book's MiniLM anchors (two prompt templates averaged) and with the bare
 #: class name as its only prompt (the public code prompts its text tower with the bare name).
 TVSL_VARIANTS: tuple[Variant, ...] = (
@@ -77,6 +86,10 @@ TVSL_VARIANTS: tuple[Variant, ...] = (
     Variant("T-VSL (MiniLM, bare name)", "tvsl", overrides=(("model.templates", ("{}",)),), name="tvsl-bare",
             factor="templates", level="bare name"),
 )
+#: Chapter 9's diagnosis: T-VSL with the paper's four losses only (``w_feat = 0``: no class-feature
+#: presence term), on the same data, seeds and budget.
+TVSL_PAPER_VARIANT = Variant("T-VSL (paper's four losses)", "tvsl", overrides=(("model.w_feat", 0.0),), name="tvsl-paper",
+                             factor="losses", level="paper's four")
 #: Chapter 9: the default T-VSL weights, ``predicted`` selection choosing among the held-out classes only
 #: (the classic zero-shot protocol; the plain run chooses among all classes: generalised zero-shot).
 #: Meant for the ``test_zeroshot`` split.
@@ -96,5 +109,7 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "short": (SHORT_VARIANT,),
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS,
     "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
+    "dsol-public": (DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT),
     "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
+    "text-paper": (TVSL_PAPER_VARIANT,),
 }
