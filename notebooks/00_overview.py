@@ -221,6 +221,50 @@ res = metrics.evaluate_multi_source(maps, masks2, valid)
 pd.DataFrame({"CAP": res.cap.mean(1).numpy(), "PIAP": res.piap.numpy()}, index=["correct classes", "swapped classes"]).round(3)
 
 # %% [markdown]
+# ## Label-free scores that charge a false selection
+#
+# CAP and PIAP score the maps of the sounding sources; with the classes a method selects itself
+# (`predicted`), a missed source scores 0 but a selected class that does *not* sound costs nothing,
+# so selecting every class scores like knowing the answer. The book's label-free tables lead with
+# two scores that charge it (`avgn.metrics.evaluate_semantic`): **semantic AP** (per sample, average
+# precision over the class × pixel volume: the selected classes' maps as scores on one scale, the
+# unselected classes below every score, the sounding classes' masks as positives) and **semantic
+# mIoU** (AVSBench-semantic style: per class, the IoU of the binarised selected maps against the
+# sounding masks, pixel counts summed over the set, averaged over classes). Below, the same two-source
+# frame (class 1 on the left, class 2 on the right) with good maps, and four selections; silent classes
+# 0 and 3 have maps that light the centre and the bottom rows, where nothing sounds.
+
+# %%
+frame = torch.zeros(1, 4, 7, 7)
+frame[:, 1, :, :3], frame[:, 2, :, 4:], frame[:, 0, 2:5, 2:5], frame[:, 3, 5:, :] = 1.0, 1.0, 1.0, 1.0
+gt_masks, gt_classes = masks2[:1], torch.tensor([[1, 2]])
+SELECTIONS = {"the two sounding": [1, 2], "plus a silent one": [1, 2, 0], "one of the two": [1], "every class": [0, 1, 2, 3]}
+rows = []
+for name, sel in SELECTIONS.items():
+    sem = metrics.evaluate_semantic(frame[:, sel], torch.tensor([sel]), gt_masks, gt_classes, num_classes=4)
+    up = metrics.upsample_maps(frame[0], (224, 224))
+    cap = sum(float(metrics.pixel_average_precision(up[c][None], gt_masks[0, i][None])) if c in sel else 0.0
+              for i, c in enumerate(gt_classes[0].tolist())) / 2
+    rows += [{"selection": name, "score": k, "value": v} for k, v in
+             (("CAP", cap), ("semantic AP", float(sem.ap.mean())), ("semantic mIoU", sem.miou))]
+label_free = pd.DataFrame(rows)
+fig, ax = plt.subplots(figsize=(8, 3.2))
+sns.barplot(data=label_free, x="selection", y="value", hue="score", ax=ax)
+ax.set(title="Scores of one two-source frame under four selections", xlabel="classes the method selects", ylabel="score", ylim=(0, 1.05))
+save_figure(fig, "00_label_free_scores", figures_dir)
+plt.close(fig)
+label_free.pivot(index="selection", columns="score", values="value").loc[list(SELECTIONS)].round(3)
+
+# %% [markdown]
+# ```{figure} ../figures/00_label_free_scores.png
+# :label: fig-label-free
+# :alt: CAP, semantic AP and semantic mIoU of one frame under four selections of classes
+# CAP does not change when a silent class is added to the selection, and selecting every class
+# scores like the right selection; semantic AP and semantic mIoU drop for every false selection and
+# for the miss.
+# ```
+
+# %% [markdown]
 # ## Exactness and speed
 #
 # The implementation is checked against scikit-learn on every run of the test suite; here is the

@@ -307,3 +307,24 @@ def test_a_study_run_is_stored_with_its_files_and_checked_out_as_written(stored,
            for v, p in ((1, (("width", 3),)), (2, (("width", 3),)), (1, (("width", 4),)))}
     assert len(ids) == 3 and sr.id in ids
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["fake-study/seed0", "state"] == "done"
+
+
+def test_a_stale_work_folder_is_set_aside_not_resumed(tmp_path):
+    """The work folder of a key whose configuration changed (a stale run) is renamed, never deleted
+    nor resumed; the folder of the same configuration is left to resume."""
+    import json as _json
+
+    from avgn.store.queue import set_aside_other_run
+    from helpers import tiny_experiment
+
+    exp = tiny_experiment("ezvsl")
+    run_dir = tmp_path / "ezvsl-seed0"
+    assert set_aside_other_run(run_dir, exp) is None  # nothing there
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(_json.dumps({"fingerprint": exp.fingerprint()}))
+    assert set_aside_other_run(run_dir, exp) is None and run_dir.is_dir()  # this configuration: resumable
+    (run_dir / "config.json").write_text(_json.dumps({"fingerprint": "0123abcd"}))
+    (run_dir / "history.json").write_text("[]")
+    moved = set_aside_other_run(run_dir, exp)
+    assert moved == tmp_path / "ezvsl-seed0.replaced-0123abcd" and not run_dir.exists()
+    assert (moved / "history.json").read_text() == "[]"

@@ -315,6 +315,8 @@ class DSOLMethod(Method):
     kind = "class_aware"
     modes = ("oracle", "predicted")
     config_cls = DSOLConfig
+    #: 2: the correspondence, region, clustered features and re-clustering flags (PUBLIC_DESIGN keeps version 1's design)
+    version = 2
 
     def default_config(self, profile: "Profile") -> DSOLConfig:
         return DSOLConfig(dim=min(profile.sizes.dim, PUBLIC_DIM), encoder=profile.encoder)

@@ -377,6 +377,8 @@ class TVSLMethod(Method):
     modes = ("oracle", "predicted")
     names_classes = True
     config_cls = TVSLConfig
+    #: 2: the class-feature presence term (w_feat = 1; 0 is version 1's four losses)
+    version = 2
 
     def default_config(self, profile: "Profile") -> TVSLConfig:
         return TVSLConfig(dim=profile.sizes.dim, encoder=profile.encoder)

@@ -242,6 +242,25 @@ def _eval_one(run: PlannedRun, ev: Any, eval_src: Path, out: Path, data_dir: Pat
                      tag=ev.tag, data_dir=data_dir)
 
 
+def set_aside_other_run(run_dir: Path, exp: Any) -> Path | None:
+    """A work folder that holds a run of *another* configuration of the same key (the run went stale:
+    its method's version or configuration changed) is renamed ``<name>.replaced-<its fingerprint>``, so
+    the key trains afresh instead of refusing to resume; nothing is deleted. Returns the new name, or
+    ``None`` when the folder is absent or holds this configuration (a resumable run)."""
+    cfg = run_dir / "config.json"
+    if not cfg.is_file():
+        return None
+    old = json.loads(cfg.read_text()).get("fingerprint")
+    if old == exp.fingerprint():
+        return None
+    dest = run_dir.with_name(f"{run_dir.name}.replaced-{old}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    run_dir.rename(dest)
+    print(f"[avgn.store] {run_dir} held another configuration (fingerprint {old}): set aside as {dest.name}", flush=True)
+    return dest
+
+
 def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, data_dir: str | Path | None = None,
               work_dir: str | Path | None = None, device: str = "auto", retrain: bool = False,
               plan: dict[str, PlannedRun] | None = None) -> StoredRun:
@@ -313,6 +332,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                         _materialize_run(first, store, first_dir, data_dir)
                     over["train.init_from"] = str(first_dir)
                     exp = exp.with_overrides(**{"train.init_from": str(first_dir)})
+                set_aside_other_run(run_dir, exp)
                 summary = train(exp, data_dir, run_dir, seed=run.seed, device=device, resume=True, progress=False)
                 from avgn.checkpoint import read_checkpoint_info
                 from safetensors.torch import load_file
