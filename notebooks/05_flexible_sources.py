@@ -231,6 +231,57 @@ plt.close(grid.figure)
 
 
 # %% [markdown]
+# ## Negative audio: silence, noise, a sound from off screen
+#
+# The field's current critique of sound localization is that models light up the salient object
+# whatever the audio says. Every test solo and duet frame is scored again with its audio replaced
+# (`avgn.data.negatives`, deterministic per set): **silence** (digital zeros), the build's **noise**
+# alone at the level it has in the frame's own mix, and an **off-screen** clip of a class that is not
+# in the frame. The **false-alarm rate** is the share of frames where the method reports a source
+# under silence or noise, or a *visible* class under off-screen audio. AVGN reports the classes its
+# audio presence selects (its threshold from validation; the selection may be empty); the
+# class-agnostic methods report a source when the peak of their map passes a threshold chosen on
+# validation own-audio against negative-audio frames (`avgn.negatives`), and when no threshold
+# separates them their false-alarm rate is 1. **Visible AP** is the AP of the map shown against the
+# visible sounding objects under each condition, next to the same frames with their own audio: a map
+# that does not depend on the audio loses nothing.
+
+# %%
+import json  # noqa: E402
+
+from avgnbook.plan import NEGATIVE_SETS  # noqa: E402
+
+NEG = {"negative": list(NEGATIVE_SETS)}
+ctx.run_variants(MAIN_VARIANTS, eval_sets=NEG, verbose=False)
+ctx.run_references(eval_sets=NEG, verbose=False)
+neg = with_set_parts(ctx.write(ctx.collect(MAIN_VARIANTS, split="negative"), "05_negative"))
+neg = neg[neg["mode"] == "predicted"].rename(columns={"layout": "condition"})
+fa = neg[neg["metric"] == "false_alarm"].pivot_table(index="variant", columns=["task", "condition"], values="value", aggfunc="mean")
+display(fa.round(3))
+payloads = [json.loads((ctx.run_dir(v, s) / "eval_negative.json").read_text()) for v in MAIN_VARIANTS for s in seeds]
+for note in sorted({p.get("detection", {}).get("note") for p in payloads} - {None}):
+    print(note)
+
+# %%
+WORD = {"false_alarm": "false-alarm rate (lower is better)", "visible_ap_drop": "visible AP, own audio minus negative audio"}
+plot = neg[neg["metric"].isin(list(WORD))].assign(metric=lambda d: d["metric"].map(WORD))
+grid = sns.catplot(data=plot, x="condition", y="value", hue="variant", col="metric", row="task", kind="bar", errorbar="sd",
+                   height=3.0, aspect=1.4, sharey=False)
+grid.set_titles("{col_name} — {row_name} frames", size=9)
+grid.set_axis_labels("audio the frame is shown with", "value")
+save_figure(grid.figure, "05_negative_audio", figures_dir)
+plt.close(grid.figure)
+
+# %% [markdown]
+# ```{figure} ../figures/05_negative_audio.png
+# :label: fig-negative-audio
+# :alt: False-alarm rate and visible-AP drop of every method under silence, noise and off-screen audio
+# Negative audio, per method, on solo and duet frames: how often a source (or a visible class) is
+# reported, and how much the map shown loses on the visible objects against the same frames with
+# their own audio; bars are means over seeds, whiskers one standard deviation.
+# ```
+
+# %% [markdown]
 # ## The runs this chapter read
 #
 # Every number above comes from these stored runs (`store/`, `avgn runs status`), read on the code
