@@ -20,19 +20,22 @@
 #
 # DSOL trains in two stages through the book's engine (`avgn.methods.dsol`):
 #
-# 1. **Single-source scenes**: audio-visual correspondence (the global max of
-#    `sigmoid(w · cos(v, a))` against matched and mismatched pairs). From the second epoch on, every
-#    training frame's object feature (the mean backbone feature inside its localised region) is
-#    clustered by K-means; the centres are the dictionary of object categories, and audio and visual
-#    classifiers learn each item's cluster.
+# 1. **Single-source scenes**: audio-visual correspondence (public: the global max of
+#    `sigmoid(w · cos(v, a))` against matched and mismatched pairs; here by default EZ-VSL's max-MIL
+#    contrastive loss, see "Does it learn?"). From the second epoch on, every training frame's object
+#    feature (the mean feature inside its localised region) is clustered by K-means; the centres are
+#    the dictionary of object categories, and audio and visual classifiers learn each item's cluster.
 # 2. **Mixtures**, starting from stage 1's weights: class-aware maps (dictionary × audio-visual map),
 #    whose category distribution must match the audio's (KL), plus the location loss.
 #
 # The clusters are mapped to classes once per clustering, on the validation split, by the Hungarian
 # assignment (never on test, never by hand). At test time the sounding objects are the classes the
 # audio distribution selects (`predicted`), with the threshold chosen on validation; `oracle` hands it
-# the labels, as for AVGN. What the public code does and where it breaks: `../shared/ANCHORS.md`;
-# this implementation's departures are listed in `avgn.methods.dsol`.
+# the labels, as for AVGN. The public code (DTaoo/Discriminative-Sounding-Objects-Localization,
+# `music-exp/`) does not run as published (its entry points pass an argument its constructors do not
+# take, its evaluation scores one batch, its test frames and negatives are drawn at random); this
+# implementation follows the paper and the code's design, and every departure is a flag of
+# `avgn.methods.dsol.DSOLConfig` whose public value the next section trains beside the default.
 
 # %% tags=["parameters"]
 profile = "cpu"
