@@ -11,7 +11,7 @@ from avgn.methods.avgn import PAPER_DESIGN
 from avgn.methods.dsol import PUBLIC_DESIGN as PUBLIC_DSOL_DESIGN
 from avgn.runs import Variant
 
-__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "TVSL_VARIANTS", "TVSL_PAPER_VARIANT", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
+__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "NEGATIVES_VARIANT", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "TVSL_VARIANTS", "TVSL_PAPER_VARIANT", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
 
 
 #: Chapter 4's ablations and chapter 2's paper design train on the 6-epoch schedule with early stopping (:data:`SHORT_VARIANT`, their
@@ -66,6 +66,11 @@ WIDTH_VARIANTS: tuple[Variant, ...] = (
     Variant("audio width 0.25", "avgn", overrides=ABLATION_SCHEDULE + (("model.encoder.audio_width", 0.25),), name="avgn-audio-width0.25", factor="audio width",
             level=0.25),
 )
+#: Chapter 5 (issue 30): AVGN trained with a fifth of its items on negative audio (silence, or the
+#: scene's noise alone, with no sounding label: ``train.negative_items``), so that its presence heads
+#: can say that nothing sounds; compared with AVGN on the negative-audio sets and on the test split.
+NEGATIVES_VARIANT = Variant("AVGN trained on negative audio", "avgn", overrides=(("train.negative_items", 0.2),), name="avgn-negatives",
+                            factor="negative items", level=0.2)
 #: Chapter 7: DSOL's two stages — stage 1 on single-source scenes only, stage 2 on mixtures only,
 #: initialised from stage 1's run of the same seed.
 DSOL_STAGE1_VARIANT = Variant("DSOL stage 1", "dsol", overrides=(("model.stage", 1), ("train.concat_items", 0), ("train.scene_items", 0)),
@@ -107,6 +112,7 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "loss": LOSS_VARIANTS,
     "width": WIDTH_VARIANTS,
     "short": (SHORT_VARIANT,),
+    "negatives": (NEGATIVES_VARIANT,),
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS,
     "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
     "dsol-public": (DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT),

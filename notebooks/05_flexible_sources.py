@@ -41,13 +41,13 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import class_presence_table, predict_run, presence_summary, sources_curves
+from avgnbook.analysis import class_presence_table, compare_seeds, predict_run, presence_summary, say, sources_curves
 from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgn.methods import get_method
 from avgnbook.results import with_set_parts
 from avgn.runs import load_run
-from avgnbook.variants import MAIN_VARIANTS
+from avgnbook.variants import MAIN_VARIANTS, NEGATIVES_VARIANT
 from avgn.viz import save_figure
 
 ctx = chapter_context("05", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
@@ -252,13 +252,14 @@ import json  # noqa: E402
 from avgnbook.plan import NEGATIVE_SETS  # noqa: E402
 
 NEG = {"negative": list(NEGATIVE_SETS)}
-ctx.run_variants(MAIN_VARIANTS, eval_sets=NEG, verbose=False)
+NEG_VARIANTS = [*MAIN_VARIANTS, NEGATIVES_VARIANT]
+ctx.run_variants(NEG_VARIANTS, eval_sets=NEG, verbose=False)
 ctx.run_references(eval_sets=NEG, verbose=False)
-neg = with_set_parts(ctx.write(ctx.collect(MAIN_VARIANTS, split="negative"), "05_negative"))
+neg = with_set_parts(ctx.write(ctx.collect(NEG_VARIANTS, split="negative"), "05_negative"))
 neg = neg[neg["mode"] == "predicted"].rename(columns={"layout": "condition"})
 fa = neg[neg["metric"] == "false_alarm"].pivot_table(index="variant", columns=["task", "condition"], values="value", aggfunc="mean")
 display(fa.round(3))
-payloads = [json.loads((ctx.run_dir(v, s) / "eval_negative.json").read_text()) for v in MAIN_VARIANTS for s in seeds]
+payloads = [json.loads((ctx.run_dir(v, s) / "eval_negative.json").read_text()) for v in NEG_VARIANTS for s in seeds]
 for note in sorted({p.get("detection", {}).get("note") for p in payloads} - {None}):
     print(note)
 
@@ -280,6 +281,23 @@ plt.close(grid.figure)
 # reported, and how much the map shown loses on the visible objects against the same frames with
 # their own audio; bars are means over seeds, whiskers one standard deviation.
 # ```
+
+# %% [markdown]
+# ### Does training on negative audio teach AVGN to say "nothing"?
+#
+# `avgn-negatives` is AVGN trained with a fifth of its items on silence or on their noise alone, with
+# no sounding label (`train.negative_items`). Its false alarms under silence and noise against
+# AVGN's, and what it costs on the test duets with their own audio (oracle CAP, the target: at most
+# one point):
+
+# %%
+test = ctx.collect([v for v in MAIN_VARIANTS if v.method == "avgn"][:1] + [NEGATIVES_VARIANT], references=(), split="test")
+both = pd.concat([neg.rename(columns={"condition": "layout"}), test], ignore_index=True)
+for set_name, metric, mode in (("test/solo/silence", "false_alarm", "predicted"), ("test/solo/noise", "false_alarm", "predicted"),
+                               ("test/duet/offscreen", "false_alarm", "predicted"), ("test/duet/scene", "cap", "oracle"),
+                               ("test/duet/concat", "cap", "oracle")):
+    c = compare_seeds(both, NEGATIVES_VARIANT.label, "AVGN", set_name, metric, mode_a=mode, mode_b=mode)
+    print(f"{set_name} {metric} ({mode}): trained on negative audio {say(c)}")
 
 # %% [markdown]
 # ## The runs this chapter read
