@@ -242,7 +242,11 @@ PROFILES: dict[str, Profile] = {
         # AVGN: its validation duet presence F1 still rises until epoch 12-16, so it trains 16
         # epochs, every one (chapter 2, "Does more training help?"; the 6-epoch schedule with early
         # stopping is the variant ``avgn-short``)
-        method_train=(("ezvsl", (("epochs", 20),)), ("avgn", (("epochs", 16), ("early_stopping_patience", None)))),
+        method_train=(("ezvsl", (("epochs", 20),)), ("avgn", (("epochs", 16), ("early_stopping_patience", None))),
+                      # DSOL's stage 1 and T-VSL learn their classes from the audio as slowly as AVGN: the same budget
+                      # (chapters 7 and 9; DSOL's stage 2 keeps the shared schedule: avgnbook.variants.DSOL_VARIANT)
+                      ("dsol", (("epochs", 16), ("early_stopping_patience", None))),
+                      ("tvsl", (("epochs", 16), ("early_stopping_patience", None)))),
     ),
     "gpu": Profile(
         name="gpu",

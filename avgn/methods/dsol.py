@@ -79,7 +79,7 @@ CLUSTER_FEATURES = ("backbone", "projection")
 RECLUSTER = ("fresh", "warm")
 
 #: The public code's choices for the fields where this book's defaults depart from it.
-PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone", "recluster": "fresh"}
+PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone", "recluster": "fresh", "dilate": 1}
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,9 @@ class DSOLConfig:
         dim: embedding dimension of the audio-visual correspondence (public: 128).
         map_scale_init: initial value of the learned scale ``w`` of ``sigmoid(w cos(v, a))`` (public: 5).
         region_threshold / dilate: an object's region is the map above this value, grown by its
-            4-neighbours ``dilate`` times (public: 0.05, once).
+            4-neighbours ``dilate`` times (public: 0.05, once; here 0 times by default: one
+            4-neighbour step of a 7 x 7 map adds most of the frame around a small object, and the
+            purity of the clusters falls with it — chapter 7).
         cls_weight: weight of the pseudo-label classification of stage 1 (audio and visual heads).
         kl_weight / loc_weight: stage 2's ``kl_weight * KL + loc_weight * (BCE_pos + BCE_neg) / 2``
             (public: 1 and 0.5).
@@ -110,7 +112,8 @@ class DSOLConfig:
         region_rule: how an object's region is cut from the map: ``absolute`` = ``map >
             region_threshold`` (public: 0.05 on ``sigmoid(w cos)``, which with ``w = 5`` keeps every
             cell whose cosine exceeds -0.59, i.e. the whole frame) or ``relative`` (default) =
-            the min-max normalised map above ``relative_threshold``; both dilated ``dilate`` times.
+            the min-max normalised map above ``relative_threshold`` (0.9: the cells near the peak);
+            both dilated ``dilate`` times.
         cluster_features: what K-means clusters: ``backbone`` = the backbone features in the region
             (public: the ResNet's layer 4, which trains with the correspondence) or ``projection``
             (default) = the trained audio-visual projection of those features. This book's backbone
@@ -127,7 +130,7 @@ class DSOLConfig:
     dim: int = 128
     map_scale_init: float = 5.0
     region_threshold: float = 0.05
-    dilate: int = 1
+    dilate: int = 0
     cls_weight: float = 1.0
     kl_weight: float = 1.0
     loc_weight: float = 0.5
@@ -135,7 +138,7 @@ class DSOLConfig:
     avc_loss: str = "infonce"
     avc_tau: float = 0.1
     region_rule: str = "relative"
-    relative_threshold: float = 0.5
+    relative_threshold: float = 0.9
     cluster_features: str = "projection"
     recluster: str = "warm"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
