@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("run_dir", nargs="?", help="the run folder")
     p_eval.add_argument("--split", nargs="+", default=["test"], help="split(s), e.g. test test_style (default: test)")
     p_eval.add_argument("--sets", nargs="+", default=None, help="only these sets, e.g. test/duet/concat; negative audio: test/solo/silence, test/duet/noise, "
-                        "test/solo/offscreen, ... (avgn.negatives)")
+                        "test/solo/offscreen, ... (avgn.evaluate)")
     p_eval.add_argument("--checkpoint", default="best", help="best (default) or last")
     p_eval.add_argument("--reference", choices=list_methods(learned=False), default=None, help="evaluate a non-learned reference")
     p_eval.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="inputs of the reference (with --reference)")

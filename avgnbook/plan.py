@@ -33,7 +33,7 @@ SHIFT_SPLITS: tuple[str, ...] = ("test_style", "test_audio", "test_real")
 #: Chapters 5 and 7: 3 and 4 sources side by side, composed from test scenes.
 COMPOSED_SETS: tuple[str, ...] = ("test/trio/concat", "test/quartet/concat")
 #: Chapter 5 (issue 30): the test solo and duet frames with negative audio (silence, the build's
-#: noise, an off-screen clip), scored next to their own audio (:mod:`avgn.negatives`). Planned for the
+#: noise, an off-screen clip), scored next to their own audio (:mod:`avgn.evaluate`, its negative-audio section). Planned for the
 #: runs whose weights the store keeps (the references and the main comparison), so ``avgn runs
 #: train`` re-scores them from the stored weights without retraining.
 NEGATIVE_SETS: tuple[str, ...] = tuple(f"test/{t}/{c}" for t in ("solo", "duet") for c in ("silence", "noise", "offscreen"))

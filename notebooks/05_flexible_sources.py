@@ -241,7 +241,7 @@ plt.close(grid.figure)
 # under silence or noise, or a *visible* class under off-screen audio. AVGN reports the classes its
 # audio presence selects (its threshold from validation; the selection may be empty); the
 # class-agnostic methods report a source when the peak of their map passes a threshold chosen on
-# validation own-audio against negative-audio frames (`avgn.negatives`), and when no threshold
+# validation own-audio against negative-audio frames (`avgn.evaluate`, its negative-audio section), and when no threshold
 # separates them their false-alarm rate is 1. **Visible AP** is the AP of the map shown against the
 # visible sounding objects under each condition, next to the same frames with their own audio: a map
 # that does not depend on the audio loses nothing.

@@ -14,7 +14,7 @@ import torch
 from avgn.config import EvalConfig
 from avgn.evaluate import SetName, SetPredictions, is_negative, negative_set, negative_set_names
 from avgn.methods import Method, MethodPredictor
-from avgn.negatives import Detection, choose_detection_threshold, evaluate_negative, reported, score_negative
+from avgn.evaluate import Detection, choose_detection_threshold, evaluate_negative, reported, score_negative
 from helpers import tiny_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
