@@ -71,9 +71,10 @@ def dsol_stage1_report(run_dir: str | Path, data_dir: str | Path, split: str = "
 
     Returns ``map_ap`` / ``map_ap_negated`` (pixel AP of the upsampled ``sigmoid(w cos)`` map against the
     sounding object), ``scale`` (``w``), ``region_fraction_<rule>`` (mean share of the 7 x 7 cells an
-    object region keeps: ``absolute`` = map > 0.05, ``relative`` = min-max map > 0.5), and
+    object region keeps: ``absolute`` = map > 0.05, ``relative`` = min-max map > 0.5, both dilated once
+    as the public code does, ``own`` = the run's own rule, cut and dilation), and
     ``purity_<features>_<region>`` for ``features`` in {backbone, projection} and ``region`` in
-    {absolute, relative, gt} (``gt``: the cells at least a quarter covered by the object's mask).
+    {absolute, relative, own, gt} (``gt``: the cells at least a quarter covered by the object's mask).
     ``model_overrides``: configuration fields of a run made before they existed (e.g.
     :data:`avgn.methods.dsol.PUBLIC_DESIGN`).
     """
@@ -88,13 +89,15 @@ def dsol_stage1_report(run_dir: str | Path, data_dir: str | Path, split: str = "
     cover = F.adaptive_avg_pool2d(masks[:, None].float(), av.shape[-2:])[:, 0]
     gt = (cover > 0.25).float()
     gt[gt.flatten(1).sum(1) == 0] = (cover == cover.flatten(1).amax(1)[:, None, None]).float()[gt.flatten(1).sum(1) == 0]
-    regions = {"absolute": (object_region_maps(av, "absolute"), 0.05), "relative": (object_region_maps(av, "relative"), 0.5)}
-    for name, (m, cut) in regions.items():
+    cfg = model.cfg
+    regions = {"absolute": (object_region_maps(av, "absolute"), 0.05, 1), "relative": (object_region_maps(av, "relative"), 0.5, 1),
+               "own": (object_region_maps(av, cfg.region_rule), cfg.region_cut, cfg.dilate)}
+    for name, (m, cut, dil) in regions.items():
         rep[f"region_fraction_{name}"] = float((m > cut).float().mean())
-    k, c = model.cfg.k, model.cfg.num_classes
+    k, c = cfg.k, cfg.num_classes
     for feat_name, feats in (("backbone", o["visual_backbone_feats"]), ("projection", o["visual_map_feats"])):
-        for name, (m, cut) in regions.items():
-            rep[f"purity_{feat_name}_{name}"] = _purity(masked_object_features(feats, m, cut, model.cfg.dilate).feats, classes, k, c)
+        for name, (m, cut, dil) in regions.items():
+            rep[f"purity_{feat_name}_{name}"] = _purity(masked_object_features(feats, m, cut, dil).feats, classes, k, c)
         rep[f"purity_{feat_name}_gt"] = _purity(_region_mean(feats, gt), classes, k, c)
     return rep
 
