@@ -56,6 +56,9 @@ def solo_scene_outputs(model: torch.nn.Module, exp: Any, data_dir: str | Path, s
 
 
 def _purity(feats: torch.Tensor, classes: torch.Tensor, k: int, num_classes: int, seed: int = 0) -> float:
+    """Purity of K-means on ``feats`` with ``K`` = the model's ``k`` or, if fewer, the number of
+    classes present (a small split cannot fill more clusters than it has classes)."""
+    k = max(2, min(k, int(classes.unique().numel())))
     centres, _ = kmeans_dictionary(feats, k, seed=seed)
     assign = (F.normalize(feats, dim=1) @ F.normalize(centres, dim=1).t()).argmax(1)
     return hungarian_mapping(assign, classes, k, num_classes).purity

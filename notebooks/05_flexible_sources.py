@@ -255,7 +255,7 @@ NEG = {"negative": list(NEGATIVE_SETS)}
 NEG_VARIANTS = [*MAIN_VARIANTS, NEGATIVES_VARIANT]
 ctx.run_variants(NEG_VARIANTS, eval_sets=NEG, verbose=False)
 ctx.run_references(eval_sets=NEG, verbose=False)
-neg = with_set_parts(ctx.write(ctx.collect(NEG_VARIANTS, split="negative"), "05_negative"))
+neg = with_set_parts(ctx.write(ctx.collect(NEG_VARIANTS, split="negative"), "05_negative", fractions=False))  # drops may be < 0
 neg = neg[neg["mode"] == "predicted"].rename(columns={"layout": "condition"})
 fa = neg[neg["metric"] == "false_alarm"].pivot_table(index="variant", columns=["task", "condition"], values="value", aggfunc="mean")
 display(fa.round(3))
