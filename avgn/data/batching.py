@@ -340,7 +340,7 @@ class MixtureBatcher:
         white = torch.zeros((b, t), dtype=torch.float64) if self.noise is None else None
         refs: list[tuple[int, int]] = []
         kinds = [self.negative_kind(int(i)) for i in indices]
-        visual_labels = torch.zeros((b, self.n_classes), dtype=torch.float32)
+        negative = torch.tensor([k is not None for k in kinds])
         for r, (part, rc) in enumerate(recipes):
             if kinds[r] == "noise" and rc.snr_db is None:  # a noise-only item needs noise: draw it like the recipe would
                 rng = np.random.default_rng([self.seed, self.epoch, int(indices[r]), 0x6E6F69])
@@ -369,15 +369,13 @@ class MixtureBatcher:
         gains, snr = gains.to(dev), snr.to(dev)
         if self.noise is None:
             y = mix_batch(waves, gains, None if white is None else white.to(dev), snr)
-        elif any(kinds):
-            y = mix_batch_fast(waves, gains, self.noise.take(refs), snr, noise_only=torch.tensor([k == "noise" for k in kinds]))
-            y[torch.tensor([k == "silence" for k in kinds], device=y.device)] = 0.0
-            negative = torch.tensor([k is not None for k in kinds])
-            visual_labels = labels.clone()
-            labels[negative] = 0.0
-            classes[negative] = -1
         else:
-            y = mix_batch_fast(waves, gains, self.noise.take(refs), snr)
+            y = mix_batch_fast(waves, gains, self.noise.take(refs), snr,
+                               noise_only=torch.tensor([k == "noise" for k in kinds]) if any(kinds) else None)
+            y[torch.tensor([k == "silence" for k in kinds], device=y.device)] = 0.0
+        visual_labels = labels.clone()  # what the frame shows, before the negative items lose their labels
+        labels[negative] = 0.0
+        classes[negative] = -1
         out: dict[str, Any] = {
             "spec": log_spectrogram(y, self.spec_cfg).unsqueeze(1),
             "labels": labels,
@@ -386,8 +384,8 @@ class MixtureBatcher:
             "scene_ids": ["+".join(rc.scene_ids) for _, rc in recipes],
         }
         if self.negative_items > 0:
-            out["visual_labels"] = visual_labels if any(kinds) else labels.clone()
-            out["negative"] = torch.tensor([k is not None for k in kinds])
+            out["visual_labels"] = visual_labels
+            out["negative"] = negative
         if self.audio_only:
             return out
         if self.store is not None:
