@@ -36,7 +36,8 @@ import torch
 from avgn.config import EvalConfig
 from avgn.data.manifest import load_manifest
 from avgn.env import resolve_device
-from avgn.evaluate import MODES, SetName, SetPredictions, _store_for, load_eval_set, predict_set, reference_predictor, score_set
+from avgn.evaluate import MODES, SetName, SetPredictions, load_eval_set, predict_set, reference_predictor, score_set
+from avgn.evaluate.run_eval import _store_for
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.avgn import embedding_dependence
 from avgn.runs import Variant, load_trained_model, run_presence_threshold, variant_dirs

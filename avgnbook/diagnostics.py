@@ -30,7 +30,8 @@ from torch import nn
 
 from avgn.config import EvalConfig
 from avgn.data.manifest import load_build_info
-from avgn.evaluate import _store_for, load_eval_set, predict_set, presence_metrics, primary_metric, score_set
+from avgn.evaluate import load_eval_set, predict_set, presence_metrics, primary_metric, score_set
+from avgn.evaluate.run_eval import _store_for
 from avgn.features import FeatureStore, compute_features
 from avgn.methods.avgn import avgn_loss_terms
 from avgn.methods import MethodPredictor, get_method, model_inputs

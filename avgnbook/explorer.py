@@ -26,7 +26,7 @@ The slider is a *threshold* for both rules, so raising it never grows the mask:
 
 :func:`binarize_value` converts a slider threshold into the ``value`` of :mod:`avgn.metrics`.
 
-Which source a map scores (the evaluation's ``oracle`` selection, :func:`avgn.evaluate._source_maps`):
+Which source a map scores (the evaluation's ``oracle`` selection, :func:`avgn.evaluate.scoring._source_maps`):
 AVGN's class map scores the source of that class (a class that is not sounding in the scene scores
 nothing: matched source ``None``, cIoU NaN); EZ-VSL's shared map scores every source (the ``source``
 drop-down picks the one compared); a Mix-and-Localize slot scores the source that the Hungarian
@@ -51,7 +51,8 @@ import avgn.viz  # noqa: F401  (selects the non-interactive Agg backend before p
 from avgn import metrics
 from avgn.data.datasets import SceneDataset, log_spectrogram
 from avgn.env import resolve_device
-from avgn.evaluate import SetName, SetPredictions, _hungarian_match, list_sets
+from avgn.evaluate import SetName, SetPredictions, list_sets
+from avgn.evaluate.scoring import _hungarian_match
 from avgn.features import FeatureStore, collate_samples, compute_features
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
@@ -238,7 +239,7 @@ def explorer_items(
         else:
             names = [f"slot {k + 1}" for k in range(up.shape[1])]
         match = None
-        if kind == "slots":  # the evaluation's matching (avgn.evaluate._source_maps)
+        if kind == "slots":  # the evaluation's matching (avgn.evaluate.scoring._source_maps)
             p = SetPredictions(name=sn, kind=kind, maps=raw, masks=masks, classes=base["classes"].long(), labels=base["labels"], scene_ids=[it.scene_id for it in items])
             valid = (p.classes >= 0) & p.masks.flatten(2).any(-1)
             match = _hungarian_match(metrics.pairwise_ap(p.maps, p.masks), valid)  # [B, S_max], -1 unmatched

@@ -31,7 +31,9 @@ from torch import Tensor
 from avgn import metrics
 from avgn.data.datasets import SceneDataset
 from avgn.env import resolve_device
-from avgn.evaluate import SetName, _source_maps, _store_for, load_eval_set, predict_set, reference_predictor
+from avgn.evaluate import SetName, load_eval_set, predict_set, reference_predictor
+from avgn.evaluate.run_eval import _store_for
+from avgn.evaluate.scoring import _source_maps
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
 from avgn.segment.prompts import GSAVL_ALPHA, PromptConfig, fuse_maps, sample_points

@@ -5,8 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from avgn.experiment import Experiment, get_experiment
+from avgn.methods.avgn import AVGNConfig
+from avgn.models.config import EncoderConfig
 
-__all__ = ["tiny_experiment"]
+__all__ = ["tiny_experiment", "small_avgn", "SMALL_D", "SMALL_C"]
+
+#: width and number of classes of :func:`small_avgn`
+SMALL_D, SMALL_C = 32, 5
+
+
+def small_avgn(depth: int = 1, **kw: Any) -> AVGNConfig:
+    """A unit-test-sized AVGN configuration (32-d, 5 classes, 4 heads, an eighth-width audio ResNet)."""
+    base: dict[str, Any] = dict(num_classes=SMALL_C, dim=SMALL_D, depth=depth, heads=4, mlp_ratio=2.0, encoder=EncoderConfig(audio_width=0.125))
+    base.update(kw)
+    return AVGNConfig(**base)
 
 
 def tiny_experiment(method: str = "avgn", **extra: Any) -> Experiment:

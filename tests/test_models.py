@@ -21,14 +21,12 @@ from avgn.models.selection import select_sources
 from avgn.models.encoders import WeightsError, build_resnet18_trunk
 from avgn.models.grouping import assign_tokens
 
-D, C, B = 32, 5, 3
+from helpers import SMALL_C, SMALL_D, small_avgn
+
+D, C, B = SMALL_D, SMALL_C, 3
 ENC = EncoderConfig(audio_width=0.125)
 
 
-def small_avgn(**kw) -> AVGNConfig:
-    base = dict(num_classes=C, dim=D, depth=1, heads=4, mlp_ratio=2.0, encoder=ENC)
-    base.update(kw)
-    return AVGNConfig(**base)
 
 
 def spec(b: int = B, seed: int = 0) -> torch.Tensor:

@@ -21,14 +21,15 @@ from avgn.models.config import EncoderConfig
 from avgn.models.grouping import GroupingBlock, TokenTransformer
 from avgn.models.grouping import _mha_forward
 
-D, C, B = 32, 5, 3
+from helpers import SMALL_C, SMALL_D
+from helpers import small_avgn as _small_avgn
+
+D, C, B = SMALL_D, SMALL_C, 3
 ENC = EncoderConfig(audio_width=0.125)
 
 
 def small_avgn(**kw) -> AVGNConfig:
-    base = dict(num_classes=C, dim=D, depth=2, heads=4, mlp_ratio=2.0, encoder=ENC)
-    base.update(kw)
-    return AVGNConfig(**base)
+    return _small_avgn(**{"depth": 2, **kw})
 
 
 def _randn(*shape: int, seed: int = 0, grad: bool = False) -> torch.Tensor:

@@ -550,10 +550,11 @@ def test_composed_concat_sets_are_deterministic_and_well_formed(fake_build, tmp_
             assert torch.equal(x[k], y[k]), k
     run = tmp_path / "avgn"
     train(_tiny(**{"train.epochs": 1}), fake_build, run, seed=0, device="cpu", progress=False)
-    import avgn.evaluate as ev_mod
+    import avgn.evaluate.sets
+    from avgn.evaluate import evaluate_run
 
-    monkeypatch.setattr(ev_mod, "COMPOSED_ITEMS", 12)
-    ev = ev_mod.evaluate_run(run, "test", sets=["test/trio/concat"], device="cpu", progress=False, write=False)
+    monkeypatch.setattr(avgn.evaluate.sets, "COMPOSED_ITEMS", 12)
+    ev = evaluate_run(run, "test", sets=["test/trio/concat"], device="cpu", progress=False, write=False)
     r = ev["results"]["test/trio/concat"]["oracle"]
     assert 0.0 <= r["cap"] <= 1.0 and ev["items"] == 12
 
