@@ -117,7 +117,7 @@ def _cfg(**kw):
 
 
 def test_losses_by_hand():
-    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=0.0)  # the paper's four losses
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=0.0, w_loc=0.0)  # the paper's four losses
     anchors = torch.eye(4, E)
     seen = torch.tensor([True, True, True, False])
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
@@ -149,7 +149,7 @@ def test_losses_by_hand():
 
 def test_class_feature_presence_by_hand():
     """The fifth term: BCE of s cos(f_bc, t_c) + b on every sample and seen class."""
-    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=2.0)
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=2.0, w_loc=0.0)
     anchors = torch.eye(4, E)
     seen = torch.tensor([True, True, True, False])
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
@@ -169,6 +169,51 @@ def test_class_feature_presence_by_hand():
     assert p2["feat"].item() < parts["feat"].item()
     with pytest.raises(ValueError, match="feat_affine"):
         tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg)
+
+
+def test_localization_term_by_hand():
+    """The sixth term: per-source max-MIL contrastive loss of the class audio features against the
+    batch's image tokens (the maps' similarity), both directions, by hand on orthogonal tokens."""
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=0.5, w_feat=0.0, w_loc=3.0)
+    anchors = torch.eye(4, E)
+    seen = torch.tensor([True, True, True, False])
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])  # one source each: sample 0 class a, sample 1 class b
+    emb = anchors.expand(2, 4, E).clone()
+    out = {"audio_emb": emb, "visual_emb": emb.clone(), "ml_logits": torch.zeros(2, 4), "anchors": anchors}
+    tokens = torch.zeros(2, E, 1, 2)
+    tokens[0, 0, 0, 1] = tokens[0, 5, 0, 0] = 1.0  # image 0 holds class a's direction at one position
+    tokens[1, 1, 0, 0] = tokens[1, 6, 0, 1] = 1.0  # image 1 holds class b's
+    _, p4 = tvsl_losses(out, labels, seen, torch.tensor(10.0), _cfg(train_classes=("a", "b", "c"), tau=0.5, w_feat=0.0, w_loc=0.0))
+    total, parts = tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg, visual_tokens=tokens)
+    # each pair: max cos 1 with its own image, 0 with the other; CE over 2 images at tau 0.5, both directions
+    expect = 2 * math.log(1 + math.exp(-1 / 0.5))
+    assert parts["loc"].item() == pytest.approx(expect, rel=1e-5)
+    assert p4["loc"].item() == 0.0
+    assert parts["total"].item() == pytest.approx(p4["total"].item() + 3 * expect, rel=1e-5)
+    swapped = tokens.flip(0)  # each audio now matches the other image: the loss grows
+    _, ps = tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg, visual_tokens=swapped)
+    assert ps["loc"].item() == pytest.approx(2 * math.log(1 + math.exp(1 / 0.5)), rel=1e-5)
+    with pytest.raises(ValueError, match="visual_tokens"):
+        tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg)
+
+
+def test_the_model_trains_the_maps_similarity():
+    """With ``w_loc > 0`` the model's loss reaches the visual head through the localization term; its
+    tokens are exactly what :meth:`TVSL.localize` compares with the audio features."""
+    model = _model(w_feat=0.0, w_img=0.0, w_aud=0.0, w_ml=0.0, w_cnt=0.0, w_loc=1.0)
+    model.visual_head.w.data.fill_(0.5)  # the head's MLP is in the graph
+    vmap = F.normalize(torch.randn(2, E, 2, 2), dim=1)
+    audio = F.normalize(torch.randn(2, 4, E), dim=-1)
+    out = {"visual_map_feats": vmap, "audio_emb": audio, "visual_emb": audio.clone(), "ml_logits": torch.zeros(2, 4),
+           "anchors": model.anchors}
+    tok = model.visual_tokens(vmap)
+    assert tok.shape == (2, E, 2, 2)
+    maps = model.localize(out)
+    assert torch.allclose(maps, torch.einsum("bce,behw->bchw", audio, F.normalize(tok, dim=1)), atol=1e-5)
+    total, parts = model.loss(out, torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]]))
+    assert parts["loc"].item() > 0 and total.item() == pytest.approx(parts["loc"].item(), rel=1e-6)
+    total.backward()
+    assert model.visual_head.mlp[0].weight.grad.abs().sum() > 0
 
 
 def _model(**kw):

@@ -33,7 +33,10 @@ On this project's encoders, with frozen text anchors (:mod:`avgn.text`) in place
 Losses (:meth:`TVSL.loss`), on the ``(sample, class)`` pairs of the sounding sources and only
 against the anchors of the training classes (``seen``): image->text and audio->text
 cross-entropy with a learned scale clamped to ``[1, scale_max]``; multi-label BCE; symmetric
-InfoNCE between the audio and image class features of the pairs. Weighted sum (all 1).
+InfoNCE between the audio and image class features of the pairs; and this book's two further terms
+(flags, see :class:`TVSLConfig`): class-feature presence (``w_feat``) and per-source localization
+(``w_loc``), the max-MIL contrastive loss on the very similarity the maps are read from. Weighted sum
+(all 1; ``w_feat = w_loc = 0`` is the paper's design).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from avgn.methods.avgn import embedding_dependence_summary
+from avgn.losses import sources_from_multihot
+from avgn.methods.avgn import avgn_localization_loss, embedding_dependence_summary
 from avgn.methods.base import Method
 from avgn.methods.registry import register_method
 
@@ -101,7 +105,12 @@ class TVSLConfig:
         anchor_cache: folder of the cached anchors (``None``: :func:`avgn.text.default_cache_dir`).
         dim: hidden width of the residual MLP heads (the embedding width is the text width, 384).
         token_weighting: ``l2`` = the public code (token weights ``s_c / ||s_c||`` over the tokens,
-            class feature = mean of weighted tokens); ``softmax`` = ``softmax(s_c / weight_tau)``.
+            class feature = mean of weighted tokens); ``softmax`` = ``softmax(s_c / weight_tau)``
+            (default: this book's departure). The ``l2`` weights are nearly uniform over the tokens, so
+            a class feature is close to the mean token whatever holds the class; with the softmax it
+            is the tokens nearest the anchor, and the pooled terms (presence, contrastive) reach
+            *where* the class is (with ``l2`` and the localization term the maps stay below the
+            object prior: chapter 9).
         weight_tau: temperature of the ``softmax`` weighting.
         ml_input: ``audio`` (default: the multi-label term reads the pooled audio tokens only, so the
             predicted classes come from the audio, as the paper describes inference) or ``fused``
@@ -119,6 +128,15 @@ class TVSLConfig:
             term asks the class feature of a class that does *not* sound to stay away from its
             anchor, so the features (and the maps read from them) depend on the input. Default 1:
             what works here (chapter 9 reports both).
+        w_loc: weight of this book's sixth term, *per-source localization*: the max-MIL contrastive
+            loss of AVGN's Eq. 10 (:func:`avgn.methods.avgn.avgn_localization_loss`, ``target='public'``,
+            temperature ``tau``) between each sounding class's audio feature ``audio_emb_bc`` and the
+            image tokens through the visual head ``h^v(x^v_p)`` of every image in the batch: the
+            similarity the maps are read from (:meth:`TVSL.localize`). The paper's image tokens are
+            CLIP's, already aligned with the text at every position, so its pooled losses suffice; this
+            book's tokens are a trained projection of ImageNet features, and no pooled term asks a
+            *position* to match the sound (with the four or five losses the maps score below the
+            object prior: chapter 9). 0 = the paper's design; default 1.
         encoder: the visual and audio encoders; their ``dim`` is the text width.
     """
 
@@ -130,7 +148,7 @@ class TVSLConfig:
     candidate_classes: tuple[str, ...] | None = None
     anchor_cache: str | None = None
     dim: int = 512
-    token_weighting: str = "l2"
+    token_weighting: str = "softmax"
     weight_tau: float = 0.1
     ml_input: str = "audio"
     scale_init: float = 1 / 0.07
@@ -141,6 +159,7 @@ class TVSLConfig:
     w_ml: float = 1.0
     w_cnt: float = 1.0
     w_feat: float = 1.0
+    w_loc: float = 1.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     #: width of the text space (``TEXT_DIMS[text_encoder]``; all-MiniLM-L6-v2 by default); every token is projected into it
@@ -289,15 +308,22 @@ class TVSL(nn.Module):
         vmap = outputs["visual_map_feats"].float()
         b, e, h, w = vmap.shape
         with torch.autocast(vmap.device.type, enabled=False):
-            tok = F.normalize(self.visual_head(vmap.flatten(2).transpose(1, 2)).float(), dim=-1)  # [B, N, E]
+            tok = F.normalize(self.visual_tokens(vmap).float().flatten(2).transpose(1, 2), dim=-1)  # [B, N, E]
             a = F.normalize(outputs["audio_emb"].float(), dim=-1)  # [B, C, E]
             maps = torch.einsum("bce,bne->bcn", a, tok)
         return maps.reshape(b, -1, h, w)
 
+    def visual_tokens(self, vmap: Tensor) -> Tensor:
+        """The image tokens ``vmap`` (``visual_map_feats``, ``[B, E, h, w]``) through the visual head,
+        ``h^v(x^v_p)``: ``[B, E, h, w]``, what the maps compare with the class-aware audio features."""
+        b, e, h, w = vmap.shape
+        return self.visual_head(vmap.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
+
     def loss(self, outputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The four losses against the seen classes' anchors (:func:`tvsl_losses`)."""
+        """T-VSL's losses against the seen classes' anchors (:func:`tvsl_losses`)."""
         feat_affine = (self.feat_scale.exp(), self.feat_bias)
-        return tvsl_losses(outputs, labels, self.seen, self.scale, self.cfg, feat_affine)
+        tokens = self.visual_tokens(outputs["visual_map_feats"]) if self.cfg.w_loc > 0 else None
+        return tvsl_losses(outputs, labels, self.seen, self.scale, self.cfg, feat_affine, tokens)
 
     def class_presence_logits(self, emb: Tensor, anchors: Tensor) -> Tensor:
         """``s_f cos(emb_bc, t_c) + b_f``: ``emb [B, C, E]``, ``anchors [C, E]`` -> ``[B, C]``."""
@@ -311,7 +337,7 @@ def class_presence_logits(emb: Tensor, anchors: Tensor, scale: Tensor, bias: Ten
 
 
 def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, scale: Tensor, cfg: Any,
-                feat_affine: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                feat_affine: tuple[Tensor, Tensor] | None = None, visual_tokens: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """T-VSL's loss on one forward output.
 
     Args:
@@ -320,16 +346,19 @@ def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, sca
         seen: bool ``[C]``: the classes training may use (targets and negatives); a sounding
             class that is not seen is an error.
         scale: the (clamped) logit scale of the text classification.
-        cfg: weights ``w_img, w_aud, w_ml, w_cnt, w_feat`` and the contrastive ``tau``.
+        cfg: weights ``w_img, w_aud, w_ml, w_cnt, w_feat, w_loc`` and the contrastive ``tau``.
         feat_affine: ``(s_f, b_f)`` of the class-feature presence term (needed when ``w_feat > 0``).
+        visual_tokens: ``[B, E, h, w]`` image tokens through the visual head (needed when ``w_loc > 0``).
 
     Returns:
-        ``(total, {"img", "aud", "ml", "cnt", "feat", "total"})`` (parts detached). ``img`` / ``aud``: mean
+        ``(total, {"img", "aud", "ml", "cnt", "feat", "loc", "total"})`` (parts detached). ``img`` / ``aud``: mean
         cross-entropy over the sounding ``(b, c)`` pairs of ``scale * cos(feature_bc, T_seen)`` with
         target ``c``; ``ml``: BCE of ``ml_logits[:, seen]``; ``cnt``: symmetric InfoNCE between the
         pairs' audio and image features (temperature ``tau``; 0 with a single pair); ``feat``: mean
         over the two modalities of the BCE of :func:`class_presence_logits` on every sample and seen
-        class against the multi-hot labels (0 when ``w_feat = 0``).
+        class against the multi-hot labels (0 when ``w_feat = 0``); ``loc``: per-source max-MIL
+        contrastive loss of every sounding class's audio feature against the batch's ``visual_tokens``
+        (:func:`avgn.methods.avgn.avgn_localization_loss`, ``target='public'``; 0 when ``w_loc = 0``).
     """
     labels = labels.to(outputs["ml_logits"].dtype)
     pos = labels > 0.5
@@ -362,8 +391,15 @@ def tvsl_losses(outputs: Mapping[str, Tensor], labels: Tensor, seen: Tensor, sca
             for k in ("audio_emb", "visual_emb"))
     else:
         l_feat = l_ml * 0.0
-    total = cfg.w_img * l_img + cfg.w_aud * l_aud + cfg.w_ml * l_ml + cfg.w_cnt * l_cnt + w_feat * l_feat
-    parts = {"img": l_img, "aud": l_aud, "ml": l_ml, "cnt": l_cnt, "feat": l_feat, "total": total}
+    w_loc = getattr(cfg, "w_loc", 0.0)
+    if w_loc > 0:
+        if visual_tokens is None:
+            raise ValueError("w_loc > 0 needs visual_tokens [B, E, h, w]")
+        l_loc = avgn_localization_loss(outputs["audio_emb"], visual_tokens, *sources_from_multihot(labels), tau=cfg.tau, target="public")
+    else:
+        l_loc = l_ml * 0.0
+    total = cfg.w_img * l_img + cfg.w_aud * l_aud + cfg.w_ml * l_ml + cfg.w_cnt * l_cnt + w_feat * l_feat + w_loc * l_loc
+    parts = {"img": l_img, "aud": l_aud, "ml": l_ml, "cnt": l_cnt, "feat": l_feat, "loc": l_loc, "total": total}
     return total, {k: v.detach() for k, v in parts.items()}
 
 
@@ -377,8 +413,9 @@ class TVSLMethod(Method):
     modes = ("oracle", "predicted")
     names_classes = True
     config_cls = TVSLConfig
-    #: 2: the class-feature presence term (w_feat = 1; 0 is version 1's four losses)
-    version = 2
+    #: 2: the class-feature presence term (w_feat = 1; 0 is version 1's four losses);
+    #: 3: the per-source localization term (w_loc = 1) and softmax token weighting (version 2: w_loc = 0, l2)
+    version = 3
 
     def default_config(self, profile: "Profile") -> TVSLConfig:
         return TVSLConfig(dim=profile.sizes.dim, encoder=profile.encoder)
