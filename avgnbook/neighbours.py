@@ -10,6 +10,9 @@
 * :func:`tvsl_dependence_report` — T-VSL's class features: how much they depend on whether the class
   sounds (cosine between a class feature's mean where it sounds and where it does not; 1 = the
   anchor alone sets it) and the AP of its maps and of their negation.
+* :func:`tvsl_loss_controls` — what each of T-VSL's losses can be met by: every term on the same
+  scenes as trained, with the anchors shuffled among the classes, and with the audio replaced by
+  noise (a term that stays as low under a control does not need what the control took away).
 
 Every number is computed from a trained run folder (``avgn train`` / the run store's checkout);
 nothing is typed by hand.
@@ -31,7 +34,7 @@ from avgn.methods.base import model_inputs
 from avgn.metrics import pixel_average_precision, upsample_maps
 from avgn.runs import load_trained_model
 
-__all__ = ["solo_scene_outputs", "dsol_stage1_report", "tvsl_dependence_report"]
+__all__ = ["solo_scene_outputs", "dsol_stage1_report", "tvsl_dependence_report", "tvsl_loss_controls", "LOSS_CONTROLS"]
 
 
 @torch.no_grad()
@@ -129,3 +132,54 @@ def tvsl_dependence_report(run_dir: str | Path, data_dir: str | Path, split: str
     rep["map_ap"] = float(pixel_average_precision(up, masks).mean())
     rep["map_ap_negated"] = float(pixel_average_precision(-up, masks).mean())
     return rep
+
+
+#: The controls of :func:`tvsl_loss_controls`, in order.
+LOSS_CONTROLS = ("as trained", "anchors shuffled", "audio noise")
+
+
+@torch.no_grad()
+def tvsl_loss_controls(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_items: int = 256, seed: int = 0,
+                       permutation: torch.Tensor | None = None) -> dict[str, dict[str, float]]:
+    """Every term of T-VSL's loss (:meth:`avgn.methods.tvsl.TVSL.loss`, weights as trained) on the first
+    ``max_items`` (seeded subset) single-source scenes of ``split``, under :data:`LOSS_CONTROLS`:
+
+    * ``as trained`` — the scenes as they are;
+    * ``anchors shuffled`` — the training classes' anchors permuted among themselves (``permutation``
+      over the seen classes, or a seeded random derangement): a term that stays as low is met by
+      whichever anchor the pooling was given, not by the class the input holds;
+    * ``audio noise`` — each spectrogram replaced by Gaussian noise of its own mean and std: a term
+      that stays as low does not need the audio.
+
+    Returns ``{control: {term: mean over batches}}`` with the terms ``img, aud, ml, cnt, feat, loc, total``."""
+    model, exp, _ = load_trained_model(run_dir, device="cpu")
+    model.eval()
+    store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=["solo"], layouts=["scene"], spec=exp.inputs.spec, max_sources=1),
+                              store, drop=("image", "audio"))
+    if len(ds) > max_items:
+        ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_items].tolist())
+    seen = model.seen.nonzero().flatten()
+    if permutation is None:
+        g = torch.Generator().manual_seed(seed)
+        permutation = torch.randperm(len(seen), generator=g)
+        while len(seen) > 1 and (permutation == torch.arange(len(seen))).any():  # a derangement: no anchor stays
+            permutation = torch.randperm(len(seen), generator=g)
+    shuffled = model.anchors.clone()
+    shuffled[seen] = model.anchors[seen[permutation]]
+    sums: dict[str, dict[str, float]] = {c: {} for c in LOSS_CONTROLS}
+    n = 0
+    gen = torch.Generator().manual_seed(seed)
+    for b in DataLoader(ds, batch_size=32, collate_fn=collate_samples):
+        inputs = model_inputs(b, torch.device("cpu"))
+        spec = inputs["spec"]
+        mu, sd = spec.mean(dim=(1, 2, 3), keepdim=True), spec.std(dim=(1, 2, 3), keepdim=True)
+        noise = mu + sd * torch.randn(spec.shape, generator=gen)
+        runs = {"as trained": model(**inputs), "anchors shuffled": model(**inputs, anchors=shuffled),
+                "audio noise": model(**dict(inputs, spec=noise))}
+        for control, out in runs.items():
+            _, parts = model.loss(out, b["labels"].float())
+            for k, v in parts.items():
+                sums[control][k] = sums[control].get(k, 0.0) + float(v)
+        n += 1
+    return {c: {k: v / n for k, v in terms.items()} for c, terms in sums.items()}
