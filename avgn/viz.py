@@ -22,7 +22,7 @@ def _atomic_savefig(fig: Figure, path: Path, **kwargs) -> None:
         fig.savefig(tmp, **kwargs)
 
 
-def save_figure(fig: Figure, name: str, figures_dir: str | Path = "figures", dpi: int = 150) -> dict[str, Path]:
+def save_figure(fig: Figure, name: str, figures_dir: str | Path = "figures", dpi: int = 150, source: str | None = None) -> dict[str, Path]:
     """Save ``fig`` as ``figures_dir/name.png`` and ``figures_dir/name.svg`` (atomically).
 
     Args:
@@ -30,6 +30,8 @@ def save_figure(fig: Figure, name: str, figures_dir: str | Path = "figures", dpi
         name: file stem: letters, digits, ``_``, ``-``, ``.`` (e.g. ``"00_metric_behaviour"``).
         figures_dir: output folder (created if missing).
         dpi: resolution of the PNG.
+        source: where the figure comes from, stored in both files' ``Source`` metadata (the book's
+            chapters write ``chapter NN, code revision REV``: :func:`figure_source` reads it back).
 
     Returns:
         ``{"png": path, "svg": path}``.
@@ -39,10 +41,19 @@ def save_figure(fig: Figure, name: str, figures_dir: str | Path = "figures", dpi
     out = Path(figures_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"png": out / f"{name}.png", "svg": out / f"{name}.svg"}
-    _atomic_savefig(fig, paths["png"], dpi=dpi, bbox_inches="tight")
+    meta = {} if source is None else {"Source": source}
+    _atomic_savefig(fig, paths["png"], dpi=dpi, bbox_inches="tight", metadata=meta)
     # SVGs embed a creation date by default; drop it so reruns give identical files
-    _atomic_savefig(fig, paths["svg"], bbox_inches="tight", metadata={"Date": None})
+    _atomic_savefig(fig, paths["svg"], bbox_inches="tight", metadata={"Date": None, **meta})
     return paths
+
+
+def figure_source(path: str | Path) -> str | None:
+    """The ``Source`` metadata :func:`save_figure` stored in a PNG (``None`` when it has none)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return getattr(im, "text", {}).get("Source")
 
 
 def set_style() -> None:

@@ -31,9 +31,31 @@ from avgnbook.results import RESULTS_DIR, read_results, to_results, write_result
 from avgn.runs import Variant, variant_dirs
 from avgn.store.queue import checkout
 from avgn.store.records import RunStore
-from avgn.viz import set_style
+from avgn.viz import save_figure, set_style
 
-__all__ = ["Chapter", "chapter_context"]
+__all__ = ["Chapter", "ChapterFigures", "chapter_context"]
+
+
+@dataclass(frozen=True)
+class ChapterFigures:
+    """A chapter's figure writer: ``figures_dir/<name>.png`` and ``.svg``, stamped ``chapter NN, code
+    revision REV`` (:attr:`source`), so that a check can tell which chapter wrote a figure on which
+    revision (:func:`avgnbook.consistency.check_figure_sources`). Chapters that need no runs (0, 1)
+    use it directly; the others through :meth:`Chapter.save_figure`."""
+
+    chapter: str
+    figures_dir: Path
+
+    @property
+    def source(self) -> str:
+        from avgn.env import git_revision
+
+        return f"chapter {self.chapter}, code revision {git_revision()}"
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 150) -> dict[str, Path]:
+        if not name.startswith(f"{self.chapter}_"):
+            raise ValueError(f"chapter {self.chapter}'s figures are named '{self.chapter}_...', got {name!r}")
+        return save_figure(fig, name, self.figures_dir, dpi=dpi, source=self.source)
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,10 @@ class Chapter:
             res = self.checkout(f"ref-{n}")
             if verbose:
                 print(f"{n}: run {res['id']}\n  " + "\n  ".join(res["commands"]), flush=True)
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 150) -> dict[str, Path]:
+        """:meth:`ChapterFigures.save_figure` of this chapter."""
+        return ChapterFigures(self.chapter, self.figures_dir).save_figure(fig, name, dpi)
 
     def runs_table(self):
         """The runs this chapter read (key, label, run id) and the code revision it ran on: every

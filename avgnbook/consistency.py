@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 from avgnbook.results import read_table
 
-__all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "check_chapter_reproduces", "REVISION_LINE"]
+__all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "check_figure_sources", "check_chapter_reproduces",
+           "REVISION_LINE", "FIGURE_REFERENCE", "FIGURE_SOURCE"]
 
 #: What :meth:`avgnbook.chapter.Chapter.runs_table` prints (and chapters without runs print themselves).
 REVISION_LINE = re.compile(r"code revision: ([0-9a-f]{7,40}(?:-dirty)?|unknown)")
@@ -120,12 +121,7 @@ def check_clean_revisions(book_dir: str | Path, names: Sequence[str] | None = No
     for p in sorted(Path(book_dir).glob("*.ipynb")):
         if names is not None and p.stem not in names:
             continue
-        nb = json.loads(p.read_text())
-        revs = set()
-        for cell in nb.get("cells", []):
-            for out in cell.get("outputs", []):
-                text = "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
-                revs |= set(REVISION_LINE.findall(text))
+        revs = _notebook_revisions(json.loads(p.read_text()))
         if not revs:
             problems.append(f"{p}: prints no 'code revision:' line (execute it with the current chapter code)")
         for r in sorted(revs):
@@ -133,6 +129,52 @@ def check_clean_revisions(book_dir: str | Path, names: Sequence[str] | None = No
                 problems.append(f"{p}: executed on {r}: commit the code, then execute the chapter on the clean revision")
         if len({r.removesuffix('-dirty') for r in revs}) > 1:
             problems.append(f"{p}: executed on several revisions ({', '.join(sorted(revs))})")
+    return problems
+
+
+#: A figure a chapter shows: ``../figures/<name>.png`` in a markdown cell.
+FIGURE_REFERENCE = re.compile(r"\.\./figures/([A-Za-z0-9][A-Za-z0-9_.-]*\.png)")
+#: What :meth:`avgnbook.chapter.Chapter.save_figure` stamps into a figure.
+FIGURE_SOURCE = re.compile(r"^chapter (\d\d), code revision (\S+)$")
+
+
+def _notebook_revisions(nb: dict[str, Any]) -> set[str]:
+    revs: set[str] = set()
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", [])) + "".join(out.get("data", {}).get("text/plain", []))
+            revs |= set(REVISION_LINE.findall(text))
+    return revs
+
+
+def check_figure_sources(book_dir: str | Path, figures_dir: str | Path, names: Sequence[str] | None = None) -> list[str]:
+    """(e) Every figure an executed chapter of ``book_dir`` shows (``../figures/<name>.png`` in its
+    markdown) exists in ``figures_dir`` and was written by that chapter on the revision the chapter
+    printed (the figure's ``Source`` stamp, :meth:`avgnbook.chapter.Chapter.save_figure`)."""
+    from avgn.viz import figure_source
+
+    problems = []
+    for p in sorted(Path(book_dir).glob("*.ipynb")):
+        if names is not None and p.stem not in names:
+            continue
+        nb = json.loads(p.read_text())
+        chapter = p.stem[:2]
+        revs = _notebook_revisions(nb)
+        shown = sorted({m for cell in nb.get("cells", []) if cell.get("cell_type") == "markdown"
+                        for m in FIGURE_REFERENCE.findall("".join(cell.get("source", [])))})
+        for fig in shown:
+            path = Path(figures_dir) / fig
+            if not path.is_file():
+                problems.append(f"{p}: shows {path}, which does not exist: execute the chapter ({p.stem})")
+                continue
+            m = FIGURE_SOURCE.match(figure_source(path) or "")
+            if m is None:
+                problems.append(f"{p}: {path} carries no 'chapter NN, code revision REV' stamp: execute the chapter ({p.stem}), saving through avgnbook.chapter (ctx.save_figure)")
+            elif m.group(1) != chapter:
+                problems.append(f"{p}: {path} was written by chapter {m.group(1)}, not {chapter}: execute chapter {chapter} ({p.stem})")
+            elif m.group(2) not in revs:
+                problems.append(f"{p}: {path} was written on revision {m.group(2)}, the chapter ran on {', '.join(sorted(revs)) or 'no printed revision'}: "
+                                f"execute the chapter ({p.stem}) again")
     return problems
 
 

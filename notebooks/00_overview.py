@@ -69,11 +69,13 @@ from avgn import metrics
 from avgn.config import get_profile
 from avgn.env import environment_report, seed_everything
 from avgnbook.synthetic import noisy_maps, perfect_map_ciou_vs_area, protocol_sweep, random_box_masks
-from avgn.viz import save_figure, set_style
+from avgn.viz import set_style
+from avgnbook.chapter import ChapterFigures
 
 cfg = get_profile(profile)
 seed_everything(seed)
 set_style()
+figs = ChapterFigures("00", figures_dir)  # writes figures stamped with this chapter and the code revision
 pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
 
 # %% [markdown]
@@ -149,7 +151,7 @@ for ax, noise, mask in zip(axes, levels, example_masks):
     ax.set_title(f"noise {noise}: AP {ap:.2f}, cIoU {iou:.2f}", fontsize=10)
     ax.axis("off")
 fig.tight_layout()
-save_figure(fig, "00_example_maps", figures_dir)
+figs.save_figure(fig, "00_example_maps")
 plt.show()
 
 # %%
@@ -159,7 +161,7 @@ sweep = protocol_sweep(noises, cfg.demo_samples, rules, seed=seed)
 grid = sns.relplot(data=sweep, x="noise", y="value", hue="rule", col="metric", kind="line", marker="o",
                    height=3.2, aspect=1.1, facet_kws={"sharey": False})
 grid.set_titles("{col_name}")
-save_figure(grid.figure, "00_metric_behaviour", figures_dir)
+figs.save_figure(grid.figure, "00_metric_behaviour")
 plt.close(grid.figure)
 sweep.pivot_table(index="noise", columns=["metric", "rule"], values="value").round(3)
 
@@ -184,7 +186,7 @@ fig, ax = plt.subplots(figsize=(5.5, 3.5))
 sns.lineplot(data=ceiling, x="area", y="ciou", hue="rule", style="rule", markers=True, dashes=True, ax=ax)
 ax.axhline(0.5, color="grey", ls="--", lw=1)
 ax.set(xlabel="object area (fraction of the frame)", ylabel="cIoU of a perfect map", ylim=(0, 1.05))
-save_figure(fig, "00_ciou_ceiling", figures_dir)
+figs.save_figure(fig, "00_ciou_ceiling")
 plt.close(fig)
 ceiling.pivot_table(index="area", columns="rule", values="ciou").round(3)
 
@@ -251,7 +253,7 @@ label_free = pd.DataFrame(rows)
 fig, ax = plt.subplots(figsize=(8, 3.2))
 sns.barplot(data=label_free, x="selection", y="value", hue="score", ax=ax)
 ax.set(title="Scores of one two-source frame under four selections", xlabel="classes the method selects", ylabel="score", ylim=(0, 1.05))
-save_figure(fig, "00_label_free_scores", figures_dir)
+figs.save_figure(fig, "00_label_free_scores")
 plt.close(fig)
 label_free.pivot(index="selection", columns="score", values="value").loc[list(SELECTIONS)].round(3)
 

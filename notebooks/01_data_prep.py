@@ -63,9 +63,11 @@ from avgn.data import catalog
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.data.datasets import SceneDataset, SpecConfig, log_spectrogram
 from avgn.data.manifest import load_build_info, load_clip_table, load_manifest, split_summary
-from avgn.viz import save_figure, set_style
+from avgn.viz import set_style
+from avgnbook.chapter import ChapterFigures
 
 set_style()
+figs = ChapterFigures("01", figures_dir)  # writes figures stamped with this chapter and the code revision
 cfg = get_profile(profile).data
 out = dataset_dir(data_dir, profile, seed)
 pd.DataFrame.from_dict(
@@ -134,7 +136,7 @@ sns.histplot(data=vis, x="visibility", hue="task", stat="density", common_norm=F
 axes[2].axvline(cfg.visibility_floor, color="k", ls="--", lw=1)
 axes[2].set(title="visible fraction of a sounding object", xlabel="visible / full pixels")
 fig.tight_layout()
-save_figure(fig, "01_scene_statistics", figures_dir);
+figs.save_figure(fig, "01_scene_statistics");
 
 # %%
 occ = pd.DataFrame(
@@ -147,7 +149,7 @@ sns.countplot(data=occ, x="class", hue="split", order=order, ax=ax)
 ax.set(title="class balance: sounding sources per class", xlabel="", ylabel="sources")
 ax.tick_params(axis="x", rotation=60)
 fig.tight_layout()
-save_figure(fig, "01_class_balance", figures_dir);
+figs.save_figure(fig, "01_class_balance");
 
 # %% [markdown]
 # ## Example scenes
@@ -183,7 +185,7 @@ for ax, row in zip(axes.T.flat, picks):
     show_scene(ax, row, out)
     ax.set_title(f"{row.split}/{row.task}\n" + ax.get_title(), fontsize=9)
 fig.tight_layout()
-save_figure(fig, "01_example_scenes", figures_dir);
+figs.save_figure(fig, "01_example_scenes");
 
 # %%
 concat = df[(df["layout"] == "concat") & (df["split"] == "test")]
@@ -192,7 +194,7 @@ for ax, i in zip(axes, rng.choice(len(concat), size=min(3, len(concat)), replace
     show_scene(ax, concat.iloc[i], out)
 fig.suptitle("concat layout (VGGSound-Duet protocol): two one-source frames side by side")
 fig.tight_layout()
-save_figure(fig, "01_example_concat", figures_dir);
+figs.save_figure(fig, "01_example_concat");
 
 # %% [markdown]
 # ## Listening to mixtures
@@ -227,7 +229,7 @@ for ax, w, t in zip(axes[1:], waves, titles):
     ax.set(title=t, xlabel="time (s)", ylabel="frequency (kHz)")
     ax.grid(False)
 fig.colorbar(im, ax=axes[1:], shrink=0.8, label="log magnitude")
-save_figure(fig, "01_example_spectrograms", figures_dir);
+figs.save_figure(fig, "01_example_spectrograms");
 
 # %% [markdown]
 # A mixture from the real-recordings test split, and one from the held-out soundfont:

@@ -74,7 +74,7 @@ from avgnbook.pipeline import collect_variants
 from avgnbook.results import to_results, write_results
 from avgn.runs import eval_command, load_run, load_trained_model
 from avgnbook.variants import MAIN_VARIANTS, PAPER_DESIGN_VARIANT, SHORT_VARIANT, WIDTH_VARIANTS
-from avgn.viz import gradient_heatmap, save_figure
+from avgn.viz import gradient_heatmap
 
 ctx = chapter_context("02", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir, store_dir=store_dir)
 data = ctx.data
@@ -143,7 +143,7 @@ axes[1].axvline(best, color="grey", ls="--", lw=1)
 axes[1].set(title=f"validation (best epoch {best})", ylabel="metric")
 axes[1].legend(fontsize=8, ncol=2)
 fig.tight_layout()
-save_figure(fig, "02_training_curves", figures_dir)
+ctx.save_figure(fig, "02_training_curves")
 plt.close(fig)
 hist[["epoch", "train/total", "val_score", "lr", "samples_per_s"]].round(4)
 
@@ -189,7 +189,7 @@ prf = pd.DataFrame(prf)
 grid = sns.relplot(data=prf, x="epoch", y="value", hue="metric", col="what", kind="line", marker="o", height=3.3, aspect=1.2)
 grid.set(ylim=(0, 1.02))
 grid.set_titles("{col_name}")
-save_figure(grid.figure, "02_token_prf", figures_dir)
+ctx.save_figure(grid.figure, "02_token_prf")
 plt.close(grid.figure)
 prf.pivot_table(index="epoch", columns=["what", "metric"], values="value").round(3)
 
@@ -216,7 +216,7 @@ conf_df = pd.DataFrame(share[:, cols_keep], index=np.array(names)[rows_keep], co
 fig, ax = plt.subplots(figsize=(8, 6.5))
 sns.heatmap(conf_df, cmap="viridis", vmin=0, vmax=1, square=True, ax=ax, cbar_kws={"label": "share of the class's sources"})
 ax.set(xlabel="token classifier's answer", ylabel="class of the sounding source")
-save_figure(fig, "02_token_confusion", figures_dir)
+ctx.save_figure(fig, "02_token_confusion")
 plt.close(fig)
 print(f"token classifier accuracy on the val sources (best epoch): {np.trace(conf) / conf.sum():.3f}")
 
@@ -273,7 +273,7 @@ sns.lineplot(data=dep, x="epoch", y="value", hue="design", style="embedding", ma
 axes[1].set(title="cos(mean embedding when sounding, when silent)", ylabel="cosine", ylim=(0, 1.02))
 axes[1].legend(fontsize=8)
 fig.tight_layout()
-save_figure(fig, "02_does_it_learn", figures_dir)
+ctx.save_figure(fig, "02_does_it_learn")
 plt.close(fig)
 
 # %% [markdown]
@@ -300,7 +300,7 @@ for name, overrides in (("this book's defaults", {}), ("paper design", dict(PAPE
     grad_rows.append(avgn_gradient_table(create_model("avgn", e.model), batches[:4]).assign(design=name))
 grads = pd.concat(grad_rows, ignore_index=True)
 fig = gradient_heatmap(grads, by="design")
-save_figure(fig, "02_gradient_norms", figures_dir)
+ctx.save_figure(fig, "02_gradient_norms")
 plt.close(fig)
 grads.pivot_table(index="module", columns=["design", "loss"], values="grad_norm").round(4)
 
@@ -384,7 +384,7 @@ def show_examples(items, title, name):
             ax.axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    save_figure(fig, name, figures_dir)
+    ctx.save_figure(fig, name)
     plt.close(fig)
 
 
@@ -461,7 +461,7 @@ axes[0].legend(fontsize=8, loc="lower right")
 sns.lineplot(data=curves, x="step", y="BCE", hue="model", marker="o", ax=axes[1], legend=False)
 axes[1].set(title="presence BCE on the training mixtures", xlabel="training step", yscale="log")
 fig.tight_layout()
-save_figure(fig, "02_more_training", figures_dir)
+ctx.save_figure(fig, "02_more_training")
 plt.close(fig)
 
 # %% [markdown]

@@ -55,7 +55,6 @@ from avgn.env import environment_report
 from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
 from avgn.methods import get_method
 from avgnbook.variants import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS
-from avgn.viz import save_figure
 
 ctx = chapter_context("03", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
@@ -137,7 +136,7 @@ grid = sns.catplot(data=plot, x="metric", y="value", hue="variant", col="set", k
                    sharex=False, height=3.6, aspect=1.0)
 grid.set_titles("{col_name}")
 grid.set_axis_labels("", "score (oracle selection)")
-save_figure(grid.figure, "03_main_results", figures_dir)
+ctx.save_figure(grid.figure, "03_main_results")
 plt.close(grid.figure)
 
 # %% [markdown]

@@ -51,7 +51,6 @@ from avgnbook.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, mea
 from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgnbook.variants import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, SHORT_VARIANT, WIDTH_VARIANTS
-from avgn.viz import save_figure
 
 ctx = chapter_context("04", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 data, runs, cfg = ctx.data, ctx.runs, ctx.profile
@@ -123,7 +122,7 @@ sns.pointplot(data=plot, x="depth", y="value", hue="what", errorbar="sd", dodge=
 ax.set(xlabel="transformer depth (blocks per modality)", ylabel="score (test, oracle selection)",
        title=f"Depth ablation ({len(seeds)} seed(s), mean ± sd)")
 ax.legend(title="", ncols=2, fontsize=9)
-save_figure(fig, "04_depth", figures_dir)
+ctx.save_figure(fig, "04_depth")
 plt.close(fig)
 
 # %% [markdown]
@@ -239,7 +238,7 @@ for ax, (set_name, metric) in zip(axes, panels):
         ax.get_legend().remove()
 axes[-1].legend(title="", fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
 fig.tight_layout()
-save_figure(fig, "04_binarization", figures_dir)
+ctx.save_figure(fig, "04_binarization")
 plt.close(fig)
 
 # %% [markdown]

@@ -48,7 +48,6 @@ from avgn.methods import get_method
 from avgnbook.results import with_set_parts
 from avgn.runs import load_run
 from avgnbook.variants import MAIN_VARIANTS, NEGATIVES_VARIANT
-from avgn.viz import save_figure
 
 ctx = chapter_context("05", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
@@ -107,7 +106,7 @@ grid.set_axis_labels("sounding sources in the mixture", "score (test)")
 grid.set_titles("{row_name}: {col_name}")
 for ax in grid.axes.flat:
     ax.axvspan(2.5, 4.5, color="0.92", zorder=0)
-save_figure(grid.figure, "05_sources", figures_dir)
+ctx.save_figure(grid.figure, "05_sources")
 plt.close(grid.figure)
 
 # %% [markdown]
@@ -141,7 +140,7 @@ grid = sns.relplot(data=pres, x="n_sources", y="value", hue="metric", style="lay
 grid.set(xticks=[1, 2, 3, 4], ylim=(0, 1.02))
 grid.set_axis_labels("sounding sources in the mixture", "")
 grid.set_titles("{col_name}")
-save_figure(grid.figure, "05_presence", figures_dir)
+ctx.save_figure(grid.figure, "05_presence")
 plt.close(grid.figure)
 pres.groupby(["variant", "layout", "n_sources", "metric"])["value"].agg(["mean", "std"]).unstack("metric").round(3)
 
@@ -175,7 +174,7 @@ sns.boxplot(data=roles, x="n_sources", y="map_peak", hue="role", hue_order=["sou
 axes[0].set(xlabel="sounding sources", ylabel="peak of the class's map (cosine)", title="map confidence by role")
 sns.barplot(data=roles, x="n_sources", y="selected", hue="role", hue_order=["sounding", "distractor", "absent"], ax=axes[1], errorbar=None)
 axes[1].set(xlabel="sounding sources", ylabel="share given a map (predicted selection)", title="selected as sounding", ylim=(0, 1))
-save_figure(fig, "05_distractors", figures_dir)
+ctx.save_figure(fig, "05_distractors")
 plt.close(fig)
 
 # %% [markdown]
@@ -217,7 +216,7 @@ grid.set_axis_labels("", "change against in-domain test")
 grid.set_titles("{col_name}")
 for ax in grid.axes.flat:
     ax.axhline(0, color="0.3", lw=0.8)
-save_figure(grid.figure, "05_domain_shift", figures_dir)
+ctx.save_figure(grid.figure, "05_domain_shift")
 plt.close(grid.figure)
 
 # %% [markdown]
@@ -270,7 +269,7 @@ grid = sns.catplot(data=plot, x="condition", y="value", hue="variant", col="metr
                    height=3.0, aspect=1.4, sharey=False)
 grid.set_titles("{col_name} — {row_name} frames", size=9)
 grid.set_axis_labels("audio the frame is shown with", "value")
-save_figure(grid.figure, "05_negative_audio", figures_dir)
+ctx.save_figure(grid.figure, "05_negative_audio")
 plt.close(grid.figure)
 
 # %% [markdown]

@@ -45,7 +45,7 @@ from avgnbook.explorer import Explorer, explorer_items
 from avgn.segment.segmenters import GrabCutSegmenter
 from avgn.runs import load_run, load_trained_model
 from avgnbook.variants import MAIN_VARIANTS
-from avgn.viz import MAP_CMAP, qualitative_grid, save_figure
+from avgn.viz import MAP_CMAP, qualitative_grid
 
 ctx = chapter_context("06", profile, seed, device, data_dir, runs_dir, figures_dir=figures_dir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
@@ -74,7 +74,7 @@ fig, ax = plt.subplots(figsize=(6.5, 3.8))
 sns.lineplot(data=tok, x="epoch", y="value", hue="metric", units="seed", estimator=None, marker="o", ax=ax, alpha=0.85)
 ax.set(ylim=(0, 1.02), xlabel="epoch", ylabel="token classification (val, macro)", title="AVGN class tokens during training")
 ax.set_xticks(sorted(tok["epoch"].unique()))
-save_figure(fig, "06_token_prf", figures_dir)
+ctx.save_figure(fig, "06_token_prf")
 plt.close(fig)
 tok.groupby(["epoch", "metric"])["value"].agg(["mean", "std"]).unstack("metric").round(3)
 
@@ -109,7 +109,7 @@ for ax, (name, emb) in zip(axes, (("audio $g^a_c$", ga), ("visual $g^v_c$", gv))
     ax.set(title=f"class-aware {name} ({len(emb)} sources)", xlabel="", ylabel="", xticks=[], yticks=[])
 axes[-1].legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, ncols=1, title="class")
 fig.tight_layout()
-save_figure(fig, "06_tsne", figures_dir)
+ctx.save_figure(fig, "06_tsne")
 plt.close(fig)
 
 # %% [markdown]
@@ -188,7 +188,7 @@ for j, base in enumerate(per_method["AVGN"]):
     samples.append({"image": base["image"], "masks": base["masks"], "class_names": base["class_names"], "label": f"[{tags[j]}]",
                     "maps": {m: per_method[m][j]["maps"] for m in methods}, "ap": {m: per_method[m][j]["ap"] for m in methods}})
 fig = qualitative_grid(samples, list(methods), title=f"{set_name}: maps per source (seed {seeds[0]})")
-save_figure(fig, "06_qualitative", figures_dir)
+ctx.save_figure(fig, "06_qualitative")
 plt.close(fig)
 
 # %% [markdown]
@@ -219,7 +219,7 @@ items = explorer_items(ex_runs, set_name, indices[: max(1, explorer_items_n)], d
 ex = Explorer(items, segmenter=GrabCutSegmenter())  # the `segment` toggle: chapter 8's GrabCut masks
 print({k: ex.state[k] for k in ("scene_id", "method", "map_name", "source", "threshold", "ciou")})
 fig = ex.render_still()
-_ = save_figure(fig, "06_explorer_still", figures_dir)
+_ = ctx.save_figure(fig, "06_explorer_still")
 
 # %% [markdown]
 # ```{figure} ../figures/06_explorer_still.png

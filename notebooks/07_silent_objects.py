@@ -61,7 +61,6 @@ from avgn.runs import load_run, run_presence_threshold
 from avgnbook.analysis import compare_seeds, say
 from avgnbook.neighbours import dsol_stage1_report
 from avgnbook.variants import DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT, DSOL_STAGE1_VARIANT, DSOL_VARIANT, MAIN_VARIANTS
-from avgn.viz import save_figure
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("07", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
@@ -128,7 +127,7 @@ for d, c in zip(DESIGNS, ("C0", "C1")):
     axes[1].axhline(report.loc[d, "purity_projection_gt" if d == "this book" else "purity_backbone_gt"], color=c, ls=":", lw=1)
 axes[1].set(title="cluster purity on validation (dotted: ground-truth regions)", xlabel="epoch", ylabel="purity", ylim=(0, 1))
 fig.tight_layout()
-save_figure(fig, "07_does_it_learn", figures_dir)
+ctx.save_figure(fig, "07_does_it_learn")
 plt.close(fig)
 
 # %% [markdown]
@@ -213,7 +212,7 @@ grid = sns.catplot(data=plot, x="set", y="value", hue="variant", col="metric", r
 grid.set_titles("{col_name}\n({row_name})", size=9)
 grid.set_axis_labels("test set (sources / layout)", "value")
 grid.tick_params(axis="x", rotation=20)
-save_figure(grid.figure, "07_silent", figures_dir)
+ctx.save_figure(grid.figure, "07_silent")
 plt.close(grid.figure)
 
 # %% [markdown]

@@ -68,7 +68,6 @@ from avgn.segment.decoder import DecoderSegmenter
 from avgn.segment.segmenters import GrabCutSegmenter, SamSegmenter
 from avgnbook.shape_masks import (BLOB, fused, load_pairs, mask_study, read_decoder, plot_masks, prior_ablation, prior_map_source, qualitative,
                               run_map_sources, split_variant)
-from avgn.viz import save_figure
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
@@ -203,7 +202,7 @@ order = ious.argsort()
 show = sorted(set(order[-2:].tolist() + order[:2].tolist()), key=lambda i: -ious[i])
 fig = plot_masks(qualitative(p0, src, segmenters["GrabCut"], PromptConfig(best_sampler), show, seed=seed),
                  title=f"EZ-VSL + prior, {best_sampler} prompts, GrabCut (a SAM substitute)")
-save_figure(fig, "08_masks_grid", figures_dir)
+ctx.save_figure(fig, "08_masks_grid")
 
 # %% [markdown]
 # ## Verdict

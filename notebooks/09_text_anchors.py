@@ -70,7 +70,6 @@ from avgn.experiment import METHOD_NAMES, REFERENCES
 from avgnbook.analysis import compare_seeds, say
 from avgnbook.neighbours import tvsl_dependence_report, tvsl_loss_controls
 from avgnbook.variants import MAIN_VARIANTS, TVSL_HELDOUT_CANDIDATES, TVSL_PAPER_VARIANT, TVSL_VARIANTS
-from avgn.viz import save_figure
 from avgnbook.zeroshot import ZEROSHOT_SPLIT, heldout_classes, zeroshot_scoring
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
@@ -92,7 +91,7 @@ sim = anchor_similarity(info["classes"])
 fig, ax = plt.subplots(figsize=(7.5, 6.5))
 sns.heatmap(sim, cmap="viridis", vmin=0, vmax=1, square=True, ax=ax, cbar_kws={"label": "cosine similarity of anchors"})
 ax.set_title("MiniLM anchors of the benchmark's classes")
-save_figure(fig, "09_anchor_similarity", figures_dir)
+ctx.save_figure(fig, "09_anchor_similarity")
 plt.close(fig)
 nearest = {c: sim.loc[c, info["split_classes"]["train"]].idxmax() for c in heldout_classes(ctx.data)}
 print("nearest seen anchor of each held-out class:", nearest)
@@ -197,7 +196,7 @@ dep["feature"] = dep["feature"].str.split("/").str[-1]
 sns.lineplot(data=dep, x="epoch", y="value", hue="design", style="feature", marker="o", errorbar="sd", ax=axes[1])
 axes[1].set(title="cos(mean class feature when sounding, when silent)", xlabel="epoch", ylabel="cosine", ylim=(0, 1.02))
 fig.tight_layout()
-save_figure(fig, "09_does_it_learn", figures_dir)
+ctx.save_figure(fig, "09_does_it_learn")
 plt.close(fig)
 
 # %% [markdown]
@@ -272,7 +271,7 @@ grid.set_axis_labels("held-out classes' test set (sources / layout)", "AP (solo)
 grid.tick_params(axis="x", rotation=20)
 sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, title=None, frameon=False)
 grid.figure.subplots_adjust(bottom=0.32)
-save_figure(grid.figure, "09_zeroshot", figures_dir)
+ctx.save_figure(grid.figure, "09_zeroshot")
 plt.close(grid.figure)
 
 # %% [markdown]
@@ -314,7 +313,7 @@ for kind, marker, size in (("audio", "o", 14), ("visual", "x", 14), ("anchor", "
     sns.scatterplot(data=sub[~sub["seen"]], x="x", y="y", hue="class", marker=marker, s=size, ax=ax, legend=kind == "anchor")
 ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", title="anchors (stars), audio (o) and visual (x) class features")
 ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-save_figure(fig, "09_anchor_tsne", figures_dir)
+ctx.save_figure(fig, "09_anchor_tsne")
 plt.close(fig)
 
 # %% [markdown]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from avgnbook.consistency import check_clean_revisions, check_reevaluation, check_run_ids, check_runs_current
+from avgnbook.consistency import check_clean_revisions, check_figure_sources, check_reevaluation, check_run_ids, check_runs_current
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,6 +122,56 @@ def test_clean_revision_check_fails_on_dirty_unknown_mixed_or_missing_revisions(
     assert not any("03_main_results" in p for p in problems)
 
 
+# ---- (e) figures written by the chapter that shows them, on its revision ---------------------------------
+def _chapter_nb(path: Path, revision: str, figures: list[str]) -> None:
+    cells = [{"cell_type": "markdown", "source": "".join(f"![x](../figures/{f})\n" for f in figures), "metadata": {}},
+             {"cell_type": "code", "source": "ctx.runs_table()", "metadata": {}, "outputs": [
+                 {"output_type": "stream", "name": "stdout", "text": [f"code revision: {revision}; run store: store/cpu\n"]}]}]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+
+
+def _figure(figures: Path, chapter: str, name: str, revision: str | None, monkeypatch) -> None:
+    from matplotlib import pyplot as plt
+
+    import avgn.env
+    from avgnbook.chapter import ChapterFigures
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.plot([0, 1])
+    if revision is None:
+        from avgn.viz import save_figure
+
+        save_figure(fig, name, figures)
+    else:
+        monkeypatch.setattr(avgn.env, "git_revision", lambda *a, **k: revision)
+        ChapterFigures(chapter, figures).save_figure(fig, name)
+    plt.close(fig)
+
+
+def test_figure_source_check_fails_on_missing_unstamped_foreign_or_stale_figures(tmp_path, monkeypatch):
+    from avgn.viz import figure_source
+
+    book, figs = tmp_path / "book", tmp_path / "figures"
+    book.mkdir()
+    _figure(figs, "07", "07_good", "1a2b3c4", monkeypatch)
+    assert figure_source(figs / "07_good.png") == "chapter 07, code revision 1a2b3c4"
+    assert "chapter 07, code revision 1a2b3c4" in (figs / "07_good.svg").read_text()
+    _chapter_nb(book / "07_silent_objects.ipynb", "1a2b3c4", ["07_good.png"])
+    assert check_figure_sources(book, figs) == []
+    _figure(figs, "07", "07_unstamped", None, monkeypatch)
+    _figure(figs, "08", "08_other", "1a2b3c4", monkeypatch)
+    _figure(figs, "07", "07_old", "9f8e7d6", monkeypatch)
+    _chapter_nb(book / "07_silent_objects.ipynb", "1a2b3c4", ["07_good.png", "07_unstamped.png", "08_other.png", "07_old.png", "07_gone.png"])
+    problems = check_figure_sources(book, figs)
+    assert len(problems) == 4, problems
+    assert any("07_unstamped.png carries no 'chapter NN, code revision REV' stamp" in p for p in problems)
+    assert any("08_other.png was written by chapter 08, not 07" in p for p in problems)
+    assert any("07_old.png was written on revision 9f8e7d6, the chapter ran on 1a2b3c4" in p for p in problems)
+    assert any("07_gone.png, which does not exist" in p for p in problems)
+    with pytest.raises(ValueError, match="named '07_"):
+        _figure(figs, "07", "08_misnamed", "1a2b3c4", monkeypatch)
+
+
 # ---- the committed book ---------------------------------------------------------------------------------
 def _chapter_of(problem: str) -> str | None:
     import re
@@ -131,7 +181,8 @@ def _chapter_of(problem: str) -> str | None:
 
 
 def test_the_committed_book_is_consistent_apart_from_the_pending_chapters():
-    problems = check_run_ids(ROOT / "results") + check_runs_current(ROOT / "results", "cpu") + check_clean_revisions(ROOT / "book")
+    problems = (check_run_ids(ROOT / "results") + check_runs_current(ROOT / "results", "cpu") + check_clean_revisions(ROOT / "book")
+                + check_figure_sources(ROOT / "book", ROOT / "figures"))
     by_chapter: dict[str | None, list[str]] = {}
     for p in problems:
         by_chapter.setdefault(_chapter_of(p), []).append(p)
