@@ -253,6 +253,7 @@ label_free = pd.DataFrame(rows)
 fig, ax = plt.subplots(figsize=(8, 3.2))
 sns.barplot(data=label_free, x="selection", y="value", hue="score", ax=ax)
 ax.set(title="Scores of one two-source frame under four selections", xlabel="classes the method selects", ylabel="score", ylim=(0, 1.05))
+sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), title="score")  # beside the bars, not over them
 figs.save_figure(fig, "00_label_free_scores")
 plt.close(fig)
 label_free.pivot(index="selection", columns="score", values="value").loc[list(SELECTIONS)].round(3)
