@@ -3,7 +3,8 @@
 The chapters' smoke notebooks (``build/smoke/NN_*.ipynb``, prepared by ``scripts/run_notebooks.py
 --profile smoke --prepare-only``) are not independent: chapters 0-3 build the smoke benchmark and
 train the runs that the later chapters reuse, so they run first, in order, in one ``pytest --nbval-lax``
-process. The unit tests run beside them. Every later chapter is its own job, queued after chapters 0-3
+process. The unit tests (in two shards of about equal size, :func:`unit_shards`) run beside them. Every
+later chapter is its own job, queued after chapters 0-3
 and handed to whichever process slot frees first (the longest first), so neither core idles while the
 other still has minutes of work. Each job runs with one torch thread (``OMP_NUM_THREADS=1``),
 writes its log under ``build/test-logs/`` and the log is printed when the job ends; the exit status is
@@ -62,6 +63,20 @@ def smoke_jobs(smoke: Path) -> tuple[Job, list[Job]]:
     return head, [Job(f"chapter {s}", [str(smoke / f"{s}.ipynb"), *nbval], needs_head=True) for s in rest]
 
 
+def unit_shards(unit: str, n: int) -> list[list[str]]:
+    """The test files under ``unit`` in at most ``n`` shards of about equal total size (the largest file
+    first, each onto the lightest shard), so that the unit tests can share the slots with the chapters;
+    ``unit`` that is a file, or a folder with one test file, is one shard."""
+    path = Path(unit)
+    files = sorted(path.glob("test_*.py"), key=lambda f: (-f.stat().st_size, f.name)) if path.is_dir() else [path]
+    if not files:
+        raise SystemExit(f"no test files under {unit}")
+    shards: list[list[Path]] = [[] for _ in range(max(1, min(n, len(files))))]
+    for f in files:
+        min(shards, key=lambda sh: sum(x.stat().st_size for x in sh)).append(f)
+    return [[str(f) for f in sorted(sh)] for sh in shards]
+
+
 def start(job: Job, logs: Path, python: str) -> None:
     """Start ``job`` as ``python -m pytest ...`` with one torch thread, its output in its log."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -87,17 +102,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", type=Path, default=ROOT / "build" / "smoke", help="the prepared smoke notebooks")
     parser.add_argument("--logs", type=Path, default=ROOT / "build" / "test-logs")
     parser.add_argument("--unit", default="tests", help="what the unit-test job collects (default: tests)")
+    parser.add_argument("--unit-shards", type=int, default=2, help="unit-test processes (default 2: beside the chapters on the two slots)")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
 
     head, rest = smoke_jobs(args.smoke.resolve())
-    unit = Job("unit tests", [args.unit, "-m", "not cpu_store", "-p", "no:cacheprovider", "--durations=15"])
-    queue = [head, unit, *rest]  # head first: everything after it waits for it
+    shards = unit_shards(args.unit, args.unit_shards)
+    units = [Job("unit tests" if len(shards) == 1 else f"unit tests {i + 1}-{len(shards)}", [*sh, "-m", "not cpu_store", "-p", "no:cacheprovider", "--durations=15"])
+             for i, sh in enumerate(shards)]
+    queue = [head, *units, *rest]  # head first: everything after it waits for it
     store_tests = Path(args.unit) / "test_store_cpu.py"
     if store_tests.is_file():  # the committed cpu store re-evaluated on the cpu build (builds it: a few minutes)
-        queue.insert(2, Job("cpu run store", [str(store_tests), "-m", "cpu_store", "-p", "no:cacheprovider", "--durations=5"], needs_head=True))
+        queue.insert(1 + len(units), Job("cpu run store", [str(store_tests), "-m", "cpu_store", "-p", "no:cacheprovider", "--durations=5"], needs_head=True))
     running: list[Job] = []
     done: list[Job] = []
     t0 = time.perf_counter()

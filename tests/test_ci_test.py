@@ -97,3 +97,15 @@ def test_missing_head_chapters_are_named(ci_test, tmp_path):
         ci_test.main(["--smoke", str(tmp_path / "smoke")])
     with pytest.raises(SystemExit, match="no smoke notebooks in .*make smoke-notebooks"):
         ci_test.main(["--smoke", str(tmp_path / "empty")])
+
+
+def test_unit_shards_balance_the_test_files(ci_test, tmp_path):
+    """Largest file first onto the lightest shard; a single file or a one-file folder is one shard."""
+    sizes = {"test_a.py": 900, "test_b.py": 500, "test_c.py": 400, "test_d.py": 100}
+    for name, n in sizes.items():
+        (tmp_path / name).write_text("#" * n)
+    (tmp_path / "helpers.py").write_text("#" * 5000)  # not a test file
+    shards = ci_test.unit_shards(str(tmp_path), 2)
+    assert [sorted(Path(f).name for f in sh) for sh in shards] == [["test_a.py", "test_d.py"], ["test_b.py", "test_c.py"]]
+    assert ci_test.unit_shards(str(tmp_path / "test_a.py"), 2) == [[str(tmp_path / "test_a.py")]]
+    assert len(ci_test.unit_shards(str(tmp_path), 9)) == 4
