@@ -67,7 +67,7 @@ def check_unseen(run_dir: str | Path) -> dict[str, Any]:
 def evaluate_zeroshot(run_dir: str | Path, *, data_dir: str | Path | None = None, device: str = "auto", write: bool = True,
                       progress: bool = False) -> dict[str, Any]:
     """Evaluate a trained run on every ``test_zeroshot`` set in both modes (writes
-    ``eval_test_zeroshot.*`` into the run folder, the files :func:`avgnbook.pipeline.run_variant` writes
+    ``eval_test_zeroshot.*`` into the run folder, the files the run store keeps
     for that split); the payload adds ``heldout``, ``scoring`` (:func:`zeroshot_scoring`)."""
     seen = check_unseen(run_dir)
     cfg = json.loads((Path(run_dir) / "config.json").read_text())

@@ -96,15 +96,30 @@ def pd_isna(x) -> bool:
 
 
 def test_dsol_variants_chain_the_stages(fake_build, tmp_path, monkeypatch):
-    import avgn.train
-    from avgnbook.pipeline import run_variant
-    from avgnbook.variants import DSOL_VARIANT
+    """The store trains DSOL's second stage from its stored first stage (materialised, then
+    ``train.init_from``); the second stage's id depends on the first's."""
+    import avgn.store.plan as plan_mod
+    from avgn.runs import load_run
+    from avgn.store.plan import Evaluation, PlannedRun, build_identity, run_id
+    from avgn.store.queue import store_run
+    from avgn.store.records import RunStore
+    from avgnbook.variants import DSOL_STAGE1_VARIANT, DSOL_VARIANT
 
-    monkeypatch.setattr(avgn.train, "get_experiment", lambda m, p="smoke", **o: tiny_experiment(m, **{"model.num_clusters": 3, "train.epochs": 2, **o}))
-    out = run_variant(DSOL_VARIANT, "smoke", 0, fake_build, tmp_path, device="cpu", eval_splits=(), progress=False)
-    first = tmp_path / "variants" / "dsol-stage1" / "smoke" / "dsol-seed0"
-    assert (first / "run.json").is_file() and out["run_dir"] == tmp_path / "variants" / "dsol" / "smoke" / "dsol-seed0"
-    assert f"train.init_from={first}" in out["commands"][0]
+    monkeypatch.setattr(plan_mod, "get_experiment",
+                        lambda m, p="smoke", **o: tiny_experiment(m, **{"model.num_clusters": 3, "train.epochs": 2, **o}))
+    val = (Evaluation("val", "val"),)
+    runs = [PlannedRun(DSOL_STAGE1_VARIANT, 0, "smoke", val, ("07",)), PlannedRun(DSOL_VARIANT, 0, "smoke", val, ("07",))]
+    plan = {r.key: r for r in runs}
+    assert plan["dsol/seed0"].init_key == "dsol-stage1/seed0"
+    store = RunStore("smoke", tmp_path / "store")
+    for key in plan:
+        store_run(key, "smoke", store=store, data_dir=fake_build, work_dir=tmp_path / "work", device="cpu", plan=plan)
+    second = store.read("dsol/seed0", expected_id=run_id(plan["dsol/seed0"], plan, build_identity("smoke", fake_build)))
+    first_dir = tmp_path / "work" / "stage" / "dsol-stage1/seed0"
+    run_dir = tmp_path / "work" / "runs" / "variants" / "dsol" / "smoke" / "dsol-seed0"
+    cfg = load_run(run_dir)["config"]
+    assert cfg["experiment"]["train"]["init_from"] == str(first_dir) and (first_dir / "checkpoints" / "best.json").is_file()
+    assert second.record["identity"]["init_from"] == store.read("dsol-stage1/seed0").record["id"]
 
 
 def test_object_region_maps_by_hand():
