@@ -18,6 +18,7 @@ repeat the failure after retraining what those chapters should have left).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -63,18 +64,51 @@ def smoke_jobs(smoke: Path) -> tuple[Job, list[Job]]:
     return head, [Job(f"chapter {s}", [str(smoke / f"{s}.ipynb"), *nbval], needs_head=True) for s in rest]
 
 
-def unit_shards(unit: str, n: int) -> list[list[str]]:
-    """The test files under ``unit`` in at most ``n`` shards of about equal total size (the largest file
-    first, each onto the lightest shard), so that the unit tests can share the slots with the chapters;
-    ``unit`` that is a file, or a folder with one test file, is one shard."""
+#: Measured seconds per unit-test file (``{"test_x.py": s}``), written by :func:`write_test_costs` from a
+#: ``make test`` run's JUnit reports (``build/test-logs/test_costs.json``) and committed here; files it
+#: does not list are costed by their size.
+TEST_COSTS = ROOT / "tests" / "test_costs.json"
+
+
+def file_costs(files: list[Path], costs: Path = TEST_COSTS) -> dict[Path, float]:
+    """Seconds per file: the measured cost where :data:`TEST_COSTS` has it; otherwise the file's size
+    scaled by the measured files' seconds per byte (bytes alone without a table)."""
+    table = json.loads(costs.read_text()) if costs.is_file() else {}
+    known = [f for f in files if f.name in table]
+    rate = (sum(table[f.name] for f in known) / max(1, sum(f.stat().st_size for f in known))) if known else 1.0
+    return {f: float(table[f.name]) if f.name in table else f.stat().st_size * rate for f in files}
+
+
+def unit_shards(unit: str, n: int, costs: Path = TEST_COSTS) -> list[list[str]]:
+    """The test files under ``unit`` in at most ``n`` shards of about equal cost (:func:`file_costs`;
+    the costliest file first, each onto the lightest shard), so that the unit tests share the slots
+    with the chapters; ``unit`` that is a file, or a folder with one test file, is one shard."""
     path = Path(unit)
-    files = sorted(path.glob("test_*.py"), key=lambda f: (-f.stat().st_size, f.name)) if path.is_dir() else [path]
+    files = sorted(path.glob("test_*.py")) if path.is_dir() else [path]
     if not files:
         raise SystemExit(f"no test files under {unit}")
+    cost = file_costs(files, costs)
     shards: list[list[Path]] = [[] for _ in range(max(1, min(n, len(files))))]
-    for f in files:
-        min(shards, key=lambda sh: sum(x.stat().st_size for x in sh)).append(f)
+    for f in sorted(files, key=lambda f: (-cost[f], f.name)):
+        min(shards, key=lambda sh: sum(cost[x] for x in sh)).append(f)
     return [[str(f) for f in sorted(sh)] for sh in shards]
+
+
+def write_test_costs(reports: list[Path], out: Path) -> dict[str, float]:
+    """Seconds per test file from JUnit XML ``reports`` (pytest ``--junitxml``), written to ``out``
+    (copy it to :data:`TEST_COSTS` to shard by it)."""
+    import xml.etree.ElementTree as ET
+
+    costs: dict[str, float] = {}
+    for r in reports:
+        for case in ET.parse(r).getroot().iter("testcase"):
+            name = (case.get("classname") or "").split(".")
+            f = next((f"{part}.py" for part in name if part.startswith("test_")), None)
+            if f is not None:
+                costs[f] = costs.get(f, 0.0) + float(case.get("time") or 0.0)
+    costs = {f: round(t, 1) for f, t in sorted(costs.items())}
+    out.write_text(json.dumps(costs, indent=1) + "\n")
+    return costs
 
 
 def start(job: Job, logs: Path, python: str) -> None:
@@ -110,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
 
     head, rest = smoke_jobs(args.smoke.resolve())
     shards = unit_shards(args.unit, args.unit_shards)
-    units = [Job("unit tests" if len(shards) == 1 else f"unit tests {i + 1}-{len(shards)}", [*sh, "-m", "not cpu_store", "-p", "no:cacheprovider", "--durations=15"])
+    reports = [args.logs / f"unit-tests-{i + 1}.xml" for i in range(len(shards))]
+    units = [Job("unit tests" if len(shards) == 1 else f"unit tests {i + 1}-{len(shards)}",
+                 [*sh, "-m", "not cpu_store", "-p", "no:cacheprovider", "--durations=15", f"--junitxml={reports[i]}"])
              for i, sh in enumerate(shards)]
     queue = [head, *units, *rest]  # head first: everything after it waits for it
     store_tests = Path(args.unit) / "test_store_cpu.py"
@@ -146,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     for job in done:
         status = "not run" if job.rc == -1 else f"exit {job.rc}, {job.seconds / 60:.1f} min"
         print(f"  {job.name:<32} {status}")
+    have = [r for r in reports if r.is_file()]
+    if have:
+        write_test_costs(have, args.logs / "test_costs.json")
+        print(f"  unit-test seconds per file: {args.logs / 'test_costs.json'} (copy to {TEST_COSTS.relative_to(ROOT)} to shard by it)")
     failed = [j.name for j in done if j.rc != 0]
     print(f"make test: {'failed: ' + ', '.join(failed) if failed else 'every job passed'}")
     return 1 if failed else 0

@@ -8,6 +8,7 @@ a time at most; a failing chapter 0-3 skips the later chapters (chapters 0-3 the
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -100,12 +101,31 @@ def test_missing_head_chapters_are_named(ci_test, tmp_path):
 
 
 def test_unit_shards_balance_the_test_files(ci_test, tmp_path):
-    """Largest file first onto the lightest shard; a single file or a one-file folder is one shard."""
+    """Costliest file first onto the lightest shard: by bytes without a cost table, by the measured
+    seconds with one (unlisted files at the measured seconds per byte); a single file is one shard."""
     sizes = {"test_a.py": 900, "test_b.py": 500, "test_c.py": 400, "test_d.py": 100}
     for name, n in sizes.items():
         (tmp_path / name).write_text("#" * n)
     (tmp_path / "helpers.py").write_text("#" * 5000)  # not a test file
-    shards = ci_test.unit_shards(str(tmp_path), 2)
+    none = tmp_path / "no_costs.json"
+    shards = ci_test.unit_shards(str(tmp_path), 2, costs=none)
     assert [sorted(Path(f).name for f in sh) for sh in shards] == [["test_a.py", "test_d.py"], ["test_b.py", "test_c.py"]]
-    assert ci_test.unit_shards(str(tmp_path / "test_a.py"), 2) == [[str(tmp_path / "test_a.py")]]
-    assert len(ci_test.unit_shards(str(tmp_path), 9)) == 4
+    table = tmp_path / "costs.json"
+    table.write_text(json.dumps({"test_d.py": 100.0, "test_c.py": 4.0}))  # d is slow; a, b: 104 s per 500 bytes
+    cost = ci_test.file_costs([tmp_path / n for n in sizes], table)
+    assert cost[tmp_path / "test_a.py"] == pytest.approx(900 * 104 / 500)
+    shards = ci_test.unit_shards(str(tmp_path), 2, costs=table)
+    # costs a 187.2, b 104, d 100, c 4: a -> 1, b -> 2, d -> 2 (204), c -> 1 (191.2)
+    assert [sorted(Path(f).name for f in sh) for sh in shards] == [["test_a.py", "test_c.py"], ["test_b.py", "test_d.py"]]
+    assert ci_test.unit_shards(str(tmp_path / "test_a.py"), 2, costs=none) == [[str(tmp_path / "test_a.py")]]
+    assert len(ci_test.unit_shards(str(tmp_path), 9, costs=none)) == 4
+
+
+def test_test_costs_are_summed_per_file_from_junit_reports(ci_test, tmp_path):
+    report = tmp_path / "r.xml"
+    report.write_text('<testsuites><testsuite name="pytest">'
+                      '<testcase classname="tests.test_a" name="t1" time="1.25"/><testcase classname="tests.test_a" name="t2" time="2.5"/>'
+                      '<testcase classname="tests.test_b.TestX" name="t3" time="0.5"/></testsuite></testsuites>')
+    costs = ci_test.write_test_costs([report], tmp_path / "out.json")
+    assert costs == {"test_a.py": 3.8, "test_b.py": 0.5}
+    assert json.loads((tmp_path / "out.json").read_text()) == costs
