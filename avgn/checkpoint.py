@@ -303,10 +303,14 @@ def read_checkpoint_info(run_dir: str | Path, name: str = "last") -> dict[str, A
 
 
 def load_weights(model: nn.Module, path: str | Path, exclude_prefixes: Iterable[str] = ()) -> None:
-    """Load a ``.safetensors`` weights file into ``model``; only keys under ``exclude_prefixes`` may be missing."""
+    """Load a ``.safetensors`` weights file into ``model``; only keys under ``exclude_prefixes`` may be missing.
+    A model with a ``complete_state_dict(sd)`` method first fills in the weights it derives from others."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path), device="cpu")
+    complete = getattr(model, "complete_state_dict", None)
+    if complete is not None:  # weights the model derives from others (DSOL stage 2's frozen copy of stage 1)
+        sd = complete(sd)
     own = model.state_dict()
     prefixes = tuple(exclude_prefixes)
     missing = [k for k in own if k not in sd and not (prefixes and k.startswith(prefixes))]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from avgn.methods import get_method
-from avgn.methods.dsol import DSOLConfig
+from avgn.methods.dsol import DSOL, DSOLConfig
 from avgn.models.config import EncoderConfig
 from avgn.runs import load_run
 from avgn.train import train
@@ -34,6 +34,50 @@ def test_predict_puts_each_cluster_at_its_class():
     assert not pred["maps"][:, :2].any()  # class 0, 1: no cluster
     p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
     assert pred["audio_probs"][0].tolist() == pytest.approx([0.0, 0.0, float(p[0])])
+
+
+def test_stage_two_targets_come_from_a_frozen_copy_of_stage_one(tmp_path):
+    """Stage 2's audio category distribution is the stage-1 audio network's (the public code's
+    av_model_fix): loaded from stage-1 weights, unchanged by stage-2 training of the audio trunk, in
+    evaluation mode whatever the model's; a stage-2 checkpoint keeps it as it is."""
+    from safetensors.torch import save_file
+
+    from avgn.checkpoint import load_weights
+
+    cfg1 = DSOLConfig(num_classes=3, num_clusters=3, dim=16, stage=1, encoder=EncoderConfig(visual_backbone="efficientnet_lite0", use_packaged_weights=False,
+                                                                                   freeze_visual=True, audio_width=0.125))
+    torch.manual_seed(0)
+    s1 = DSOL(cfg1).eval()
+    s1.set_dictionary(torch.randn(3, s1.dictionary.shape[1]))
+    save_file({k: v.contiguous() for k, v in s1.state_dict().items()}, str(tmp_path / "s1.safetensors"))
+    s2 = DSOL(DSOLConfig(**{**cfg1.__dict__, "stage": 2}))
+    load_weights(s2, tmp_path / "s1.safetensors")
+    for k, v in s1.audio.state_dict().items():
+        assert torch.equal(s2.audio_teacher.audio.state_dict()[k], v), k
+    assert torch.equal(s2.audio_teacher.head.weight, s1.audio_head.weight)
+    assert not any(p.requires_grad for p in s2.audio_teacher.parameters())
+    spec, feats = torch.randn(4, 1, 65, 40), torch.relu(torch.randn(4, 1280, 3, 3))
+    with torch.no_grad():
+        want = s1(spec=spec, visual_feats=feats)["audio_cluster_logits"]
+    s2.train()
+    assert not s2.audio_teacher.training and not s2.audio_teacher.audio.trunk.training
+    opt = torch.optim.SGD([p for p in s2.parameters() if p.requires_grad], lr=0.5)
+    out = s2(spec=spec, visual_feats=feats)
+    assert torch.allclose(out["audio_cluster_logits"], want, atol=1e-5)
+    trunk_before = {k: v.clone() for k, v in s2.audio.state_dict().items()}
+    out["av_map"].sum().backward()
+    opt.step()
+    assert any(not torch.equal(trunk_before[k], v) for k, v in s2.audio.state_dict().items())  # stage 2's own trunk trains
+    with torch.no_grad():
+        again = s2(spec=spec, visual_feats=feats)["audio_cluster_logits"]
+    assert torch.allclose(again, want, atol=1e-5)  # the targets do not drift with it
+    save_file({k: v.contiguous() for k, v in s2.state_dict().items()}, str(tmp_path / "s2.safetensors"))
+    s2b = DSOL(DSOLConfig(**{**cfg1.__dict__, "stage": 2}))
+    load_weights(s2b, tmp_path / "s2.safetensors")  # a stage-2 checkpoint: its own teacher, not its trained trunk
+    for k, v in s2.audio_teacher.state_dict().items():
+        assert torch.equal(s2b.audio_teacher.state_dict()[k], v), k
+    m = get_method("dsol")
+    assert m.training_version(cfg1) == 2 and m.training_version(s2.cfg) == m.version == 3
 
 
 def test_stage_two_without_a_dictionary_is_refused(fake_build, tmp_path):

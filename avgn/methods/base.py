@@ -87,6 +87,12 @@ class Method:
     #: digest, so a behaviour change cannot land without the bump)
     version: ClassVar[int] = 1
 
+    def training_version(self, cfg: Any) -> int:
+        """The version of the code that trains a run of configuration ``cfg`` (its store id's
+        ``method_version``): :attr:`version`, unless a method whose parts train separately (DSOL's two
+        stages) says which version last changed the part ``cfg`` trains."""
+        return self.version
+
     # ---- configuration and model ---------------------------------------------------------------
     def default_config(self, profile: "Profile") -> Any:
         """The model configuration of this method under ``profile`` (sizes from the profile table)."""

@@ -12,8 +12,8 @@ nearest to its object feature, i.e. the K-means assignment), with weight ``cls_w
 
 **Stage 2** (``model.stage=2``, mixtures; initialised from a stage-1 run with ``train.init_from``):
 class-aware maps ``[B, K, h, w]`` from the dictionary times the audio-visual map; the visual category
-distribution (softmax of their spatial means) must match the audio one (softmax of the frozen
-stage-1 audio head, no gradient) in KL, plus ``loc_weight`` x the location loss (BCE of the matched
+distribution (softmax of their spatial means) must match the audio one (softmax of a frozen copy of
+the stage-1 audio network and classifier, :class:`AudioTeacher`, as the public code's ``av_model_fix``) in KL, plus ``loc_weight`` x the location loss (BCE of the matched
 map's global max against 1, of the mismatched map's 2x2 max-pooled cells against 0, averaged).
 
 **Inference**: ``softmax(softmax_scale * class maps)`` over the clusters, each cluster's map put at
@@ -23,7 +23,7 @@ picks the sounding objects from the audio, never from labels.
 
 Departures from the public code (documented in chapter 7): the pseudo-label heads are trained online
 during the epoch instead of in three extra passes after clustering; the mismatched frame is the next
-item of the batch, not a random one; the stage-1 audio head of stage 2 is the model's own, frozen.
+item of the batch, not a random one.
 
 The model
 ---------
@@ -179,6 +179,28 @@ def object_region_maps(av: Tensor, rule: str) -> Tensor:
     return (av - lo) / (hi - lo).clamp_min(1e-12)
 
 
+class AudioTeacher(nn.Module):
+    """Stage 2's frozen copy of the stage-1 audio network and cluster classifier: ``spec [B, 1, F, T]``
+    -> cluster logits ``[B, K]``, without gradient and always in evaluation mode (its batch-norm
+    statistics stay stage 1's). Its weights come from the stage-1 run (:meth:`DSOL.complete_state_dict`)."""
+
+    def __init__(self, enc: EncoderConfig, k: int) -> None:
+        super().__init__()
+        self.audio = AudioEncoder(enc, spatial=False)
+        self.head = nn.Linear(self.audio.out_channels, k)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "AudioTeacher":  # frozen: evaluation mode whatever the parent's
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, spec: Tensor) -> Tensor:
+        _, pooled = self.audio.trunk_pooled(spec)
+        return self.head(pooled)
+
+
 class DSOL(nn.Module):
     """``forward`` -> dict (see the module docstring); ``has_dictionary`` once clusters exist."""
 
@@ -196,7 +218,11 @@ class DSOL(nn.Module):
         self.class_affine = nn.Parameter(torch.tensor([1.0, 0.0]))
         self.register_buffer("dictionary", torch.zeros(k, feat_dim))
         self.register_buffer("cluster_to_class", torch.full((k,), -1, dtype=torch.long))
-        if cfg.stage == 2:  # the stage-1 audio classifier gives the target distribution: frozen
+        # stage 2: the stage-1 audio network and classifier, a frozen copy, give the target distribution
+        # (the public code's av_model_fix); stage 2's own audio trunk trains on, and a frozen head on a
+        # trunk that moves would drift (version 2: solo presence F1 0.79 after stage 1, 0.50 after stage 2)
+        self.audio_teacher = AudioTeacher(cfg.encoder, k) if cfg.stage == 2 else None
+        if cfg.stage == 2:
             for p in self.audio_head.parameters():
                 p.requires_grad_(False)
 
@@ -204,6 +230,20 @@ class DSOL(nn.Module):
         c = self.cfg
         return (f"stage={c.stage}, clusters={c.k}, classes={c.num_classes}, avc_loss={c.avc_loss}, region_rule={c.region_rule}, "
                 f"region_cut={c.region_cut}, cluster_features={c.cluster_features}, recluster={c.recluster}")
+
+    def complete_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Weights of a stage-1 run loaded into stage 2 (``train.init_from``): the frozen teacher is the
+        stage-1 audio network and classifier (``audio.*``, ``audio_head.*``); weights that hold it already
+        (a stage-2 checkpoint) are returned unchanged."""
+        if self.audio_teacher is None or any(k.startswith("audio_teacher.") for k in sd):
+            return sd
+        out = dict(sd)
+        for k, v in sd.items():
+            if k.startswith("audio."):
+                out["audio_teacher.audio." + k[len("audio."):]] = v
+            elif k.startswith("audio_head."):
+                out["audio_teacher.head." + k[len("audio_head."):]] = v
+        return out
 
     @property
     def has_dictionary(self) -> bool:
@@ -232,8 +272,9 @@ class DSOL(nn.Module):
         a = F.normalize(self.audio.proj(self.audio.dropout(pooled)), dim=1)
         av = self.av_map(a, vmap)
         cf = vback.float() if self.cfg.cluster_features == "backbone" else vmap.float()  # [B, C'|D, h, w]
+        logits = self.audio_head(pooled) if self.audio_teacher is None else self.audio_teacher(spec)
         out = {"audio_emb": a, "visual_map_feats": vmap, "visual_backbone_feats": vback, "av_map": av, "cluster_feats": cf,
-               "audio_cluster_logits": self.audio_head(pooled), "visual_cluster_logits": self.visual_head(cf.mean(dim=(2, 3)))}
+               "audio_cluster_logits": logits, "visual_cluster_logits": self.visual_head(cf.mean(dim=(2, 3)))}
         sim = torch.einsum("bchw,kc->bkhw", F.normalize(cf, dim=1), F.normalize(self.dictionary, dim=1))
         out["class_maps"] = (self.class_affine[0] * sim + self.class_affine[1]) * av[:, None]  # [B, K, h, w]
         return out
@@ -318,8 +359,13 @@ class DSOLMethod(Method):
     kind = "class_aware"
     modes = ("oracle", "predicted")
     config_cls = DSOLConfig
-    #: 2: the correspondence, region, clustered features and re-clustering flags (PUBLIC_DESIGN keeps version 1's design)
-    version = 2
+    #: 2: the correspondence, region, clustered features and re-clustering flags (PUBLIC_DESIGN keeps version 1's design);
+    #: 3: stage 2's target distribution from a frozen copy of the stage-1 audio network (:class:`AudioTeacher`)
+    version = 3
+
+    def training_version(self, cfg: DSOLConfig) -> int:
+        """Stage 1 has trained the same since version 2 (version 3 changed stage 2 only)."""
+        return 2 if cfg.stage == 1 else self.version
 
     def default_config(self, profile: "Profile") -> DSOLConfig:
         return DSOLConfig(dim=min(profile.sizes.dim, PUBLIC_DIM), encoder=profile.encoder)

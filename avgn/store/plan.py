@@ -205,7 +205,7 @@ def run_identity(run: PlannedRun, plan: dict[str, PlannedRun], build: dict[str, 
     d = exp.to_dict()
     ident = {
         "method": run.method,
-        "method_version": get_method(run.method).version,
+        "method_version": get_method(run.method).training_version(exp.model),
         "experiment": _fingerprint_dict(exp),
         "seed": int(run.seed),
         "build": build_id(build),
