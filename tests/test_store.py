@@ -328,3 +328,11 @@ def test_a_stale_work_folder_is_set_aside_not_resumed(tmp_path):
     moved = set_aside_other_run(run_dir, exp)
     assert moved == tmp_path / "ezvsl-seed0.replaced-0123abcd" and not run_dir.exists()
     assert (moved / "history.json").read_text() == "[]"
+    # the same configuration trained for another store id (the method's training version changed): set aside too
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(_json.dumps({"fingerprint": exp.fingerprint()}))
+    assert set_aside_other_run(run_dir, exp, "id-new") is None and (run_dir / "store_id.txt").read_text() == "id-new\n"
+    assert set_aside_other_run(run_dir, exp, "id-new") is None and run_dir.is_dir()  # the same id: resumable
+    moved = set_aside_other_run(run_dir, exp, "id-newer")
+    assert moved == tmp_path / "ezvsl-seed0.replaced-id-new" and (run_dir / "store_id.txt").read_text() == "id-newer\n"
+    assert not (run_dir / "config.json").exists()  # a fresh folder, marked for the new id

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from avgn.io import file_sha256
+from avgn.io import atomic_write_text, file_sha256
 from avgn.store.plan import PlanKeyError, PlannedRun, build_id, build_identity, get_plan, run_id, run_identity
 from avgn.store.records import RunStore, StoreError, StoredRun, fp16_weights, train_command
 
@@ -242,22 +242,37 @@ def _eval_one(run: PlannedRun, ev: Any, eval_src: Path, out: Path, data_dir: Pat
                      tag=ev.tag, data_dir=data_dir)
 
 
-def set_aside_other_run(run_dir: Path, exp: Any) -> Path | None:
-    """A work folder that holds a run of *another* configuration of the same key (the run went stale:
-    its method's version or configuration changed) is renamed ``<name>.replaced-<its fingerprint>``, so
-    the key trains afresh instead of refusing to resume; nothing is deleted. Returns the new name, or
-    ``None`` when the folder is absent or holds this configuration (a resumable run)."""
+#: The file in a queue's work folder naming the store id the run there trains for.
+WORK_ID_FILE = "store_id.txt"
+
+
+def set_aside_other_run(run_dir: Path, exp: Any, want_id: str | None = None) -> Path | None:
+    """A work folder that holds a run of *another* configuration of the same key, or one trained for
+    another store id (its method's training version changed: the same configuration, other code), is
+    renamed ``<name>.replaced-<its fingerprint or id>``, so the key trains afresh instead of resuming
+    or reusing it; nothing is deleted. With ``want_id`` the folder is then marked as training for it
+    (:data:`WORK_ID_FILE`). Returns the new name, or ``None`` when the folder is absent or holds this
+    run (resumable)."""
     cfg = run_dir / "config.json"
-    if not cfg.is_file():
-        return None
-    old = json.loads(cfg.read_text()).get("fingerprint")
-    if old == exp.fingerprint():
-        return None
-    dest = run_dir.with_name(f"{run_dir.name}.replaced-{old}")
-    if dest.exists():
-        shutil.rmtree(dest)
-    run_dir.rename(dest)
-    print(f"[avgn.store] {run_dir} held another configuration (fingerprint {old}): set aside as {dest.name}", flush=True)
+    marker = run_dir / WORK_ID_FILE
+    dest = None
+    if cfg.is_file():
+        old = json.loads(cfg.read_text()).get("fingerprint")
+        old_id = marker.read_text().strip() if marker.is_file() else None
+        why = None
+        if old != exp.fingerprint():
+            why, tag = f"another configuration (fingerprint {old})", old
+        elif want_id is not None and old_id is not None and old_id != want_id:
+            why, tag = f"a run of another code version (store id {old_id})", old_id
+        if why is not None:
+            dest = run_dir.with_name(f"{run_dir.name}.replaced-{tag}")
+            if dest.exists():
+                shutil.rmtree(dest)
+            run_dir.rename(dest)
+            print(f"[avgn.store] {run_dir} held {why}: set aside as {dest.name}", flush=True)
+    if want_id is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, want_id + "\n")
     return dest
 
 
@@ -332,7 +347,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                         _materialize_run(first, store, first_dir, data_dir)
                     over["train.init_from"] = str(first_dir)
                     exp = exp.with_overrides(**{"train.init_from": str(first_dir)})
-                set_aside_other_run(run_dir, exp)
+                set_aside_other_run(run_dir, exp, want)
                 summary = train(exp, data_dir, run_dir, seed=run.seed, device=device, resume=True, progress=False)
                 from avgn.checkpoint import read_checkpoint_info
                 from safetensors.torch import load_file
