@@ -104,6 +104,12 @@ ctx.run_references(verbose=False, eval_sets=COMPOSED)
 #
 # The ceiling of any region a map can give is the object's own mask: K-means on the features inside
 # the ground-truth region (`gt` below) bounds the purity the clustering can reach.
+#
+# Stage 2 had a fifth cause, a bug of this book's, not a design choice: its target category
+# distribution must come from the stage-1 audio network as it was (the public code loads a second,
+# frozen stage-1 model, `av_model_fix`); the first implementation read a frozen classifier on the audio
+# trunk that stage 2 keeps training, so the targets and the predicted classes drifted. Stage 2 now
+# holds a frozen copy of the stage-1 audio network (`avgn.methods.dsol.AudioTeacher`, DSOL version 3).
 
 # %%
 ctx.run_variants([DSOL_PUBLIC_STAGE1_VARIANT], eval_splits=("test",))
