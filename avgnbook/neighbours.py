@@ -37,16 +37,23 @@ from avgn.runs import load_trained_model
 __all__ = ["solo_scene_outputs", "dsol_stage1_report", "tvsl_dependence_report", "tvsl_loss_controls", "LOSS_CONTROLS"]
 
 
+def _solo_scenes(exp: Any, data_dir: str | Path, split: str, max_items: int, seed: int = 0) -> Any:
+    """``split``'s single-source scenes with cached features (no images, no waveforms), a seeded random
+    subset of ``max_items`` when there are more."""
+    store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=["solo"], layouts=["scene"], spec=exp.inputs.spec, max_sources=1),
+                              store, drop=("image", "audio"))
+    if len(ds) > max_items:
+        ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_items].tolist())
+    return ds
+
+
 @torch.no_grad()
 def solo_scene_outputs(model: torch.nn.Module, exp: Any, data_dir: str | Path, split: str = "val", max_items: int = 800,
                        keys: tuple[str, ...] = ("av_map", "visual_backbone_feats", "cluster_feats")) -> dict[str, torch.Tensor]:
     """``keys`` of the model's outputs on the first ``max_items`` (a seeded random subset) single-source
     scenes of ``split``, concatenated, plus ``masks [N, H, W]`` (the sounding object) and ``classes [N]``."""
-    store = FeatureStore(data_dir, exp.inputs.features, preload=False)
-    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=["solo"], layouts=["scene"], spec=exp.inputs.spec, max_sources=1),
-                              store, drop=("image", "audio"))
-    if len(ds) > max_items:
-        ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:max_items].tolist())
+    ds = _solo_scenes(exp, data_dir, split, max_items)
     acc: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "masks", "classes")}
     model.eval()
     for b in DataLoader(ds, batch_size=64, collate_fn=collate_samples):
@@ -154,11 +161,7 @@ def tvsl_loss_controls(run_dir: str | Path, data_dir: str | Path, split: str = "
     Returns ``{control: {term: mean over batches}}`` with the terms ``img, aud, ml, cnt, feat, loc, total``."""
     model, exp, _ = load_trained_model(run_dir, device="cpu")
     model.eval()
-    store = FeatureStore(data_dir, exp.inputs.features, preload=False)
-    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=["solo"], layouts=["scene"], spec=exp.inputs.spec, max_sources=1),
-                              store, drop=("image", "audio"))
-    if len(ds) > max_items:
-        ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_items].tolist())
+    ds = _solo_scenes(exp, data_dir, split, max_items, seed)
     seen = model.seen.nonzero().flatten()
     if permutation is None:
         g = torch.Generator().manual_seed(seed)

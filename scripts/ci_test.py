@@ -3,9 +3,9 @@
 The chapters' smoke notebooks (``build/smoke/NN_*.ipynb``, prepared by ``scripts/run_notebooks.py
 --profile smoke --prepare-only``) are not independent: chapters 0-3 build the smoke benchmark and
 train the runs that the later chapters reuse, so they run first, in order, in one ``pytest --nbval-lax``
-process. The unit tests (in two shards of about equal size, :func:`unit_shards`) run beside them. Every
-later chapter is its own job, queued after chapters 0-3
-and handed to whichever process slot frees first (the longest first), so neither core idles while the
+process. The unit tests (in two shards of about equal measured cost, :func:`unit_shards`) run beside
+them. Every later chapter is its own job, queued after chapters 0-3 and handed to whichever process
+slot frees first (the longest first), so neither core idles while the
 other still has minutes of work. Each job runs with one torch thread (``OMP_NUM_THREADS=1``),
 writes its log under ``build/test-logs/`` and the log is printed when the job ends; the exit status is
 non-zero when any job failed (later chapters are not run when chapters 0-3 failed: they would only
