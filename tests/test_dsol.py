@@ -164,6 +164,45 @@ def test_dsol_variants_chain_the_stages(fake_build, tmp_path, monkeypatch):
     cfg = load_run(run_dir)["config"]
     assert cfg["experiment"]["train"]["init_from"] == str(first_dir) and (first_dir / "checkpoints" / "best.json").is_file()
     assert second.record["identity"]["init_from"] == store.read("dsol-stage1/seed0").record["id"]
+    # the frozen teacher (stage 1's audio network) is stored once, in stage 1's record, and rebuilt at checkout
+    first = store.read("dsol-stage1/seed0")
+    stored2, stored1 = store.load_weights(second), store.load_weights(first)
+    assert not any(k.startswith("audio_teacher.") for k in stored2)
+    assert (second.record["first_stage"], second.record["first_stage_id"]) == ("dsol-stage1/seed0", first.id)
+    from avgn.checkpoint import read_checkpoint_info
+    from avgn.store.queue import checkout
+    from safetensors.torch import load_file
+
+    out = checkout("dsol/seed0", "smoke", tmp_path / "chapter", fake_build, store, plan)
+    info = read_checkpoint_info(out["run_dir"], "best")
+    loaded = load_file(str(out["run_dir"] / "checkpoints" / info["files"]["weights"]))
+    teacher = {k for k in loaded if k.startswith("audio_teacher.")}
+    assert teacher and all(torch.equal(loaded[k], stored1["audio." + k[len("audio_teacher.audio."):]]) for k in teacher if ".audio." in k)
+    assert all(torch.equal(loaded[k], stored1["audio_head." + k[len("audio_teacher.head."):]]) for k in teacher if ".head." in k)
+    assert all(torch.equal(loaded[k], stored2[k]) for k in stored2)
+    # scored from the checkout, the second stage gives its stored evaluation exactly
+    from avgn.evaluate import evaluate_run
+
+    ev = evaluate_run(out["run_dir"], "val", device="cpu", progress=False, write=False)
+    stored_ev = json.loads(second.path("eval_val.json").read_text())
+    assert ev["results"] == stored_ev["results"]
+
+
+def test_store_drops_a_second_stage_copy_of_its_first(tmp_path):
+    """:meth:`RunStore.drop_first_stage_copy`: the weights lose the copied tensors, the record its old
+    hash; it reads back verified and names the first stage; a record without such tensors is refused."""
+    from avgn.store.records import RunStore, StoreError
+
+    store = RunStore("smoke", tmp_path)
+    w = {"audio.w": torch.ones(2, dtype=torch.float16), "audio_teacher.audio.w": torch.zeros(2, dtype=torch.float16)}
+    first = store.write("s1/seed0", {"id": "a1"}, None, None, [], {"audio.w": torch.zeros(2, dtype=torch.float16)})
+    store.write("s2/seed0", {"id": "b2"}, None, None, [], w)
+    out = store.drop_first_stage_copy("s2/seed0", ("audio_teacher.",), first)
+    again = store.read("s2/seed0")  # hashes verified
+    assert set(store.load_weights(again)) == {"audio.w"} and again.id == "b2"
+    assert (out.record["first_stage"], out.record["first_stage_id"]) == ("s1/seed0", "a1")
+    with pytest.raises(StoreError, match="holds no tensors under"):
+        store.drop_first_stage_copy("s2/seed0", ("audio_teacher.",), first)
 
 
 def test_object_region_maps_by_hand():

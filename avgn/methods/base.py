@@ -93,6 +93,13 @@ class Method:
         stages) says which version last changed the part ``cfg`` trains."""
         return self.version
 
+    def first_stage_prefixes(self, cfg: Any) -> tuple[str, ...]:
+        """State-dict prefixes of a second training stage that are a frozen copy of its first stage's
+        weights (DSOL stage 2's audio teacher). The run store keeps them once, in the first stage's
+        record, and rebuilds them with the model's ``complete_state_dict`` when it checks the second
+        stage out. Default: none."""
+        return ()
+
     # ---- configuration and model ---------------------------------------------------------------
     def default_config(self, profile: "Profile") -> Any:
         """The model configuration of this method under ``profile`` (sizes from the profile table)."""

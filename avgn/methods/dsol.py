@@ -367,6 +367,10 @@ class DSOLMethod(Method):
         """Stage 1 has trained the same since version 2 (version 3 changed stage 2 only)."""
         return 2 if cfg.stage == 1 else self.version
 
+    def first_stage_prefixes(self, cfg: DSOLConfig) -> tuple[str, ...]:
+        """Stage 2's frozen audio teacher is stage 1's audio network and classifier (:class:`AudioTeacher`)."""
+        return ("audio_teacher.",) if cfg.stage == 2 else ()
+
     def default_config(self, profile: "Profile") -> DSOLConfig:
         return DSOLConfig(dim=min(profile.sizes.dim, PUBLIC_DIM), encoder=profile.encoder)
 

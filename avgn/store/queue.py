@@ -175,14 +175,23 @@ def _frozen_prefixes(exp: Any) -> tuple[str, ...]:
     return fp(exp)
 
 
-def _write_best_checkpoint(run_dir: Path, config: dict[str, Any], weights: dict[str, Any], epoch: int, step: int) -> None:
-    """Materialise ``weights`` (float32) as ``run_dir``'s ``best`` checkpoint of the run described by ``config``."""
+def _write_best_checkpoint(run_dir: Path, config: dict[str, Any], weights: dict[str, Any], epoch: int, step: int,
+                           first_stage: dict[str, Any] | None = None) -> None:
+    """Materialise ``weights`` (float32) as ``run_dir``'s ``best`` checkpoint of the run described by
+    ``config``; a second stage's weights that copy its first stage (:meth:`Method.first_stage_prefixes`,
+    not stored twice) are rebuilt from ``first_stage``, the first stage's stored weights."""
     from avgn.checkpoint import save_checkpoint
     from avgn.experiment import Experiment
     from avgn.methods import get_method
 
     exp = Experiment.from_dict(config["experiment"])
     model = get_method(exp.method).build(exp.model)
+    derived = get_method(exp.method).first_stage_prefixes(exp.model)
+    if derived and not any(k.startswith(derived) for k in weights):
+        if first_stage is None:
+            raise StoreError(f"{run_dir}: the stored weights lack {derived} and no first-stage weights were given to rebuild them")
+        full = model.complete_state_dict(first_stage)  # type: ignore[operator]
+        weights = {**{k: v for k, v in full.items() if k.startswith(derived)}, **weights}
     prefixes = _frozen_prefixes(exp)
     own = model.state_dict()
     missing = [k for k in own if k not in weights and not (prefixes and k.startswith(prefixes))]
@@ -192,9 +201,19 @@ def _write_best_checkpoint(run_dir: Path, config: dict[str, Any], weights: dict[
     save_checkpoint(run_dir, model, name="best", epoch=epoch, step=step, include_rng=False, config=config, exclude_prefixes=prefixes)
 
 
+def _first_stage_weights(sr: StoredRun, store: RunStore) -> dict[str, Any] | None:
+    """The stored weights of the first stage ``sr`` was trained from (its record's ``first_stage``), or ``None``."""
+    first = sr.record.get("first_stage")
+    if not first:
+        return None
+    fr = store.read(first, expected_id=sr.record.get("first_stage_id"))
+    return store.load_weights(fr)
+
+
 def _materialize_run(sr: StoredRun, store: RunStore, dest: Path, data_dir: Path) -> None:
     """Write a stored training run into the run folder ``dest`` (config with the local data folder,
-    history, summary, the ``best`` checkpoint from the stored weights, evaluations)."""
+    history, summary, the ``best`` checkpoint from the stored weights — with what a second stage
+    copies from its first rebuilt from the first's record —, evaluations)."""
     from avgn.checkpoint import atomic_write_json
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -204,7 +223,8 @@ def _materialize_run(sr: StoredRun, store: RunStore, dest: Path, data_dir: Path)
     summary["data_dir"] = config["data_dir"]
     summary["run_dir"] = str(dest)
     if sr.record.get("weights"):  # a run kept by its evaluations only has no checkpoint to load
-        _write_best_checkpoint(dest, config, store.load_weights(sr), int(sr.record["checkpoint_epoch"]), int(sr.record.get("steps") or 0))
+        _write_best_checkpoint(dest, config, store.load_weights(sr), int(sr.record["checkpoint_epoch"]), int(sr.record.get("steps") or 0),
+                               first_stage=_first_stage_weights(sr, store))
     atomic_write_json(dest / "config.json", config)
     (dest / "history.json").write_bytes(sr.path("history.json").read_bytes())
     store.materialize_evals(sr, dest)
@@ -337,11 +357,13 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                 _materialize_run(sr, store, stage, data_dir)
                 record.update({k: sr.record.get(k) for k in ("code_revision", "machine", "wall_seconds", "train_seconds", "samples_per_s",
                                                             "presence_threshold", "checkpoint_epoch", "steps", "trainable_parameters")})
+                record.update({k: sr.record[k] for k in ("first_stage", "first_stage_id") if k in sr.record})
                 weights, keep = None, True
             else:
                 over = dict(run.variant.overrides)
                 if run.init_key:  # a second stage starts from the stored first stage, materialised
                     first = store.read(run.init_key, expected_id=run_id(plan[run.init_key], plan, build))
+                    record.update({"first_stage": run.init_key, "first_stage_id": first.id})
                     first_dir = work / "stage" / run.init_key
                     if not _is_current(first_dir, first):
                         _materialize_run(first, store, first_dir, data_dir)
@@ -396,6 +418,11 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         if run.trains and not run.keep_weights:  # the plan keeps this run by its evaluations only (the store's size)
             weights, keep = None, False
             record["weights_kept"] = False
+        if weights is not None and run.trains:  # what a second stage copies from its first is kept once, there
+            from avgn.methods import get_method
+
+            derived = get_method(exp.method).first_stage_prefixes(exp.model)
+            weights = {k: v for k, v in weights.items() if not (derived and k.startswith(derived))}
         return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights, keep_weights=keep)
     finally:
         lock.__exit__(None, None, None)

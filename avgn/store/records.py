@@ -195,6 +195,28 @@ class RunStore:
         atomic_write_json(folder / "record.json", record)
         return StoredRun(key, folder, record)
 
+    def drop_first_stage_copy(self, key: str, prefixes: tuple[str, ...], first_stage: "StoredRun") -> StoredRun:
+        """Rewrite ``key``'s weights without the tensors under ``prefixes`` — a second stage's frozen
+        copy of ``first_stage``'s weights, rebuilt from that record at checkout (DSOL stage 2's audio
+        teacher) — and its record with the new hash and ``first_stage`` / ``first_stage_id``, each file
+        atomically, the record last. Its id and evaluations are unchanged (the weights it is scored
+        with are the same). Refused when ``key`` holds no such tensors."""
+        from safetensors.torch import load_file
+
+        run = self.read(key)
+        name = run.record.get("weights")
+        if not name:
+            raise StoreError(f"{run.folder / 'record.json'}: {key!r} stores no weights")
+        tensors = load_file(str(run.folder / name))
+        kept = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
+        if len(kept) == len(tensors):
+            raise StoreError(f"{run.folder / name}: holds no tensors under {prefixes}; nothing to drop")
+        atomic_save_safetensors(run.folder / name, kept, metadata={"key": key, "id": run.id})
+        record = {**run.record, "first_stage": first_stage.key, "first_stage_id": first_stage.id}
+        record["files"] = {**record["files"], name: file_sha256(run.folder / name)}
+        atomic_write_json(run.folder / "record.json", record)
+        return StoredRun(key, run.folder, record)
+
     def materialize_evals(self, run: StoredRun, dest: Path) -> None:
         """Copy ``run``'s evaluations into the run folder ``dest`` as ``eval_<tag>.json|.csv|_samples.csv``."""
         dest.mkdir(parents=True, exist_ok=True)
