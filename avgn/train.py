@@ -187,6 +187,12 @@ def _frozen_prefixes(exp: Experiment) -> tuple[str, ...]:
     return ()
 
 
+def run_fingerprint(exp: Experiment, data_dir: str | Path) -> str:
+    """The fingerprint a run of ``exp`` on the build ``data_dir`` carries in its ``config.json``: that
+    of the experiment for the build (:meth:`Experiment.for_build`: the build's class count, ...)."""
+    return exp.for_build(load_build_info(Path(data_dir))).fingerprint()
+
+
 def _run_config(exp: Experiment, data_dir: Path, run_dir: Path, seed: int) -> dict[str, Any]:
     """``config.json`` of a run: the experiment (with the build's class count), its fingerprint,
     the seed, the build's identity (checked against the profile) and the reproducing command."""

@@ -309,30 +309,32 @@ def test_a_study_run_is_stored_with_its_files_and_checked_out_as_written(stored,
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["fake-study/seed0", "state"] == "done"
 
 
-def test_a_stale_work_folder_is_set_aside_not_resumed(tmp_path):
+def test_a_stale_work_folder_is_set_aside_not_resumed(fake_build, tmp_path):
     """The work folder of a key whose configuration changed (a stale run) is renamed, never deleted
-    nor resumed; the folder of the same configuration is left to resume."""
+    nor resumed; the folder of the same configuration — as :func:`avgn.train.train` left it when
+    interrupted, its fingerprint that of the experiment *for the build* — is left to resume."""
     import json as _json
 
     from avgn.store.queue import set_aside_other_run
+    from avgn.train import train
     from helpers import tiny_experiment
 
-    exp = tiny_experiment("ezvsl")
-    run_dir = tmp_path / "ezvsl-seed0"
-    assert set_aside_other_run(run_dir, exp) is None  # nothing there
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(_json.dumps({"fingerprint": exp.fingerprint()}))
-    assert set_aside_other_run(run_dir, exp) is None and run_dir.is_dir()  # this configuration: resumable
+    exp = tiny_experiment("avgn", **{"train.epochs": 2})
+    run_dir = tmp_path / "avgn-seed0"
+    assert set_aside_other_run(run_dir, exp, fake_build) is None  # nothing there
+    train(exp, fake_build, run_dir, seed=0, device="cpu", progress=False, stop_after_epochs=1)  # interrupted after an epoch
+    assert _json.loads((run_dir / "config.json").read_text())["fingerprint"] != exp.fingerprint()  # the build's class count
+    assert set_aside_other_run(run_dir, exp, fake_build) is None and (run_dir / "checkpoints").is_dir()  # resumable
+    fp = _json.loads((run_dir / "config.json").read_text())["fingerprint"]
     (run_dir / "config.json").write_text(_json.dumps({"fingerprint": "0123abcd"}))
-    (run_dir / "history.json").write_text("[]")
-    moved = set_aside_other_run(run_dir, exp)
-    assert moved == tmp_path / "ezvsl-seed0.replaced-0123abcd" and not run_dir.exists()
-    assert (moved / "history.json").read_text() == "[]"
+    moved = set_aside_other_run(run_dir, exp, fake_build)
+    assert moved == tmp_path / "avgn-seed0.replaced-0123abcd" and not run_dir.exists()
+    assert (moved / "checkpoints").is_dir()
     # the same configuration trained for another store id (the method's training version changed): set aside too
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(_json.dumps({"fingerprint": exp.fingerprint()}))
-    assert set_aside_other_run(run_dir, exp, "id-new") is None and (run_dir / "store_id.txt").read_text() == "id-new\n"
-    assert set_aside_other_run(run_dir, exp, "id-new") is None and run_dir.is_dir()  # the same id: resumable
-    moved = set_aside_other_run(run_dir, exp, "id-newer")
-    assert moved == tmp_path / "ezvsl-seed0.replaced-id-new" and (run_dir / "store_id.txt").read_text() == "id-newer\n"
+    (run_dir / "config.json").write_text(_json.dumps({"fingerprint": fp}))
+    assert set_aside_other_run(run_dir, exp, fake_build, "id-new") is None and (run_dir / "store_id.txt").read_text() == "id-new\n"
+    assert set_aside_other_run(run_dir, exp, fake_build, "id-new") is None and run_dir.is_dir()  # the same id: resumable
+    moved = set_aside_other_run(run_dir, exp, fake_build, "id-newer")
+    assert moved == tmp_path / "avgn-seed0.replaced-id-new" and (run_dir / "store_id.txt").read_text() == "id-newer\n"
     assert not (run_dir / "config.json").exists()  # a fresh folder, marked for the new id

@@ -266,13 +266,16 @@ def _eval_one(run: PlannedRun, ev: Any, eval_src: Path, out: Path, data_dir: Pat
 WORK_ID_FILE = "store_id.txt"
 
 
-def set_aside_other_run(run_dir: Path, exp: Any, want_id: str | None = None) -> Path | None:
-    """A work folder that holds a run of *another* configuration of the same key, or one trained for
+def set_aside_other_run(run_dir: Path, exp: Any, data_dir: Path, want_id: str | None = None) -> Path | None:
+    """A work folder that holds a run of *another* configuration of the same key (its ``config.json``
+    fingerprint is not :func:`avgn.train.run_fingerprint` of ``exp`` on ``data_dir``), or one trained for
     another store id (its method's training version changed: the same configuration, other code), is
     renamed ``<name>.replaced-<its fingerprint or id>``, so the key trains afresh instead of resuming
     or reusing it; nothing is deleted. With ``want_id`` the folder is then marked as training for it
     (:data:`WORK_ID_FILE`). Returns the new name, or ``None`` when the folder is absent or holds this
     run (resumable)."""
+    from avgn.train import run_fingerprint
+
     cfg = run_dir / "config.json"
     marker = run_dir / WORK_ID_FILE
     dest = None
@@ -280,7 +283,7 @@ def set_aside_other_run(run_dir: Path, exp: Any, want_id: str | None = None) -> 
         old = json.loads(cfg.read_text()).get("fingerprint")
         old_id = marker.read_text().strip() if marker.is_file() else None
         why = None
-        if old != exp.fingerprint():
+        if old != run_fingerprint(exp, data_dir):
             why, tag = f"another configuration (fingerprint {old})", old
         elif want_id is not None and old_id is not None and old_id != want_id:
             why, tag = f"a run of another code version (store id {old_id})", old_id
@@ -369,7 +372,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                         _materialize_run(first, store, first_dir, data_dir)
                     over["train.init_from"] = str(first_dir)
                     exp = exp.with_overrides(**{"train.init_from": str(first_dir)})
-                set_aside_other_run(run_dir, exp, want)
+                set_aside_other_run(run_dir, exp, data_dir, want)
                 summary = train(exp, data_dir, run_dir, seed=run.seed, device=device, resume=True, progress=False)
                 from avgn.checkpoint import read_checkpoint_info
                 from safetensors.torch import load_file
