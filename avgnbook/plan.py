@@ -82,7 +82,7 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     # negative-audio training (chapter 5) keep their first seed's weights, the others their evaluations
     avgn_main = tuple(v for v in MAIN_VARIANTS if v.method == "avgn")
     add(avgn_main[:1], main_evals, ("02", "03", "04", "05", "06", "07", "08", "09"))
-    add(avgn_main[1:], main_evals, ("02", "03", "04", "05", "06", "07", "08", "09"), weights="first")
+    add(avgn_main[1:], main_evals, ("03", "04", "05", "06"), weights="first")  # chapters 2, 7-9 read AVGN alone
     add((NEGATIVES_VARIANT,), _evals("test", negative=True), ("05",), weights="first")
     add((SHORT_VARIANT,), _evals("test"), ("02", "04"), weights="first")
     add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",), weights="first")
