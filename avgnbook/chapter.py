@@ -125,6 +125,14 @@ class Chapter:
         """:meth:`ChapterFigures.save_figure` of this chapter."""
         return ChapterFigures(self.chapter, self.figures_dir).save_figure(fig, name, dpi)
 
+    def findings(self, lines: Sequence[str]):
+        """The chapter's last section "What this chapter found": ``lines`` (sentences computed from its
+        results) shown as a list and written to ``results/findings_<NN>.csv`` with the code revision
+        and the ids of the runs the chapter read (:mod:`avgnbook.findings`; chapter 0 collects them)."""
+        from avgnbook.findings import show_findings
+
+        return show_findings(self.chapter, lines, self.results_dir, runs=[rid for _, rid in self.read.values()])
+
     def runs_table(self):
         """The runs this chapter read (key, label, run id) and the code revision it ran on: every
         chapter's last table."""

@@ -58,6 +58,7 @@ seed = 0
 device = "auto"
 figures_dir = "../figures"
 data_dir = "../data"
+results_dir = "../results"
 
 # %%
 import pandas as pd
@@ -77,6 +78,24 @@ seed_everything(seed)
 set_style()
 figs = ChapterFigures("00", figures_dir)  # writes figures stamped with this chapter and the code revision
 pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
+
+# %% [markdown]
+# ## What the book found
+#
+# Each chapter ends with what it found, in sentences computed from its results
+# (`results/findings_NN.csv`); they are collected here. This page is executed after the chapters
+# (`make book`), so a chapter executed on another code revision than this page, or not yet executed
+# on the current run store, is said so in its place.
+
+# %%
+from IPython.display import Markdown, display  # noqa: E402
+
+from avgn.env import git_revision  # noqa: E402
+from avgnbook.findings import findings_markdown, read_findings  # noqa: E402
+
+TITLES = {"01": "Data preparation", "02": "Training AVGN", "03": "Main results", "04": "Ablations", "05": "Flexible sources",
+          "06": "Visualisations", "07": "Silent objects", "08": "Shape-aware masks", "09": "Text as anchors"}
+display(Markdown(findings_markdown(read_findings(results_dir), chapters=list(TITLES), titles=TITLES, revision=git_revision())))
 
 # %% [markdown]
 # ## The evaluation protocol
@@ -289,6 +308,4 @@ print(f"{len(ours)} samples: max |AP(avgn) - AP(sklearn)| = {(ours - ref).abs().
 # ## The code this chapter ran on
 
 # %%
-from avgn.env import git_revision  # noqa: E402
-
 print(f"code revision: {git_revision()}")

@@ -296,6 +296,17 @@ summary[["verdict"]]
 # on frozen, cached backbone features, so a claim that does not reproduce here is a statement about
 # this budget and this benchmark, not a refutation of the paper.
 
+# %% [markdown]
+# ## What this chapter found
+
+# %%
+n_seeds = results["depth"].loc[results["depth"]["variant"] == reference.label, "seed"].nunique()
+ctx.findings([
+    *[f"{claim} ({n_seeds} seed{'s' if n_seeds != 1 else ''}): {row.verdict} — " + "; ".join(verdict_df.loc[verdict_df["claim"] == claim, "evidence"]) + "."
+      for claim, row in summary.iterrows()],
+    "How the duet maps are binarised reorders the methods on cIoU@0.3 (two sources in one frame): "
+    + (", ".join(f"{m} ranks {ranks.loc[m].min()}-{ranks.loc[m].max()}" for m in spread[spread > 0].index) or "no method changes rank") + ".",
+])
 
 # %% [markdown]
 # ## The runs this chapter read

@@ -212,6 +212,7 @@ ctx.save_figure(fig, "08_masks_grid")
 # the audio.
 
 # %%
+mask_verdicts = []
 for av, seg in [(av, seg) for av in ("EZ-VSL", "AVGN") for seg in segmenters]:
     m = abl[(av, seg)][("mean", "miou")].groupby(level="map").mean()
     audio, prior = m["fused"] - m["prior only"], m["fused"] - m["AV only"]
@@ -221,7 +222,8 @@ for av, seg in [(av, seg) for av in ("EZ-VSL", "AVGN") for seg in segmenters]:
         who = "the image prior does most of the work"
     else:
         who = "the audio contributes at least half as much as the prior"
-    print(f"{av} ({seg}): the audio adds {100 * audio:+.1f} mIoU to the prior, the prior adds {100 * prior:+.1f} to the audio -> {who}.")
+    mask_verdicts.append(f"{av} ({seg}): the audio adds {100 * audio:+.1f} mIoU to the prior, the prior adds {100 * prior:+.1f} to the audio: {who}.")
+    print(mask_verdicts[-1])
 
 # %% [markdown]
 # Two caveats. GrabCut is not SAM: it segments colour regions, so a prompt on the wrong object still
@@ -230,6 +232,20 @@ for av, seg in [(av, seg) for av in ("EZ-VSL", "AVGN") for seg in segmenters]:
 # of "where the objects are"; its silent distractors are the case where only the audio can choose,
 # and the per-class table shows where the audio-visual map does not.
 
+# %% [markdown]
+# ## What this chapter found
+
+# %%
+best = results[(results["mode"] == "oracle") & (results["metric"] == "miou")].groupby(["source", "sampler", "segmenter"])["value"].mean()
+top = best.idxmax()
+ctx.findings([
+    f"The best masks (oracle selection, mIoU over sets and seeds) come from {top[0]} with the {top[1]} sampler and {top[2]}: "
+    f"{100 * best.loc[top]:.1f}; the object prior alone through the same sampler and segmenter gives "
+    f"{100 * best.loc[('object prior', top[1], top[2])]:.1f}.",
+    *mask_verdicts,
+    f"The promptable decoder trained on the benchmark's masks ({DECODER.steps} steps) stands in for SAM, whose weights are not available here; "
+    + ("a SAM checkpoint was given and scored too." if sam_checkpoint else "GrabCut is the other segmenter."),
+])
 
 # %% [markdown]
 # ## The runs this chapter read

@@ -67,8 +67,9 @@ SVG_DATE = re.compile(r"\s*<dc:date>[^<]*</dc:date>")
 
 
 def chapters(only: list[str] | None = None) -> list[Path]:
-    """The chapter sources in order (``notebooks/NN_*.py``), optionally filtered by stem."""
-    found = sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+    """The chapter sources in execution order (``notebooks/NN_*.py``), optionally filtered by stem:
+    chapters 1-9 in order, then chapter 0, whose first section collects what the others found."""
+    found = sorted((p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py")), key=lambda p: (p.stem.startswith("00_"), p.stem))
     if only:
         missing = set(only) - {p.stem for p in found}
         if missing:

@@ -256,3 +256,10 @@ def test_rerun_of_chapter_00_is_identical(tmp_path):
     text = first.read_text(encoding="utf-8")
     assert "start_time" not in text and "iopub" not in text and str(tmp_path) not in text
     assert all(c.id.startswith("00_overview-") for c in nb.cells)
+
+
+def test_chapter_zero_is_executed_last(rn):
+    """Chapter 0's first section collects what the other chapters found, so it runs after them."""
+    stems = [p.stem for p in rn.chapters()]
+    assert stems[-1] == "00_overview" and stems[:-1] == sorted(stems[:-1])
+    assert [p.stem for p in rn.chapters(["03_main_results", "00_overview"])] == ["03_main_results", "00_overview"]
