@@ -6,7 +6,7 @@ references' evaluations *read from the run store* (:mod:`avgn.store`; a chapter 
 missing from the store is an error naming its key and the command that trains it). After the
 ``parameters`` cell a chapter writes::
 
-    ctx = chapter_context("03", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+    ctx = chapter_context("03", profile, seed, device, workdir)   # data/, figures/, results/ under workdir
     ctx.run_variants(MAIN_VARIANTS)          # read from the store; the reproducing commands printed
     long = ctx.collect(MAIN_VARIANTS)        # + the references, long format, with each row's run id
     results = ctx.write(long, "03_main")     # results/03_main.csv, read back
@@ -33,7 +33,37 @@ from avgn.store.queue import checkout
 from avgn.store.records import RunStore
 from avgn.viz import save_figure, set_style
 
-__all__ = ["Chapter", "ChapterFigures", "chapter_context"]
+__all__ = ["Chapter", "ChapterFigures", "ChapterPaths", "chapter_context"]
+
+
+@dataclass(frozen=True)
+class ChapterPaths:
+    """Where a chapter reads and writes, all under one folder ``workdir`` (a chapter's papermill
+    parameter; ``..`` from ``book/`` is the repository): the benchmark builds ``data/embedded``, the
+    runs checked out of the store ``data/runs``, the figures ``figures``, the result tables
+    ``results``."""
+
+    workdir: Path
+
+    @classmethod
+    def of(cls, workdir: str | Path) -> "ChapterPaths":
+        return cls(Path(workdir))
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data" / "embedded"
+
+    @property
+    def runs(self) -> Path:
+        return self.workdir / "data" / "runs"
+
+    @property
+    def figures(self) -> Path:
+        return self.workdir / "figures"
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / "results"
 
 
 @dataclass(frozen=True)
@@ -168,19 +198,19 @@ def chapter_context(
     profile: str,
     seed: int = 0,
     device: str = "auto",
-    data_dir: str | Path = "../data/embedded",
-    runs_dir: str | Path = "../data/runs",
-    results_dir: str | Path = RESULTS_DIR,
-    figures_dir: str | Path = "../figures",
+    workdir: str | Path = "..",
     progress: bool = False,
     store_dir: str | Path | None = None,
 ) -> Chapter:
-    """Seed everything, set the plotting style, build (or reuse) the profile's data and return the
-    chapter's :class:`Chapter`; prints one line saying what it uses."""
+    """Seed everything, set the plotting style, build (or reuse) the profile's data under
+    ``workdir`` (:class:`ChapterPaths`) and return the chapter's :class:`Chapter`; prints one line
+    saying what it uses."""
     prof = get_profile(profile)
     seed_everything(seed)
     set_style()
-    data = dataset_dir(data_dir, profile, seed)
+    paths = ChapterPaths.of(workdir)
+    runs_dir, results_dir, figures_dir = paths.runs, paths.results, paths.figures
+    data = dataset_dir(paths.data, profile, seed)
     build_dataset(profile=profile, seed=seed, out=data, progress=False)
     inputs = get_experiment(METHODS[0], profile).inputs
     if inputs.cached_features:  # the frozen backbone's features of every frame (a cache of the data, not training)

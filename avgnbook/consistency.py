@@ -191,8 +191,11 @@ def check_chapter_reproduces(stem: str, profile: str, work: str | Path, root: st
     (work / "results").mkdir(parents=True, exist_ok=True)
     nb = work / f"{stem}.ipynb"
     jupytext.write(jupytext.read(root / "notebooks" / f"{stem}.py"), nb)
-    params = {"profile": profile, "data_dir": str(root / "data" / "embedded"), "runs_dir": str(work / "runs"),
-              "results_dir": str(work / "results"), "figures_dir": str(work / "figures")}
+    data = work / "data" / "embedded"  # the repository's data builds, read in place (avgnbook.chapter.ChapterPaths)
+    data.parent.mkdir(parents=True, exist_ok=True)
+    if not data.exists():
+        data.symlink_to((root / "data" / "embedded").resolve(), target_is_directory=True)
+    params = {"profile": profile, "workdir": str(work)}
     papermill.execute_notebook(str(nb), str(work / f"{stem}.out.ipynb"), parameters=params, cwd=str(work), progress_bar=False,
                                kernel_name="python3", language="python")
     problems = []

@@ -56,9 +56,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-figures_dir = "../figures"
-data_dir = "../data"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 
 # %%
 import pandas as pd
@@ -71,12 +69,13 @@ from avgn.config import get_profile
 from avgn.env import environment_report, seed_everything
 from avgnbook.synthetic import noisy_maps, perfect_map_ciou_vs_area, protocol_sweep, random_box_masks
 from avgn.viz import set_style
-from avgnbook.chapter import ChapterFigures
+from avgnbook.chapter import ChapterFigures, ChapterPaths
 
 cfg = get_profile(profile)
 seed_everything(seed)
 set_style()
-figs = ChapterFigures("00", figures_dir)  # writes figures stamped with this chapter and the code revision
+paths = ChapterPaths.of(workdir)
+figs = ChapterFigures("00", paths.figures)  # writes figures stamped with this chapter and the code revision
 pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
 
 # %% [markdown]
@@ -95,7 +94,7 @@ from avgnbook.findings import findings_markdown, read_findings  # noqa: E402
 
 TITLES = {"01": "Data preparation", "02": "Training AVGN", "03": "Main results", "04": "Ablations", "05": "Flexible sources",
           "06": "Visualisations", "07": "Silent objects", "08": "Shape-aware masks", "09": "Text as anchors"}
-display(Markdown(findings_markdown(read_findings(results_dir), chapters=list(TITLES), titles=TITLES, revision=git_revision())))
+display(Markdown(findings_markdown(read_findings(paths.results), chapters=list(TITLES), titles=TITLES, revision=git_revision())))
 
 # %% [markdown]
 # ## The evaluation protocol

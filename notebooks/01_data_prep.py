@@ -48,9 +48,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-figures_dir = "../figures"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 
 # %%
 import numpy as np
@@ -65,12 +63,13 @@ from avgn.data.build import build_dataset, dataset_dir
 from avgn.data.datasets import SceneDataset, SpecConfig, log_spectrogram
 from avgn.data.manifest import load_build_info, load_clip_table, load_manifest, split_summary
 from avgn.viz import set_style
-from avgnbook.chapter import ChapterFigures
+from avgnbook.chapter import ChapterFigures, ChapterPaths
 
 set_style()
-figs = ChapterFigures("01", figures_dir)  # writes figures stamped with this chapter and the code revision
+paths = ChapterPaths.of(workdir)
+figs = ChapterFigures("01", paths.figures)  # writes figures stamped with this chapter and the code revision
 cfg = get_profile(profile).data
-out = dataset_dir(data_dir, profile, seed)
+out = dataset_dir(paths.data, profile, seed)
 pd.DataFrame.from_dict(
     {k: str(v) for k, v in cfg.to_dict().items()}, orient="index", columns=[f"DataConfig ({profile})"]
 )
@@ -271,7 +270,7 @@ show_findings("01", [
     f"A sounding object covers a median {solo_area.median():.1%} of its frame in the one-source scenes "
     f"({solo_area.quantile(0.9):.1%} at the 90th percentile), "
     f"{'far less than' if solo_area.quantile(0.9) < 0.5 else 'comparable with'} the half of the frame that the protocol's median binarisation keeps.",
-], results_dir)
+], paths.results)
 
 # %% [markdown]
 # ## The code this chapter ran on

@@ -48,10 +48,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-figures_dir = "../figures"
-runs_dir = "../data/runs"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 store_dir = None  # the committed run store (None: store/ in the repository)
 
 # %%
@@ -77,7 +74,7 @@ from avgn.runs import eval_command, load_run, load_trained_model
 from avgnbook.variants import MAIN_VARIANTS, PAPER_DESIGN_VARIANT, SHORT_VARIANT, WIDTH_VARIANTS
 from avgn.viz import gradient_heatmap
 
-ctx = chapter_context("02", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir, store_dir=store_dir)
+ctx = chapter_context("02", profile, seed, device, workdir, store_dir=store_dir)
 data = ctx.data
 exp = get_experiment("avgn", profile)
 pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["value"])
@@ -483,7 +480,7 @@ print("\n".join(width["commands"]))
 BUDGET = [MAIN_VARIANTS[0], SHORT_VARIANT, WIDTH_VARIANTS[0]]
 budget = collect_variants(BUDGET, ctx.runs, profile, [seed])
 res = to_results(budget, "02")
-print("wrote", write_results(res, "02_training", results_dir))
+print("wrote", write_results(res, "02_training", ctx.results_dir))
 keep = res[res["set"].isin(["test/duet/scene", "test/duet/concat"]) & res["metric"].isin(["presence_f1", "cap"])]
 keep.pivot_table(index="variant", columns=["set", "metric", "mode"], values="value", sort=False).round(3)
 
@@ -526,7 +523,7 @@ rule_rows = rules.assign(variant=[f"{v}, threshold {t:.2f} (F{b:g} on validation
 long_rules = rule_rows.melt(id_vars=["variant", "set"], value_vars=["presence_precision", "presence_recall", "presence_f1", "predicted_cap"],
                             var_name="metric").assign(mode="predicted", metric=lambda d: d["metric"].replace({"predicted_cap": "cap"}))
 long_rules["run"] = [rule_ids[v.split(", threshold")[0]] for v in long_rules["variant"]]
-print("wrote", write_results(to_results(long_rules.assign(method="avgn", seed=seed), "02"), "02_threshold_rules", results_dir))
+print("wrote", write_results(to_results(long_rules.assign(method="avgn", seed=seed), "02"), "02_threshold_rules", ctx.results_dir))
 rules.set_index(["variant", "beta", "threshold", "set"])[["presence_precision", "presence_recall", "presence_f1", "gap"]].round(3)
 
 # %%

@@ -36,10 +36,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-figures_dir = "../figures"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 
 # %%
 import pandas as pd
@@ -57,7 +54,7 @@ from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
 from avgn.methods import get_method
 from avgnbook.variants import BASELINE_DESIGN_VARIANTS, MAIN_VARIANTS
 
-ctx = chapter_context("03", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("03", profile, seed, device, workdir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 print({k: v for k, v in environment_report(device).items() if k in ("torch", "cpu", "device")})
 

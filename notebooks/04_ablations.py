@@ -33,10 +33,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-results_dir = "../results"
-figures_dir = "../figures"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 n_ablation_seeds = 3
 
 # %%
@@ -52,7 +49,7 @@ from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgnbook.variants import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, SHORT_VARIANT, WIDTH_VARIANTS
 
-ctx = chapter_context("04", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("04", profile, seed, device, workdir)
 data, runs, cfg = ctx.data, ctx.runs, ctx.profile
 seeds = ctx.seeds[: max(1, n_ablation_seeds)]
 base = get_experiment("avgn", profile).model

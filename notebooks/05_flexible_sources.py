@@ -31,10 +31,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-results_dir = "../results"
-figures_dir = "../figures"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 
 # %%
 import pandas as pd
@@ -50,7 +47,7 @@ from avgnbook.results import with_set_parts
 from avgn.runs import load_run
 from avgnbook.variants import MAIN_VARIANTS, NEGATIVES_VARIANT
 
-ctx = chapter_context("05", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("05", profile, seed, device, workdir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 K = get_experiment("mal", profile).model.num_sources
 print(f"Mix-and-Localize slots K = {K}")
@@ -58,7 +55,7 @@ print(f"Mix-and-Localize slots K = {K}")
 # %% [markdown]
 # ## Evaluating the trained models on more sources
 #
-# The runs are chapter 3's (reused from `runs_dir`, trained if missing). Besides the test split's
+# The runs are chapter 3's (read from the run store). Besides the test split's
 # own sets, each run is scored on the composed trios and quartets of frames (`eval_composed.*`) and
 # on the three domain-shift splits (`eval_test_style.*`, `eval_test_audio.*`, `eval_test_real.*`).
 

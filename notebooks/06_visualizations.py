@@ -12,7 +12,7 @@
 # # 6. Looking inside: tokens, embeddings, maps
 #
 # The pictures that make (or break) the case for class-aware grouping, all drawn from the runs of
-# chapter 3 (reused from `runs_dir`, trained if missing):
+# chapter 3 (read from the run store):
 #
 # 1. how the learned class tokens become recognisable during training (the paper's Figure 5);
 # 2. t-SNE of the class-aware audio and visual embeddings;
@@ -25,10 +25,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-figures_dir = "../figures"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 tsne_items = 150  # scenes per test set in the t-SNE
 explorer_items_n = 4  # scenes in the explorer
 
@@ -48,7 +45,7 @@ from avgn.runs import load_run, load_trained_model
 from avgnbook.variants import MAIN_VARIANTS
 from avgn.viz import MAP_CMAP, qualitative_grid
 
-ctx = chapter_context("06", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("06", profile, seed, device, workdir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 variants = {v.label: v for v in MAIN_VARIANTS}
 ctx.run_variants(MAIN_VARIANTS, verbose=False)  # chapter 3's runs, reused

@@ -41,10 +41,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-results_dir = "../results"
-figures_dir = "../figures"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 
 # %%
 import math
@@ -64,7 +61,7 @@ from avgnbook.neighbours import dsol_stage1_report
 from avgnbook.variants import DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT, DSOL_STAGE1_VARIANT, DSOL_VARIANT, MAIN_VARIANTS
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
-ctx = chapter_context("07", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("07", profile, seed, device, workdir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
 COMPOSED = {"composed": ["test/trio/concat", "test/quartet/concat"]}
 VARIANTS = [DSOL_VARIANT, *[v for v in MAIN_VARIANTS if v.label != "AVGN (public-code target)"]]

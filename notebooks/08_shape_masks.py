@@ -49,10 +49,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-figures_dir = "../figures"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 sam_checkpoint = None  # path to a Segment Anything checkpoint (sam_vit_h_4b8939.pth ...), if you have one
 sam_model_type = "vit_h"
 
@@ -70,7 +67,7 @@ from avgnbook.shape_masks import (BLOB, fused, load_pairs, mask_study, read_deco
                               run_map_sources, split_variant)
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
-ctx = chapter_context("08", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("08", profile, seed, device, workdir)
 papers = read_papers("GSAVL").query("dataset == 'AVSBench-semantic v1s'")
 print("GSAVL's logs (AVSBench, its own 336-clip test list; context only):")
 print(papers[["method", "metric", "value", "source"]].to_string(index=False))

@@ -48,10 +48,7 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-data_dir = "../data/embedded"
-runs_dir = "../data/runs"
-figures_dir = "../figures"
-results_dir = "../results"
+workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
 
 # %%
 import json
@@ -74,7 +71,7 @@ from avgnbook.variants import MAIN_VARIANTS, TVSL_HELDOUT_CANDIDATES, TVSL_PAPER
 from avgnbook.zeroshot import ZEROSHOT_SPLIT, heldout_classes, zeroshot_scoring
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
-ctx = chapter_context("09", profile, seed, device, data_dir, runs_dir, results_dir, figures_dir)
+ctx = chapter_context("09", profile, seed, device, workdir)
 info = load_build_info(ctx.data)
 print("held-out classes:", heldout_classes(ctx.data), "| training classes:", len(info["split_classes"]["train"]))
 

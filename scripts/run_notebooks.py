@@ -11,11 +11,11 @@ The sources are ``notebooks/NN_name.py`` (jupytext py:percent). Each is converte
     python scripts/run_notebooks.py --normalize-only book/*.ipynb
         # normalise already executed notebooks in place (see below), without executing anything
 
-Execution happens with the output folder as working directory, so the chapters' relative default
-paths (``../data``, ``../figures``) point at the repository's folders. ``--out`` is relative to the
-repository root unless absolute; with an output folder elsewhere, pass the folders too
-(``-p figures_dir=figures``). ``--prepare-only`` runs are given their own data, runs and figure
-folders under the output folder, so a smoke run never touches the book's figures.
+Execution happens with the output folder as working directory, so the chapters' default
+``workdir`` (``..``: the repository, whose ``data/``, ``figures/`` and ``results/`` they use) is right
+for ``book/``; with an output folder elsewhere, pass it (``-p workdir=..``). ``--prepare-only`` runs
+are given the output folder itself as ``workdir``, so a smoke run never touches the book's figures,
+results or data.
 
 Every notebook written is normalised so that a rerun whose results did not change leaves no diff:
 
@@ -428,8 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     staging.mkdir(parents=True, exist_ok=True)
     params: dict[str, object] = {"profile": args.profile, "seed": args.seed}
     if args.prepare_only:
-        params.update(data_dir=str(out / "data"), figures_dir=str(out / "figures"), runs_dir=str(out / "runs"),
-                      results_dir=str(out / "results"))
+        params.update(workdir=str(out))  # its own data/, figures/ and results/ (avgnbook.chapter.ChapterPaths)
     params.update(_parse_params(args.param))
 
     for src in chapters(args.only):

@@ -228,8 +228,8 @@ def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_
     monkeypatch.setattr(book, "dataset_dir", lambda d, p, s: stored["data"])
     monkeypatch.setattr(book, "compute_features", lambda *a, **k: None)  # the fake build's cache is the tiny one
     monkeypatch.setattr(book, "checkout", lambda key, profile, runs, data, store: checkout(key, profile, runs, data, store, stored["plan"]))
-    ctx = book.chapter_context("03", "smoke", 0, "cpu", tmp_path / "data", tmp_path / "runs", tmp_path / "results", tmp_path / "fig",
-                               store_dir=stored["store"].root)
+    ctx = book.chapter_context("03", "smoke", 0, "cpu", tmp_path, store_dir=stored["store"].root)
+    assert (ctx.runs, ctx.results_dir, ctx.figures_dir) == (tmp_path / "data" / "runs", tmp_path / "results", tmp_path / "figures")
     ctx.run_variants([MAIN_VARIANTS[0], MAIN_VARIANTS[2], MAIN_VARIANTS[3]], eval_splits=("val",))
     ctx.run_references(["centre"])
     long = ctx.collect([MAIN_VARIANTS[0], MAIN_VARIANTS[3]], references=["centre"], split="val")
