@@ -230,13 +230,14 @@ def test_chapter_reproduction_check_passes_on_the_same_table_and_fails_on_a_chan
     (root / "results").mkdir()
     (root / "notebooks" / "98_fake.py").write_text('''# %% tags=["parameters"]
 profile = "smoke"
-data_dir = "data"
-runs_dir = "runs"
-results_dir = "results"
-figures_dir = "figures"
+workdir = ".."
 
 # %%
+import os
+
 import pandas as pd
+
+results_dir = os.path.join(workdir, "results")
 
 pd.DataFrame([{"chapter": "98", "variant": "AVGN", "method": "avgn", "seed": 0, "run": "abc", "set": "test/solo/scene", "mode": "oracle",
                "metric": "ap", "value": 0.5}]).to_csv(f"{results_dir}/98_fake.csv", index=False)
