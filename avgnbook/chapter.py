@@ -163,6 +163,14 @@ class Chapter:
 
         return show_findings(self.chapter, lines, self.results_dir, runs=[rid for _, rid in self.read.values()])
 
+    def claims(self, rows: Sequence[dict]):
+        """The paper claims this chapter tests, one row per claim and cell
+        (:func:`avgnbook.findings.claim_row`), written to ``results/claims_<NN>.csv`` (chapter 0's
+        findings table reads them) and returned as the chapter shows them."""
+        from avgnbook.findings import claims_table, write_claims
+
+        return claims_table(write_claims(self.chapter, rows, self.results_dir))
+
     def runs_table(self):
         """The runs this chapter read (key, label, run id) and the code revision it ran on: every
         chapter's last table."""

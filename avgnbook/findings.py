@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["versus", "FINDINGS_GLOB", "findings_path", "write_findings", "read_findings", "findings_markdown", "show_findings",
+__all__ = ["claim_row", "write_claims", "read_claims", "claims_table", "versus", "FINDINGS_GLOB", "findings_path", "write_findings", "read_findings", "findings_markdown", "show_findings",
            "Target", "LEARNING_TARGETS", "learning_targets", "targets_sentence"]
 
 #: The chapters' findings files in a results folder.
@@ -101,6 +101,80 @@ def versus(c: dict, scale: float = 100.0, unit: str = " points") -> str:
     sd = "" if m != m else (", every seed alike" if m in (float("inf"), float("-inf")) else f", {abs(m):.1f} sd")
     head = {"above": "above", "below": "below"}.get(c["verdict"], "within noise of")
     return f"{head} {c['b']} ({scale * c['diff']:+.1f}{unit}{sd})"
+
+
+# --------------------------------------------------------------------------------------------------
+# the papers' claims, one row per claim and cell
+# --------------------------------------------------------------------------------------------------
+CLAIMS_GLOB = "claims_[0-9][0-9].csv"
+_CLAIM_COLUMNS = ("chapter", "paper", "claim", "cell", "a", "b", "mean_a", "mean_b", "diff", "sd", "margin_sd", "seeds", "verdict",
+                  "revision")
+
+
+def claim_row(paper: str, claim: str, c: dict, mode: str | None = None) -> dict:
+    """One row of the claims table from a :func:`avgnbook.analysis.compare_seeds` result ``c`` (``a``
+    against ``b`` on one cell, paired by seed): the paper, the claim, the cell (set, metric and
+    selection mode) and the verdict by the book's rule (beyond 2 sd with at least 3 seeds)."""
+    cell = f"{c['set']} {c['metric']}" + (f" ({mode})" if mode else "")
+    return {"paper": paper, "claim": claim, "cell": cell, **{k: c[k] for k in ("a", "b", "mean_a", "mean_b", "diff", "sd", "margin_sd",
+                                                                                "seeds", "verdict")}}
+
+
+def write_claims(chapter: str, rows: Sequence[dict], results_dir: str | Path, revision: str | None = None):
+    """Write chapter ``chapter``'s claim rows (:func:`claim_row`) to ``results/claims_<NN>.csv``
+    atomically, with the code revision; returns the table."""
+    import pandas as pd
+
+    from avgn.checkpoint import atomic_write_text
+    from avgn.env import git_revision
+
+    if not rows:
+        raise ValueError(f"chapter {chapter}: no claim rows to write")
+    df = pd.DataFrame(list(rows)).assign(chapter=chapter, revision=revision or git_revision())
+    df = df[list(_CLAIM_COLUMNS)]
+    path = findings_path(chapter, results_dir).with_name(f"claims_{chapter}.csv")
+    atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
+    return df
+
+
+def read_claims(results_dir: str | Path):
+    """Every chapter's claim rows in ``results_dir`` (chapter order)."""
+    import pandas as pd
+
+    files = sorted(Path(results_dir).glob(CLAIMS_GLOB))
+    if not files:
+        return pd.DataFrame(columns=list(_CLAIM_COLUMNS))
+    return pd.concat([pd.read_csv(p, dtype={"chapter": str, "revision": str}) for p in files], ignore_index=True)
+
+
+def _claim_verdict(verdicts: Sequence[str]) -> str:
+    v = set(verdicts)
+    if v == {"above"}:
+        return "reproduces"
+    if v == {"below"}:
+        return "does not reproduce (the opposite, beyond noise)"
+    if v == {"within noise"}:
+        return "within noise"
+    return "partly (" + ", ".join(f"{sum(x == k for x in verdicts)} {k}" for k in ("above", "within noise", "below") if k in v) + ")"
+
+
+def claims_table(df, scale: float = 100.0):
+    """The first page's table: one row per (paper, claim) — its chapter, the verdict over its cells
+    (``reproduces`` only when every cell is above beyond 2 sd with at least 3 seeds; ``within noise``
+    when none is beyond; ``partly`` otherwise, with the counts), the cells' differences as
+    ``diff ± sd`` in points (with the rival named when a claim has several) and the fewest seeds."""
+    import pandas as pd
+
+    if df.empty:
+        return pd.DataFrame(columns=["paper", "claim", "chapter", "verdict", "difference ± sd (points), per cell", "seeds"])
+    rows = []
+    for (paper, claim), g in df.groupby(["paper", "claim"], sort=False):
+        rivals = g["b"].nunique() > 1  # name the rival of each cell when the claim has several
+        cells = "; ".join(f"{r.cell}" + (f" vs {r.b}" if rivals else "") + f": {scale * r.diff:+.1f}"
+                          + ("" if pd.isna(r.sd) else f" ± {scale * r.sd:.1f}") for r in g.itertuples())
+        rows.append({"paper": paper, "claim": claim, "chapter": int(g["chapter"].iloc[0]), "verdict": _claim_verdict(list(g["verdict"])),
+                     "difference ± sd (points), per cell": cells, "seeds": int(g["seeds"].min())})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -81,17 +81,27 @@ pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["val
 # %% [markdown]
 # ## What the book found
 #
-# Each chapter ends with what it found, in sentences computed from its results
-# (`results/findings_NN.csv`); they are collected here. This page is executed after the chapters
-# (`make book`), so a chapter executed on another code revision than this page, or not yet executed
-# on the current run store, is said so in its place.
+# **The papers' claims.** One row per claim a chapter tests: the verdict over the cells it is tested
+# on — *reproduces* only when every cell is above beyond twice the seeds' standard deviation with at
+# least three seeds, *within noise* when no cell is beyond it, *partly* otherwise —, the differences
+# per cell (points, mean ± sd over seeds, paired by seed) and the seeds (`results/claims_NN.csv`).
+# This page is executed after the chapters (`make book`).
 
 # %%
 from IPython.display import Markdown, display  # noqa: E402
 
 from avgn.env import git_revision  # noqa: E402
-from avgnbook.findings import findings_markdown, read_findings  # noqa: E402
+from avgnbook.findings import claims_table, findings_markdown, read_claims, read_findings  # noqa: E402
 
+with pd.option_context("display.max_colwidth", None):
+    display(claims_table(read_claims(paths.results)).set_index(["paper", "claim"]))
+
+# %% [markdown]
+# **Each chapter in sentences**, computed from its results (`results/findings_NN.csv`). A chapter
+# executed on another code revision than this page, or not yet executed on the current run store,
+# is said so in its place.
+
+# %%
 TITLES = {"01": "Data preparation", "02": "Training AVGN", "03": "Main results", "04": "Ablations", "05": "Flexible sources",
           "06": "Visualisations", "07": "Silent objects", "08": "Shape-aware masks", "09": "Text as anchors"}
 display(Markdown(findings_markdown(read_findings(paths.results), chapters=list(TITLES), titles=TITLES, revision=git_revision())))

@@ -48,7 +48,7 @@ from IPython.display import Markdown, display
 from avgnbook.analysis import compare_seeds, rescore_variants, say
 from avgnbook.chapter import chapter_context
 from avgnbook.diagnostics import baseline_report
-from avgnbook.findings import versus
+from avgnbook.findings import claim_row, versus
 from avgn.env import environment_report
 from avgn.experiment import METHOD_NAMES, REFERENCES, profile_table
 from avgn.methods import get_method
@@ -328,6 +328,21 @@ presence.pivot_table(index=["set", "mode"], columns="metric", values="value", ag
 # quoted here: the paper is not among the material reachable offline, and numbers are never typed in
 # from memory in this book. Read them in Mo & Tian, CVPR 2023, Tables 1 and 2.
 
+
+# %% [markdown]
+# ## The papers' claims tested here
+#
+# One row per claim: its verdict over the cells it is tested on (each paired by seed: *reproduces*
+# only when every cell is above beyond 2 sd with at least 3 seeds), the cells' differences and the
+# seeds (written to `results/claims_03.csv`; chapter 0 collects every chapter's).
+
+# %%
+PAPER = "AVGN (Mo & Tian, CVPR 2023)"
+claim_rows = [claim_row(PAPER, f"AVGN localizes better than {r} (the paper's protocol: ground-truth classes)", verdicts[c[0], "oracle", r], "oracle")
+              for r in ("EZ-VSL", "Mix-and-Localize") for c in CELLS]
+claim_rows += [claim_row("EZ-VSL (Mo & Morgado, ECCV 2022)", "the object-guided prior improves EZ-VSL's maps",
+                         compare_seeds(results, "EZ-VSL + object prior", "EZ-VSL", c[0], c[1], "oracle"), "oracle") for c in CELLS]
+ctx.claims(claim_rows)
 
 # %% [markdown]
 # ## What this chapter found

@@ -43,8 +43,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, mean_std_table, predict_reference, predict_run, ranking_table,
-                           seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
+from avgnbook.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, compare_seeds, mean_std_table, predict_reference, predict_run,
+                               ranking_table, seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
+from avgnbook.findings import claim_row
 from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgnbook.variants import ASSIGNMENT_VARIANTS, DEPTH_VARIANTS, LOSS_VARIANTS, MAIN_VARIANTS, SHORT_VARIANT, WIDTH_VARIANTS
@@ -292,6 +293,23 @@ summary[["verdict"]]
 # every cell; otherwise it is *within noise*. On the `cpu` profile the models are small and trained
 # on frozen, cached backbone features, so a claim that does not reproduce here is a statement about
 # this budget and this benchmark, not a refutation of the paper.
+
+# %% [markdown]
+# ## The paper's claims, cell by cell
+#
+# The same claims as rows of the book's claims table (`results/claims_04.csv`, chapter 0): each
+# comparison paired by seed, a verdict per cell by the 2-sd rule.
+
+# %%
+PAPER = "AVGN (Mo & Tian, CVPR 2023)"
+d3 = next(v.label for v in GROUPS["depth"] if v.level == 3)
+claim_rows = [claim_row(PAPER, "three transformer layers are the best depth", compare_seeds(results["depth"], d3, v.label, *cell), "oracle")
+              for v in GROUPS["depth"] if v.label != d3 for cell in CELLS]
+claim_rows += [claim_row(PAPER, f"Softmax assignment beats {other}", compare_seeds(results["assignment"], "Softmax (default)", other, *cell), "oracle")
+               for other in ("Hard-Softmax", "Gumbel-Softmax") for cell in CELLS]
+claim_rows += [claim_row(PAPER, f"every loss term helps: the full loss beats {v.label}",
+                         compare_seeds(results["loss"], GROUPS["loss"][0].label, v.label, *cell), "oracle") for v in GROUPS["loss"][1:] for cell in CELLS]
+ctx.claims(claim_rows)
 
 # %% [markdown]
 # ## What this chapter found

@@ -50,13 +50,13 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import mean_std_table, predict_run, seed_sd, silent_object_metrics, verdict_beats, verdict_summary
+from avgnbook.analysis import cell_mean, mean_std_table, predict_run, seed_sd, silent_object_metrics, verdict_beats, verdict_summary
 from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES
 from avgn.methods import get_method
 from avgn.runs import load_run, run_presence_threshold
 from avgnbook.analysis import compare_seeds, say
-from avgnbook.findings import versus
+from avgnbook.findings import claim_row, versus
 from avgnbook.neighbours import dsol_stage1_report
 from avgnbook.variants import DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT, DSOL_STAGE1_VARIANT, DSOL_VARIANT, MAIN_VARIANTS
 
@@ -274,6 +274,18 @@ print(f"DSOL stage-1 cluster purity at the last clustering: {last['cluster_purit
 for v in ("DSOL", "AVGN"):
     print(f"{v}: duet-scene CAP oracle {100 * cap[(v, 'oracle')]:.1f} vs predicted {100 * cap[(v, 'predicted')]:.1f}; "
           f"NSA over silent distractors, oracle maps {nsa[(v, 'oracle')]:.2f}, predicted {nsa[(v, 'predicted')]:.2f}")
+
+# %% [markdown]
+# ## The paper's claim, cell by cell
+#
+# DSOL's claim as rows of the book's claims table (`results/claims_07.csv`, chapter 0): DSOL with its
+# own selection against the best class-agnostic method of each cell, paired by seed.
+
+# %%
+best_agnostic = {c: max(agnostic, key=lambda r: cell_mean(results, r, *c)) for c in CELLS}
+claim_rows = [claim_row("DSOL (Hu et al., NeurIPS 2020)", "selecting the sounding objects by class beats class-agnostic localization with silent objects in view",
+                        compare_seeds(results, "DSOL", best_agnostic[c], *c, mode_a="predicted", mode_b="oracle"), "DSOL predicted") for c in CELLS]
+ctx.claims(claim_rows)
 
 # %% [markdown]
 # ## What this chapter found

@@ -62,3 +62,28 @@ def test_versus_phrases_a_comparison():
     assert versus({**c, "diff": -0.01, "margin_sd": -0.5, "verdict": "within noise"}) == "within noise of EZ-VSL (-1.0 points, 0.5 sd)"
     assert versus({**c, "margin_sd": float("nan"), "verdict": "within noise"}) == "within noise of EZ-VSL (+3.1 points)"
     assert versus({**c, "margin_sd": float("inf")}) == "above EZ-VSL (+3.1 points, every seed alike)"
+
+
+def test_claims_table_by_hand(tmp_path):
+    from avgnbook.findings import claim_row, claims_table, read_claims, write_claims
+
+    def c(verdict, diff, sd, seeds=3, set_name="test/duet/scene"):
+        return {"a": "AVGN", "b": "EZ-VSL", "set": set_name, "metric": "cap", "mean_a": 0.4, "mean_b": 0.4 - diff, "diff": diff, "sd": sd,
+                "margin_sd": diff / sd, "seeds": seeds, "verdict": verdict}
+
+    write_claims("03", [claim_row("AVGN", "beats EZ-VSL", c("above", 0.05, 0.01), "oracle"),
+                        claim_row("AVGN", "beats EZ-VSL", c("above", 0.03, 0.01, set_name="test/solo/scene"), "oracle"),
+                        claim_row("AVGN", "beats MaL", c("above", 0.05, 0.01)),
+                        claim_row("AVGN", "beats MaL", c("within noise", 0.01, 0.02, seeds=2))], tmp_path, revision="abc")
+    write_claims("09", [claim_row("T-VSL", "beats AVGN", c("below", -0.04, 0.01))], tmp_path, revision="abc")
+    df = read_claims(tmp_path)
+    assert list(df["chapter"].unique()) == ["03", "09"] and df.loc[0, "cell"] == "test/duet/scene cap (oracle)"
+    t = claims_table(df).set_index("claim")
+    assert t.loc["beats EZ-VSL", "verdict"] == "reproduces" and t.loc["beats EZ-VSL", "seeds"] == 3
+    assert t.loc["beats EZ-VSL", "difference ± sd (points), per cell"] == "test/duet/scene cap (oracle): +5.0 ± 1.0; test/solo/scene cap (oracle): +3.0 ± 1.0"
+    assert t.loc["beats MaL", "verdict"] == "partly (1 above, 1 within noise)" and t.loc["beats MaL", "seeds"] == 2
+    assert t.loc["beats AVGN", "verdict"] == "does not reproduce (the opposite, beyond noise)" and t.loc["beats AVGN", "chapter"] == 9
+    assert claims_table(read_claims(tmp_path / "none")).empty
+    two = claims_table(pd.DataFrame([claim_row("AVGN", "depth 3 best", {**c("above", 0.02, 0.005), "b": b}) for b in ("depth 1", "depth 6")])
+                       .assign(chapter="04"))
+    assert two.loc[0, "difference ± sd (points), per cell"] == "test/duet/scene cap vs depth 1: +2.0 ± 0.5; test/duet/scene cap vs depth 6: +2.0 ± 0.5"
