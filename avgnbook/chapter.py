@@ -155,6 +155,15 @@ class Chapter:
         """:meth:`ChapterFigures.save_figure` of this chapter."""
         return ChapterFigures(self.chapter, self.figures_dir).save_figure(fig, name, dpi)
 
+    def run_ids(self, frame: Any):
+        """The run id of every row of a long ``frame`` (``variant`` label, ``seed``; ``-1``: a reference)
+        among the runs this chapter read: for tables the chapter computes itself from checked-out runs."""
+        by = {(lab, int(key.rsplit("seed", 1)[1]) if "/seed" in key else -1): rid for key, (lab, rid) in self.read.items()}
+        missing = sorted({(v, int(s)) for v, s in zip(frame["variant"], frame["seed"])} - set(by))
+        if missing:
+            raise KeyError(f"rows of runs this chapter did not read from the store: {missing[:3]}")
+        return [by[(v, int(s))] for v, s in zip(frame["variant"], frame["seed"])]
+
     def findings(self, lines: Sequence[str]):
         """The chapter's last section "What this chapter found": ``lines`` (sentences computed from its
         results) shown as a list and written to ``results/findings_<NN>.csv`` with the code revision

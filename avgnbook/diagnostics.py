@@ -521,19 +521,29 @@ def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_b
       ``val/solo/scene`` (AP of the map, of its negation and of a constant map);
     * Mix-and-Localize only: ``own_frame_mass`` / ``own_frame_top`` / ``uniform`` of
       :func:`walk_locality` (the nodes of the run's own graph).
+
+    A run the store keeps by its evaluations only (no weights: ``"weights_kept": false`` in its
+    record, the store's size) has a history but no model: its report is ``loss_over_chance`` alone
+    and ``weights = 0`` (``1`` when the model-based entries are there), so that a table says which
+    seeds the model-based diagnostics cover.
     """
+    from avgn.checkpoint import read_checkpoint_info
+    from avgn.experiment import Experiment
 
     run_dir = Path(run_dir)
-    model, exp, info = load_trained_model(run_dir, device=device)
+    run = load_run(run_dir)
+    exp = Experiment.from_dict(run["config"]["experiment"])
     if exp.method not in ("ezvsl", "mal"):
         raise ValueError(f"baseline_report is for EZ-VSL and Mix-and-Localize runs; {run_dir} is a {exp.method} run")
-    data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
-    batches = training_batches(exp, data_dir, seed=int(info.get("seed") or 0), n=n_batches)
     b = exp.train.batch_size
     chance = 2 * math.log(b) if exp.method == "ezvsl" else math.log(b * exp.model.num_sources)
-    hist = load_run(run_dir)["history"]
-    out = {"audio_collapse": audio_embedding_collapse(model, batches, device),
-           "loss_over_chance": float(hist["train/total"].iloc[-1]) / chance}
+    out = {"loss_over_chance": float(run["history"]["train/total"].iloc[-1]) / chance, "weights": 0.0}
+    if read_checkpoint_info(run_dir, "best") is None:  # kept by its evaluations only
+        return out
+    model, exp, info = load_trained_model(run_dir, device=device)
+    data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
+    batches = training_batches(exp, data_dir, seed=int(info.get("seed") or 0), n=n_batches)
+    out.update(weights=1.0, audio_collapse=audio_embedding_collapse(model, batches, device))
     name = "val/solo/scene"
     store = _store_for(exp, data_dir, [name], device=device)
     p = predict_set(MethodPredictor(get_method(exp.method), model, device), load_eval_set(data_dir, name, exp.inputs, store, materialize=False))

@@ -235,6 +235,9 @@ def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_
     long = ctx.collect([MAIN_VARIANTS[0], MAIN_VARIANTS[3]], references=["centre"], split="val")
     ids = {k: stored["store"].read(k).id for k in ("avgn/seed0", "ezvsl-ogl/seed0", "ref-centre")}
     assert set(long["run"]) == set(ids.values())
+    assert ctx.run_ids(long) == list(long["run"])  # a table the chapter computes itself gets the same ids
+    with pytest.raises(KeyError, match="did not read"):
+        ctx.run_ids(long.assign(seed=7))
     res = ctx.write(long, "t")
     assert list(res.columns)[4] == "run" and set(res["run"]) == set(ids.values())
     table = ctx.runs_table()

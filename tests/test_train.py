@@ -557,7 +557,12 @@ def test_baseline_report_on_a_tiny_run(fake_build, tmp_path, method):
     assert rep["loss_over_chance"] == pytest.approx(last / chance)
     assert -1.0 <= rep["audio_collapse"] <= 1.0
     assert all(0.0 <= rep[k] <= 1.0 for k in ("map", "negated", "constant"))
-    assert ("own_frame_mass" in rep) == (method == "mal")
+    assert ("own_frame_mass" in rep) == (method == "mal") and rep["weights"] == 1.0
+    # a run kept by its evaluations only (the store's size): the history's entries, no model
+    import shutil
+
+    shutil.rmtree(tmp_path / method / "checkpoints")
+    assert baseline_report(tmp_path / method, fake_build, n_batches=2) == {"loss_over_chance": pytest.approx(last / chance), "weights": 0.0}
     if method == "mal":
         assert 0.0 <= rep["own_frame_mass"] <= 1.0 and rep["uniform"] == pytest.approx(1 / b)
         avgn_run = tmp_path / "avgn"
