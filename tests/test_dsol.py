@@ -77,7 +77,9 @@ def test_stage_two_targets_come_from_a_frozen_copy_of_stage_one(tmp_path):
     for k, v in s2.audio_teacher.state_dict().items():
         assert torch.equal(s2b.audio_teacher.state_dict()[k], v), k
     m = get_method("dsol")
-    assert m.training_version(cfg1) == 2 and m.training_version(s2.cfg) == m.version == 3
+    # stage 1 with mixtures is version 4, without them it trains as in version 2; stage 2 as in version 3
+    assert m.training_version(cfg1) == m.version == 4 and m.training_version(s2.cfg) == 3
+    assert m.training_version(DSOLConfig(**{**cfg1.__dict__, "mix_weight": 0.0})) == 2
 
 
 def test_stage_two_without_a_dictionary_is_refused(fake_build, tmp_path):
@@ -229,7 +231,9 @@ def test_public_design_and_book_defaults_differ_only_in_the_flags():
     # the dictionary lives in the clustered feature space: the projection (dim) or the backbone (C')
     assert m.build(book).dictionary.shape[1] == 16
     assert m.build(public).dictionary.shape[1] == m.build(public).visual.backbone_channels
-    for bad in ({"avc_loss": "mse"}, {"region_rule": "otsu"}, {"cluster_features": "audio"}, {"avc_tau": 0.0}):
+    assert book.mix_weight > 0 and public.mix_weight == 0  # the public code's audio classifier sees single sounds only
+    assert m.training_version(public) == 2 and m.training_version(book) == m.version  # public stage 1 trains as before
+    for bad in ({"avc_loss": "mse"}, {"region_rule": "otsu"}, {"cluster_features": "audio"}, {"avc_tau": 0.0}, {"mix_weight": -1.0}):
         with pytest.raises(ValueError):
             replace(book, **bad)
 
@@ -251,3 +255,46 @@ def test_stage_one_infonce_is_the_max_mil_contrastive_loss():
     public = m.build(DSOLConfig(num_classes=3, dim=8, avc_loss="bce", map_scale_init=0.0, encoder=EncoderConfig(audio_width=0.125)))
     _, p = stage1_loss(public, dict(out, av_map=torch.full((4, 3, 3), 0.5)))
     assert p["avc"].item() == pytest.approx(2 * math.log(2), rel=1e-6)
+
+
+def test_mix_with_previous_adds_the_magnitudes():
+    from avgn.methods.dsol import mix_with_next
+
+    spec = torch.log(torch.tensor([1.0, 2.0, 5.0])).reshape(3, 1, 1, 1)
+    assert mix_with_next(spec, 0.0).exp().flatten().tolist() == pytest.approx([1 + 5, 2 + 1, 5 + 2])
+    torch.manual_seed(0)
+    mixed = mix_with_next(spec, 6.0).exp().flatten()
+    gains = (mixed - spec.exp().flatten()) / spec.roll(1, 0).exp().flatten()  # the second sound's linear gain
+    assert ((gains >= 10 ** (-6 / 20) - 1e-6) & (gains <= 10 ** (6 / 20) + 1e-6)).all() and not torch.allclose(gains, torch.ones(3))
+
+
+def test_stage_one_mixture_loss_is_half_each_cluster():
+    """With a dictionary, training stage 1 scores the audio head on each item's sound mixed with the
+    previous item's against half of each one's cluster; evaluation and mix_weight=0 do not mix."""
+    from avgn.methods.dsol import stage1_loss
+
+    m = get_method("dsol")
+    cfg = DSOLConfig(num_classes=3, num_clusters=3, dim=8, encoder=EncoderConfig(audio_width=0.125))
+    model = m.build(cfg)
+    model.set_dictionary(torch.eye(3, 8))
+    torch.manual_seed(0)
+    kw = {"spec": torch.randn(4, 1, 64, 32), "visual_feats": torch.randn(4, model.visual.backbone_channels, 3, 3)}
+    model.train()
+    out = model(**kw)
+    assert out["mix_cluster_logits"].shape == (4, 3)
+    total, parts = stage1_loss(model, out)
+    from avgn.clusters import masked_object_features
+    from avgn.methods.dsol import object_region_maps
+
+    obj = masked_object_features(out["cluster_feats"].float(), object_region_maps(out["av_map"].float(), "relative"), cfg.region_cut, cfg.dilate)
+    pseudo = (torch.nn.functional.normalize(obj.feats, dim=1) @ torch.nn.functional.normalize(model.dictionary, dim=1).t()).argmax(1)
+    logp = torch.log_softmax(out["mix_cluster_logits"].float(), 1)
+    expect = -(0.5 * (logp.gather(1, pseudo[:, None]) + logp.gather(1, pseudo.roll(1)[:, None]))).mean()
+    assert parts["mix_cls"].item() == pytest.approx(expect.item(), rel=1e-5)
+    assert total.item() == pytest.approx((parts["avc"] + parts["pseudo_cls"] + parts["mix_cls"]).item(), rel=1e-5)
+    model.eval()
+    assert "mix_cluster_logits" not in model(**kw)
+    off = m.build(DSOLConfig(num_classes=3, num_clusters=3, dim=8, mix_weight=0.0, encoder=EncoderConfig(audio_width=0.125)))
+    off.set_dictionary(torch.eye(3, 8))
+    off.train()
+    assert "mix_cls" not in stage1_loss(off, off(**kw))[1]

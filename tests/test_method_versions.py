@@ -9,6 +9,10 @@ difference at the same version fails, naming the bump. After bumping, refresh th
 
 Values are compared to a relative 2e-3 (not bit for bit): the CPU kinds of the test machines
 (AVX2, AVX-512, with and without BF16) round differently; a behaviour change moves them by far more.
+The training losses are continuous in the weights and agree across kinds to ~1e-4; the validation
+score is a ranking metric on a handful of items, where another kind's rounding can flip a rank
+(measured: 0.2555 on AVX-512, 0.2542 on AVX2 for AVGN), so it is compared only on the vector
+instruction set the committed histories were written on (``isa``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,21 @@ from avgn.methods import get_method, list_methods
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIGESTS = Path(__file__).resolve().parent / "data" / "method_histories.json"
+
+
+def vector_isa() -> str:
+    """The widest vector instruction set of this CPU (``avx512`` / ``avx2`` / ``other``): what decides
+    how its float kernels round."""
+    from avgn.env import cpu_flags
+
+    f = cpu_flags()
+    return "avx512" if f["avx512f"] else "avx2" if f["avx2"] else "other"
+
+
+def compared(history: dict[str, float], isa: str | None) -> dict[str, float]:
+    """The entries of ``history`` compared on this machine: every training loss, and the validation
+    score where the committed histories' instruction set ``isa`` is this machine's."""
+    return {k: v for k, v in history.items() if k.startswith("train/") or isa == vector_isa()}
 #: each method's tiny experiment (DSOL's second stage needs a first one: its first stage stands for it)
 EXTRA = {"dsol": {"model.stage": 1, "train.concat_items": 0, "train.scene_items": 0}}
 
@@ -52,7 +71,8 @@ def test_method_history_matches_its_version(method, fake_build, tmp_path):
                     "refresh it with `python tests/test_method_versions.py`")
     got = _history(method, fake_build, tmp_path)
     assert set(got) == set(entry["history"]), f"{method}: the history's entries changed; bump {type(get_method(method)).__name__}.version"
-    for k, v in entry["history"].items():
+    assert any(k.startswith("train/") for k in got), f"{method}: no training loss to compare"
+    for k, v in compared(entry["history"], committed.get("isa")).items():
         assert got[k] == pytest.approx(v, rel=2e-3, abs=1e-6), (
             f"{method}: {k} = {got[k]:.6g}, committed {v:.6g} at version {version}: the method's training changed; bump "
             f"{type(get_method(method)).__name__}.version (its stored runs become stale) and refresh {DIGESTS.name}")
@@ -76,5 +96,6 @@ if __name__ == "__main__":  # refresh the committed histories
         build_fake(build)
         compute_features(build, tiny_experiment().inputs.features, device="cpu", progress=False)
         out = {m: {"version": get_method(m).version, "history": _history(m, build, Path(tmp) / "runs")} for m in list_methods(learned=True)}
+    out["isa"] = vector_isa()  # type: ignore[assignment]
     DIGESTS.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {DIGESTS}")

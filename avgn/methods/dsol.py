@@ -8,7 +8,11 @@ feature inside its localised region, map > 0.05, dilated) is computed with the c
 K-means (seeded by run and epoch) gives the dictionary, and the clusters are mapped to classes once
 per clustering on the validation single-source scenes (Hungarian; the purity is logged). During the
 epoch, audio and visual pseudo-label heads are trained on each item's cluster (the dictionary centre
-nearest to its object feature, i.e. the K-means assignment), with weight ``cls_weight``.
+nearest to its object feature, i.e. the K-means assignment), with weight ``cls_weight``; with
+``mix_weight > 0`` (this book's default, not the public code's) the audio head also learns two-item
+mixtures of the batch's sounds — a soft target of half each item's cluster — so that the classifier
+stage 2 and the predicted selection read on mixtures has seen one (chapter 7: trained on single
+sounds only, its softmax picks one class of a duet, and both in only one duet in ten).
 
 **Stage 2** (``model.stage=2``, mixtures; initialised from a stage-1 run with ``train.init_from``):
 class-aware maps ``[B, K, h, w]`` from the dictionary times the audio-visual map; the visual category
@@ -45,6 +49,7 @@ The losses live in :mod:`avgn.methods.dsol` (they depend on the stage).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
@@ -79,7 +84,8 @@ CLUSTER_FEATURES = ("backbone", "projection")
 RECLUSTER = ("fresh", "warm")
 
 #: The public code's choices for the fields where this book's defaults depart from it.
-PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone", "recluster": "fresh", "dilate": 1}
+PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone", "recluster": "fresh", "dilate": 1,
+                 "mix_weight": 0.0}
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,12 @@ class DSOLConfig:
             (public: 1 and 0.5).
         softmax_scale: class maps at inference are ``softmax(softmax_scale * maps)`` over the
             clusters (public: 3).
+        mix_weight: weight of stage 1's mixture pseudo-label loss (0 = the public code: the audio
+            classifier sees single sounds only). Each item's spectrogram is mixed with the previous
+            item's (magnitudes added: ``logaddexp`` of the log-magnitudes, the second at a relative
+            gain uniform in +-``mix_gain_db`` dB) and the audio head is trained on the soft target
+            ``(onehot(c_i) + onehot(c_j)) / 2`` of the two items' clusters.
+        mix_gain_db: the relative gain range of those mixtures (the data's sources: +-6 dB each).
         avc_loss: stage 1's audio-visual correspondence: ``bce`` = the public code (the global max
             of ``sigmoid(w cos)`` against 1 for the own frame, 0 for one other frame) or ``infonce``
             (default) = the max-MIL contrastive loss of EZ-VSL over the batch, temperature
@@ -135,6 +147,8 @@ class DSOLConfig:
     kl_weight: float = 1.0
     loc_weight: float = 0.5
     softmax_scale: float = 3.0
+    mix_weight: float = 1.0
+    mix_gain_db: float = 6.0
     avc_loss: str = "infonce"
     avc_tau: float = 0.1
     region_rule: str = "relative"
@@ -156,6 +170,8 @@ class DSOLConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.avc_tau <= 0:
             raise ValueError(f"avc_tau must be > 0, got {self.avc_tau}")
+        if self.mix_weight < 0 or self.mix_gain_db < 0:
+            raise ValueError(f"mix_weight and mix_gain_db must be >= 0, got {self.mix_weight}, {self.mix_gain_db}")
         _sync_encoder_dim(self)
 
     @property
@@ -229,7 +245,7 @@ class DSOL(nn.Module):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"stage={c.stage}, clusters={c.k}, classes={c.num_classes}, avc_loss={c.avc_loss}, region_rule={c.region_rule}, "
-                f"region_cut={c.region_cut}, cluster_features={c.cluster_features}, recluster={c.recluster}")
+                f"region_cut={c.region_cut}, cluster_features={c.cluster_features}, recluster={c.recluster}, mix_weight={c.mix_weight}")
 
     def complete_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         """Weights of a stage-1 run loaded into stage 2 (``train.init_from``): the frozen teacher is the
@@ -277,11 +293,21 @@ class DSOL(nn.Module):
                "audio_cluster_logits": logits, "visual_cluster_logits": self.visual_head(cf.mean(dim=(2, 3)))}
         sim = torch.einsum("bchw,kc->bkhw", F.normalize(cf, dim=1), F.normalize(self.dictionary, dim=1))
         out["class_maps"] = (self.class_affine[0] * sim + self.class_affine[1]) * av[:, None]  # [B, K, h, w]
+        if self.training and self.cfg.stage == 1 and self.cfg.mix_weight > 0 and self.has_dictionary and len(spec) > 1:
+            out["mix_cluster_logits"] = self.audio_head(self.audio.trunk_pooled(mix_with_next(spec, self.cfg.mix_gain_db))[1])
         return out
 
 
 #: The public code's embedding width (smaller profiles shrink it).
 PUBLIC_DIM = 128
+
+
+def mix_with_next(spec: Tensor, gain_db: float) -> Tensor:
+    """Each item's log-magnitude spectrogram ``spec [B, 1, F, T]`` mixed with the previous item's (the
+    first with the last): magnitudes added, ``logaddexp(s_i, s_{i-1} + g)``, with the second's relative
+    gain ``g`` drawn uniform in +-``gain_db`` dB per item (as a log-magnitude offset, ``g ln(10) / 20``)."""
+    g = (torch.rand(len(spec), 1, 1, 1, device=spec.device, dtype=spec.dtype) * 2 - 1) * (gain_db * math.log(10.0) / 20.0)
+    return torch.logaddexp(spec, spec.roll(1, dims=0) + g)
 
 
 def _mismatched(out: Mapping[str, Tensor], model: DSOL) -> Tensor:
@@ -307,6 +333,12 @@ def stage1_loss(model: DSOL, out: Mapping[str, Tensor]) -> tuple[Tensor, dict[st
         cls = F.cross_entropy(out["audio_cluster_logits"].float(), pseudo) + F.cross_entropy(out["visual_cluster_logits"].float(), pseudo)
         parts["pseudo_cls"] = cls
         total = total + model.cfg.cls_weight * cls
+        if "mix_cluster_logits" in out:  # the item's sound mixed with the previous item's: half of each cluster
+            k = model.cfg.k
+            target = 0.5 * (F.one_hot(pseudo, k) + F.one_hot(pseudo.roll(1, dims=0), k)).float()
+            mix = F.cross_entropy(out["mix_cluster_logits"].float(), target)
+            parts["mix_cls"] = mix
+            total = total + model.cfg.mix_weight * mix
     parts["total"] = total
     return total, {k: v.detach() for k, v in parts.items()}
 
@@ -360,12 +392,16 @@ class DSOLMethod(Method):
     modes = ("oracle", "predicted")
     config_cls = DSOLConfig
     #: 2: the correspondence, region, clustered features and re-clustering flags (PUBLIC_DESIGN keeps version 1's design);
-    #: 3: stage 2's target distribution from a frozen copy of the stage-1 audio network (:class:`AudioTeacher`)
-    version = 3
+    #: 3: stage 2's target distribution from a frozen copy of the stage-1 audio network (:class:`AudioTeacher`);
+    #: 4: stage 1's audio classifier also learns mixtures (``mix_weight``)
+    version = 4
 
     def training_version(self, cfg: DSOLConfig) -> int:
-        """Stage 1 has trained the same since version 2 (version 3 changed stage 2 only)."""
-        return 2 if cfg.stage == 1 else self.version
+        """Stage 1 trains as in version 2 without mixtures (version 3 changed stage 2 only, version 4
+        stage 1's mixtures); stage 2 trains as in version 3."""
+        if cfg.stage == 1:
+            return self.version if cfg.mix_weight > 0 else 2
+        return 3
 
     def first_stage_prefixes(self, cfg: DSOLConfig) -> tuple[str, ...]:
         """Stage 2's frozen audio teacher is stage 1's audio network and classifier (:class:`AudioTeacher`)."""
