@@ -7,6 +7,9 @@
   the frame its object region keeps under each region rule, and the purity of K-means on the
   object features under each feature space and region — with the ground-truth region as the
   ceiling of what any map could give the clustering.
+* :func:`dsol_audio_report` — DSOL's audio category classifier (the one stage 2 and the predicted
+  selection read) on single sounds and on two-source mixtures: is its top class sounding, are both
+  sounding classes its top two, and how its probability mass is shared.
 * :func:`tvsl_dependence_report` — T-VSL's class features: how much they depend on whether the class
   sounds (cosine between a class feature's mean where it sounds and where it does not; 1 = the
   anchor alone sets it) and the AP of its maps and of their negation.
@@ -30,18 +33,20 @@ from torch.utils.data import DataLoader, Subset
 from avgn.clusters import hungarian_mapping, kmeans_dictionary, masked_object_features
 from avgn.data.datasets import SceneDataset
 from avgn.features import CachedFeatureDataset, FeatureStore, collate_samples
+from avgn.methods import get_method
 from avgn.methods.base import model_inputs
 from avgn.metrics import pixel_average_precision, upsample_maps
 from avgn.runs import load_trained_model
 
-__all__ = ["solo_scene_outputs", "dsol_stage1_report", "tvsl_dependence_report", "tvsl_loss_controls", "LOSS_CONTROLS"]
+__all__ = ["solo_scene_outputs", "dsol_stage1_report", "dsol_audio_report", "tvsl_dependence_report", "tvsl_loss_controls", "LOSS_CONTROLS"]
 
 
-def _solo_scenes(exp: Any, data_dir: str | Path, split: str, max_items: int, seed: int = 0) -> Any:
-    """``split``'s single-source scenes with cached features (no images, no waveforms), a seeded random
-    subset of ``max_items`` when there are more."""
+def _solo_scenes(exp: Any, data_dir: str | Path, split: str, max_items: int, seed: int = 0, task: str = "solo") -> Any:
+    """``split``'s single-source (``task="solo"``; ``"duet"``: two-source) scenes with cached features
+    (no images, no waveforms), a seeded random subset of ``max_items`` when there are more."""
     store = FeatureStore(data_dir, exp.inputs.features, preload=False)
-    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=["solo"], layouts=["scene"], spec=exp.inputs.spec, max_sources=1),
+    n = {"solo": 1, "duet": 2}[task]
+    ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=[task], layouts=["scene"], spec=exp.inputs.spec, max_sources=n),
                               store, drop=("image", "audio"))
     if len(ds) > max_items:
         ds = Subset(ds, torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:max_items].tolist())
@@ -112,6 +117,33 @@ def dsol_stage1_report(run_dir: str | Path, data_dir: str | Path, split: str = "
         for name, (m, cut, dil) in regions.items():
             rep[f"purity_{feat_name}_{name}"] = _purity(masked_object_features(feats, m, cut, dil).feats, classes, k, c)
         rep[f"purity_{feat_name}_gt"] = _purity(_region_mean(feats, gt), classes, k, c)
+    return rep
+
+
+@torch.no_grad()
+def dsol_audio_report(run_dir: str | Path, data_dir: str | Path, split: str = "val", max_items: int = 800) -> dict[str, float]:
+    """DSOL's audio category classifier of ``run_dir`` (stage 1's head; stage 2's frozen copy of it) on
+    ``split``'s single-source and two-source scenes, its clusters read as their mapped classes:
+    ``solo_top1`` / ``duet_top1`` (share of scenes whose most probable class sounds),
+    ``duet_top2_both`` (share of duets whose two most probable classes are the two that sound),
+    ``duet_p1`` / ``duet_p2`` (mean largest and second-largest class probability on duets: a
+    classifier that has learned mixtures shares the mass, one that has not puts it on one class)."""
+    model, exp, _ = load_trained_model(run_dir, device="cpu")
+    method_predict = get_method("dsol").predict
+    rep: dict[str, float] = {}
+    model.eval()
+    for task in ("solo", "duet"):
+        probs, labels = [], []
+        for b in DataLoader(_solo_scenes(exp, data_dir, split, max_items, task=task), batch_size=64, collate_fn=collate_samples):
+            probs.append(method_predict(model, model(**model_inputs(b, torch.device("cpu"))))["audio_probs"])
+            labels.append(b["labels"] > 0.5)
+        p, y = torch.cat(probs), torch.cat(labels)
+        top = p.argsort(1, descending=True)
+        rep[f"{task}_top1"] = float(y.gather(1, top[:, :1]).float().mean())
+        if task == "duet":
+            rep["duet_top2_both"] = float((y.gather(1, top[:, :2]).sum(1) == 2).float().mean())
+            srt = p.sort(1, descending=True).values
+            rep["duet_p1"], rep["duet_p2"] = float(srt[:, 0].mean()), float(srt[:, 1].mean())
     return rep
 
 

@@ -56,7 +56,8 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
+# the folder that holds data/ (the benchmark, the runs read from the store), figures/ and results/ (".." is the repository)
+workdir = ".."
 
 # %%
 import pandas as pd

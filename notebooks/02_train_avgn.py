@@ -48,7 +48,8 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
+# the folder that holds data/ (the benchmark, the runs read from the store), figures/ and results/ (".." is the repository)
+workdir = ".."
 store_dir = None  # the committed run store (None: store/ in the repository)
 
 # %%

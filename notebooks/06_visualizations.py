@@ -25,7 +25,8 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
+# the folder that holds data/ (the benchmark, the runs read from the store), figures/ and results/ (".." is the repository)
+workdir = ".."
 tsne_items = 150  # scenes per test set in the t-SNE
 explorer_items_n = 4  # scenes in the explorer
 

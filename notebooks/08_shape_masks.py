@@ -49,7 +49,8 @@
 profile = "cpu"
 seed = 0
 device = "auto"
-workdir = ".."  # holds data/ (the benchmark, the runs read from the store), figures/ and results/; ".." = the repository
+# the folder that holds data/ (the benchmark, the runs read from the store), figures/ and results/ (".." is the repository)
+workdir = ".."
 sam_checkpoint = None  # path to a Segment Anything checkpoint (sam_vit_h_4b8939.pth ...), if you have one
 sam_model_type = "vit_h"
 

@@ -99,6 +99,7 @@ def test_two_stages_train_cluster_and_evaluate(fake_build, tmp_path):
     assert "cluster_purity" not in hist.columns or hist["cluster_purity"].isna().iloc[0]  # epoch 1: no clusters yet
     assert hist["cluster_purity"].iloc[1:].between(0, 1).all() and (hist["objects"].iloc[1:] > 0).all()
     assert "train/pseudo_cls" in hist.columns and not pd_isna(hist["train/pseudo_cls"].iloc[-1])
+    assert not pd_isna(hist["train/mix_cls"].iloc[-1])  # the audio head also learned mixtures
     assert sum1["selection_modes"] == ["oracle", "predicted"]
     s2 = tmp_path / "stage2"
     sum2 = train(tiny_experiment("dsol", **{"model.stage": 2, "model.num_clusters": 3, "train.solo_items": 0, "train.epochs": 1,
@@ -111,6 +112,13 @@ def test_two_stages_train_cluster_and_evaluate(fake_build, tmp_path):
     r = ev["results"]["test/duet/scene"]
     assert set(r) == {"oracle", "predicted"} and 0 <= r["predicted"]["cap"] <= 1 and "presence_f1" in r["predicted"]
     assert sum2["presence_threshold"] is not None
+    from avgnbook.neighbours import dsol_audio_report
+
+    for run in (s1, s2):  # stage 2 reads its frozen copy of stage 1's classifier: the same report
+        rep = dsol_audio_report(run, fake_build, split="val", max_items=16)
+        assert set(rep) == {"solo_top1", "duet_top1", "duet_top2_both", "duet_p1", "duet_p2"}
+        assert 0 <= rep["duet_top2_both"] <= rep["duet_top1"] <= 1 and rep["duet_p2"] <= rep["duet_p1"] <= 1
+    assert dsol_audio_report(s2, fake_build, split="val", max_items=16) == pytest.approx(dsol_audio_report(s1, fake_build, split="val", max_items=16))
 
 
 def test_stage_one_resumes_through_the_clustering_exactly(fake_build, tmp_path):
