@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from avgn.losses import presence_bce_loss, sources_from_multihot, token_ce_loss
 from avgn.models.config import ASSIGNMENTS, AUDIO_GROUPING, LOC_TARGETS, EncoderConfig, _sync_encoder_dim
-from avgn.models.encoders import AudioEncoder, VisualEncoder
+from avgn.models.encoders import AudioEncoder, AudioVisualModel
 from avgn.models.grouping import GroupingBlock, TokenTransformer
 
 __all__ = ['AVGNMethod', 'map_target', 'embedding_dependence', 'embedding_dependence_summary', 'AVGN', 'AVGNConfig', 'PAPER_DESIGN', 'avgn_localization_loss', 'avgn_loss_terms', 'avgn_pair_scores', 'avgn_total_loss']
@@ -156,15 +156,15 @@ class AVGNConfig:
         return cls(**{**PAPER_DESIGN, **overrides})
 
 
-class AVGN(nn.Module):
+class AVGN(AudioVisualModel):
     """Audio-Visual Grouping Network. See the module docstring."""
 
+    label = "AVGN"
+
     def __init__(self, cfg: AVGNConfig | None = None) -> None:
-        super().__init__()
         cfg = cfg or AVGNConfig()
-        self.cfg = cfg
+        super().__init__(cfg)
         d, c = cfg.dim, cfg.num_classes
-        self.visual = VisualEncoder(cfg.encoder)
         self.audio = AudioEncoder(cfg.encoder, spatial=cfg.audio_grouping == "spatial")
         self.class_tokens = nn.Parameter(torch.empty(c, d))
         nn.init.trunc_normal_(self.class_tokens, std=cfg.token_init_std, a=-2 * cfg.token_init_std, b=2 * cfg.token_init_std)
@@ -192,28 +192,18 @@ class AVGN(nn.Module):
             mod.apply(_init_transformer_weights)
 
     # ----------------------------------------------------------------------------------------------
-    def encode(
-        self,
-        image: torch.Tensor | None = None,
-        spec: torch.Tensor | None = None,
-        visual_feats: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def encode(self, image: torch.Tensor | None = None, spec: torch.Tensor | None = None,
+               visual_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Encoders only: ``visual_map_feats``, ``visual_backbone_feats``, ``audio_global``, ``audio_map_feats``."""
-        if spec is None:
-            raise ValueError("AVGN needs a spectrogram spec=[B, 1, F, T]")
-        vmap, vback = self.visual(image=image, feats=visual_feats)
+        vmap, vback = self.encode_frame(image, spec, visual_feats)
         a_glob, a_map = self.audio(spec)
         out = {"visual_map_feats": vmap, "visual_backbone_feats": vback, "audio_global": a_glob}
         if a_map is not None:
             out["audio_map_feats"] = a_map
         return out
 
-    def forward(
-        self,
-        image: torch.Tensor | None = None,
-        spec: torch.Tensor | None = None,
-        visual_feats: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor | None = None, spec: torch.Tensor | None = None,
+                visual_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Give ``image`` ``[B, 3, H, W]`` or cached backbone ``visual_feats``, and ``spec`` ``[B, 1, F, T]``.
 
         Returns a dict with ``audio_emb`` / ``visual_emb`` ``[B, C, D]`` (class-aware embeddings),

@@ -67,7 +67,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from dataclasses import dataclass, field
 
 from avgn.models.config import EncoderConfig, _sync_encoder_dim
-from avgn.models.encoders import AudioEncoder, VisualEncoder
+from avgn.models.encoders import AudioEncoder, AudioVisualModel
 
 __all__ = ['DSOLMethod', 'object_features', 'object_region_maps', 'stage1_loss', 'stage2_loss', 'DSOL', 'DSOLConfig', 'AVC_LOSSES',
            'REGION_RULES', 'CLUSTER_FEATURES', 'RECLUSTER', 'PUBLIC_DESIGN']
@@ -217,14 +217,14 @@ class AudioTeacher(nn.Module):
         return self.head(pooled)
 
 
-class DSOL(nn.Module):
+class DSOL(AudioVisualModel):
     """``forward`` -> dict (see the module docstring); ``has_dictionary`` once clusters exist."""
 
+    label = "DSOL"
+
     def __init__(self, cfg: DSOLConfig | None = None) -> None:
-        super().__init__()
         cfg = cfg or DSOLConfig()
-        self.cfg = cfg
-        self.visual = VisualEncoder(cfg.encoder)
+        super().__init__(cfg)
         self.audio = AudioEncoder(cfg.encoder, spatial=False)
         self.scale = nn.Parameter(torch.tensor(float(cfg.map_scale_init)))
         k = cfg.k
@@ -281,9 +281,7 @@ class DSOL(nn.Module):
 
     def forward(self, image: torch.Tensor | None = None, spec: torch.Tensor | None = None,
                 visual_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if spec is None:
-            raise ValueError("DSOL needs a spectrogram spec=[B, 1, F, T]")
-        vmap, vback = self.visual(image=image, feats=visual_feats)
+        vmap, vback = self.encode_frame(image, spec, visual_feats)
         _, pooled = self.audio.trunk_pooled(spec)
         a = F.normalize(self.audio.proj(self.audio.dropout(pooled)), dim=1)
         av = self.av_map(a, vmap)

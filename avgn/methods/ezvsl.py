@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from avgn.losses import maxmil_contrastive_loss
 from avgn.models.config import AUDIO_NORMS, EncoderConfig, _sync_encoder_dim
-from avgn.models.encoders import AudioEncoder, VisualEncoder
+from avgn.models.encoders import AudioEncoder, AudioVisualModel
 from avgn.models.priors import fuse_with_prior, object_prior
 
 __all__ = ['EZVSLMethod', 'EZVSL', 'EZVSLConfig']
@@ -82,14 +82,14 @@ class EZVSLConfig:
         _sync_encoder_dim(self)
 
 
-class EZVSL(nn.Module):
+class EZVSL(AudioVisualModel):
     """EZ-VSL. ``forward`` -> dict; ``loss(outputs)``; ``localize(outputs)`` -> ``[B, 1, h, w]``."""
 
+    label = "EZVSL"
+
     def __init__(self, cfg: EZVSLConfig | None = None) -> None:
-        super().__init__()
         cfg = cfg or EZVSLConfig()
-        self.cfg = cfg
-        self.visual = VisualEncoder(cfg.encoder)
+        super().__init__(cfg)
         self.audio = AudioEncoder(cfg.encoder, spatial=False)
         self.audio_norm = nn.BatchNorm1d(cfg.dim) if cfg.audio_norm == "batchnorm" else nn.Identity()
 
@@ -102,16 +102,10 @@ class EZVSL(nn.Module):
         _, pooled = self.audio.trunk_pooled(spec)
         return F.normalize(self.audio_norm(self.audio.proj(self.audio.dropout(pooled))), dim=1)
 
-    def forward(
-        self,
-        image: torch.Tensor | None = None,
-        spec: torch.Tensor | None = None,
-        visual_feats: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor | None = None, spec: torch.Tensor | None = None,
+                visual_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``audio_emb`` ``[B, D]`` (L2), ``visual_map_feats`` ``[B, D, h, w]`` (L2), ``visual_backbone_feats``."""
-        if spec is None:
-            raise ValueError("EZVSL needs a spectrogram spec=[B, 1, F, T]")
-        vmap, vback = self.visual(image=image, feats=visual_feats)
+        vmap, vback = self.encode_frame(image, spec, visual_feats)
         a = self.embed_audio(spec)
         return {"audio_emb": a, "visual_map_feats": vmap, "visual_backbone_feats": vback}
 

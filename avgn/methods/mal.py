@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 
 from avgn.models.config import MAL_GRAPHS, EncoderConfig, _sync_encoder_dim
-from avgn.models.encoders import AudioResNet18, VisualEncoder, _init_from_scratch
+from avgn.models.encoders import AudioResNet18, AudioVisualModel, _init_from_scratch
 
 __all__ = ['MALMethod', 'MixAndLocalize', 'frame_nodes', 'mal_cycle_loss_frames', 'mal_cycle_loss_images', 'mal_cycle_loss_mixture', 'mal_cycle_loss_pairs', 'mal_cycle_loss_regions', 'MALConfig']
 
@@ -230,14 +230,15 @@ _LOSSES = {"frames": mal_cycle_loss_frames, "images": mal_cycle_loss_images, "mi
            "pairs": mal_cycle_loss_pairs, "regions": mal_cycle_loss_regions}
 
 
-class MixAndLocalize(nn.Module):
+class MixAndLocalize(AudioVisualModel):
     """Mix-and-Localize with ``K = cfg.num_sources`` audio slots. See the module docstring."""
 
+    label = "MixAndLocalize"
+    spec_name = "a mixture spectrogram"
+
     def __init__(self, cfg: MALConfig | None = None) -> None:
-        super().__init__()
         cfg = cfg or MALConfig()
-        self.cfg = cfg
-        self.visual = VisualEncoder(cfg.encoder)
+        super().__init__(cfg)
         self.audio_trunk = AudioResNet18(1, cfg.encoder.audio_width)
         c = self.audio_trunk.out_channels
         self.heads = nn.ModuleList(
@@ -255,17 +256,10 @@ class MixAndLocalize(nn.Module):
         pooled = self.audio_trunk(spec).amax(dim=(2, 3))
         return F.normalize(torch.stack([h(pooled) for h in self.heads], dim=1), dim=-1)
 
-    def forward(
-        self,
-        image: torch.Tensor | None = None,
-        spec: torch.Tensor | None = None,
-        visual_feats: torch.Tensor | None = None,
-        spec2: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor | None = None, spec: torch.Tensor | None = None,
+                visual_feats: torch.Tensor | None = None, spec2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``slots`` ``[B_mix, K, D]`` (and ``slots2`` for a second clip), ``visual_map_feats``."""
-        if spec is None:
-            raise ValueError("MixAndLocalize needs a mixture spectrogram spec=[B, 1, F, T]")
-        vmap, vback = self.visual(image=image, feats=visual_feats)
+        vmap, vback = self.encode_frame(image, spec, visual_feats)
         out = {"slots": self.audio_slots(spec), "visual_map_feats": vmap, "visual_backbone_feats": vback}
         if spec2 is not None:
             out["slots2"] = self.audio_slots(spec2)

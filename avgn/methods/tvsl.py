@@ -61,7 +61,7 @@ import torch.nn.functional as F
 
 from avgn.data.classes import CLASS_NAMES
 from avgn.models.config import EncoderConfig
-from avgn.models.encoders import AudioEncoder, VisualEncoder
+from avgn.models.encoders import AudioEncoder, AudioVisualModel
 
 __all__ = ['TVSLMethod', 'TVSL', 'ResidualHead', 'tvsl_losses', 'class_presence_logits', 'weighted_class_features', 'ML_INPUTS', 'TEXT_DIMS', 'TEXT_ENCODERS', 'TOKEN_WEIGHTINGS', 'TVSLConfig']
 
@@ -228,14 +228,15 @@ def weighted_class_features(tokens: Tensor, anchors: Tensor, weighting: str = "l
     raise ValueError(f"weighting must be 'l2' or 'softmax', got {weighting!r}")
 
 
-class TVSL(nn.Module):
+class TVSL(AudioVisualModel):
     """T-VSL (see the module docstring). ``anchors`` ``[C, 384]``: the text anchors of
     ``cfg.class_names`` (computed with :func:`avgn.text.text_anchors` when not given)."""
 
+    label = "T-VSL"
+
     def __init__(self, cfg: TVSLConfig | None = None, anchors: Tensor | None = None) -> None:
-        super().__init__()
         cfg = cfg or TVSLConfig()
-        self.cfg = cfg
+        super().__init__(cfg)
         if anchors is None:
             from avgn.text import text_anchors
 
@@ -245,7 +246,6 @@ class TVSL(nn.Module):
             raise ValueError(f"anchors must be [{cfg.num_classes}, {e}] (one per class name), got {tuple(anchors.shape)}")
         self.register_buffer("anchors", F.normalize(anchors.float(), dim=-1).clone())
         self.register_buffer("seen", torch.tensor([c in cfg.seen_classes for c in cfg.class_names]))
-        self.visual = VisualEncoder(cfg.encoder)
         self.audio = AudioEncoder(cfg.encoder, spatial=True)
         self.visual_head = ResidualHead(e, cfg.dim)
         self.audio_head = ResidualHead(e, cfg.dim)
@@ -273,10 +273,8 @@ class TVSL(nn.Module):
         Returns ``visual_map_feats [B, E, h, w]`` (image tokens), ``audio_emb`` / ``visual_emb``
         ``[B, C, E]`` (class-aware features after the heads), ``audio_weights [B, C, M]``,
         ``visual_weights [B, C, N]``, ``ml_logits [B, C]``, ``anchors [C, E]``."""
-        if spec is None:
-            raise ValueError("T-VSL needs a spectrogram spec=[B, 1, F, T]")
+        vmap, _ = self.encode_frame(image, spec, visual_feats)  # [B, E, h, w], unit tokens
         t = self.anchors if anchors is None else F.normalize(anchors.to(self.anchors), dim=-1)
-        vmap, _ = self.visual(image=image, feats=visual_feats)  # [B, E, h, w], unit tokens
         _, amap = self.audio(spec)
         assert amap is not None
         xv = vmap.flatten(2).transpose(1, 2)  # [B, N, E]

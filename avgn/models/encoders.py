@@ -40,6 +40,7 @@ __all__ = [
     "VisualEncoder",
     "AudioResNet18",
     "AudioEncoder",
+    "AudioVisualModel",
 ]
 
 logger = logging.getLogger("avgn.models")
@@ -456,3 +457,30 @@ class AudioEncoder(nn.Module):
         if self.map_proj is not None:
             amap = F.normalize(self.map_proj(self.dropout(fmap)), dim=1)
         return emb, amap
+
+
+class AudioVisualModel(nn.Module):
+    """What every method's model shares: its configuration ``cfg`` (with an ``encoder`` section) and
+    the visual encoder ``visual`` — built first, so every model draws its initial weights in the same
+    order — and :meth:`encode_frame`, the first step of every ``forward``.
+
+    Attributes:
+        label: the model's name in error messages.
+        spec_name: what ``forward`` says is missing without a spectrogram.
+    """
+
+    label = "this model"
+    spec_name = "a spectrogram"
+
+    def __init__(self, cfg: object) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisualEncoder(cfg.encoder)  # type: ignore[attr-defined]
+
+    def encode_frame(self, image: torch.Tensor | None, spec: torch.Tensor | None,
+                     visual_feats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(visual_map_feats [B, D, h, w], visual_backbone_feats [B, C', h, w])`` of ``image
+        [B, 3, H, W]`` or cached backbone ``visual_feats``; refuses a call without ``spec [B, 1, F, T]``."""
+        if spec is None:
+            raise ValueError(f"{self.label} needs {self.spec_name} spec=[B, 1, F, T]")
+        return self.visual(image=image, feats=visual_feats)
