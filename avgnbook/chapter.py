@@ -164,6 +164,13 @@ class Chapter:
             raise KeyError(f"rows of runs this chapter did not read from the store: {missing[:3]}")
         return [by[(v, int(s))] for v, s in zip(frame["variant"], frame["seed"])]
 
+    def run_id(self, variant: Variant, seed: int) -> str:
+        """The id of ``variant``'s run for ``seed`` as this chapter read it from the store."""
+        key = self.key(variant, seed)
+        if key not in self.read:
+            raise KeyError(f"{key}: this chapter has not read it from the store (ctx.run_variants first)")
+        return self.read[key][1]
+
     def findings(self, lines: Sequence[str]):
         """The chapter's last section "What this chapter found": ``lines`` (sentences computed from its
         results) shown as a list and written to ``results/findings_<NN>.csv`` with the code revision

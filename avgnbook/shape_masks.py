@@ -71,7 +71,8 @@ class PairSet:
 
 @dataclass
 class MapSource:
-    """One map per pair (``maps [P, H, W]`` in ``[0, 1]``; ``hit [P]``: False = no map, empty mask)."""
+    """One map per pair (``maps [P, H, W]`` in ``[0, 1]``; ``hit [P]``: False = no map, empty mask);
+    ``run``: the id of the stored run the maps come from ("" for a non-learned source)."""
 
     label: str
     method: str
@@ -79,6 +80,7 @@ class MapSource:
     mode: str
     maps: Tensor
     hit: Tensor
+    run: str = ""
 
 
 def _flatten_valid(x: Tensor, classes: Tensor) -> Tensor:
@@ -112,9 +114,10 @@ def _to_pairs(maps: Tensor, pairs: PairSet) -> Tensor:
 
 
 def run_map_sources(run_dir: str | Path, pairs: PairSet, data_dir: str | Path, label: str, *, modes: Sequence[str] | None = None,
-                    device: str = "auto") -> list[MapSource]:
+                    device: str = "auto", run: str = "") -> list[MapSource]:
     """A trained run's maps for every pair, one :class:`MapSource` per selection mode it supports
-    (``modes``: a subset; the ``predicted`` mode uses the run's own presence threshold)."""
+    (``modes``: a subset; the ``predicted`` mode uses the run's own presence threshold); ``run``: its
+    id in the run store, carried into the results (fusions with the prior keep it)."""
     model, exp, info = load_trained_model(run_dir, device=device)
     method = get_method(exp.method)
     store = _store_for(exp, Path(data_dir), [pairs.set_name], device=device)
@@ -127,7 +130,7 @@ def run_map_sources(run_dir: str | Path, pairs: PairSet, data_dir: str | Path, l
         sm = _source_maps(p, mode, float(info.get("presence_threshold", 0.5)))
         maps = _flatten_valid(sm["maps"], p.classes)
         hit = _flatten_valid(sm["hit"], p.classes)
-        out.append(MapSource(label, exp.method, int(info["seed"]), mode, _to_pairs(maps, pairs), hit))
+        out.append(MapSource(label, exp.method, int(info["seed"]), mode, _to_pairs(maps, pairs), hit, run))
     return out
 
 
@@ -179,7 +182,7 @@ def mask_study(pairs: PairSet, sources: Sequence[MapSource], segmenters: Mapping
 
     ``long``: columns ``variant`` (``source · sampler · segmenter``), ``method``, ``seed``, ``set``,
     ``mode``, ``metric`` (``miou``, ``fscore``), ``value``, plus ``source``, ``sampler``,
-    ``segmenter``. ``per_pair``: the same labels with ``class`` and per-pair ``iou``."""
+    ``segmenter`` and ``run`` (the source's run id). ``per_pair``: the same labels with ``class`` and per-pair ``iou``."""
     import pandas as pd
 
     rows, per_pair = [], []
@@ -191,7 +194,7 @@ def mask_study(pairs: PairSet, sources: Sequence[MapSource], segmenters: Mapping
             soft = (src.maps * src.hit[:, None, None]) if seg is None else None
             res = score_masks(masks, src, pairs, soft)
             lab = {"variant": SEP.join((src.label, sampler, seg_name)), "method": src.method, "seed": src.seed, "set": pairs.set_name,
-                   "mode": src.mode, "source": src.label, "sampler": sampler, "segmenter": seg_name}
+                   "mode": src.mode, "source": src.label, "sampler": sampler, "segmenter": seg_name, "run": src.run}
             rows += [{**lab, "metric": m, "value": v} for m, v in (("miou", res.miou), ("fscore", res.fscore))]
             per_pair += [{**lab, "class": c, "scene_id": sid, "iou": float(i)} for c, sid, i in zip(names, pairs.scene_ids, res.iou.tolist())]
     return pd.DataFrame(rows), pd.DataFrame(per_pair)

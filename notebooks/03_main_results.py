@@ -262,8 +262,8 @@ diag = []
 for v in designs:
     for s in seeds:
         rep = baseline_report(ctx.run_dir(v, s), data, device="cpu")
-        diag += [{"variant": v.label, "method": v.method, "seed": s, "set": "val/solo/scene", "mode": "oracle", "metric": k, "value": x}
-                 for k, x in rep.items()]
+        diag += [{"variant": v.label, "method": v.method, "seed": s, "run": ctx.run_id(v, s), "set": "val/solo/scene", "mode": "oracle",
+                  "metric": k, "value": x} for k, x in rep.items()]
 test_ap = ctx.collect(designs, references=())
 test_ap = test_ap[(test_ap["set"] == "test/solo/scene") & (test_ap["metric"] == "ap") & (test_ap["mode"] == "oracle")]
 diag_long = pd.concat([pd.DataFrame(diag), test_ap], ignore_index=True)

@@ -227,8 +227,8 @@ for v in [DSOL_VARIANT, next(v for v in MAIN_VARIANTS if v.label == "AVGN")]:
         for set_name, p in predict_run(run_dir, SETS[:3], device=device).items():
             for mode in ("oracle", "predicted"):
                 m = silent_object_metrics(p, data, names, mode, th)
-                silent_rows += [{"variant": v.label, "method": v.method, "seed": s, "set": set_name, "mode": mode, "metric": k, "value": x}
-                                for k, x in m.items() if k in ("nsa_distractors", "nsa_all", "false_alarm")]
+                silent_rows += [{"variant": v.label, "method": v.method, "seed": s, "run": ctx.run_id(v, s), "set": set_name, "mode": mode,
+                                 "metric": k, "value": x} for k, x in m.items() if k in ("nsa_distractors", "nsa_all", "false_alarm")]
 silent = ctx.write(pd.DataFrame(silent_rows), "07_silent_objects")
 silent.pivot_table(index=["variant", "mode"], columns=["set", "metric"], values="value", aggfunc="mean").round(3)
 

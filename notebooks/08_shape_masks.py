@@ -93,7 +93,7 @@ print({s: f"{p.n_items} scenes, {len(p)} pairs" for s, p in pairs.items()})
 # %%
 def map_sources(p, s):
     """Every map source of pairs ``p`` for training seed ``s``: AV maps, the prior, their fusions."""
-    av = [m for v in VARIANTS for m in run_map_sources(ctx.run_dir(v, s), p, ctx.data, v.label, device=device)]
+    av = [m for v in VARIANTS for m in run_map_sources(ctx.run_dir(v, s), p, ctx.data, v.label, device=device, run=ctx.run_id(v, s))]
     prior = prior_map_source(profile, p, ctx.data, device=device)
     return av + [fused(m, prior) for m in av], prior
 

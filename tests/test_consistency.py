@@ -31,7 +31,6 @@ PENDING: dict[str, str] = {
     "05": "its runs are being trained into the store",
     "06": "its runs are being trained into the store",
     "07": "DSOL is being fixed (issue 29) before its runs are stored",
-    "08": "its runs are being trained into the store",
     "09": "T-VSL is being fixed (issue 29) before its runs are stored",
 }
 

@@ -3,6 +3,8 @@ map, the long rows; and the pairs of a (fake) benchmark build."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -58,14 +60,17 @@ def test_grabcut_masks_beat_the_blob_and_missing_maps_give_empty_masks():
     assert (per_pair[per_pair["scene_id"] == "s2"]["iou"] == 0).all()
     assert wide.loc["blob map · naive · GrabCut", "miou"] <= 2 / 3 + 1e-9
     assert set(split_variant(long)["segmenter"]) == {BLOB, "GrabCut"}
+    assert set(long["run"]) == {""}  # a source without a stored run
+    tagged, _ = mask_study(pairs, [replace(src, run="abc123")], {}, [])
+    assert set(tagged["run"]) == {"abc123"}
 
 
 def test_fusion_keeps_the_av_source_labels():
     pairs = _pairs()
     av = _blob_source(pairs)
     prior = MapSource("object prior", "object", -1, "oracle", torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0)), torch.ones(3, dtype=torch.bool))
-    f = fused(av, prior, 0.4)
-    assert (f.label, f.method, f.seed, f.mode) == ("blob map + prior", "test", 0, "oracle")
+    f = fused(replace(av, run="abc123"), prior, 0.4)
+    assert (f.label, f.method, f.seed, f.mode, f.run) == ("blob map + prior", "test", 0, "oracle", "abc123")  # the fusion keeps the run id
     assert float(f.maps.amin()) == 0.0 and float(f.maps.amax()) == 1.0
     assert torch.allclose(fused(av, prior, 1.0).maps, av.maps)
 
