@@ -47,16 +47,22 @@ OUTPUT_DIRS = ("book", "figures", "results", "store")
 
 
 def git_revision(root: str | Path | None = None) -> str:
-    """The current git commit (with ``-dirty`` if a tracked file outside :data:`OUTPUT_DIRS` has
-    changes), or ``"unknown"``."""
+    """The code revision: the last git commit that changed a tracked file outside :data:`OUTPUT_DIRS`
+    (with ``-dirty`` if such a file has uncommitted changes), or ``"unknown"``. Commits of outputs
+    only — executed chapters, their results and figures, the run store's records — do not move it,
+    so chapters executed on the same code between two store commits carry the same revision."""
     cwd = Path(root) if root is not None else Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-        if rev.returncode != 0:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if top.returncode != 0:
             return "unknown"
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{d}" for d in OUTPUT_DIRS)],
-                               cwd=top or cwd, capture_output=True, text=True, timeout=5)
+        code = [".", *(f":!{d}" for d in OUTPUT_DIRS)]
+        top_dir = top.stdout.strip() or cwd
+        rev = subprocess.run(["git", "log", "-1", "--format=%h", "--", *code], cwd=top_dir, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0 or not rev.stdout.strip():
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *code],
+                               cwd=top_dir, capture_output=True, text=True, timeout=5)
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
