@@ -348,3 +348,33 @@ def test_a_stale_work_folder_is_set_aside_not_resumed(fake_build, tmp_path):
     moved = set_aside_other_run(run_dir, exp, fake_build, "id-newer")
     assert moved == tmp_path / "avgn-seed0.replaced-id-new" and (run_dir / "store_id.txt").read_text() == "id-newer\n"
     assert not (run_dir / "config.json").exists()  # a fresh folder, marked for the new id
+
+
+def test_queue_of_some_keys_starts_a_run_whose_dependency_is_stored_but_not_named(tiny_store, tiny_ids, tmp_path, monkeypatch):
+    """`avgn runs train --keys ezvsl-ogl/seed0`: its weights come from the stored ezvsl/seed0, which the
+    keys do not name; the queue starts it (it used to report the dependency as not stored)."""
+    import subprocess
+
+    import avgn.store.queue as queue
+
+    root = tmp_path / "store"
+    shutil.copytree(tiny_store["store"].base.parent, root)
+    store = RunStore("smoke", root)
+    store.remove("ezvsl-ogl/seed0")
+    monkeypatch.setattr(queue, "get_plan", lambda profile: tiny_store["plan"])
+    started = []
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, cmd, **kw):
+            started.append(cmd[cmd.index("store-one") + 1])
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Done)
+    lines = []
+    failed = queue.train_queue("smoke", keys=["ezvsl-ogl/seed0"], workers=1, store_root=root, data_dir=tiny_store["data"], log=lines.append)
+    assert failed == 0 and started == ["ezvsl-ogl/seed0"], lines
+    assert not any("NOT STARTED" in line for line in lines)

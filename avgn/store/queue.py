@@ -466,7 +466,10 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
     if dry_run or todo.empty:
         return 0
     plan = get_plan(profile)
-    done = set(status.loc[status["state"] == "done", "key"])
+    # a run waits for its dependencies (DSOL's first stage, the weights an inference-time variant scores):
+    # those stored already count as done whether or not they are among ``keys``
+    whole = status if keys is None else plan_status(profile, store, data_dir)
+    done = set(whole.loc[whole["state"] == "done", "key"])
     pending = list(todo["key"])
     work_runs = default_work_dir(store) / "runs"
 
