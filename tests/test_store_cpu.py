@@ -57,4 +57,6 @@ def test_a_chapter_executed_from_the_committed_store_reproduces_its_committed_re
         assert set(writers) <= set(PENDING), writers
         pytest.xfail(f"every chapter that writes results is still pending its store runs: {', '.join(writers)}")
     stem = next(p.stem for p in sorted((ROOT / "notebooks").glob(f"{ready[0]}_*.py")))
-    assert check_chapter_reproduces(stem, "cpu", tmp_path) == []
+    # the tolerance of the store's own re-evaluation check (check_reevaluation): the chapter re-scores stored
+    # weights on this machine, whose CPU kind may round otherwise than the one that executed it
+    assert check_chapter_reproduces(stem, "cpu", tmp_path, tol=1e-4) == []
