@@ -244,6 +244,8 @@ results_dir = os.path.join(workdir, "results")
 
 pd.DataFrame([{"chapter": "98", "variant": "AVGN", "method": "avgn", "seed": 0, "run": "abc", "set": "test/solo/scene", "mode": "oracle",
                "metric": "ap", "value": 0.5}]).to_csv(f"{results_dir}/98_fake.csv", index=False)
+pd.DataFrame([{"chapter": "98", "item": 1, "finding": "AVGN scores 50.0", "revision": "abc", "runs": "abc"}]).to_csv(
+    f"{results_dir}/findings_98.csv", index=False)  # derived sentences: not compared
 ''')
     committed = pd.DataFrame([_row("abc", chapter="98")])
     committed.to_csv(root / "results" / "98_fake.csv", index=False)
