@@ -455,7 +455,10 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
     import tqdm
 
     store = RunStore(profile, store_root)
-    status = plan_status(profile, store, data_dir, keys)
+    # the whole plan's status: a run waits for its dependencies (DSOL's first stage, the weights an
+    # inference-time variant scores), and those stored already count as done whether or not they are among ``keys``
+    whole = plan_status(profile, store, data_dir)
+    status = whole if keys is None else whole[whole["key"].isin(list(keys))]
     if keys is not None:
         unknown = sorted(set(keys) - set(status["key"]))
         if unknown:
@@ -466,9 +469,6 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
     if dry_run or todo.empty:
         return 0
     plan = get_plan(profile)
-    # a run waits for its dependencies (DSOL's first stage, the weights an inference-time variant scores):
-    # those stored already count as done whether or not they are among ``keys``
-    whole = status if keys is None else plan_status(profile, store, data_dir)
     done = set(whole.loc[whole["state"] == "done", "key"])
     pending = list(todo["key"])
     work_runs = default_work_dir(store) / "runs"
