@@ -95,6 +95,13 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     from avgnbook.shape_masks import decoder_study  # chapter 8's promptable decoder (a study, not a method)
 
     runs.append(PlannedRun(None, seeds[0], profile, (), ("08",), study=Study("point-decoder", 1, decoder_study)))
+    # chapter 8's grid of masks (GrabCut is slow): the stored AVGN and EZ-VSL runs of every seed and the decoder
+    from avgnbook.shape_masks import mask_grid_study
+
+    mask_sources = tuple((v.name or v.method, v.label) for v in MAIN_VARIANTS if v.label in ("AVGN", "EZ-VSL"))
+    mask_needs = tuple(f"{k}/seed{s}" for k, _ in mask_sources for s in seeds) + (f"point-decoder/seed{seeds[0]}",)
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("08",), study=Study(
+        "mask-study", 1, mask_grid_study, (("sources", mask_sources), ("decoder", mask_needs[-1])), needs=mask_needs)))
     add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
     add((DSOL_VARIANT,), _evals("test", composed=True, negative=True), ("05", "07"))
     add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT, negative=True), ("05", "09"))
@@ -111,7 +118,7 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
             raise ValueError(f"the plan declares {r.key!r} twice")
         plan[r.key] = r
     for r in plan.values():  # every run it depends on is declared
-        for dep in (r.weights_key, r.init_key):
-            if dep is not None and dep not in plan:
+        for dep in r.dependencies:
+            if dep not in plan:
                 raise ValueError(f"{r.key!r} needs {dep!r}, which the plan does not declare")
     return plan

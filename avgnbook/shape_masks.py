@@ -39,7 +39,7 @@ from avgn.runs import load_trained_model
 from avgn.segment.prompts import GSAVL_ALPHA, PromptConfig, fuse_maps, sample_points
 
 __all__ = ["BLOB", "PairSet", "MapSource", "load_pairs", "run_map_sources", "prior_map_source", "fused",
-           "segment_source", "score_masks", "mask_study", "split_variant", "SEP", "prior_ablation", "qualitative", "plot_masks"]
+           "segment_source", "score_masks", "mask_study", "mask_grid_study", "read_mask_study", "MASK_SETS", "MASK_ITEMS", "split_variant", "SEP", "prior_ablation", "qualitative", "plot_masks"]
 
 #: The "segmenter" that is no segmenter: the map binarised by the protocol's rule.
 BLOB = "blob"
@@ -268,6 +268,58 @@ def plot_masks(panels: Sequence[Mapping[str, Any]], title: str = ""):
 # --------------------------------------------------------------------------------------------------
 # the promptable decoder as a run of the store (chapter 8 reads it, never trains it)
 # --------------------------------------------------------------------------------------------------
+#: The sets chapter 8 scores and the scenes it takes from each, per profile (GrabCut takes a few
+#: tenths of a second per mask on one core: the grid is a stored study, :func:`mask_grid_study`).
+MASK_SETS = {"smoke": ("test/solo/scene",), "cpu": ("test/solo/scene", "test/duet/scene"), "gpu": ("test/solo/scene", "test/duet/scene")}
+MASK_ITEMS = {"smoke": 3, "cpu": 20, "gpu": None}
+#: The stored study's files: the long results and the per-pair IoUs.
+MASK_FILES = ("masks.csv", "per_pair.csv")
+
+
+def mask_grid_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, *, sources: Sequence[Sequence[str]],
+                    decoder: str, runs: Mapping[str, Mapping[str, Any]], device: str = "auto") -> None:
+    """The run store's ``mask-study`` (:class:`avgn.store.plan.Study` with ``needs``): every map
+    source of every stored training seed through the blob and every (sampler, segmenter) of
+    :func:`mask_study` — GrabCut and the ``decoder`` study's promptable decoder — on
+    :data:`MASK_SETS`; writes ``masks.csv`` (the long rows) and ``per_pair.csv`` into ``out_dir``.
+
+    ``sources``: ``(run-key prefix, label)`` per audio-visual method (``("ezvsl", "EZ-VSL")``); the
+    seeds are those of ``runs``' keys ``<prefix>/seed<N>``. Each AV map also enters fused with the
+    object prior; the prior alone enters once (it has no training seed). ``seed`` seeds the
+    probabilistic sampler."""
+    import pandas as pd
+
+    from avgn.segment import SAMPLERS
+    from avgn.segment.decoder import DecoderSegmenter
+    from avgn.segment.segmenters import GrabCutSegmenter
+
+    dec_model, dec_cfg, _, _ = read_decoder(runs[decoder]["run_dir"])
+    segmenters = {"GrabCut": GrabCutSegmenter(), "decoder": DecoderSegmenter(dec_model, dec_cfg)}
+    seeds = sorted({int(k.rsplit("/seed", 1)[1]) for k in runs if k.split("/")[0] in {p for p, _ in sources}})
+    pairs = {s: load_pairs(data_dir, s, MASK_ITEMS[profile]) for s in MASK_SETS[profile]}
+    longs, per_pair = [], []
+    for sd in seeds:
+        for p in pairs.values():
+            av = [m for prefix, label in sources for m in run_map_sources(runs[f"{prefix}/seed{sd}"]["run_dir"], p, data_dir, label,
+                                                                          device=device, run=runs[f"{prefix}/seed{sd}"]["id"])]
+            prior = prior_map_source(profile, p, data_dir, device=device)
+            for src in av + [fused(m, prior) for m in av] + ([prior] if sd == seeds[0] else []):
+                lg, pp = mask_study(p, [src], segmenters, SAMPLERS, PromptConfig(), seed=seed)
+                longs.append(lg), per_pair.append(pp)
+    out = Path(out_dir)
+    for name, frames in zip(MASK_FILES, (longs, per_pair)):
+        tmp = out / f".{name}.tmp"
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+        tmp.replace(out / name)
+
+
+def read_mask_study(out_dir: str | Path):
+    """``(long results, per-pair IoUs)`` of a :func:`mask_grid_study` kept in ``out_dir``."""
+    import pandas as pd
+
+    return tuple(pd.read_csv(Path(out_dir) / name, keep_default_na=False, na_values=[""]) for name in MASK_FILES)
+
+
 #: Training scenes per training set and the decoder's schedule, per profile.
 DECODER_TRAIN_ITEMS = {"smoke": 12, "cpu": 600, "gpu": None}
 DECODER_STEPS = {"smoke": (20, 4), "cpu": (600, 16), "gpu": (4000, 32)}  # (steps, batch size)

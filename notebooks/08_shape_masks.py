@@ -66,17 +66,15 @@ from avgnbook.variants import MAIN_VARIANTS
 from avgn.segment import SAMPLERS, PromptConfig
 from avgn.segment.decoder import DecoderSegmenter
 from avgn.segment.segmenters import GrabCutSegmenter, SamSegmenter
-from avgnbook.shape_masks import (BLOB, SEP, fused, load_pairs, mask_study, read_decoder, plot_masks, prior_ablation, prior_map_source, qualitative,
-                              run_map_sources, split_variant)
+from avgnbook.shape_masks import (BLOB, MASK_ITEMS, MASK_SETS, SEP, fused, load_pairs, mask_study, read_decoder, read_mask_study, plot_masks,
+                                  prior_ablation, prior_map_source, qualitative, run_map_sources, split_variant)
 
 pd.set_option("display.max_rows", 200)  # the tables below are shown whole
 ctx = chapter_context("08", profile, seed, device, workdir)
 papers = read_papers("GSAVL").query("dataset == 'AVSBench-semantic v1s'")
 print("GSAVL's logs (AVSBench, its own 336-clip test list; context only):")
 print(papers[["method", "metric", "value", "source"]].to_string(index=False))
-# scenes per set: GrabCut takes a few tenths of a second per mask on one core
-SETS = {"smoke": ["test/solo/scene"], "cpu": ["test/solo/scene", "test/duet/scene"], "gpu": ["test/solo/scene", "test/duet/scene"]}[profile]
-MAX_ITEMS = {"smoke": 3, "cpu": 20, "gpu": None}[profile]
+SETS, MAX_ITEMS = list(MASK_SETS[profile]), MASK_ITEMS[profile]  # the sets scored and the scenes taken from each
 
 # %% [markdown]
 # ## The maps
@@ -117,21 +115,28 @@ print(f"run {dec['id']}: {n_pairs} training pairs, {DECODER.steps} steps; loss {
 #
 # Every map goes through the blob (the map binarised by the book's protocol rule, the `top_fraction
 # 0.5` of chapter 0: its mIoU is the protocol's mean cIoU of that map) and through each sampler and
-# segmenter. The probabilistic sampler draws from one seeded generator per (set, source).
+# segmenter. The probabilistic sampler draws from one seeded generator per (set, source). GrabCut
+# takes a few tenths of a second per mask on one core, and the grid has thousands: it is a study of
+# the run store (`mask-study`, `avgnbook.shape_masks.mask_grid_study`, over the stored AVGN and
+# EZ-VSL runs of every seed and the decoder above), read here. A SAM checkpoint, if given, is scored
+# here on the same maps and prompts.
 
 # %%
 segmenters = {"GrabCut": GrabCutSegmenter(), "decoder": DecoderSegmenter(decoder, DECODER)}
+grid = ctx.checkout(f"mask-study/seed{seed}")
+stored_long, stored_pairs = read_mask_study(grid["run_dir"])
+longs, per_pair = [stored_long], [stored_pairs]
+print(f"run {grid['id']}: the grid of the stored runs {', '.join(grid['record']['needs'])}")
 if sam_checkpoint:
     segmenters["SAM"] = SamSegmenter.from_checkpoint(sam_checkpoint, sam_model_type)
+    for s in ctx.seeds:
+        for name, p in pairs.items():
+            srcs, prior = map_sources(p, s)
+            for src in srcs + ([prior] if s == ctx.seeds[0] else []):  # the prior has no training seed
+                lg, pp = mask_study(p, [src], {"SAM": segmenters["SAM"]}, SAMPLERS, PromptConfig(), seed=seed)
+                longs.append(lg[lg["segmenter"] == "SAM"]), per_pair.append(pp[pp["segmenter"] == "SAM"])
 else:
     print("No SAM checkpoint given (none is available here): GrabCut substitutes for SAM.")
-longs, per_pair = [], []
-for s in ctx.seeds:
-    for name, p in pairs.items():
-        srcs, prior = map_sources(p, s)
-        for src in srcs + ([prior] if s == ctx.seeds[0] else []):  # the prior has no training seed
-            lg, pp = mask_study(p, [src], segmenters, SAMPLERS, PromptConfig(), seed=seed)
-            longs.append(lg), per_pair.append(pp)
 results = split_variant(ctx.write(pd.concat(longs, ignore_index=True), "08_masks"))
 per_pair = pd.concat(per_pair, ignore_index=True)
 

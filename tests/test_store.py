@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import avgn.store.plan as plan_mod
-from avgn.runs import run_lock
+from avgn.runs import Variant, run_lock
 from avgn.store.plan import Evaluation, PlanKeyError, PlannedRun, build_id, build_identity, run_id
 from avgnbook.plan import book_plan
 from avgn.store.queue import QueueLockedError, checkout, plan_status, store_run
@@ -38,6 +38,8 @@ def test_book_plan_declares_every_chapter_run_once_with_its_dependencies():
                 assert f"{v.name or v.method}/seed{s}" in plan, (group, v.label, s)
     assert plan["ezvsl-ogl/seed1"].weights_key == "ezvsl/seed1" and not plan["ezvsl-ogl/seed1"].trains
     assert plan["dsol/seed2"].init_key == "dsol-stage1/seed2"
+    # chapter 8's mask grid segments the maps of the stored AVGN and EZ-VSL runs of every seed with the stored decoder
+    assert set(plan["mask-study/seed0"].dependencies) == {f"{m}/seed{s}" for m in ("avgn", "ezvsl") for s in (0, 1, 2)} | {"point-decoder/seed0"}
     assert {"ref-centre", "ref-object", "ref-perfect"} <= set(plan)
     assert [e.tag for e in plan["avgn/seed0"].evals] == ["test", "test_style", "test_audio", "test_real", "test_zeroshot", "composed", "negative"]
     from avgn.evaluate import negative_set_names
@@ -317,6 +319,42 @@ def test_a_study_run_is_stored_with_its_files_and_checked_out_as_written(stored,
            for v, p in ((1, (("width", 3),)), (2, (("width", 3),)), (1, (("width", 4),)))}
     assert len(ids) == 3 and sr.id in ids
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["fake-study/seed0", "state"] == "done"
+
+
+def _study_of_runs(data_dir, out_dir, profile, seed, runs):
+    (out_dir / "read.json").write_text(json.dumps({k: [c["id"], sorted(p.name for p in c["run_dir"].iterdir())] for k, c in runs.items()}))
+
+
+def test_a_study_of_stored_runs_reads_them_waits_for_them_and_goes_stale_with_them(stored, tmp_path, monkeypatch):
+    """A study with ``needs`` (chapter 8's mask grid over the stored AVGN / EZ-VSL runs): its trainer
+    gets their checkouts, their ids are part of its id and of its record, and the queue does not
+    start it before they are stored (naming the one missing)."""
+    import subprocess
+
+    import avgn.store.queue as queue
+    from avgn.store.plan import Study
+
+    plan = dict(stored["plan"])
+    study = PlannedRun(None, 0, "smoke", (), ("08",), study=Study("grid", 1, _study_of_runs, needs=("avgn/seed0", "ezvsl/seed0")))
+    plan[study.key] = study
+    assert study.dependencies == ("avgn/seed0", "ezvsl/seed0") and plan["ezvsl-ogl/seed0"].dependencies == ("ezvsl/seed0",)
+    store = _copy(stored, tmp_path)
+    sr = store_run("grid/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", plan=plan)
+    ids = {k: store.read(k).id for k in ("avgn/seed0", "ezvsl/seed0")}
+    assert sr.record["needs"] == ids == sr.record["identity"]["needs"]
+    read = json.loads(checkout("grid/seed0", "smoke", tmp_path / "runs", stored["data"], store, plan)["run_dir"].joinpath("read.json").read_text())
+    assert {k: v[0] for k, v in read.items()} == ids and "checkpoints" in read["avgn/seed0"][1]
+    # another run of a needed key is another study
+    build = build_identity("smoke", stored["data"])
+    other = dict(plan, **{"avgn/seed0": PlannedRun(Variant("AVGN", "avgn", overrides=(("train.epochs", 9),), name="avgn"), 0, "smoke", VAL, ("03",))})
+    assert run_id(other["grid/seed0"], other, build) != sr.id == run_id(study, plan, build)
+    # the queue waits for what it needs
+    store.remove("grid/seed0"), store.remove("ezvsl/seed0")
+    monkeypatch.setattr(queue, "get_plan", lambda profile: plan)
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: pytest.fail(f"started {cmd}"))
+    lines = []
+    failed = queue.train_queue("smoke", keys=["grid/seed0"], workers=1, store_root=store.base.parent, data_dir=stored["data"], log=lines.append)
+    assert failed == 1 and any("NOT STARTED grid/seed0: it needs ezvsl/seed0" in line for line in lines), lines
 
 
 def test_a_stale_work_folder_is_set_aside_not_resumed(fake_build, tmp_path):

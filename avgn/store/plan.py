@@ -68,12 +68,18 @@ class Study:
     """A run of a study that is not a localization method (e.g. a reference model a chapter compares
     with): ``train(data_dir, out_dir, profile, seed, **params)`` writes its files into ``out_dir``
     (everything there is stored and checked out as it is). ``version`` is bumped when what it trains
-    changes (part of the run's id, as a method's version is)."""
+    changes (part of the run's id, as a method's version is).
+
+    ``needs``: keys of stored runs the study reads (e.g. the runs whose maps it segments). They are
+    part of its identity (their ids: retraining one makes the study stale), it waits for them in the
+    queue, and ``train`` is called with ``runs={key: checkout}`` (:func:`avgn.store.queue.checkout`'s
+    dictionaries: ``run_dir``, ``eval_dir``, ``id`` ...)."""
 
     name: str
     version: int
     train: Callable[..., None]
     params: tuple[tuple[str, Any], ...] = ()
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,15 @@ class PlannedRun:
         return f"{tv.name or tv.method}/seed{self.seed}"
 
     @property
+    def dependencies(self) -> tuple[str, ...]:
+        """The keys that must be stored before this run: its first stage, the weights an
+        inference-time variant scores, the runs a study reads."""
+        if self.study is not None:
+            return tuple(self.study.needs)
+        deps = [self.init_key] + ([] if self.trains or self.reference else [self.weights_key])
+        return tuple(d for d in deps if d)
+
+    @property
     def init_key(self) -> str | None:
         """The key of the run this one starts from (a second training stage), else None."""
         v = self.variant
@@ -196,8 +211,11 @@ def run_identity(run: PlannedRun, plan: dict[str, PlannedRun], build: dict[str, 
     if run.reference:
         return {"reference": run.reference, "profile": run.profile, "build": build_id(build), "eval_version": EVAL_VERSION}
     if run.study:
-        return {"study": run.study.name, "version": run.study.version, "params": [list(kv) for kv in run.study.params],
-                "profile": run.profile, "seed": int(run.seed), "build": build_id(build)}
+        ident = {"study": run.study.name, "version": run.study.version, "params": [list(kv) for kv in run.study.params],
+                 "profile": run.profile, "seed": int(run.seed), "build": build_id(build)}
+        if run.study.needs:  # a study of stored runs is another study when one of them is retrained
+            ident["needs"] = {k: run_id(plan[k], plan, build) for k in run.study.needs}
+        return ident
     if not run.trains:
         base = plan[run.weights_key]  # type: ignore[index]
         return {"weights_of": run_id(base, plan, build), "eval_overrides": [list(kv) for kv in run.variant.eval_overrides]}  # type: ignore[union-attr]

@@ -344,7 +344,11 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         if run.study is not None:  # a study's run: its own trainer writes its files
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir(parents=True)
-            run.study.train(data_dir, stage, profile, run.seed, **dict(run.study.params))
+            kw = dict(run.study.params)
+            if run.study.needs:  # the stored runs it reads, materialised where a chapter would read them
+                kw["runs"] = {k: checkout(k, profile, work / "study-inputs", data_dir, store, plan) for k in run.study.needs}
+                record["needs"] = {k: c["id"] for k, c in kw["runs"].items()}
+            run.study.train(data_dir, stage, profile, run.seed, **kw)
             from avgn.env import git_revision
 
             record.update({"code_revision": git_revision(), "machine": _machine(), "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -443,8 +447,7 @@ class _Job:
 
 
 def _ready(run: PlannedRun, done: set[str]) -> bool:
-    deps = [d for d in (run.init_key, None if run.trains or run.reference else run.weights_key) if d]
-    return all(d in done for d in deps)
+    return all(d in done for d in run.dependencies)
 
 
 def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, workers: int = 2, store_root: str | Path | None = None,
@@ -518,7 +521,8 @@ def train_queue(profile: str = "cpu", *, keys: Sequence[str] | None = None, work
         if not running and pending:  # what is left waits for a run that failed or is missing
             for k in pending:
                 failed.append(k)
-                log(f"NOT STARTED {k}: it needs {plan[k].init_key or plan[k].weights_key}, which is not stored")
+                missing = ", ".join(d for d in plan[k].dependencies if d not in done)
+                log(f"NOT STARTED {k}: it needs {missing}, which is not stored")
             break
         time.sleep(2)
     bar.close()
