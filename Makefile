@@ -17,7 +17,7 @@ data: setup
 	.venv/bin/avgn data build --profile $(PROFILE) --quiet
 
 notebooks: setup data
-	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
+	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --jobs 2
 
 html: setup
 	$(PY) scripts/build_book.py

@@ -5,6 +5,7 @@ The sources are ``notebooks/NN_name.py`` (jupytext py:percent). Each is converte
 
     python scripts/run_notebooks.py                       # all chapters, profile cpu -> book/*.ipynb
     python scripts/run_notebooks.py --only 01_data_prep   # one chapter
+    python scripts/run_notebooks.py --jobs 2              # two chapters at a time (2 cores), chapter 0 last
     python scripts/run_notebooks.py --profile gpu -p device cuda
     python scripts/run_notebooks.py --profile smoke --prepare-only --out build/smoke
         # inject the smoke parameters without executing (the notebooks `pytest --nbval-lax` runs)
@@ -409,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                         "repository root unless absolute (default: book)")
     parser.add_argument("--only", nargs="*", help="chapter stems to run, e.g. 00_overview")
     parser.add_argument("--prepare-only", action="store_true", help="inject parameters without executing")
+    parser.add_argument("--jobs", type=int, default=1, help="chapters executed side by side, one torch thread each "
+                        "(chapter 0, which reads the others' findings, runs after them)")
     parser.add_argument("-p", "--param", action="append", default=[], help="extra parameter key=value")
     parser.add_argument("--normalize-only", nargs="+", metavar="NOTEBOOK", type=Path,
                         help="only normalise these executed notebooks in place (no execution)")
@@ -431,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         params.update(workdir=str(out))  # its own data/, figures/ and results/ (avgnbook.chapter.ChapterPaths)
     params.update(_parse_params(args.param))
 
-    for src in chapters(args.only):
+    def run_one(src: Path) -> None:
         nb = jupytext.read(src)
         nb.metadata.pop("jupytext", None)  # pairing/filter settings belong to the source, not the book
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
@@ -446,6 +449,31 @@ def main(argv: list[str] | None = None) -> int:
         )
         normalize_file(target)  # a failed execution raises above and leaves papermill's notebook as it is
         print(f"[{src.stem}] -> {_shown(target)} ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    todo = chapters(args.only)
+    if args.jobs <= 1 or args.prepare_only:
+        for src in todo:
+            run_one(src)
+        return 0
+    # chapters 1-9 side by side (each kernel one torch thread), then chapter 0, which reads what they wrote
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # the kernels inherit it
+    t0, failed = time.perf_counter(), []
+    for batch in ([c for c in todo if not c.stem.startswith("00_")], [c for c in todo if c.stem.startswith("00_")]):
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(run_one, c): c for c in batch}
+        for fut, c in futures.items():
+            if fut.exception() is not None:
+                failed.append(c.stem)
+                print(f"[{c.stem}] FAILED: {str(fut.exception()).strip().splitlines()[-1][:300]}", flush=True)
+        if failed:
+            break  # chapter 0 would read a half-written book
+    print(f"{len(todo) - len(failed)} chapters in {time.perf_counter() - t0:.0f} s with {args.jobs} jobs"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+    return 1 if failed else 0
     return 0
 
 

@@ -263,3 +263,41 @@ def test_chapter_zero_is_executed_last(rn):
     stems = [p.stem for p in rn.chapters()]
     assert stems[-1] == "00_overview" and stems[:-1] == sorted(stems[:-1])
     assert [p.stem for p in rn.chapters(["03_main_results", "00_overview"])] == ["03_main_results", "00_overview"]
+
+
+def test_jobs_run_chapters_side_by_side_and_chapter_0_after_them(rn, monkeypatch, tmp_path):
+    """``--jobs 2`` (``make book``): chapters 1-9 two at a time with one torch thread each, then chapter
+    0, which reads what they wrote; a failed chapter is named, the others finish, chapter 0 is not run."""
+    import threading
+    import time
+
+    events, lock, running = [], threading.Lock(), [0]
+
+    def fake_execute(raw, target, **kw):
+        stem = Path(target).stem
+        with lock:
+            running[0] += 1
+            events.append(("start", stem, running[0], os.environ.get("OMP_NUM_THREADS")))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+            events.append(("end", stem))
+        if stem in fail:
+            raise RuntimeError("PapermillExecutionError\nValueError: broken")
+        Path(target).write_text("{}")
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "2")  # restored after the test: main() sets them for the kernels
+    monkeypatch.setattr(rn.pm, "execute_notebook", fake_execute)
+    monkeypatch.setattr(rn, "normalize_file", lambda path: False)
+    monkeypatch.setattr(rn.jupytext, "read", lambda src: new_notebook())
+    stems = ["00_overview", "01_data_prep", "02_train_avgn", "03_main_results"]
+    fail: set[str] = set()
+    assert rn.main(["--only", *stems, "--jobs", "2", "--out", str(tmp_path / "a")]) == 0
+    starts = [e for e in events if e[0] == "start"]
+    assert max(e[2] for e in starts) == 2 and {e[3] for e in starts} == {"1"}
+    assert starts[-1][1] == "00_overview" and events.index(starts[-1]) > max(i for i, e in enumerate(events) if e[1] != "00_overview")
+    events.clear()
+    fail = {"02_train_avgn"}
+    assert rn.main(["--only", *stems, "--jobs", "2", "--out", str(tmp_path / "b")]) == 1
+    assert {e[1] for e in events} == {"01_data_prep", "02_train_avgn", "03_main_results"}  # chapter 0 is not run

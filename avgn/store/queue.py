@@ -18,6 +18,7 @@ handing stored runs to the chapters.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from avgn.io import atomic_write_text, file_sha256
 from avgn.store.plan import PlanKeyError, PlannedRun, build_id, build_identity, get_plan, run_id, run_identity
@@ -543,8 +544,6 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
         StoreError: the store has no current record of ``key`` (missing, stale, broken): the
             message names it and the command that trains it.
     """
-    from avgn.runs import reference_dir, variant_dirs
-
     store = store or RunStore(profile)
     plan = plan or get_plan(profile)
     if key not in plan:
@@ -553,6 +552,25 @@ def checkout(key: str, profile: str, runs_dir: str | Path, data_dir: str | Path,
     build = build_identity(profile, data_dir)
     sr = store.read(key, expected_id=run_id(run, plan, build), build=build_id(build))
     runs_dir, data_dir = Path(runs_dir), Path(data_dir)
+    with _waiting_lock(runs_dir / profile / ".checkout-locks" / key.replace("/", "__")):  # chapters side by side check out one run once
+        return _checkout_locked(sr, store, run, key, profile, runs_dir, data_dir, plan)
+
+
+@contextlib.contextmanager
+def _waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path``, waiting for another holder to let go."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _checkout_locked(sr: StoredRun, store: RunStore, run: PlannedRun, key: str, profile: str, runs_dir: Path, data_dir: Path,
+                     plan: dict[str, PlannedRun]) -> dict[str, Any]:
+    from avgn.runs import reference_dir, variant_dirs
+
     commands = [sr.record["command"]]
     if run.study is not None:
         out = runs_dir / profile / "studies" / key
