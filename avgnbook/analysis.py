@@ -36,11 +36,11 @@ import torch
 from avgn.config import EvalConfig
 from avgn.data.manifest import load_manifest
 from avgn.env import resolve_device
-from avgn.evaluate import MODES, SetName, SetPredictions, load_eval_set, predict_set, reference_predictor, score_set
+from avgn.evaluate import SetName, SetPredictions, load_eval_set, predict_set, reference_predictor, score_set
 from avgn.evaluate.run_eval import _store_for
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.avgn import embedding_dependence
-from avgn.runs import Variant, load_trained_model, run_presence_threshold, variant_dirs
+from avgn.runs import load_trained_model
 
 __all__ = [
     "DEFAULT_RULES",
@@ -267,72 +267,6 @@ def embedding_roles(run_dir: str | Path, sets: Sequence[str], *, device: str = "
     roles[distractor] = VISIBLE_SILENT
     roles[sounding] = SOUNDING
     return torch.cat(auds).numpy(), torch.cat(viss).numpy(), roles.numpy(), list(names)
-
-
-# --------------------------------------------------------------------------------------------------
-# a whole comparison re-scored under another binarisation rule
-# --------------------------------------------------------------------------------------------------
-def rescore_variants(
-    variants: Sequence[Variant],
-    references: Sequence[str],
-    runs_dir: str | Path,
-    profile: str,
-    seeds: Sequence[int],
-    data_dir: str | Path,
-    sets: Sequence[str],
-    rule: tuple[str, float] = ("fixed", 0.5),
-    *,
-    device: str = "auto",
-    weightless: str = "error",
-):
-    """Every variant (each seed's best checkpoint, with its inference-time overrides and its
-    validation-chosen presence threshold) and every reference re-scored on ``sets`` with cIoU under
-    ``rule`` instead of the protocol's: a long :class:`pandas.DataFrame` with columns ``variant,
-    method, seed, set, mode, metric, value`` (``seed = -1`` for references). AP-type metrics do not
-    depend on the rule and are left out.
-
-    ``weightless``: what to do with a run kept without weights (the run store keeps some runs by
-    their evaluations only): ``"error"`` (a one-line error naming it) or ``"skip"`` (left out; the
-    frame's ``attrs["without_weights"]`` lists ``(variant, seed)`` so the caller can say so)."""
-    import pandas as pd
-
-    from avgn.checkpoint import read_checkpoint_info
-
-    if weightless not in ("error", "skip"):
-        raise ValueError(f"weightless must be 'error' or 'skip', got {weightless!r}")
-    skipped: list[tuple[str, int]] = []
-
-    cfg = EvalConfig(binarize_rule=rule[0], binarize_value=rule[1])
-    rows: list[dict[str, Any]] = []
-
-    def add(preds: Mapping[str, SetPredictions], threshold: float, **labels: Any) -> None:
-        for name, p in preds.items():
-            for mode in MODES:
-                summary, _ = score_set(p, mode, cfg, threshold)
-                for metric, value in summary.items():
-                    if metric.startswith(("ciou", "iou")):
-                        rows.append(dict(labels, set=name, mode=mode, metric=f"{metric}|{rule[0]} {rule[1]:g}", value=float(value)))
-
-    for v in variants:
-        for s in seeds:
-            run_dir, _ = variant_dirs(v, runs_dir, profile, s)
-            if read_checkpoint_info(run_dir, "best") is None:
-                if weightless == "error":
-                    raise FileNotFoundError(f"{run_dir}: no weights to re-score ({v.label}, seed {s}: the store keeps it by its evaluations "
-                                            "only); pass weightless='skip' to leave it out")
-                skipped.append((v.label, int(s)))
-                continue
-            th = run_presence_threshold(run_dir) or 0.5
-            preds = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
-            add(preds, th, variant=v.label, method=v.method, seed=int(s))
-    for kind in references:
-        add(predict_reference(kind, data_dir, sets, profile=profile, device=device), 0.5, variant=get_method(kind).label, method=kind, seed=-1)
-    out = pd.DataFrame(rows)
-    out.attrs["without_weights"] = skipped
-    return out
-
-
-__all__.append("rescore_variants")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -211,6 +211,25 @@ class Chapter:
             frames.append(collect_references(references, self.runs, self.profile.name, split=split, samples=samples))
         return pd.concat(frames, ignore_index=True)
 
+    def collect_where_stored(self, variants: Sequence[Variant], tag: str, references: Sequence[str] = REFERENCES):
+        """:meth:`collect` of evaluation ``tag`` for the (variant, seed) runs whose stored record has it
+        (the plan gives some evaluations only to the runs whose weights the store keeps): the frame's
+        ``attrs["without"]`` lists the ``(variant label, seed)`` left out, so that the chapter can say so."""
+        import pandas as pd
+
+        frames, without = [], []
+        for v in variants:
+            for s in self.seeds:
+                if tag in self.checkout(self.key(v, s))["record"].get("evals", {}):
+                    frames.append(self.collect([v], (), split=tag, seeds=[s]))
+                else:
+                    without.append((v.label, int(s)))
+        if references:
+            frames.append(self.collect([], references, split=tag))
+        out = pd.concat(frames, ignore_index=True)
+        out.attrs["without"] = without
+        return out
+
     def write(self, long: Any, name: str, fractions: bool = True):
         """Write ``long`` as ``results/<name>.csv`` (:func:`avgnbook.results.write_results`) and read it back."""
         print("wrote", write_results(to_results(long, self.chapter), name, self.results_dir, fractions=fractions))

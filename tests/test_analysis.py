@@ -331,33 +331,3 @@ def test_compare_seeds_pairs_by_seed_and_calls_a_difference_only_beyond_two_sd()
     two = compare_seeds(df[df["seed"] != 2], "A", "B", "t/s/s", "ap")
     assert two["verdict"] == "within noise" and two["seeds"] == 2  # fewer than 3 seeds never decide
     assert say(c) == "52.0 against 42.0 (+10.0 points, 10.0 sd: above, beyond 2 sd)"
-
-
-def test_rescore_variants_matches_the_evaluation_and_says_which_runs_have_no_weights(fake_build, tmp_path):
-    """``rescore_variants`` under the protocol's own rule gives the evaluation's cIoU; a run folder
-    without weights (a run the store keeps by its evaluations only) is an error naming it, or left out
-    and listed with ``weightless='skip'``."""
-    import shutil
-
-    from helpers import tiny_experiment
-
-    from avgn.evaluate import evaluate_run
-    from avgn.runs import Variant, variant_dirs
-    from avgn.train import train
-    from avgnbook.analysis import rescore_variants
-
-    v = Variant("EZ-VSL", "ezvsl")
-    for s in (0, 1):
-        train(tiny_experiment("ezvsl", **{"train.epochs": 1}), fake_build, variant_dirs(v, tmp_path, "smoke", s)[0], seed=s,
-              device="cpu", progress=False)
-    sets = ["test/duet/scene"]
-    got = rescore_variants([v], [], tmp_path, "smoke", [0, 1], fake_build, sets, rule=("top_fraction", 0.5), device="cpu")
-    ev = evaluate_run(variant_dirs(v, tmp_path, "smoke", 0)[0], "test", sets=sets, device="cpu", progress=False, write=False)
-    row = got[(got["seed"] == 0) & (got["mode"] == "oracle") & got["metric"].str.startswith("ciou@0.3")]
-    assert row["value"].item() == pytest.approx(ev["results"]["test/duet/scene"]["oracle"]["ciou@0.3"])
-    assert got.attrs["without_weights"] == []
-    shutil.rmtree(variant_dirs(v, tmp_path, "smoke", 1)[0] / "checkpoints")
-    with pytest.raises(FileNotFoundError, match="seed 1: the store keeps it by its evaluations only"):
-        rescore_variants([v], [], tmp_path, "smoke", [0, 1], fake_build, sets, device="cpu")
-    part = rescore_variants([v], [], tmp_path, "smoke", [0, 1], fake_build, sets, device="cpu", weightless="skip")
-    assert part.attrs["without_weights"] == [("EZ-VSL", 1)] and set(part["seed"]) == {0}

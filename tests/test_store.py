@@ -222,6 +222,39 @@ def test_missing_evaluations_are_rescored_from_the_stored_weights_without_traini
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["avgn/seed0", "state"] == "done"
 
 
+def test_an_evaluation_with_another_scoring_rule_is_stored_as_its_own_and_rescored_when_the_rule_changes(stored, tmp_path):
+    """Chapter 3's cIoU under the fixed binarisation is an evaluation of the plan (``eval_overrides``):
+    re-scored from the stored weights (no training), equal to ``evaluate_run(..., overrides=...)``,
+    kept in the record with its rule, and a changed rule makes it lacking again; the overrides change
+    the scoring only."""
+    from avgn.evaluate import evaluate_run
+
+    store = _copy(stored, tmp_path)
+    plan = dict(stored["plan"])
+    rule = (("binarize_rule", "fixed"), ("binarize_value", 0.5))
+    r = plan["ezvsl/seed0"]
+    plan["ezvsl/seed0"] = PlannedRun(r.variant, r.seed, r.profile, r.evals + (Evaluation("val_fixed", "val", ("val/duet/scene",), rule),), r.chapters)
+    sr = store_run("ezvsl/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)
+    assert not (tmp_path / "work" / "runs").exists()  # nothing trained
+    assert sr.record["evals"]["val_fixed"]["eval_overrides"] == [["binarize_rule", "fixed"], ["binarize_value", 0.5]]
+    assert "eval_overrides" not in sr.record["evals"]["val"]
+    got = checkout("ezvsl/seed0", "smoke", tmp_path / "runs", stored["data"], store, plan)
+    fixed = json.loads((got["eval_dir"] / "eval_val_fixed.json").read_text())
+    assert fixed["eval_config"]["binarize_rule"] == "fixed"
+    want = evaluate_run(got["run_dir"], "val", sets=["val/duet/scene"], device="cpu", progress=False, write=False,
+                        overrides={"eval.binarize_rule": "fixed", "eval.binarize_value": 0.5})
+    protocol = json.loads((got["eval_dir"] / "eval_val.json").read_text())["results"]["val/duet/scene"]["oracle"]
+    assert fixed["results"]["val/duet/scene"]["oracle"]["ciou@0.3"] == pytest.approx(want["results"]["val/duet/scene"]["oracle"]["ciou@0.3"])
+    assert fixed["results"]["val/duet/scene"]["oracle"]["cap"] == pytest.approx(protocol["cap"])  # CAP does not depend on the rule
+    assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["ezvsl/seed0", "state"] == "done"
+    plan["ezvsl/seed0"] = PlannedRun(r.variant, r.seed, r.profile, r.evals + (Evaluation("val_fixed", "val", ("val/duet/scene",),
+                                                                                           (("binarize_rule", "fixed"), ("binarize_value", 0.3))),), r.chapters)
+    st = plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["ezvsl/seed0"]
+    assert st["state"] == "evals" and st["note"] == "re-score val_fixed"
+    with pytest.raises(ValueError, match="scoring only"):
+        evaluate_run(got["run_dir"], "val", sets=["val/duet/scene"], device="cpu", progress=False, write=False, overrides={"model.dim": 8})
+
+
 def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_path, monkeypatch):
     import avgnbook.chapter as book
     from avgnbook.variants import MAIN_VARIANTS

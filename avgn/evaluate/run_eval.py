@@ -75,6 +75,7 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     tag: str | None = None,
     min_sources: int = PREDICTED_MIN_SOURCES,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on ``split`` (all its ``task/layout`` sets, or ``sets`` by name).
     ``min_sources``: the ``predicted`` selection keeps at least this many classes (default: it may be
@@ -91,6 +92,10 @@ def evaluate_run(
     configuration (:func:`avgn.train.load_trained_model`; e.g. EZ-VSL with the object-prior fusion
     ``{"object_prior_alpha": 0.4}``). Such an evaluation is a different variant, so it must be
     written to its own ``out_dir`` (never beside the run's own evaluation).
+
+    ``overrides``: dotted fields of the run's :class:`avgn.experiment.Experiment` that change how it is
+    scored, e.g. ``{"eval.binarize_rule": "fixed", "eval.binarize_value": 0.5}`` (give such an
+    evaluation its own ``tag``).
     """
     run_dir = Path(run_dir)
     if model_overrides and write and out_dir is None:
@@ -101,6 +106,12 @@ def evaluate_run(
     model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device, model_overrides=model_overrides)
     if data_dir is not None and info.get("data"):
         check_data(data_dir, exp.profile, expected=info["data"])  # the build it was trained on, nothing else
+    if overrides:
+        bad = [k for k in overrides if not k.startswith("eval.")]
+        if bad:
+            raise ValueError(f"evaluate_run({run_dir}): overrides change the scoring only (eval.*), not {', '.join(bad)}; "
+                             "use model_overrides for inference-time model changes")
+        exp = exp.with_overrides(**overrides)
     data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
     dev = resolve_device(device)
     names = list(sets) if sets is not None else list_sets(data_dir, split)

@@ -56,11 +56,21 @@ class PlanKeyError(KeyError):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation of a run: ``eval_<tag>.*`` over ``split``'s sets, or over ``sets`` only."""
+    """One evaluation of a run: ``eval_<tag>.*`` over ``split``'s sets, or over ``sets`` only;
+    ``eval_overrides``: fields of :class:`avgn.experiment.EvalConfig` the scoring changes (e.g. the
+    binarisation rule of cIoU), ``(field, value)`` pairs."""
 
     tag: str
     split: str
     sets: tuple[str, ...] | None = None
+    eval_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """What a run's record keeps of this evaluation (beside the protocol version)."""
+        out: dict[str, Any] = {"split": self.split, "sets": list(self.sets) if self.sets else None}
+        if self.eval_overrides:
+            out["eval_overrides"] = [list(kv) for kv in self.eval_overrides]
+        return out
 
 
 @dataclass(frozen=True)

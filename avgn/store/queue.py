@@ -72,7 +72,7 @@ def _current_evals(run: PlannedRun, record: dict[str, Any]) -> set[str]:
 
     evals = record.get("evals", {})
     return {e.tag for e in run.evals if evals.get(e.tag, {}).get("eval_version") == EVAL_VERSION
-            and evals.get(e.tag, {}).get("sets") == (list(e.sets) if e.sets else None)}
+            and {k: evals[e.tag].get(k) for k in e.record() if k != "split"} == {k: v for k, v in e.record().items() if k != "split"}}
 
 
 def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
@@ -92,9 +92,9 @@ def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, 
     return "done", sr.id, ""
 
 
-def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], state: str) -> float:
-    """Estimated seconds left for ``run`` in ``state``."""
-    n_eval = len(run.evals) * EVAL_COST_S.get(run.profile, 60.0)
+def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], state: str, lacking: int | None = None) -> float:
+    """Estimated seconds left for ``run`` in ``state`` (``lacking``: how many evaluations a re-scoring has left)."""
+    n_eval = (len(run.evals) if lacking is None else lacking) * EVAL_COST_S.get(run.profile, 60.0)
     if state == "done":
         return 0.0
     if run.study is not None:
@@ -145,7 +145,8 @@ def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: s
         want = run_id(run, plan, build)
         state, stored, note = _record_state(run, store, want)
         rows.append({"key": key, "label": run.label, "method": run.method, "seed": run.seed, "chapters": " ".join(run.chapters),
-                     "state": state, "id": want, "stored_id": stored, "est_seconds": _cost(run, store, measured, state), "note": note})
+                     "state": state, "id": want, "stored_id": stored, "note": note,
+                     "est_seconds": _cost(run, store, measured, state, note.count(",") + 1 if state == "evals" else None)})
     return pd.DataFrame(rows)
 
 
@@ -255,12 +256,14 @@ def _eval_one(run: PlannedRun, ev: Any, eval_src: Path, out: Path, data_dir: Pat
 
     split: Any = ev.split if ev.sets is None else sorted({n.split("/")[0] for n in ev.sets})
     sets = list(ev.sets) if ev.sets else None
+    scoring = {f"eval.{k}": v for k, v in ev.eval_overrides} or None
     if run.reference:
-        evaluate_reference(run.reference, data_dir, out, profile=run.profile, split=split, sets=sets, device=device, progress=False, tag=ev.tag)
+        evaluate_reference(run.reference, data_dir, out, profile=run.profile, split=split, sets=sets, device=device, progress=False, tag=ev.tag,
+                           overrides=scoring)
     else:
         over = dict(run.variant.eval_overrides) or None  # type: ignore[union-attr]
         evaluate_run(eval_src, split, sets=sets, device=device, progress=False, model_overrides=over, out_dir=out if over else None,
-                     tag=ev.tag, data_dir=data_dir)
+                     tag=ev.tag, data_dir=data_dir, overrides=scoring)
 
 
 #: The file in a queue's work folder naming the store id the run there trains for.
@@ -416,8 +419,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         for ev in run.evals:
             if ev.tag not in kept:
                 _eval_one(run, ev, eval_src, eval_dir, data_dir, device)
-        record["evals"] = {ev.tag: {"eval_version": EVAL_VERSION, "split": ev.split, "sets": list(ev.sets) if ev.sets else None}
-                           for ev in run.evals}
+        record["evals"] = {ev.tag: {"eval_version": EVAL_VERSION, **ev.record()} for ev in run.evals}
         record["eval_seconds"] = round(time.perf_counter() - t0, 1)
         if not run.trains:
             from avgn.env import git_revision
