@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from avgn.data.config import DATA_PROFILES, DataConfig
-from avgn.data.datasets import SpecConfig
+from avgn.data.audio import SpecConfig
 from avgn.features import FeatureSpec
 from avgn.models.config import EncoderConfig
 

@@ -55,7 +55,7 @@ from torch import Tensor
 from avgn import metrics
 from avgn.config import get_profile
 from avgn.data.audio import resample
-from avgn.data.datasets import log_spectrogram
+from avgn.data.audio import log_spectrogram
 from avgn.env import resolve_device
 from avgn.features import prepare_frames
 from avgn.io import atomic_write_bytes, atomic_write_text

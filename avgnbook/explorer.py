@@ -49,7 +49,8 @@ from torch import Tensor
 
 import avgn.viz  # noqa: F401  (selects the non-interactive Agg backend before pyplot is used)
 from avgn import metrics
-from avgn.data.datasets import SceneDataset, log_spectrogram
+from avgn.data.audio import log_spectrogram
+from avgn.data.datasets import SceneDataset
 from avgn.env import resolve_device
 from avgn.evaluate import SetName, SetPredictions, list_sets
 from avgn.evaluate.scoring import _hungarian_match

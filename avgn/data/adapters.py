@@ -55,7 +55,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from avgn.data.datasets import DataFileError, SpecConfig, _sample
+from avgn.data.audio import SpecConfig
+from avgn.data.datasets import DataFileError, _sample
 
 __all__ = [
     "FileLayout",

@@ -21,12 +21,17 @@ relative levels are kept.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from math import gcd
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from avgn.io import atomic_path
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "PEAK",
@@ -40,6 +45,8 @@ __all__ = [
     "read_audio",
     "decode_audio",
     "write_audio",
+    "SpecConfig",
+    "log_spectrogram",
 ]
 
 PEAK = 0.99
@@ -220,3 +227,76 @@ def write_audio(path: str | Path, x: np.ndarray, sample_rate: int, subtype: str 
     with atomic_path(path, fsync=False) as tmp:
         sf.write(tmp, y, int(sample_rate), format="FLAC", subtype=subtype)
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# the spectrogram front end (what every model hears)
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpecConfig:
+    """The audio front end: log-magnitude STFT of a fixed-length clip.
+
+    Paper defaults: 3 s of audio, a 50 ms Hann window, a 25 ms hop and the log of the magnitude. At
+    16 kHz that is a 800-sample window (``n_fft`` = window length unless given), a 400-sample hop,
+    ``F = n_fft // 2 + 1 = 401`` frequency bins and, with centred frames, ``T' = 1 + 48000 // 400
+    = 121`` frames: a spectrogram of shape ``[1, 401, 121]``.
+    """
+
+    sample_rate: int = 16000
+    seconds: float = 3.0
+    win_ms: float = 50.0
+    hop_ms: float = 25.0
+    n_fft: int | None = None
+    eps: float = 1e-7
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.win_ms * self.sample_rate / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.hop_ms * self.sample_rate / 1000))
+
+    @property
+    def fft_size(self) -> int:
+        return int(self.n_fft or self.win_length)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(1, F, T')`` of :func:`log_spectrogram` output for one clip (with channel)."""
+        return (1, self.fft_size // 2 + 1, 1 + self.n_samples // self.hop_length)
+
+
+def log_spectrogram(wave: Tensor | np.ndarray, cfg: SpecConfig = SpecConfig()) -> Tensor:
+    """``log(|STFT| + eps)`` of waveforms ``[..., T]`` -> ``[..., F, T']`` (float32).
+
+    The input is cropped or zero-padded to ``cfg.n_samples`` first; frames are centred (reflect
+    padding), the window is Hann.
+    """
+    import torch  # lazily: the data build's workers use this module without torch
+
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    n = cfg.n_samples
+    if x.shape[-1] > n:
+        x = x[..., :n]
+    elif x.shape[-1] < n:
+        x = torch.nn.functional.pad(x, (0, n - x.shape[-1]))
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, n)
+    window = torch.hann_window(cfg.win_length, dtype=torch.float32, device=x.device)
+    st = torch.stft(
+        x2,
+        n_fft=cfg.fft_size,
+        hop_length=cfg.hop_length,
+        win_length=cfg.win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        return_complex=True,
+    )
+    spec = torch.log(st.abs() + cfg.eps)
+    return spec.reshape(*lead, *spec.shape[-2:])

@@ -324,7 +324,8 @@ class MixtureBatcher:
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
         """Render the items ``indices`` (global indices of the ConcatDataset) as one batch."""
-        from avgn.data.datasets import log_spectrogram, read_image
+        from avgn.data.audio import log_spectrogram
+        from avgn.data.datasets import read_image
 
         recipes = []
         k_noise = self.noise.size if self.noise is not None else None

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avgn.data.datasets import SceneDataset, SpecConfig, log_spectrogram, read_clip
+from avgn.data.audio import SpecConfig, log_spectrogram
+from avgn.data.datasets import SceneDataset, read_clip
 
 __all__ = ["CONDITIONS", "NegativeRecipe", "NegativeAudioDataset"]
 
