@@ -41,7 +41,12 @@ def test_book_plan_declares_every_chapter_run_once_with_its_dependencies():
     # chapter 8's mask grid segments the maps of the stored AVGN and EZ-VSL runs of every seed with the stored decoder
     assert set(plan["mask-study/seed0"].dependencies) == {f"{m}/seed{s}" for m in ("avgn", "ezvsl") for s in (0, 1, 2)} | {"point-decoder/seed0"}
     assert {"ref-centre", "ref-object", "ref-perfect"} <= set(plan)
-    assert [e.tag for e in plan["avgn/seed0"].evals] == ["test", "test_style", "test_audio", "test_real", "test_zeroshot", "composed", "negative"]
+    assert [e.tag for e in plan["avgn/seed0"].evals] == ["test", "test_style", "test_audio", "test_real", "test_zeroshot", "composed", "negative",
+                                                       "test_fixed"]
+    # chapter 3's fixed-rule re-scoring only for runs with weights: adding it never retrains
+    fixed = {k for k, r in plan.items() if "test_fixed" in [e.tag for e in r.evals]}
+    assert {"avgn/seed2", "avgn-public/seed0", "ezvsl-ogl/seed1", "mal/seed0", "ref-object"} <= fixed
+    assert "avgn-public/seed1" not in fixed and all(plan[k].keep_weights or not plan[k].trains for k in fixed)
     from avgn.evaluate import negative_set_names
     from avgnbook.plan import NEGATIVE_SETS
 

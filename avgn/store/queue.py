@@ -316,8 +316,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
     """
     from avgn.data.build import build_dataset, dataset_dir
     from avgn.evaluate import EVAL_VERSION
-    from avgn.runs import RunLockedError, run_lock, variant_dirs
-    from avgn.train import train
+    from avgn.runs import RunLockedError, run_lock
 
     store = store or RunStore(profile)
     data_dir = Path(data_dir) if data_dir is not None else dataset_dir(ROOT / "data" / "embedded", profile, 0)
@@ -344,70 +343,25 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
                                   "method": run.method, "seed": run.seed, "trains": run.trains, "chapters": list(run.chapters),
                                   "command": train_command(key, profile)}
         t0 = time.perf_counter()
-        keep = False
         if run.study is not None:  # a study's run: its own trainer writes its files
-            shutil.rmtree(stage, ignore_errors=True)
-            stage.mkdir(parents=True)
-            kw = dict(run.study.params)
-            if run.study.needs:  # the stored runs it reads, materialised where a chapter would read them
-                kw["runs"] = {k: checkout(k, profile, work / "study-inputs", data_dir, store, plan) for k in run.study.needs}
-                record["needs"] = {k: c["id"] for k, c in kw["runs"].items()}
-            run.study.train(data_dir, stage, profile, run.seed, **kw)
-            from avgn.env import git_revision
-
-            record.update({"code_revision": git_revision(), "machine": _machine(), "wall_seconds": round(time.perf_counter() - t0, 1),
-                           "evals": {}})
-            return store.write(key, record, None, None, [], None, study_dir=stage)
+            return _store_study(run, record, stage, work, data_dir, store, plan, t0)
+        weights, keep, reuse = None, False, False
         if run.trains:
-            assert run.variant is not None
-            exp = run.experiment()
-            run_dir = variant_dirs(run.variant, work / "runs", profile, run.seed)[0]
             reuse = state == "evals" and not retrain and store.read(key).record.get("weights") is not None
             if reuse:  # the weights are current: re-score them, no training
-                sr = store.read(key, expected_id=want)
-                _materialize_run(sr, store, stage, data_dir)
-                record.update({k: sr.record.get(k) for k in ("code_revision", "machine", "wall_seconds", "train_seconds", "samples_per_s",
-                                                            "presence_threshold", "checkpoint_epoch", "steps", "trainable_parameters")})
-                record.update({k: sr.record[k] for k in ("first_stage", "first_stage_id") if k in sr.record})
-                weights, keep = None, True
+                _reuse_stored(store.read(key, expected_id=want), store, stage, data_dir, record)
+                keep = True
             else:
-                over = dict(run.variant.overrides)
-                if run.init_key:  # a second stage starts from the stored first stage, materialised
-                    first = store.read(run.init_key, expected_id=run_id(plan[run.init_key], plan, build))
-                    record.update({"first_stage": run.init_key, "first_stage_id": first.id})
-                    first_dir = work / "stage" / run.init_key
-                    if not _is_current(first_dir, first):
-                        _materialize_run(first, store, first_dir, data_dir)
-                    over["train.init_from"] = str(first_dir)
-                    exp = exp.with_overrides(**{"train.init_from": str(first_dir)})
-                set_aside_other_run(run_dir, exp, data_dir, want)
-                summary = train(exp, data_dir, run_dir, seed=run.seed, device=device, resume=True, progress=False)
-                from avgn.checkpoint import read_checkpoint_info
-                from safetensors.torch import load_file
-
-                best = read_checkpoint_info(run_dir, "best")
-                assert best is not None, f"{run_dir} finished without a best checkpoint"
-                weights = fp16_weights(load_file(str(run_dir / "checkpoints" / best["files"]["weights"])))
-                record.update({"code_revision": summary.get("git_revision"), "machine": summary.get("environment"),
-                               "wall_seconds": summary.get("wall_seconds"), "train_seconds": summary.get("train_seconds"),
-                               "samples_per_s": summary.get("samples_per_s"), "presence_threshold": summary.get("presence_threshold"),
-                               "checkpoint_epoch": best["epoch"], "steps": best["step"], "trainable_parameters": summary.get("trainable_parameters")})
-                # the evaluations read the fp16-rounded weights, exactly what the store keeps
-                stage.mkdir(parents=True, exist_ok=True)
-                for name in ("config.json", "history.json", "run.json"):
-                    (stage / name).write_bytes((run_dir / name).read_bytes())
-                cfg = json.loads((run_dir / "config.json").read_text())
-                _write_best_checkpoint(stage, cfg, {k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()},
-                                       best["epoch"], best["step"])
+                weights = _train_into_stage(run, record, stage, work, data_dir, store, plan, build, want, device)
             eval_src, eval_dir, run_files = stage, stage, stage
         elif run.reference:
-            eval_src, eval_dir, run_files, weights = stage, stage, None, None
+            eval_src, eval_dir, run_files = stage, stage, None
         else:  # an inference-time variant: the stored weights of another key, scored with its changes
             base = store.read(run.weights_key, expected_id=run_id(plan[run.weights_key], plan, build))  # type: ignore[index,arg-type]
             src = work / "stage" / base.key
             if not _is_current(src, base):
                 _materialize_run(base, store, src, data_dir)
-            eval_src, eval_dir, run_files, weights = src, stage, None, None
+            eval_src, eval_dir, run_files = src, stage, None
             record["weights_of"] = base.key
         stage.mkdir(parents=True, exist_ok=True)
         # a re-scoring keeps the stored evaluations that are current and scores only the others
@@ -431,11 +385,77 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         if weights is not None and run.trains:  # what a second stage copies from its first is kept once, there
             from avgn.methods import get_method
 
-            derived = get_method(exp.method).first_stage_prefixes(exp.model)
+            derived = get_method(run.method).first_stage_prefixes(run.experiment().model)
             weights = {k: v for k, v in weights.items() if not (derived and k.startswith(derived))}
         return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights, keep_weights=keep)
     finally:
         lock.__exit__(None, None, None)
+
+
+def _store_study(run: PlannedRun, record: dict[str, Any], stage: Path, work: Path, data_dir: Path, store: RunStore,
+                 plan: dict[str, PlannedRun], t0: float) -> StoredRun:
+    """Run a :class:`~avgn.store.plan.Study` into ``stage`` (the stored runs it needs checked out
+    first) and store its files."""
+    from avgn.env import git_revision
+
+    assert run.study is not None
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    kw = dict(run.study.params)
+    if run.study.needs:  # the stored runs it reads, materialised where a chapter would read them
+        kw["runs"] = {k: checkout(k, run.profile, work / "study-inputs", data_dir, store, plan) for k in run.study.needs}
+        record["needs"] = {k: c["id"] for k, c in kw["runs"].items()}
+    run.study.train(data_dir, stage, run.profile, run.seed, **kw)
+    record.update({"code_revision": git_revision(), "machine": _machine(), "wall_seconds": round(time.perf_counter() - t0, 1), "evals": {}})
+    return store.write(run.key, record, None, None, [], None, study_dir=stage)
+
+
+def _reuse_stored(sr: StoredRun, store: RunStore, stage: Path, data_dir: Path, record: dict[str, Any]) -> None:
+    """Materialise the stored, current weights of ``sr`` into ``stage`` to re-score them, and carry
+    its training facts into the new ``record``."""
+    _materialize_run(sr, store, stage, data_dir)
+    record.update({k: sr.record.get(k) for k in ("code_revision", "machine", "wall_seconds", "train_seconds", "samples_per_s",
+                                                "presence_threshold", "checkpoint_epoch", "steps", "trainable_parameters")})
+    record.update({k: sr.record[k] for k in ("first_stage", "first_stage_id") if k in sr.record})
+
+
+def _train_into_stage(run: PlannedRun, record: dict[str, Any], stage: Path, work: Path, data_dir: Path, store: RunStore,
+                      plan: dict[str, PlannedRun], build: dict[str, Any], want: str, device: str) -> dict[str, Any]:
+    """Train (or resume) ``run`` in its work folder — a second stage from its stored first stage —,
+    write its ``best`` checkpoint as the store will keep it (fp16-rounded) into ``stage`` with its
+    config, history and summary, fill ``record``'s training facts, and return the fp16 weights."""
+    from safetensors.torch import load_file
+
+    from avgn.checkpoint import read_checkpoint_info
+    from avgn.runs import variant_dirs
+    from avgn.train import train
+
+    assert run.variant is not None
+    exp = run.experiment()
+    run_dir = variant_dirs(run.variant, work / "runs", run.profile, run.seed)[0]
+    if run.init_key:  # a second stage starts from the stored first stage, materialised
+        first = store.read(run.init_key, expected_id=run_id(plan[run.init_key], plan, build))
+        record.update({"first_stage": run.init_key, "first_stage_id": first.id})
+        first_dir = work / "stage" / run.init_key
+        if not _is_current(first_dir, first):
+            _materialize_run(first, store, first_dir, data_dir)
+        exp = exp.with_overrides(**{"train.init_from": str(first_dir)})
+    set_aside_other_run(run_dir, exp, data_dir, want)
+    summary = train(exp, data_dir, run_dir, seed=run.seed, device=device, resume=True, progress=False)
+    best = read_checkpoint_info(run_dir, "best")
+    assert best is not None, f"{run_dir} finished without a best checkpoint"
+    weights = fp16_weights(load_file(str(run_dir / "checkpoints" / best["files"]["weights"])))
+    record.update({"code_revision": summary.get("git_revision"), "machine": summary.get("environment"),
+                   "wall_seconds": summary.get("wall_seconds"), "train_seconds": summary.get("train_seconds"),
+                   "samples_per_s": summary.get("samples_per_s"), "presence_threshold": summary.get("presence_threshold"),
+                   "checkpoint_epoch": best["epoch"], "steps": best["step"], "trainable_parameters": summary.get("trainable_parameters")})
+    # the evaluations read the fp16-rounded weights, exactly what the store keeps
+    stage.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "history.json", "run.json"):
+        (stage / name).write_bytes((run_dir / name).read_bytes())
+    cfg = json.loads((run_dir / "config.json").read_text())
+    _write_best_checkpoint(stage, cfg, {k: (v.float() if v.is_floating_point() else v) for k, v in weights.items()}, best["epoch"], best["step"])
+    return weights
 
 
 # --------------------------------------------------------------------------------------------------
