@@ -172,8 +172,6 @@ def build_dataset(
         avgn.data.assets.AssetMissingError: an asset package is not installed (never substituted).
         BuildConfigMismatchError: ``out`` holds a build with other settings.
     """
-    from tqdm import tqdm  # text bars: they also read well in an executed, rendered notebook
-
     if config is None:
         if profile not in DATA_PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(DATA_PROFILES)}")
@@ -198,14 +196,45 @@ def build_dataset(
         return manifest_path
 
     parts = out / ".parts"
-    # ---- audio pools -----------------------------------------------------------------------------
+    pool_rows = _build_pools(uni, cfg, seed, out, parts, workers, provider, progress)
+    plans, skipped = plan_scenes(uni, seed)
+    chunks, chunk_rows = _build_scenes(uni, plans, cfg, out, parts, workers, provider, progress)
+    # ---- manifest (last) -------------------------------------------------------------------------
+    from avgn.data.manifest import write_clip_table, write_manifest
+
+    rows = [r for gname, k, _ in chunks for r in chunk_rows[(gname, k)]]
+    clip_rows = [r for p in uni.pools for r in pool_rows[p.pool_id]]
+    write_clip_table(out / "clips.parquet", clip_rows)
+    info = {
+        **build_config,
+        "versions": _versions(),
+        "classes": list(uni.class_names),
+        "heldout_classes": list(uni.heldout),
+        "excluded_classes": dict(sorted(uni.excluded.items())),
+        "split_classes": {s: uni.split_classes(s) for s in SPLITS},
+        "skipped_groups": dict(sorted(skipped.items())),
+        "n_scenes": len(rows),
+        "n_clips": len(clip_rows),
+        "counts": _stats(rows),
+    }
+    atomic_write_text(out / "build.json", _json_dumps(info))
+    write_manifest(manifest_path, rows)
+    return manifest_path
+
+
+def _build_pools(uni: Any, cfg: DataConfig, seed: int, out: Path, parts: Path, workers: int, provider: Any,
+                 progress: bool) -> dict[str, list[dict]]:
+    """Render the audio pools not yet recorded in ``parts/clips`` (one unit per audio source: a
+    soundfont is loaded once per unit); returns every pool's clip rows by pool id."""
+    from tqdm import tqdm
+
     pool_rows: dict[str, list[dict]] = {}
     units: dict[str, list[Pool]] = {}
     for p in uni.pools:
         rec = parts / "clips" / f"{p.pool_id}.json"
         if rec.exists():
             pool_rows[p.pool_id] = json.loads(rec.read_text())
-        else:  # one unit per audio source: a soundfont is loaded once per unit
+        else:
             units.setdefault(p.source.source, []).append(p)
     todo = [
         (str(out), pools, cfg, [_seed_of(seed, _crc(p.pool_id)) for p in pools])
@@ -222,9 +251,15 @@ def build_dataset(
 
         for _ in _map(_render_pools, todo, workers, provider, _pools_done):
             pass
+    return pool_rows
 
-    # ---- scenes ----------------------------------------------------------------------------------
-    plans, skipped = plan_scenes(uni, seed)
+
+def _build_scenes(uni: Any, plans: dict[str, list[dict]], cfg: DataConfig, out: Path, parts: Path, workers: int, provider: Any,
+                  progress: bool) -> tuple[list[tuple[str, int, list[dict]]], dict[tuple[str, int], list[dict]]]:
+    """Render the planned scenes in chunks of ``cfg.chunk_size`` (those not yet recorded in
+    ``parts/scenes``); returns ``(chunks, rows by (group, chunk index))``."""
+    from tqdm import tqdm
+
     class_ids = {c: i for i, c in enumerate(uni.class_names)}
     chunks = []
     for gname, specs in plans.items():
@@ -240,29 +275,7 @@ def build_dataset(
             todo.append((str(out), specs, cfg, class_ids, gname, k))
     n_total = sum(len(s) for s in plans.values())
     n_done = sum(len(r) for r in chunk_rows.values())
-    # sprites: decoded once (in parallel) and shared with the rendering workers
-    sprites: dict[tuple, np.ndarray] = {}
-    if todo:
-        need: dict[tuple, Any] = {}
-        for t in todo:
-            for sp in t[1]:
-                for x in sp["sources"]:
-                    need.setdefault(_sprite_key(x["visual"]), x["visual"])
-                for fr in sp["distractors"]:
-                    for _, a in fr:
-                        need.setdefault(_sprite_key(a), a)
-        assets = [need[k] for k in sorted(need)]
-        n_units = max(1, min(len(assets), 4 * workers))
-        batches = [assets[i::n_units] for i in range(n_units)]
-        with tqdm(total=len(assets), desc="sprites", unit="sprite", disable=not progress) as bar:
-
-            def _sprites_done(batch, arrays):
-                for a, arr in zip(batch, arrays):
-                    sprites[_sprite_key(a)] = arr
-                bar.update(len(batch))
-
-            for _ in _map(_load_sprites, batches, workers, provider, _sprites_done):
-                pass
+    sprites = _decode_sprites(todo, workers, provider, progress) if todo else {}
     with tqdm(total=n_total, initial=n_done, desc="scenes", unit="scene", disable=not progress) as bar:
 
         def _chunk_done(task, rows):
@@ -273,29 +286,36 @@ def build_dataset(
 
         for _ in _map(_render_chunk_task, todo, workers, provider, _chunk_done, sprites):
             pass
+    return chunks, chunk_rows
 
-    # ---- manifest (last) -------------------------------------------------------------------------
-    from avgn.data.manifest import write_clip_table, write_manifest
 
-    rows = [r for gname, k, _ in chunks for r in chunk_rows[(gname, k)]]
-    clip_rows = [r for p in uni.pools for r in pool_rows[p.pool_id]]
-    write_clip_table(out / "clips.parquet", clip_rows)
-    stats = _stats(rows)
-    info = {
-        **build_config,
-        "versions": _versions(),
-        "classes": list(uni.class_names),
-        "heldout_classes": list(uni.heldout),
-        "excluded_classes": dict(sorted(uni.excluded.items())),
-        "split_classes": {s: uni.split_classes(s) for s in SPLITS},
-        "skipped_groups": dict(sorted(skipped.items())),
-        "n_scenes": len(rows),
-        "n_clips": len(clip_rows),
-        "counts": stats,
-    }
-    atomic_write_text(out / "build.json", _json_dumps(info))
-    write_manifest(manifest_path, rows)
-    return manifest_path
+def _decode_sprites(todo: list[tuple], workers: int, provider: Any, progress: bool) -> dict[tuple, np.ndarray]:
+    """Every sprite the scene chunks ``todo`` paste, decoded once (in parallel) to be shared with the
+    rendering workers."""
+    from tqdm import tqdm
+
+    sprites: dict[tuple, np.ndarray] = {}
+    need: dict[tuple, Any] = {}
+    for t in todo:
+        for sp in t[1]:
+            for x in sp["sources"]:
+                need.setdefault(_sprite_key(x["visual"]), x["visual"])
+            for fr in sp["distractors"]:
+                for _, a in fr:
+                    need.setdefault(_sprite_key(a), a)
+    assets = [need[k] for k in sorted(need)]
+    n_units = max(1, min(len(assets), 4 * workers))
+    batches = [assets[i::n_units] for i in range(n_units)]
+    with tqdm(total=len(assets), desc="sprites", unit="sprite", disable=not progress) as bar:
+
+        def _sprites_done(batch, arrays):
+            for a, arr in zip(batch, arrays):
+                sprites[_sprite_key(a)] = arr
+            bar.update(len(batch))
+
+        for _ in _map(_load_sprites, batches, workers, provider, _sprites_done):
+            pass
+    return sprites
 
 
 def _stats(rows: list[dict]) -> dict[str, int]:
