@@ -41,7 +41,7 @@ from avgn.runs import load_trained_model
 __all__ = ["solo_scene_outputs", "dsol_stage1_report", "dsol_audio_report", "tvsl_dependence_report", "tvsl_loss_controls", "LOSS_CONTROLS"]
 
 
-def _solo_scenes(exp: Any, data_dir: str | Path, split: str, max_items: int, seed: int = 0, task: str = "solo") -> Any:
+def _scenes_of_task(exp: Any, data_dir: str | Path, split: str, max_items: int, seed: int = 0, task: str = "solo") -> Any:
     """``split``'s single-source (``task="solo"``; ``"duet"``: two-source) scenes with cached features
     (no images, no waveforms), a seeded random subset of ``max_items`` when there are more."""
     store = FeatureStore(data_dir, exp.inputs.features, preload=False)
@@ -58,7 +58,7 @@ def solo_scene_outputs(model: torch.nn.Module, exp: Any, data_dir: str | Path, s
                        keys: tuple[str, ...] = ("av_map", "visual_backbone_feats", "cluster_feats")) -> dict[str, torch.Tensor]:
     """``keys`` of the model's outputs on the first ``max_items`` (a seeded random subset) single-source
     scenes of ``split``, concatenated, plus ``masks [N, H, W]`` (the sounding object) and ``classes [N]``."""
-    ds = _solo_scenes(exp, data_dir, split, max_items)
+    ds = _scenes_of_task(exp, data_dir, split, max_items)
     acc: dict[str, list[torch.Tensor]] = {k: [] for k in (*keys, "masks", "classes")}
     model.eval()
     for b in DataLoader(ds, batch_size=64, collate_fn=collate_samples):
@@ -134,7 +134,7 @@ def dsol_audio_report(run_dir: str | Path, data_dir: str | Path, split: str = "v
     model.eval()
     for task in ("solo", "duet"):
         probs, labels = [], []
-        for b in DataLoader(_solo_scenes(exp, data_dir, split, max_items, task=task), batch_size=64, collate_fn=collate_samples):
+        for b in DataLoader(_scenes_of_task(exp, data_dir, split, max_items, task=task), batch_size=64, collate_fn=collate_samples):
             probs.append(method_predict(model, model(**model_inputs(b, torch.device("cpu"))))["audio_probs"])
             labels.append(b["labels"] > 0.5)
         p, y = torch.cat(probs), torch.cat(labels)
@@ -193,7 +193,7 @@ def tvsl_loss_controls(run_dir: str | Path, data_dir: str | Path, split: str = "
     Returns ``{control: {term: mean over batches}}`` with the terms ``img, aud, ml, cnt, feat, loc, total``."""
     model, exp, _ = load_trained_model(run_dir, device="cpu")
     model.eval()
-    ds = _solo_scenes(exp, data_dir, split, max_items, seed)
+    ds = _scenes_of_task(exp, data_dir, split, max_items, seed)
     seen = model.seen.nonzero().flatten()
     if permutation is None:
         g = torch.Generator().manual_seed(seed)
