@@ -28,7 +28,6 @@ PENDING: dict[str, str] = {
     "02": "trains its runs itself (plain-CNN reference); to be read from the store",
     "04": "its runs are being trained into the store",
     "05": "its runs are being trained into the store",
-    "07": "DSOL is being fixed (issue 29) before its runs are stored",
     "09": "T-VSL is being fixed (issue 29) before its runs are stored",
 }
 
