@@ -256,6 +256,9 @@ def test_an_evaluation_with_another_scoring_rule_is_stored_as_its_own_and_rescor
                                                                                            (("binarize_rule", "fixed"), ("binarize_value", 0.3))),), r.chapters)
     st = plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["ezvsl/seed0"]
     assert st["state"] == "evals" and st["note"] == "re-score val_fixed"
+    plan["ezvsl/seed0"] = PlannedRun(r.variant, r.seed, r.profile, r.evals + (Evaluation("val_fixed", "val", ("val/duet/scene",)),), r.chapters)
+    st = plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["ezvsl/seed0"]
+    assert st["state"] == "evals" and st["note"] == "re-score val_fixed"  # the protocol's rule again: the stored one is another
     with pytest.raises(ValueError, match="scoring only"):
         evaluate_run(got["run_dir"], "val", sets=["val/duet/scene"], device="cpu", progress=False, write=False, overrides={"model.dim": 8})
 

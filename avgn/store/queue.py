@@ -71,8 +71,12 @@ def _current_evals(run: PlannedRun, record: dict[str, Any]) -> set[str]:
     from avgn.evaluate import EVAL_VERSION
 
     evals = record.get("evals", {})
-    return {e.tag for e in run.evals if evals.get(e.tag, {}).get("eval_version") == EVAL_VERSION
-            and {k: evals[e.tag].get(k) for k in e.record() if k != "split"} == {k: v for k, v in e.record().items() if k != "split"}}
+
+    def current(e: Any) -> bool:
+        have, want = evals.get(e.tag, {}), e.record()
+        return have.get("eval_version") == EVAL_VERSION and all(have.get(k) == want.get(k) for k in ("sets", "eval_overrides"))
+
+    return {e.tag for e in run.evals if current(e)}
 
 
 def _record_state(run: PlannedRun, store: RunStore, want_id: str) -> tuple[str, str | None, str]:
