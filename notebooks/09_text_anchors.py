@@ -34,10 +34,12 @@
 # from the frozen EfficientNet-Lite0 features and audio tokens from the audio ResNet trained from
 # scratch, both projected into the text space (`avgn.methods.tvsl`). The four losses are the paper's
 # (image→text and audio→text classification against the anchors with a learned, clamped scale;
-# multi-label; audio–visual contrastive), with equal weights, plus three departures of this book's,
-# each a flag (next section: without them T-VSL does not localize here): a class-feature presence term
-# (`w_feat`), a per-source localization term (`w_loc`) and softmax token weighting
-# (`token_weighting`). The paper's design runs beside it as `tvsl-paper`. Three bugs of the public code are not
+# multi-label; audio–visual contrastive), plus four departures of this book's, each a flag (next
+# section: without them T-VSL does not localize here): a class-feature presence term (`w_feat`), a
+# per-source localization term (`w_loc`), softmax token weighting (`token_weighting`) and the
+# multi-label term weighted 5 instead of 1 (`w_ml`: the paper's audio tower is AudioCLIP's, already
+# aligned with text; this book's is trained from scratch, and at weight 1 it is still learning to
+# name the classes of a mixture at the last epoch). The paper's design runs beside it as `tvsl-paper`. Three bugs of the public code are not
 # reproduced: its maps are inverted (`1 − map`) before scoring, its test uses the ground-truth class
 # names only, and its checkpoint is picked on the test set. Here maps are scored as they are (high =
 # sounding), both selection modes are reported, and the checkpoint is picked on validation. The
@@ -202,7 +204,7 @@ plt.close(fig)
 # ```{figure} ../figures/09_does_it_learn.png
 # :label: fig-tvsl-learns
 # :alt: T-VSL audio-to-text loss and class-feature dependence per epoch, the paper's design against this book's
-# T-VSL as the paper designs it and with this book's three departures (mean ± sd
+# T-VSL as the paper designs it and with this book's four departures (mean ± sd
 # over seeds): the audio→text classification loss (left, log scale) and how much the class features
 # depend on whether their class sounds (right; 1 = not at all) on the validation mixtures.
 # ```

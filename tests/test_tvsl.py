@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def _cfg(**kw):
 
 
 def test_losses_by_hand():
-    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=0.0, w_loc=0.0)  # the paper's four losses
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=0.0, w_loc=0.0, w_ml=1.0)  # the paper's four losses, equal weights
     anchors = torch.eye(4, E)
     seen = torch.tensor([True, True, True, False])
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
@@ -132,6 +133,10 @@ def test_losses_by_hand():
     # 3 pairs, audio = image feature, orthogonal across pairs: InfoNCE = log(1 + 2 e^(-1/tau))
     assert parts["cnt"].item() == pytest.approx(math.log(1 + 2 * math.exp(-1 / cfg.tau)), rel=1e-4)
     assert parts["total"].item() == pytest.approx(sum(parts[k].item() for k in ("img", "aud", "ml", "cnt")), rel=1e-6)
+    # this book's default weighs the multi-label term 5 times (TVSLConfig.w_ml)
+    total5, parts5 = tvsl_losses(out, labels, seen, scale, replace(cfg, w_ml=TVSLConfig().w_ml))
+    assert TVSLConfig().w_ml == 5.0 and parts5["ml"].item() == pytest.approx(parts["ml"].item())
+    assert total5.item() == pytest.approx(total.item() + 4 * math.log(2), rel=1e-5)
     # features orthogonal to every anchor: chance over the seen anchors only (log 3, not log 4)
     out0 = dict(out, audio_emb=torch.zeros(2, 4, E).index_fill_(2, torch.tensor([10]), 1.0))
     _, p0 = tvsl_losses(out0, labels, seen, scale, cfg)
@@ -149,7 +154,7 @@ def test_losses_by_hand():
 
 def test_class_feature_presence_by_hand():
     """The fifth term: BCE of s cos(f_bc, t_c) + b on every sample and seen class."""
-    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=2.0, w_loc=0.0)
+    cfg = _cfg(train_classes=("a", "b", "c"), tau=1.0, w_feat=2.0, w_loc=0.0, w_ml=1.0)
     anchors = torch.eye(4, E)
     seen = torch.tensor([True, True, True, False])
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 1.0, 0]])
