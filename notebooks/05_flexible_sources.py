@@ -46,7 +46,7 @@ from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
 from avgn.methods import get_method
 from avgnbook.results import with_set_parts
 from avgn.runs import load_run
-from avgnbook.variants import MAIN_VARIANTS, NEGATIVES_VARIANT
+from avgnbook.variants import DSOL_VARIANT, MAIN_VARIANTS, NEGATIVES_VARIANT, TVSL_VARIANTS
 
 ctx = chapter_context("05", profile, seed, device, workdir)
 data, runs, seeds = ctx.data, ctx.runs, ctx.seeds
@@ -237,8 +237,9 @@ plt.close(grid.figure)
 # (`avgn.data.negatives`, deterministic per set): **silence** (digital zeros), the build's **noise**
 # alone at the level it has in the frame's own mix, and an **off-screen** clip of a class that is not
 # in the frame. The **false-alarm rate** is the share of frames where the method reports a source
-# under silence or noise, or a *visible* class under off-screen audio. AVGN reports the classes its
-# audio presence selects (its threshold from validation; the selection may be empty); the
+# under silence or noise, or a *visible* class under off-screen audio. AVGN, DSOL and T-VSL report the
+# classes their audio presence selects (each its threshold from validation; the selection may be
+# empty; DSOL's presence is a softmax over its clusters, so some class always carries weight); the
 # class-agnostic methods report a source when the peak of their map passes a threshold chosen on
 # validation own-audio against negative-audio frames (`avgn.evaluate`, its negative-audio section), and when no threshold
 # separates them their false-alarm rate is 1. **Visible AP** is the AP of the map shown against the
@@ -251,7 +252,7 @@ import json  # noqa: E402
 from avgnbook.plan import NEGATIVE_SETS  # noqa: E402
 
 NEG = {"negative": list(NEGATIVE_SETS)}
-NEG_VARIANTS = [*MAIN_VARIANTS, NEGATIVES_VARIANT]
+NEG_VARIANTS = [*MAIN_VARIANTS, DSOL_VARIANT, TVSL_VARIANTS[0], NEGATIVES_VARIANT]
 ctx.run_variants(NEG_VARIANTS, eval_sets=NEG, verbose=False)
 ctx.run_references(eval_sets=NEG, verbose=False)
 neg = with_set_parts(ctx.write(ctx.collect(NEG_VARIANTS, split="negative"), "05_negative", fractions=False))  # drops may be < 0
@@ -309,7 +310,8 @@ count = pres[(pres["variant"] == "AVGN") & (pres["metric"] == "count_acc") & (pr
 drops = (100 * table.loc["AVGN"][SHIFTS].sub(table.loc["AVGN"]["test"], axis=0))
 worst = drops.stack().idxmin()
 fa_avgn = fa.loc["AVGN"]
-others = fa.drop(index=[v.label for v in NEG_VARIANTS if v.method == "avgn"], errors="ignore")
+agnostic = fa.loc[[v.label for v in NEG_VARIANTS if get_method(v.method).kind != "class_aware"]]
+neighbours = fa.loc[[v.label for v in (DSOL_VARIANT, TVSL_VARIANTS[0])]]
 ctx.findings([
     f"With four sounding objects in one frame (never seen in training) AVGN's CAP is {100 * at4('AVGN · oracle'):.1f} with the ground-truth "
     f"classes and {100 * at4('AVGN · predicted'):.1f} with its own selection (semantic AP, which charges its false selections, "
@@ -320,7 +322,10 @@ ctx.findings([
     f"Its largest loss under domain shift is {worst[1]} on {worst[0]}: {drops.loc[worst]:+.1f} points against the in-domain test split (oracle selection).",
     f"Under negative audio AVGN reports a source on {fa_avgn[('solo', 'silence')]:.0%} of silent and {fa_avgn[('solo', 'noise')]:.0%} of noise-only solo frames "
     f"and a visible class on {fa_avgn[('duet', 'offscreen')]:.0%} of duet frames with an off-screen sound; the class-agnostic methods' false-alarm rates "
-    f"under silence range {others[('solo', 'silence')].min():.0%}-{others[('solo', 'silence')].max():.0%}.",
+    f"under silence range {agnostic[('solo', 'silence')].min():.0%}-{agnostic[('solo', 'silence')].max():.0%}.",
+    "Of the other class-aware methods, selecting from their own audio: " + "; ".join(
+        f"{lab} reports a source on {r[('solo', 'silence')]:.0%} of silent and {r[('solo', 'noise')]:.0%} of noise-only solo frames"
+        for lab, r in neighbours.iterrows()) + ".",
     f"AVGN trained on negative audio: its false alarms under noise on solo frames are {versus(neg_cmp['test/solo/noise', 'false_alarm'])}, "
     f"and its duet-scene oracle CAP is {versus(neg_cmp['test/duet/scene', 'cap'])}.",
 ])
