@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: chapter -> why its committed outputs are not yet from the store (to be emptied by the second edition)
 PENDING: dict[str, str] = {
     "04": "its runs are being trained into the store",
-    "05": "its T-VSL runs are being retrained (T-VSL version 4)",
     "09": "its T-VSL runs (version 4, the paper's design, the bare-name prompt) are being trained into the store",
 }
 
