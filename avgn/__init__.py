@@ -20,10 +20,10 @@ import graph to the top (a module imports only from those above it in this list;
 - :mod:`avgn.config`       configuration dataclasses and the one profile table (``smoke`` | ``cpu`` | ``gpu``)
 - :mod:`avgn.methods`      the method interface and registry: every method and reference, one module each
 - :mod:`avgn.experiment`   one run's configuration (method x profile, dotted overrides)
-- :mod:`avgn.runs`         run folders, named variants, reproduce commands, loading a trained run
+- :mod:`avgn.runs`         run folders (``RunFolder``: a run's ``config.json``, resume checks, ``run.json``), variants, reproduce commands, loading a trained run
 - :mod:`avgn.evaluate`     evaluation sets, predictions, scoring under both source-selection modes
 - :mod:`avgn.engine`       the training loop with hooks: ``Trainer.fit``, callbacks for checkpoints, selection, history
-- :mod:`avgn.train`        one training run: its data, folder, resume, DistributedDataParallel, summary (``train``)
+- :mod:`avgn.train`        one training run: its data, the loop's callbacks, DistributedDataParallel (``train``)
 - :mod:`avgn.store`        the run store: planned runs and their ids, records with fp16 weights, the queue
 - :mod:`avgn.localize`     ``avgn localize``: a trained run on your own frame and recording, or video (ffmpeg)
 - :mod:`avgn.viz`          figure helpers (save to ``figures/``)

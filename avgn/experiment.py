@@ -193,6 +193,15 @@ class Experiment:
         cfg = get_method(self.method).for_build(self.model, build_info)
         return self if cfg is self.model else dataclasses.replace(self, model=cfg)
 
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """The parameter-name prefixes of frozen weights that are reproducible from the installed
+        package or the weights file, so a checkpoint or a stored run leaves them out."""
+        enc = self.model.encoder
+        packaged = enc.visual_backbone == "efficientnet_lite0" and enc.use_packaged_weights
+        if enc.freeze_visual and (enc.pretrained_path or packaged):
+            return ("visual.backbone.",)
+        return ()
+
 
 def get_experiment(method: str, profile: str = "cpu", **overrides: Any) -> Experiment:
     """The configuration of ``method`` (``avgn`` | ``ezvsl`` | ``mal``) under ``profile``.

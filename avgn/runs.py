@@ -28,9 +28,9 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from avgn.checkpoint import load_checkpoint
+from avgn.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, read_checkpoint_info
 from avgn.data.manifest import load_build_info
-from avgn.env import resolve_device
+from avgn.env import environment_report, git_revision, resolve_device
 from avgn.experiment import METHODS, Experiment, get_experiment
 from avgn.methods import get_method, list_methods
 
@@ -50,6 +50,8 @@ __all__ = [
     "load_trained_model",
     "run_presence_threshold",
     "flatten",
+    "run_fingerprint",
+    "RunFolder",
     "Variant",
 ]
 
@@ -218,6 +220,154 @@ def check_data(data_dir: str | Path, profile: str, expected: dict[str, Any] | No
                 "evaluate it on its own build (leave data_dir unset) or retrain it on this one"
             )
     return ident
+
+
+# --------------------------------------------------------------------------------------------------
+# one training run's folder
+# --------------------------------------------------------------------------------------------------
+def run_fingerprint(exp: Experiment, data_dir: str | Path) -> str:
+    """The fingerprint a run of ``exp`` on the build ``data_dir`` carries in its ``config.json``: that
+    of the experiment for the build (:meth:`Experiment.for_build`: the build's class count, ...)."""
+    return exp.for_build(load_build_info(Path(data_dir))).fingerprint()
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The folder of one training run and what it is a run of, resolved once: ``config`` is its
+    ``config.json`` (the experiment for the build, its fingerprint, the seed, the build's identity
+    checked against the profile, the ``avgn train`` command that reproduces it).
+
+    The training loop (:func:`avgn.train.train`) asks it whether the folder already holds this run
+    (:meth:`finished`, :meth:`last_checkpoint`) and hands it the summary to write (:meth:`summary`,
+    :meth:`write_summary`); everything a run folder holds is written here or by the engine's
+    checkpoint and history callbacks.
+    """
+
+    run_dir: Path
+    data_dir: Path
+    seed: int
+    config: dict[str, Any]
+
+    @classmethod
+    def of(cls, exp: Experiment, data_dir: str | Path, run_dir: str | Path, seed: int) -> RunFolder:
+        """The folder ``run_dir`` for a run of ``exp`` on the build ``data_dir`` with ``seed``.
+
+        Raises:
+            ValueError: the build was made for another profile (:func:`check_data`).
+        """
+        data_dir, run_dir = Path(data_dir), Path(run_dir)
+        build_info = load_build_info(data_dir)
+        identity = check_data(data_dir, exp.profile)
+        overrides = experiment_overrides(exp)  # what the command line needs to rebuild exactly this run
+        exp = exp.for_build(build_info)
+        config = {
+            "experiment": exp.to_dict(),
+            "fingerprint": exp.fingerprint(),
+            "method": exp.method,
+            "profile": exp.profile,
+            "seed": int(seed),
+            "data_dir": str(data_dir.resolve()),
+            "data": identity,
+            "class_names": list(build_info["classes"]),
+            "overrides": overrides,
+            "command": reproduce_command(exp.method, exp.profile, seed, data_dir, run_dir, overrides),
+        }
+        return cls(run_dir, data_dir, int(seed), config)
+
+    @property
+    def experiment(self) -> Experiment:
+        """The experiment as the run trains it (for its build)."""
+        return Experiment.from_dict(self.config["experiment"])
+
+    def _check(self, last: dict[str, Any], resume: bool) -> None:
+        if not resume:
+            raise FileExistsError(f"{self.run_dir} already holds a run; resume it (resume=True / --resume) or choose another folder")
+        old = last["config"]
+        for key in ("fingerprint", "seed", "data"):
+            if old.get(key) != self.config[key]:
+                raise ValueError(f"cannot resume {self.run_dir}: its {key} differs ({old.get(key)!r} vs {self.config[key]!r}); "
+                                 "use another run folder")
+
+    def last_checkpoint(self, resume: bool) -> dict[str, Any] | None:
+        """The folder's ``last`` checkpoint info (:func:`avgn.checkpoint.read_checkpoint_info`), or
+        ``None`` in a new folder.
+
+        Raises:
+            FileExistsError: the folder holds a run and ``resume`` is False.
+            ValueError: the run there is another one (fingerprint, seed or build differ).
+        """
+        last = read_checkpoint_info(self.run_dir, "last")
+        if last is not None:
+            self._check(last, resume)
+        return last
+
+    def finished(self, resume: bool) -> dict[str, Any] | None:
+        """``run.json`` when the folder holds this run, finished; else ``None`` (nothing there, or
+        still running). A finished run is never written again, so this reads it without its lock.
+
+        Raises:
+            FileExistsError / ValueError: as :meth:`last_checkpoint`.
+        """
+        summary = self.run_dir / "run.json"
+        last = read_checkpoint_info(self.run_dir, "last") if summary.is_file() else None
+        if last is None or not last["state"].get("finished"):
+            return None
+        self._check(last, resume)
+        return json.loads(summary.read_text())
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Write ``config.json`` (``config``: :attr:`config`, plus what the run adds, e.g. ``init_from``)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run_dir / "config.json", config)
+
+    def summary(self, state: Any, step: int, n_params: int, features: dict[str, Any], threshold: float | None, curve: Any,
+                device: str) -> dict[str, Any]:
+        """``run.json`` of the finished run: identity, environment, time, the selected epoch and its
+        validation metrics (``state``: the engine's :class:`avgn.engine.TrainState`)."""
+        exp = self.experiment
+        best_row = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
+        return {
+            "method": exp.method,
+            "profile": exp.profile,
+            "seed": self.seed,
+            "finished": True,
+            "git_revision": git_revision(),
+            "environment": environment_report(device),
+            "run_dir": str(self.run_dir),
+            "data_dir": str(self.data_dir.resolve()),
+            "data": self.config["data"],
+            "command": self.config["command"],
+            "fingerprint": self.config["fingerprint"],
+            "epochs_run": len(state.history),
+            "steps": step,
+            "best_epoch": state.best_epoch,
+            "best_val_score": state.best_score,
+            "selection_modes": list(get_method(exp.method).modes),
+            "presence_threshold": threshold,
+            "threshold_curve": curve,
+            "stopped_early": state.stopped_early,
+            "train_seconds": state.train_seconds,
+            "wall_seconds": state.wall_seconds,
+            "samples": state.samples,
+            "samples_per_s": state.samples / state.train_seconds if state.train_seconds else float("nan"),
+            "trainable_parameters": n_params,
+            "features": features,
+            "val": best_row["val"] if best_row else {},
+            "config": exp.to_dict(),
+        }
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``run.json`` and its flat one-row ``run.csv`` (atomically, ``run.json`` first)."""
+        import pandas as pd
+
+        atomic_write_json(self.run_dir / "run.json", summary)
+        skip = ("environment", "config", "features", "threshold_curve", "distributed")
+        flat = flatten({k: v for k, v in summary.items() if k not in skip})
+        atomic_write_text(self.run_dir / "run.csv", pd.DataFrame([flat]).to_csv(index=False))
+
+    def read_summary(self) -> dict[str, Any]:
+        """``run.json`` as written (another rank's, under data parallelism)."""
+        return json.loads((self.run_dir / "run.json").read_text())
 
 
 # --------------------------------------------------------------------------------------------------

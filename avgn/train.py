@@ -34,7 +34,7 @@
   every global batch through DistributedDataParallel, rank 0 alone validating and writing
   (:mod:`avgn.distributed`). N processes train exactly the model of one process with
   ``micro_batches=N`` (tested).
-* **Results** in the run folder: ``config.json`` (configuration, seed, data identity, command line),
+* **Results** in the run folder (:class:`avgn.runs.RunFolder`): ``config.json`` (configuration, seed, data identity, command line),
   ``history.json`` / ``history.csv`` (per epoch: losses, learning rate, samples/s, validation
   metrics in both source-selection modes, AVGN's presence and token-classifier precision / recall /
   F1), and when finished ``run.json`` / ``run.csv`` (git revision, environment, wall time,
@@ -45,8 +45,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import time
 from pathlib import Path
@@ -56,21 +54,20 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from avgn import distributed
-from avgn.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, read_checkpoint_info
+from avgn.checkpoint import load_checkpoint
 from avgn.data.batching import MixtureBatcher
 from avgn.data.datasets import OnTheFlyMixtureDataset
-from avgn.data.manifest import load_build_info
 from avgn.distributed import DistInfo
 from avgn.engine import (
-    Callback, Checkpointing, HistoryLog, ModelSelection, ProgressBar, StopAfter, Trainer, TrainInputs, TrainState, WarmupCosine, make_optimizer,
+    Callback, Checkpointing, HistoryLog, ModelSelection, ProgressBar, StopAfter, Trainer, TrainInputs, WarmupCosine, make_optimizer,
     prefetch,
 )
-from avgn.env import environment_report, epoch_seed, git_revision, resolve_device, seed_everything
+from avgn.env import epoch_seed, resolve_device, seed_everything
 from avgn.evaluate import choose_presence_threshold, load_eval_set
 from avgn.experiment import Experiment, get_experiment
 from avgn.features import FeatureStore, compute_features
 from avgn.methods import get_method
-from avgn.runs import RunLockedError, check_data, experiment_overrides, flatten, reproduce_command, run_lock
+from avgn.runs import RunFolder, RunLockedError, run_lock
 
 __all__ = [
     "epoch_seed",
@@ -179,50 +176,6 @@ def _log_fn(progress: bool) -> Callable[[str], None]:
     return log
 
 
-def _frozen_prefixes(exp: Experiment) -> tuple[str, ...]:
-    """Frozen backbone weights that are reproducible from the installed package or the weights file."""
-    enc = exp.model.encoder
-    if enc.freeze_visual and (enc.pretrained_path or (enc.visual_backbone == "efficientnet_lite0" and enc.use_packaged_weights)):
-        return ("visual.backbone.",)
-    return ()
-
-
-def run_fingerprint(exp: Experiment, data_dir: str | Path) -> str:
-    """The fingerprint a run of ``exp`` on the build ``data_dir`` carries in its ``config.json``: that
-    of the experiment for the build (:meth:`Experiment.for_build`: the build's class count, ...)."""
-    return exp.for_build(load_build_info(Path(data_dir))).fingerprint()
-
-
-def _run_config(exp: Experiment, data_dir: Path, run_dir: Path, seed: int) -> dict[str, Any]:
-    """``config.json`` of a run: the experiment (with the build's class count), its fingerprint,
-    the seed, the build's identity (checked against the profile) and the reproducing command."""
-    build_info = load_build_info(data_dir)
-    identity = check_data(data_dir, exp.profile)
-    overrides = experiment_overrides(exp)  # what the command line needs to rebuild exactly this run
-    exp = exp.for_build(build_info)
-    return {
-        "experiment": exp.to_dict(),
-        "fingerprint": exp.fingerprint(),
-        "method": exp.method,
-        "profile": exp.profile,
-        "seed": int(seed),
-        "data_dir": str(data_dir.resolve()),
-        "data": identity,
-        "class_names": list(build_info["classes"]),
-        "overrides": overrides,
-        "command": reproduce_command(exp.method, exp.profile, seed, data_dir, run_dir, overrides),
-    }
-
-
-def _check_resumable(run_dir: Path, config: dict[str, Any], last: dict[str, Any], resume: bool) -> None:
-    if not resume:
-        raise FileExistsError(f"{run_dir} already holds a run; resume it (resume=True / --resume) or choose another folder")
-    old = last["config"]
-    for key in ("fingerprint", "seed", "data"):
-        if old.get(key) != config[key]:
-            raise ValueError(f"cannot resume {run_dir}: its {key} differs ({old.get(key)!r} vs {config[key]!r}); use another run folder")
-
-
 def _inputs(exp: Experiment, data_dir: Path, seed: int, device: str, progress: bool, log: Callable[[str], None],
             dist_info: DistInfo = DistInfo()) -> TrainInputs:
     """The run's inputs: the feature cache completed (rank 0) and read, the training batcher and
@@ -253,41 +206,6 @@ def _init_from(model: torch.nn.Module, run: str, dev: torch.device) -> dict[str,
     if info is None:
         raise FileNotFoundError(f"train.init_from={run}: the run has no 'best' checkpoint")
     return {"run": str(src), "epoch": info["epoch"], "fingerprint": info["config"].get("fingerprint")}
-
-
-def _summary(exp: Experiment, seed: int, run_dir: Path, data_dir: Path, config: dict[str, Any], state: TrainState, step: int,
-             n_params: int, inputs: TrainInputs, threshold: float | None, curve: Any, device: str) -> dict[str, Any]:
-    """``run.json`` of a finished run: identity, environment, time, the selected epoch and its validation metrics."""
-    best_row = next((h for h in state.history if h["epoch"] == state.best_epoch), None)
-    return {
-        "method": exp.method,
-        "profile": exp.profile,
-        "seed": int(seed),
-        "finished": True,
-        "git_revision": git_revision(),
-        "environment": environment_report(device),
-        "run_dir": str(run_dir),
-        "data_dir": str(data_dir.resolve()),
-        "data": config["data"],
-        "command": config["command"],
-        "fingerprint": config["fingerprint"],
-        "epochs_run": len(state.history),
-        "steps": step,
-        "best_epoch": state.best_epoch,
-        "best_val_score": state.best_score,
-        "selection_modes": list(get_method(exp.method).modes),
-        "presence_threshold": threshold,
-        "threshold_curve": curve,
-        "stopped_early": state.stopped_early,
-        "train_seconds": state.train_seconds,
-        "wall_seconds": state.wall_seconds,
-        "samples": state.samples,
-        "samples_per_s": state.samples / state.train_seconds if state.train_seconds else math.nan,
-        "trainable_parameters": n_params,
-        "features": inputs.features,
-        "val": best_row["val"] if best_row else {},
-        "config": exp.to_dict(),
-    }
 
 
 def train(
@@ -323,7 +241,8 @@ def train(
     """
     if isinstance(exp, str):
         exp = get_experiment(exp, profile or "cpu", **dict(overrides or {}))
-    done = finished_summary(exp, Path(data_dir), Path(run_dir), int(seed), resume)
+    folder = RunFolder.of(exp, data_dir, run_dir, int(seed))
+    done = folder.finished(resume)
     if done is not None:  # read back without the lock: chapters run side by side read the same runs
         return done
     dist_info = distributed.from_env(resolve_device(device))
@@ -332,14 +251,13 @@ def train(
             refused = None
             if dist_info.is_main:  # one lock per run folder, held by rank 0 for every rank
                 try:
-                    stack.enter_context(run_lock(run_dir))
+                    stack.enter_context(run_lock(folder.run_dir))
                 except RunLockedError as err:
                     refused = str(err)
             refused = distributed.broadcast_object(refused, dist_info)
             if refused:
                 raise RunLockedError(refused)
-            return _train(exp, Path(data_dir), Path(run_dir), int(seed), device, resume, progress, stop_after_epochs, dist_info,
-                          callbacks)
+            return _train(folder, device, resume, progress, stop_after_epochs, dist_info, callbacks)
     finally:
         distributed.shutdown(dist_info)
 
@@ -357,24 +275,8 @@ def _weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def finished_summary(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, resume: bool) -> dict[str, Any] | None:
-    """``run.json`` of the finished run in ``run_dir`` when it is the run :func:`train` would train
-    (same experiment fingerprint, seed and build), else ``None`` (nothing there, or still running).
-    A finished run is never written again, so this reads it without taking the run's lock.
-
-    Raises:
-        FileExistsError / ValueError: the run there cannot be this one (as :func:`train`).
-    """
-    summary = run_dir / "run.json"
-    last = read_checkpoint_info(run_dir, "last") if summary.is_file() else None
-    if last is None or not last["state"].get("finished"):
-        return None
-    _check_resumable(run_dir, _run_config(exp, data_dir, run_dir, seed), last, resume)
-    return json.loads(summary.read_text())
-
-
-def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: str, resume: bool, progress: bool,
-           stop_after_epochs: int | None, dist_info: DistInfo = DistInfo(), extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+def _train(folder: RunFolder, device: str, resume: bool, progress: bool, stop_after_epochs: int | None,
+           dist_info: DistInfo = DistInfo(), extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """The body of :func:`train`, under the run folder's lock (on every rank of a data-parallel run;
     rank 0 alone validates and writes): set the run up, fit it (:class:`avgn.engine.Trainer`),
     then write its summary."""
@@ -384,6 +286,7 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     dev = resolve_device(device)
     if dist_info.enabled and dev.type == "cuda":
         dev = torch.device("cuda", dist_info.local_rank)
+    exp, seed, run_dir = folder.experiment, folder.seed, folder.run_dir
     t = exp.train
     if dist_info.enabled and t.batch_size // 2 < 2 * dist_info.world_size:
         raise ValueError(f"train.batch_size={t.batch_size} is too small for {dist_info.world_size} processes: a batch (at least half of "
@@ -393,21 +296,17 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     if t.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    config = _run_config(exp, data_dir, run_dir, seed)
-    exp = Experiment.from_dict(config["experiment"])
+    config = dict(folder.config)
     method = get_method(exp.method)
 
-    last = read_checkpoint_info(run_dir, "last")
-    if last is not None:
-        _check_resumable(run_dir, config, last, resume)
-        if last["state"].get("finished") and (run_dir / "run.json").is_file():
-            log(f"[avgn.train] {run_dir} is finished (epoch {last['epoch']}); nothing to do")
-            return json.loads((run_dir / "run.json").read_text())
+    last = folder.last_checkpoint(resume)
+    if last is not None and last["state"].get("finished") and (run_dir / "run.json").is_file():
+        log(f"[avgn.train] {run_dir} is finished (epoch {last['epoch']}); nothing to do")
+        return folder.read_summary()
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", config)
+        folder.write_config(config)
 
-    inputs = _inputs(exp, data_dir, seed, str(dev), progress and main, log, dist_info)
+    inputs = _inputs(exp, folder.data_dir, seed, str(dev), progress and main, log, dist_info)
     # seeded here, after the inputs: computing the feature cache or loading the validation sets
     # draws from the global RNG only when they are not cached yet
     seed_everything(seed)
@@ -415,12 +314,12 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     if t.init_from:
         config["init_from"] = _init_from(model, t.init_from, dev)
         if main:
-            atomic_write_json(run_dir / "config.json", config)
+            folder.write_config(config)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     checkpoints = Checkpointing(run_dir, config, minutes=t.checkpoint_minutes, steps=t.checkpoint_steps,
-                                exclude_prefixes=_frozen_prefixes(exp))
+                                exclude_prefixes=exp.frozen_prefixes())
     callbacks: list[Callback] = [ModelSelection(t.min_delta, t.early_stopping_patience), checkpoints, ProgressBar(progress), HistoryLog(run_dir)]
     if stop_after_epochs is not None:
         callbacks.append(StopAfter(stop_after_epochs))
@@ -437,34 +336,29 @@ def _train(exp: Experiment, data_dir: Path, run_dir: Path, seed: int, device: st
     state = trainer.fit()
     if trainer.should_stop:
         return {"finished": False, "epoch": trainer.epoch, "step": trainer.step, "state": state.to_dict()}
-    summary = _finish(trainer, data_dir, run_dir, config, device)
+    summary = _finish(trainer, folder, device)
     log(f"[avgn.train] done: best epoch {state.best_epoch} (val score {state.best_score:.4f}), "
         f"{summary['samples_per_s']:.0f} samples/s, {time.perf_counter() - t_wall:.0f} s in this call")
     return summary
 
 
-def _finish(trainer: Trainer, data_dir: Path, run_dir: Path, config: dict[str, Any], device: str) -> dict[str, Any]:
+def _finish(trainer: Trainer, folder: RunFolder, device: str) -> dict[str, Any]:
     """A finished run's summary, written by rank 0 as ``run.json`` / ``run.csv`` (read back by the
     other ranks), with the presence threshold of the selected epoch, chosen on validation."""
     dist_info, exp = trainer.dist_info, trainer.exp
     digests = distributed.gather_objects(_weights_digest(trainer.model), dist_info)  # the ranks hold one model
     if not dist_info.is_main:
         distributed.barrier(dist_info)  # rank 0 writes run.json
-        return json.loads((run_dir / "run.json").read_text())
+        return folder.read_summary()
     threshold, curve = None, None
     if "predicted" in trainer.method.modes:
-        load_checkpoint(run_dir, trainer.model, name="best", map_location=trainer.device)
+        load_checkpoint(folder.run_dir, trainer.model, name="best", map_location=trainer.device)
         threshold, curve = choose_presence_threshold(trainer.predictor, trainer.inputs.val_sets)
         trainer.log(f"[avgn.train] presence threshold {threshold:.2f} (chosen on {', '.join(exp.inputs.val_sets)})")
     n_params = int(sum(p.numel() for p in trainer.opt.params))
-    summary = _summary(exp, trainer.seed, run_dir, data_dir, config, trainer.state, trainer.step, n_params, trainer.inputs, threshold, curve,
-                       device)
+    summary = folder.summary(trainer.state, trainer.step, n_params, trainer.inputs.features, threshold, curve, device)
     if dist_info.enabled:
         summary["distributed"] = {"world_size": dist_info.world_size, "backend": dist_info.backend, "last_weights_sha256": digests}
-    atomic_write_json(run_dir / "run.json", summary)
-    import pandas as pd
-
-    flat = flatten({k: v for k, v in summary.items() if k not in ("environment", "config", "features", "threshold_curve", "distributed")})
-    atomic_write_text(run_dir / "run.csv", pd.DataFrame([flat]).to_csv(index=False))
+    folder.write_summary(summary)
     distributed.barrier(dist_info)
     return summary

@@ -152,7 +152,10 @@ def tvsl_dependence_report(run_dir: str | Path, data_dir: str | Path, split: str
     """T-VSL of ``run_dir`` on ``split``'s single-source scenes: ``dependence_audio`` / ``dependence_visual``
     (mean over classes of the cosine between the class feature's mean over scenes where the class
     sounds and where it does not; 1 = the feature ignores the input), ``map_ap`` / ``map_ap_negated``
-    (the sounding class's map against its object), ``text_scale`` (the classification logit scale)."""
+    (the sounding class's map against its object), ``text_scale`` (the classification logit scale), and
+    where the maps' ceiling is: the same maps read with another query in place of the class-aware audio
+    feature — ``map_ap_anchor_query`` (the class's fixed text anchor: what the audio adds over its
+    anchor) and ``map_ap_image_query`` (the image class feature: what the image tokens can give)."""
     model, exp, _ = load_trained_model(run_dir, device="cpu")
     o = solo_scene_outputs(model, exp, data_dir, split, max_items, keys=("audio_emb", "visual_emb", "visual_map_feats"))
     classes, masks = o["classes"], o["masks"]
@@ -165,11 +168,14 @@ def tvsl_dependence_report(run_dir: str | Path, data_dir: str | Path, split: str
             if on.any() and off.any():
                 cos.append(float(F.cosine_similarity(f[on, c].mean(0), f[off, c].mean(0), dim=0)))
         rep[f"dependence_{mod}"] = sum(cos) / len(cos)
-    maps = model.localize({"visual_map_feats": o["visual_map_feats"], "audio_emb": o["audio_emb"]})  # [N, C, h, w]
-    own = maps[torch.arange(len(classes)), classes]
-    up = upsample_maps(own[:, None], tuple(masks.shape[-2:]))[:, 0]
-    rep["map_ap"] = float(pixel_average_precision(up, masks).mean())
-    rep["map_ap_negated"] = float(pixel_average_precision(-up, masks).mean())
+    anchors = model.anchors[None].expand_as(o["audio_emb"])
+    for name, query in (("map_ap", o["audio_emb"]), ("map_ap_anchor_query", anchors), ("map_ap_image_query", o["visual_emb"])):
+        maps = model.localize({"visual_map_feats": o["visual_map_feats"], "audio_emb": query})  # [N, C, h, w]
+        own = maps[torch.arange(len(classes)), classes]
+        up = upsample_maps(own[:, None], tuple(masks.shape[-2:]))[:, 0]
+        rep[name] = float(pixel_average_precision(up, masks).mean())
+        if name == "map_ap":
+            rep["map_ap_negated"] = float(pixel_average_precision(-up, masks).mean())
     return rep
 
 

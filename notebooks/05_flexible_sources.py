@@ -311,7 +311,7 @@ drops = (100 * table.loc["AVGN"][SHIFTS].sub(table.loc["AVGN"]["test"], axis=0))
 worst = drops.stack().idxmin()
 fa_avgn = fa.loc["AVGN"]
 agnostic = fa.loc[[v.label for v in NEG_VARIANTS if get_method(v.method).kind != "class_aware"]]
-neighbours = fa.loc[[v.label for v in (DSOL_VARIANT, TVSL_VARIANTS[0])]]
+neighbours = fa.loc[[v.label for v in NEG_VARIANTS if get_method(v.method).kind == "class_aware" and v.method != "avgn"]]
 ctx.findings([
     f"With four sounding objects in one frame (never seen in training) AVGN's CAP is {100 * at4('AVGN · oracle'):.1f} with the ground-truth "
     f"classes and {100 * at4('AVGN · predicted'):.1f} with its own selection (semantic AP, which charges its false selections, "

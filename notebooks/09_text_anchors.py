@@ -165,7 +165,11 @@ pd.DataFrame([{"epoch": h["epoch"], **h["train"], "val score": h["val_score"],
 # Measured below on both designs, same data, seeds and budget: the
 # *dependence* of a class feature on whether its class sounds (cosine between its mean over scenes
 # where the class sounds and where it does not: 1 = the input does not matter), and the AP of the
-# sounding class's map and of its negation (an inverted map scores higher negated).
+# sounding class's map and of its negation (an inverted map scores higher negated). Two more columns
+# ask where the maps' ceiling is: the same maps read with another query in place of the class-aware
+# audio feature — the class's fixed text anchor (`map_ap_anchor_query`: what the audio adds over its
+# anchor) and the image class feature (`map_ap_image_query`: what the image tokens can give whatever
+# the audio says).
 
 # %%
 ctx.run_variants([TVSL_PAPER_VARIANT], eval_splits=("test", ZEROSHOT_SPLIT))
@@ -391,6 +395,8 @@ def vs_priors(design: str, set_name: str, mode: str) -> str:
 
 
 n = results.loc[results["variant"] == TVSL, "seed"].nunique()
+q = {k: 100 * report.loc["this book's", c] for k, c in (("audio feature", "map_ap"), ("anchor", "map_ap_anchor_query"),
+                                                        ("image class feature", "map_ap_image_query"))}
 ctx.findings([
     f"This book's T-VSL ({n} seed{'s' if n != 1 else ''}), one-source AP: with the ground-truth class {vs_priors(TVSL, 'test/solo/scene', 'oracle')}; "
     f"with its own class selection {vs_priors(TVSL, 'test/solo/scene', 'predicted')}.",
@@ -398,6 +404,9 @@ ctx.findings([
     "How much a class feature depends on whether its class sounds (cosine of its means when sounding and when silent, 1 = not at all; "
     f"seed {seed}, test): " + "; ".join(f"{d} audio {report.loc[d, 'dependence_audio']:.2f}, visual {report.loc[d, 'dependence_visual']:.2f}"
                                         for d in DESIGNS) + ".",
+    "Where this book's T-VSL maps stop (one source, ground-truth class, seed {}, test): read with the learned audio class feature AP {:.1f}, "
+    "with the class's fixed anchor {:.1f}, with the image class feature {:.1f}: the audio adds {:+.1f} points over its anchor, and the "
+    "best query is the {}.".format(seed, *q.values(), q["audio feature"] - q["anchor"], max(q, key=q.get)),
     *[f"{claim}: {row.verdict} — " + "; ".join(verdict_df.loc[verdict_df["claim"] == claim, "evidence"]) + "." for claim, row in claims.iterrows()],
 ])
 

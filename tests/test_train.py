@@ -445,6 +445,31 @@ def test_run_files_and_token_metrics(fake_build, tmp_path):
     assert s["val"] == row["val"] or s["best_epoch"] == 1
 
 
+def test_run_folder_resolves_a_run_once_and_writes_its_summary(fake_build, tmp_path):
+    from types import SimpleNamespace
+
+    from avgn.runs import RunFolder, run_fingerprint
+
+    exp = _tiny()
+    folder = RunFolder.of(exp, fake_build, tmp_path / "r", 3)
+    assert folder.seed == 3 and folder.config["seed"] == 3 and folder.config["method"] == "avgn"
+    assert folder.config["fingerprint"] == run_fingerprint(exp, fake_build) == folder.experiment.fingerprint()
+    assert folder.finished(resume=True) is None and folder.last_checkpoint(resume=False) is None  # a new folder
+    history = [{"epoch": 1, "val": {"a": 0.1}}, {"epoch": 2, "val": {"a": 0.3}}]
+    state = SimpleNamespace(history=history, best_epoch=2, best_score=0.3, stopped_early=False, train_seconds=4.0,
+                            wall_seconds=5.0, samples=8)
+    summary = folder.summary(state, step=6, n_params=10, features={}, threshold=0.5, curve=None, device="cpu")
+    assert summary["val"] == {"a": 0.3} and summary["samples_per_s"] == 2.0 and summary["seed"] == 3
+    assert summary["fingerprint"] == folder.config["fingerprint"] and summary["config"] == folder.config["experiment"]
+    folder.write_config(folder.config)
+    folder.write_summary(summary)
+    assert folder.read_summary() == json.loads(json.dumps(summary))
+    import pandas as pd
+
+    row = pd.read_csv(tmp_path / "r" / "run.csv").iloc[0]
+    assert row["val/a"] == 0.3 and row["best_epoch"] == 2 and "config" not in row and "environment" not in row
+
+
 # --------------------------------------------------------------------------------------------------
 # the smoke profile learns (real assets)
 # --------------------------------------------------------------------------------------------------

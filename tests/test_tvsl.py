@@ -473,3 +473,26 @@ def test_loss_controls_of_a_run(tvsl_run, fake_build):
     same = tvsl_loss_controls(run, fake_build, split="val", max_items=16, permutation=torch.arange(n_seen))
     for k, v in same["anchors shuffled"].items():
         assert v == pytest.approx(same["as trained"][k], rel=1e-6), k
+
+
+def test_dependence_report_reads_the_maps_with_each_query(tvsl_run, fake_build):
+    """The map-query columns: the sounding class's map read with its fixed anchor, recomputed by hand
+    (cosine of the visual head's tokens with the anchor), and every AP a fraction."""
+    import torch.nn.functional as F
+
+    from avgn.metrics import pixel_average_precision, upsample_maps
+    from avgn.runs import load_trained_model
+    from avgnbook.neighbours import solo_scene_outputs, tvsl_dependence_report
+
+    run, _ = tvsl_run
+    rep = tvsl_dependence_report(run, fake_build, split="val", max_items=16)
+    assert {"map_ap", "map_ap_negated", "map_ap_anchor_query", "map_ap_image_query", "dependence_audio", "dependence_visual"} <= set(rep)
+    assert all(0.0 <= rep[k] <= 1.0 for k in rep if k.startswith("map_ap"))
+    model, exp, _ = load_trained_model(run, device="cpu")
+    o = solo_scene_outputs(model, exp, fake_build, "val", 16, keys=("visual_map_feats",))
+    with torch.no_grad():
+        tok = F.normalize(model.visual_tokens(o["visual_map_feats"]).flatten(2), dim=1)  # [N, E, hw]
+        anchor = model.anchors[o["classes"]]  # [N, E], unit
+        own = torch.einsum("ne,nep->np", anchor, tok).reshape(len(anchor), 1, *o["visual_map_feats"].shape[-2:])
+    up = upsample_maps(own, tuple(o["masks"].shape[-2:]))[:, 0]
+    assert rep["map_ap_anchor_query"] == pytest.approx(float(pixel_average_precision(up, o["masks"]).mean()), abs=1e-6)

@@ -36,7 +36,7 @@ cross-entropy with a learned scale clamped to ``[1, scale_max]``; multi-label BC
 InfoNCE between the audio and image class features of the pairs; and this book's two further terms
 (flags, see :class:`TVSLConfig`): class-feature presence (``w_feat``) and per-source localization
 (``w_loc``), the max-MIL contrastive loss on the very similarity the maps are read from. Weighted sum
-(all 1; ``w_feat = w_loc = 0`` is the paper's design).
+(the multi-label term 5, the others 1; the paper's design is all 1 with ``w_feat = w_loc = 0``).
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class TVSLConfig:
         scale_init / scale_max: the learned logit scale of the text classification, initial value
             and clamp ``[1, scale_max]`` (public: CLIP's 1/0.07, clamp 100).
         tau: temperature of the audio-visual contrastive term.
-        w_img / w_aud / w_ml / w_cnt: weights of the four losses (paper and code: all 1).
-        w_ml: the multi-label term is the only one that teaches the audio encoder to name the classes of
+        w_img / w_aud / w_cnt: weights of three of the four losses (paper and code: 1).
+        w_ml: weight of the fourth, the multi-label term (paper and code: 1; default 5). It is the only one that teaches the audio encoder to name the classes of
             a *mixture* (the classification terms read the sounding classes' pooled features, met from
             the anchor); the paper's audio tower is AudioCLIP's, already aligned with text, while this
             book's is trained from scratch, and at weight 1 its duet presence F1 is still climbing at the

@@ -175,12 +175,6 @@ def _machine() -> dict[str, Any]:
     return {k: rep.get(k) for k in ("cpu", "cpu flags", "device", "torch", "platform")}
 
 
-def _frozen_prefixes(exp: Any) -> tuple[str, ...]:
-    from avgn.train import _frozen_prefixes as fp
-
-    return fp(exp)
-
-
 def _write_best_checkpoint(run_dir: Path, config: dict[str, Any], weights: dict[str, Any], epoch: int, step: int,
                            first_stage: dict[str, Any] | None = None) -> None:
     """Materialise ``weights`` (float32) as ``run_dir``'s ``best`` checkpoint of the run described by
@@ -198,7 +192,7 @@ def _write_best_checkpoint(run_dir: Path, config: dict[str, Any], weights: dict[
             raise StoreError(f"{run_dir}: the stored weights lack {derived} and no first-stage weights were given to rebuild them")
         full = model.complete_state_dict(first_stage)  # type: ignore[operator]
         weights = {**{k: v for k, v in full.items() if k.startswith(derived)}, **weights}
-    prefixes = _frozen_prefixes(exp)
+    prefixes = exp.frozen_prefixes()
     own = model.state_dict()
     missing = [k for k in own if k not in weights and not (prefixes and k.startswith(prefixes))]
     if missing:
@@ -276,13 +270,13 @@ WORK_ID_FILE = "store_id.txt"
 
 def set_aside_other_run(run_dir: Path, exp: Any, data_dir: Path, want_id: str | None = None) -> Path | None:
     """A work folder that holds a run of *another* configuration of the same key (its ``config.json``
-    fingerprint is not :func:`avgn.train.run_fingerprint` of ``exp`` on ``data_dir``), or one trained for
+    fingerprint is not :func:`avgn.runs.run_fingerprint` of ``exp`` on ``data_dir``), or one trained for
     another store id (its method's training version changed: the same configuration, other code), is
     renamed ``<name>.replaced-<its fingerprint or id>``, so the key trains afresh instead of resuming
     or reusing it; nothing is deleted. With ``want_id`` the folder is then marked as training for it
     (:data:`WORK_ID_FILE`). Returns the new name, or ``None`` when the folder is absent or holds this
     run (resumable)."""
-    from avgn.train import run_fingerprint
+    from avgn.runs import run_fingerprint
 
     cfg = run_dir / "config.json"
     marker = run_dir / WORK_ID_FILE
