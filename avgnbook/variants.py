@@ -11,7 +11,7 @@ from avgn.methods.avgn import PAPER_DESIGN
 from avgn.methods.dsol import PUBLIC_DESIGN as PUBLIC_DSOL_DESIGN
 from avgn.runs import Variant
 
-__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "NEGATIVES_VARIANT", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "TVSL_VARIANTS", "TVSL_PAPER_VARIANT", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
+__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "NEGATIVES_VARIANT", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "TVSL_VARIANTS", "TVSL_PAPER_VARIANT", "TVSL_FIXED_PRESENCE_VARIANT", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
 
 
 #: Chapter 4's ablations and chapter 2's paper design train on the 6-epoch schedule with early stopping (:data:`SHORT_VARIANT`, their
@@ -94,6 +94,12 @@ TVSL_VARIANTS: tuple[Variant, ...] = (
     Variant("T-VSL (MiniLM, bare name)", "tvsl", overrides=(("model.templates", ("{}",)),), name="tvsl-bare",
             factor="templates", level="bare name"),
 )
+#: Chapter 9's diagnosis of the class features' dependence on the input: the class-feature presence
+#: term with a fixed boundary (``10 (cos - 0.5)``, not trained) and weight 5, so that a silent class's
+#: feature must move below the boundary instead of the boundary moving to where the features fall.
+TVSL_FIXED_PRESENCE_VARIANT = Variant("T-VSL (fixed presence boundary)", "tvsl",
+                                      overrides=(("model.feat_affine", "fixed"), ("model.w_feat", 5.0)),
+                                      name="tvsl-fixed-presence", factor="presence affine", level="fixed")
 #: Chapter 9's diagnosis: T-VSL as the paper and its code design it: the four losses only, with equal
 #: weights (``w_feat = w_loc = 0``: neither the class-feature presence term nor the per-source
 #: localization term; ``w_ml = 1``) and the public code's ``l2`` token weighting, on the same data, seeds
@@ -125,4 +131,5 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "dsol-public": (DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT),
     "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
     "text-paper": (TVSL_PAPER_VARIANT,),
+    "text-fixed": (TVSL_FIXED_PRESENCE_VARIANT,),
 }

@@ -176,6 +176,42 @@ def test_class_feature_presence_by_hand():
         tvsl_losses(out, labels, seen, torch.tensor(10.0), cfg)
 
 
+def test_fixed_presence_boundary_is_not_trained_and_cuts_at_its_cosine():
+    """``feat_affine='fixed'``: the logit is ``slope (cos - boundary)``, from buffers (no parameter, no
+    gradient, nothing in the state dict); ``learned`` trains ``s_f``, ``b_f`` from ``10 cos - 2``."""
+    fixed = _model(feat_affine="fixed", feat_slope=8.0, feat_boundary=0.25, w_feat=5.0)
+    learned = _model()
+    names = {n for n, _ in fixed.named_parameters()}
+    assert not names & {"feat_scale", "feat_bias"} and {"feat_scale", "feat_bias"} <= {n for n, _ in learned.named_parameters()}
+    assert "feat_scale" not in fixed.state_dict() and "feat_scale" in learned.state_dict()
+    anchors = torch.eye(4, E)
+    emb = torch.zeros(1, 4, E)
+    emb[0, 0, 0] = 1.0  # cos 1
+    emb[0, 1, 1] = emb[0, 1, 5] = 1.0  # cos 1/sqrt(2)
+    emb[0, 2, 2] = 0.25; emb[0, 2, 6] = math.sqrt(1 - 0.25 ** 2)  # cos 0.25: on the boundary
+    emb[0, 3, 7] = 1.0  # cos 0
+    got = fixed.class_presence_logits(emb, anchors)
+    expect = torch.tensor([[8 * 0.75, 8 * (2 ** -0.5 - 0.25), 0.0, -2.0]])
+    assert torch.allclose(got, expect, atol=1e-5)
+    assert torch.allclose(learned.class_presence_logits(emb, anchors), 10 * torch.tensor([[1.0, 2 ** -0.5, 0.25, 0.0]]) - 2, atol=1e-5)
+    with pytest.raises(ValueError, match="feat_affine"):
+        _cfg(feat_affine="trained")
+    with pytest.raises(ValueError, match="feat_boundary"):
+        _cfg(feat_affine="fixed", feat_boundary=1.0)
+
+
+def test_fixed_presence_boundary_changes_the_fingerprint_and_the_default_leaves_it():
+    """Fields added after runs were stored leave the fingerprint at the value those runs trained with."""
+    from avgn.experiment import get_experiment
+
+    base = get_experiment("tvsl", "smoke")
+    assert "feat_affine" not in json.loads(base.fingerprint_json())["model"]
+    fixed = base.with_overrides(**{"model.feat_affine": "fixed"})
+    assert json.loads(fixed.fingerprint_json())["model"]["feat_affine"] == "fixed"
+    assert fixed.fingerprint() != base.fingerprint()
+    assert base.with_overrides(**{"model.feat_affine": "fixed", "model.feat_boundary": 0.6}).fingerprint() != fixed.fingerprint()
+
+
 def test_localization_term_by_hand():
     """The sixth term: per-source max-MIL contrastive loss of the class audio features against the
     batch's image tokens (the maps' similarity), both directions, by hand on orthogonal tokens."""

@@ -63,7 +63,7 @@ from avgn.data.classes import CLASS_NAMES
 from avgn.models.config import EncoderConfig
 from avgn.models.encoders import AudioEncoder, AudioVisualModel
 
-__all__ = ['TVSLMethod', 'TVSL', 'ResidualHead', 'tvsl_losses', 'class_presence_logits', 'weighted_class_features', 'ML_INPUTS', 'TEXT_DIMS', 'TEXT_ENCODERS', 'TOKEN_WEIGHTINGS', 'TVSLConfig']
+__all__ = ['TVSLMethod', 'TVSL', 'ResidualHead', 'tvsl_losses', 'class_presence_logits', 'weighted_class_features', 'ML_INPUTS', 'TEXT_DIMS', 'TEXT_ENCODERS', 'TOKEN_WEIGHTINGS', 'FEAT_AFFINES', 'TVSLConfig']
 
 
 #: Where T-VSL's class anchors come from: ``minilm`` (all-MiniLM-L6-v2 from the
@@ -78,6 +78,10 @@ TEXT_DIMS = {"minilm": 384, "audioclip": 1024}
 
 #: How T-VSL weights the tokens of a modality for class ``c`` from their similarity ``s_cn`` to the anchor.
 TOKEN_WEIGHTINGS = ("l2", "softmax")
+
+
+#: How the class-feature presence term's logit is made from the cosine: trained scale and bias, or a fixed boundary.
+FEAT_AFFINES = ("learned", "fixed")
 
 
 #: What T-VSL's multi-label (presence) term reads: the pooled audio tokens, or audio and image fused.
@@ -134,6 +138,14 @@ class TVSLConfig:
             term asks the class feature of a class that does *not* sound to stay away from its
             anchor, so the features (and the maps read from them) depend on the input. Default 1:
             what works here (chapter 9 reports both).
+        feat_affine: how the class-feature presence term turns ``cos(f_bc, t_c)`` into a logit:
+            ``learned`` (default: ``s_f`` and ``b_f`` are trained, from ``10 cos - 2``) or ``fixed``
+            (``feat_slope * (cos - feat_boundary)``, not trained). A learned affine can meet the term
+            by moving its boundary to wherever the features of sounding and silent classes already
+            fall (close together: the features barely depend on the input); a fixed boundary makes
+            the features themselves move across it (chapter 9 measures both).
+        feat_slope / feat_boundary: the ``fixed`` affine's slope and the cosine at which a class
+            counts as sounding (read only with ``feat_affine='fixed'``).
         w_loc: weight of this book's sixth term, *per-source localization*: the max-MIL contrastive
             loss of AVGN's Eq. 10 (:func:`avgn.methods.avgn.avgn_localization_loss`, ``target='public'``,
             temperature ``tau``) between each sounding class's audio feature ``audio_emb_bc`` and the
@@ -165,8 +177,15 @@ class TVSLConfig:
     w_ml: float = 5.0
     w_cnt: float = 1.0
     w_feat: float = 1.0
+    feat_affine: str = "learned"
+    feat_slope: float = 10.0
+    feat_boundary: float = 0.5
     w_loc: float = 1.0
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    #: fields added after runs were stored, with the value those runs trained with: left out of the
+    #: experiment's fingerprint at that value (:meth:`avgn.experiment.Experiment.fingerprint_json`)
+    fingerprint_defaults = {"feat_affine": "learned", "feat_slope": 10.0, "feat_boundary": 0.5}
 
     #: width of the text space (``TEXT_DIMS[text_encoder]``; all-MiniLM-L6-v2 by default); every token is projected into it
     text_dim = TEXT_DIMS["minilm"]
@@ -180,6 +199,10 @@ class TVSLConfig:
         object.__setattr__(self, "text_dim", TEXT_DIMS[self.text_encoder])
         if self.token_weighting not in TOKEN_WEIGHTINGS:
             raise ValueError(f"token_weighting must be one of {TOKEN_WEIGHTINGS}, got {self.token_weighting!r}")
+        if self.feat_affine not in FEAT_AFFINES:
+            raise ValueError(f"feat_affine must be one of {FEAT_AFFINES}, got {self.feat_affine!r}")
+        if self.feat_slope <= 0 or not -1.0 < self.feat_boundary < 1.0:
+            raise ValueError(f"need feat_slope > 0 and -1 < feat_boundary < 1, got {self.feat_slope}, {self.feat_boundary}")
         if self.ml_input not in ML_INPUTS:
             raise ValueError(f"ml_input must be one of {ML_INPUTS}, got {self.ml_input!r}")
         if not self.class_names or len(set(self.class_names)) != len(self.class_names):
@@ -262,9 +285,14 @@ class TVSL(AudioVisualModel):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.scale_init)))
         self.ml_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.ml_bias = nn.Parameter(torch.tensor(-2.0))
-        # class-feature presence (w_feat > 0): scale and bias of s_f cos(f_bc, t_c) + b_f
-        self.feat_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.feat_bias = nn.Parameter(torch.tensor(-2.0))
+        # class-feature presence (w_feat > 0): scale and bias of s_f cos(f_bc, t_c) + b_f, trained
+        # (feat_affine='learned') or fixed at feat_slope * (cos - feat_boundary)
+        if cfg.feat_affine == "learned":
+            self.feat_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.feat_bias = nn.Parameter(torch.tensor(-2.0))
+        else:
+            self.register_buffer("feat_scale", torch.tensor(math.log(cfg.feat_slope)), persistent=False)
+            self.register_buffer("feat_bias", torch.tensor(-cfg.feat_slope * cfg.feat_boundary), persistent=False)
 
     @property
     def scale(self) -> Tensor:
@@ -420,6 +448,7 @@ class TVSLMethod(Method):
     #: 2: the class-feature presence term (w_feat = 1; 0 is version 1's four losses);
     #: 3: the per-source localization term (w_loc = 1) and softmax token weighting (version 2: w_loc = 0, l2)
     #: 4: the multi-label term weighted 5 (w_ml = 5; version 3: 1)
+    #: (``feat_affine='fixed'`` adds a variant; the default, ``learned``, trains as version 4 did)
     version = 4
 
     def default_config(self, profile: "Profile") -> TVSLConfig:
