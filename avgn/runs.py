@@ -308,12 +308,17 @@ class RunFolder:
         Raises:
             FileExistsError / ValueError: as :meth:`last_checkpoint`.
         """
-        summary = self.run_dir / "run.json"
-        last = read_checkpoint_info(self.run_dir, "last") if summary.is_file() else None
-        if last is None or not last["state"].get("finished"):
+        last = read_checkpoint_info(self.run_dir, "last") if (self.run_dir / "run.json").is_file() else None
+        if not self.holds_finished(last):
             return None
+        assert last is not None
         self._check(last, resume)
-        return json.loads(summary.read_text())
+        return self.read_summary()
+
+    def holds_finished(self, last: dict[str, Any] | None) -> bool:
+        """Whether the folder, whose ``last`` checkpoint info is ``last``, holds a finished run: the
+        checkpoint says so and ``run.json`` is written."""
+        return last is not None and bool(last["state"].get("finished")) and (self.run_dir / "run.json").is_file()
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write ``config.json`` (``config``: :attr:`config`, plus what the run adds, e.g. ``init_from``)."""

@@ -300,7 +300,8 @@ def _train(folder: RunFolder, device: str, resume: bool, progress: bool, stop_af
     method = get_method(exp.method)
 
     last = folder.last_checkpoint(resume)
-    if last is not None and last["state"].get("finished") and (run_dir / "run.json").is_file():
+    if folder.holds_finished(last):
+        assert last is not None
         log(f"[avgn.train] {run_dir} is finished (epoch {last['epoch']}); nothing to do")
         return folder.read_summary()
     if main:

@@ -464,6 +464,10 @@ def test_run_folder_resolves_a_run_once_and_writes_its_summary(fake_build, tmp_p
     folder.write_config(folder.config)
     folder.write_summary(summary)
     assert folder.read_summary() == json.loads(json.dumps(summary))
+    assert folder.holds_finished({"state": {"finished": True}, "epoch": 2})
+    assert not folder.holds_finished({"state": {"finished": False}, "epoch": 2}) and not folder.holds_finished(None)
+    (tmp_path / "r" / "run.json").unlink()
+    assert not folder.holds_finished({"state": {"finished": True}, "epoch": 2})  # no summary written: not finished
     import pandas as pd
 
     row = pd.read_csv(tmp_path / "r" / "run.csv").iloc[0]
