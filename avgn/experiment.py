@@ -158,10 +158,13 @@ class Experiment:
             d["train"].pop("micro_batches", None)
         if d["train"].get("negative_items", 0.0) == 0.0:  # absent = no negative items: earlier fingerprints unchanged
             d["train"].pop("negative_items", None)
-        # model fields added after runs were stored, at the value those runs trained with: absent
+        # model fields added after runs were stored, at the value those runs trained with, and fields
+        # this configuration does not read: absent (neither changes the run)
         for k, v in getattr(type(self.model), "fingerprint_defaults", {}).items():
             if d["model"].get(k) == v:
                 d["model"].pop(k, None)
+        for k in getattr(self.model, "unread_fields", lambda: ())():
+            d["model"].pop(k, None)
         if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
             d["train"].pop("init_from", None)
         else:  # one run folder however its path is spelt (relative to a chapter's folder or absolute)

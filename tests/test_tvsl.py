@@ -210,6 +210,11 @@ def test_fixed_presence_boundary_changes_the_fingerprint_and_the_default_leaves_
     assert json.loads(fixed.fingerprint_json())["model"]["feat_affine"] == "fixed"
     assert fixed.fingerprint() != base.fingerprint()
     assert base.with_overrides(**{"model.feat_affine": "fixed", "model.feat_boundary": 0.6}).fingerprint() != fixed.fingerprint()
+    # fields a configuration does not read: the learned affine's unused slope, the affine without the term
+    assert base.with_overrides(**{"model.feat_slope": 3.0}).fingerprint() == base.fingerprint()
+    paper = base.with_overrides(**{"model.w_feat": 0.0})
+    assert paper.with_overrides(**{"model.feat_affine": "fixed", "model.feat_boundary": 0.6}).fingerprint() == paper.fingerprint()
+    assert "feat_affine" not in json.loads(paper.with_overrides(**{"model.feat_affine": "fixed"}).fingerprint_json())["model"]
 
 
 def test_localization_term_by_hand():

@@ -220,6 +220,13 @@ class TVSLConfig:
         if self.encoder.dim != self.text_dim:
             object.__setattr__(self, "encoder", replace(self.encoder, dim=self.text_dim))
 
+    def unread_fields(self) -> tuple[str, ...]:
+        """The fields this configuration does not read (left out of the experiment's fingerprint): the
+        presence affine without the presence term, the fixed affine's slope and boundary when it is learned."""
+        if self.w_feat == 0:
+            return ("feat_affine", "feat_slope", "feat_boundary")
+        return ("feat_slope", "feat_boundary") if self.feat_affine == "learned" else ()
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
