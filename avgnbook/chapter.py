@@ -194,7 +194,10 @@ class Chapter:
 
         from avgn.env import git_revision
 
-        print(f"code revision: {git_revision()}; run store: {self.store.base}")
+        base = Path(self.store.base).resolve()
+        root = Path(__file__).resolve().parents[1]
+        where = base.relative_to(root) if base.is_relative_to(root) else base  # the repository's own store, as a reader's clone spells it
+        print(f"code revision: {git_revision()}; run store: {where}")
         return pd.DataFrame([{"key": k, "label": lab, "run": rid} for k, (lab, rid) in sorted(self.read.items())])
 
     def collect(self, variants: Sequence[Variant], references: Sequence[str] = REFERENCES, split: str = "test", samples: bool = False,
