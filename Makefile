@@ -8,7 +8,7 @@
 PY      := .venv/bin/python
 PROFILE ?= cpu
 
-.PHONY: setup data notebooks html book smoke-notebooks test bench clean runs store status
+.PHONY: setup data features notebooks html book smoke-notebooks test bench clean runs store status
 
 setup:
 	bash scripts/setup.sh
@@ -16,7 +16,12 @@ setup:
 data: setup
 	.venv/bin/avgn data build --profile $(PROFILE) --quiet
 
-notebooks: setup data
+# the frozen backbone's features of the frames the chapters evaluate, once, with both cores (chapters
+# executed side by side would otherwise take turns on it; training computes the training split's itself)
+features: data
+	.venv/bin/avgn data features --profile $(PROFILE) --quiet
+
+notebooks: setup data features
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE) --jobs 2
 
 html: setup

@@ -2,6 +2,7 @@
 
     avgn env                                   print the environment report
     avgn data build --profile P --seed S --out DIR
+    avgn data features --profile P [--splits S ...|--all]   the frozen backbone's feature cache (evaluation splits)
     avgn train --method METHOD --profile P --seed S --data DIR --out RUN_DIR [--resume]
     avgn eval RUN_DIR --split test                 evaluate a trained run (its best checkpoint)
     avgn eval RUN_DIR --set object_prior_alpha=0.4 --out DIR   ... with an inference-time model change
@@ -39,6 +40,27 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else dataset_dir("data/embedded", args.profile, args.seed)
     manifest = build_dataset(profile=args.profile, seed=args.seed, out=out, progress=not args.quiet)
     print(f"manifest: {manifest}")
+    return 0
+
+
+def _cmd_data_features(args: argparse.Namespace) -> int:
+    from avgn.data.build import dataset_dir
+    from avgn.data.manifest import load_manifest
+    from avgn.experiment import get_experiment
+    from avgn.features import compute_features
+
+    data = Path(args.data) if args.data else dataset_dir("data/embedded", args.profile, args.seed)
+    inputs = get_experiment("avgn", args.profile).inputs
+    if not inputs.cached_features:
+        print(f"profile {args.profile} trains its visual backbone: it caches no features")
+        return 0
+    if not (data / "manifest.parquet").is_file():
+        raise SystemExit(f"{data / 'manifest.parquet'} is missing: build the data first (avgn data build --profile {args.profile})")
+    splits = args.splits or None
+    if splits is None and not args.all:  # what the chapters evaluate; training computes the training split's itself
+        splits = sorted(s for s in load_manifest(data)["split"].unique() if s != "train")
+    r = compute_features(data, inputs.features, splits=splits, device=args.device, progress=not args.quiet)
+    print(f"features {r['key']}: {r['n_computed']} computed, {r['n_cached']} cached, {r['seconds']:.0f} s ({r['dir']})")
     return 0
 
 
@@ -137,6 +159,9 @@ def _cmd_runs_status(args: argparse.Namespace) -> int:
     print(f"{len(df)} runs planned: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     print(f"left: about {format_duration(df['est_seconds'].sum() / 2)} on 2 cores (two workers, one thread each); "
           f"store {store.base}: {size['runs']} records, weights {size['weights'] / 1e6:.1f} MB, other files {size['records'] / 1e6:.1f} MB")
+    done, left = df["wall_seconds"].sum(), df["est_seconds"].sum()
+    print(f"the whole plan: {format_duration(done)} measured by the {int((df['state'] == 'done').sum())} stored runs + "
+          f"{format_duration(left)} estimated for the rest = about {format_duration((done + left) / 2)} on 2 cores (two workers)")
     return 0
 
 
@@ -205,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--out", default=None, help="output folder (default: data/embedded/<profile>[_seed<S>])")
     p_build.add_argument("--quiet", action="store_true", help="no progress bars")
     p_build.set_defaults(func=_cmd_data_build)
+    p_feat = data_sub.add_parser("features", help="compute the frozen visual backbone's feature cache of a build")
+    p_feat.add_argument("--profile", choices=PROFILE_NAMES, default="cpu")
+    p_feat.add_argument("--seed", type=int, default=0)
+    p_feat.add_argument("--data", default=None, help="the build folder (default: data/embedded/<profile>[_seed<S>])")
+    p_feat.add_argument("--splits", nargs="+", default=None, help="these splits (default: every split but train)")
+    p_feat.add_argument("--all", action="store_true", help="every split, train included")
+    p_feat.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p_feat.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_feat.set_defaults(func=_cmd_data_features)
 
     p_train = sub.add_parser("train", help="train AVGN / EZ-VSL / Mix-and-Localize (validation-selected)")
     p_train.add_argument("--method", choices=list_methods(learned=True), required=True)

@@ -113,6 +113,12 @@ class TrainConfig:
     micro_batches: int = 1
     negative_items: float = 0.0
 
+    #: how a run is loaded, threaded and checkpointed, not what it trains: never in a fingerprint
+    fingerprint_ignored = ("num_workers", "torch_threads", "checkpoint_minutes", "checkpoint_steps")
+    #: fields added after runs were stored, at the value those runs trained with (absent = from scratch,
+    #: one pass per batch, no negative items): left out of the fingerprint at that value
+    fingerprint_defaults = {"micro_batches": 1, "negative_items": 0.0, "init_from": None}
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.negative_items < 1.0:
             raise ValueError(f"negative_items is a share of the training items in [0, 1), got {self.negative_items!r}")
@@ -157,6 +163,9 @@ class InputConfig:
     eval_batch_size: int = 64
     eval_workers: int = 1
     train_render: str = "fast"
+
+    #: how evaluation sets are loaded, not what a run trains: never in a fingerprint
+    fingerprint_ignored = ("eval_workers",)
 
     def __post_init__(self) -> None:
         if self.train_render not in ("fast", "exact"):

@@ -149,25 +149,19 @@ class Experiment:
         """The configuration as :meth:`fingerprint` hashes it (sorted JSON), without the fields that
         change how a run is loaded or checkpointed but not the run."""
         d = self.to_dict()
-        d["train"].pop("num_workers", None)  # how data are loaded does not change the run
-        d["train"].pop("torch_threads", None)
-        d["train"].pop("checkpoint_minutes", None)  # when the run is checkpointed does not change it either
-        d["train"].pop("checkpoint_steps", None)
-        d["inputs"].pop("eval_workers", None)
-        if d["train"].get("micro_batches", 1) == 1:  # absent = one pass per batch: earlier fingerprints unchanged
-            d["train"].pop("micro_batches", None)
-        if d["train"].get("negative_items", 0.0) == 0.0:  # absent = no negative items: earlier fingerprints unchanged
-            d["train"].pop("negative_items", None)
-        # model fields added after runs were stored, at the value those runs trained with, and fields
-        # this configuration does not read: absent (neither changes the run)
-        for k, v in getattr(type(self.model), "fingerprint_defaults", {}).items():
-            if d["model"].get(k) == v:
-                d["model"].pop(k, None)
-        for k in getattr(self.model, "unread_fields", lambda: ())():
-            d["model"].pop(k, None)
-        if d["train"].get("init_from") is None:  # absent = from scratch: fingerprints of earlier runs unchanged
-            d["train"].pop("init_from", None)
-        else:  # one run folder however its path is spelt (relative to a chapter's folder or absolute)
+        # per section, as its configuration class declares: fields that do not change the run
+        # (``fingerprint_ignored``), fields added after runs were stored, at the value those runs used
+        # (``fingerprint_defaults``), and fields this configuration does not read (``unread_fields()``)
+        for section in ("train", "inputs", "model"):
+            cfg, part = getattr(self, section), d[section]
+            for k in getattr(type(cfg), "fingerprint_ignored", ()):
+                part.pop(k, None)
+            for k, v in getattr(type(cfg), "fingerprint_defaults", {}).items():
+                if k in part and part[k] == v:
+                    part.pop(k)
+            for k in getattr(cfg, "unread_fields", lambda: ())():
+                part.pop(k, None)
+        if d["train"].get("init_from") is not None:  # one run folder however its path is spelt (relative or absolute)
             d["train"]["init_from"] = str(Path(d["train"]["init_from"]).resolve())
         return json.dumps(d, sort_keys=True)
 

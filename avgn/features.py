@@ -30,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -127,6 +128,67 @@ def prepare_frames(image: Tensor, layout: str, size: int) -> list[Tensor]:
     return out
 
 
+class _Encoder:
+    """The frozen backbone of ``spec`` on ``device`` (channels-last: about 2x faster for EfficientNet's
+    depthwise convolutions on CPU, same fp32 math), which writes ``info.json`` beside the cache."""
+
+    def __init__(self, data_dir: Path, spec: FeatureSpec, device: str) -> None:
+        from avgn.checkpoint import atomic_write_json
+        from avgn.env import resolve_device
+        from avgn.io import config_to_dict
+        from avgn.models.encoders import VisualEncoder
+
+        self.data_dir, self.spec, self.dev = data_dir, spec, resolve_device(device)
+        self.enc = VisualEncoder(spec.encoder_config()).to(self.dev).eval().to(memory_format=torch.channels_last)
+        info = {
+            "spec": config_to_dict(spec),
+            "key": spec.key,
+            "weights_source": self.enc.weights_source,
+            "channels": self.enc.backbone_channels,
+            "dtype": "float16",
+            "torch": torch.__version__,
+        }
+        atomic_write_json(feature_dir(data_dir, spec) / "info.json", info)
+
+    def frames(self, image_path: str, layout: str) -> list[Tensor]:
+        """The frames of one manifest image as the backbone sees them."""
+        from avgn.data.datasets import read_image
+
+        return prepare_frames(read_image(self.data_dir / image_path), layout, self.spec.image_size)
+
+    def __call__(self, frames: Sequence[Tensor]) -> Tensor:
+        """float32 ``[F, C, h, w]`` features of ``F`` frames ``[3, H, W]`` (one batch)."""
+        batch = torch.stack(list(frames)).to(self.dev).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.enc.backbone_features(batch).float().contiguous().cpu()
+
+    def save(self, image_path: str, frame_feats: Sequence[Tensor]) -> Tensor:
+        """Write one image's cache file (its frames' features side by side, float16); returns it."""
+        from avgn.checkpoint import atomic_save_safetensors
+
+        full = torch.cat(list(frame_feats), dim=-1).to(torch.float16)
+        atomic_save_safetensors(feature_path(self.data_dir, self.spec, image_path), {"feats": full})
+        return full
+
+
+@contextmanager
+def _cache_lock(out_dir: Path) -> Iterator[None]:
+    """Hold ``<cache>/.lock`` (an advisory ``flock``): two processes asked for one cache at once (two
+    chapters executed side by side) compute it once — the second waits, then finds it cached."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock (atomic writes still keep the cache sound)
+            yield
+            return
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def compute_features(
     data_dir: str | Path,
     spec: FeatureSpec = FeatureSpec(),
@@ -136,9 +198,10 @@ def compute_features(
     splits: Iterable[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Compute (or complete) the feature cache of every image in the manifest.
+    """Compute (or complete) the feature cache of every image in the manifest (or of ``splits``).
 
-    Images whose cache file exists are skipped, so a rerun is cheap and an interrupted run resumes.
+    Images whose cache file exists are skipped, so a rerun is cheap and an interrupted run resumes;
+    concurrent callers on one cache take turns (:func:`_cache_lock`), so nothing is computed twice.
 
     Returns:
         ``{"key", "dir", "n_images", "n_computed", "n_cached", "seconds", "images_per_s"}``.
@@ -146,58 +209,40 @@ def compute_features(
     from safetensors.torch import save_file  # noqa: F401  (fail early if missing)
     from tqdm.auto import tqdm
 
-    from avgn.checkpoint import atomic_save_safetensors, atomic_write_json
-    from avgn.io import config_to_dict
-    from avgn.data.datasets import read_image
-    from avgn.env import resolve_device
-    from avgn.models.encoders import VisualEncoder
-
     data_dir = Path(data_dir)
     out_dir = feature_dir(data_dir, spec)
     images = _manifest_images(data_dir, splits)
-    todo = [im for im in images if not feature_path(data_dir, spec, im[0]).is_file()]
-    result: dict[str, Any] = {"key": spec.key, "dir": str(out_dir), "n_images": len(images), "n_cached": len(images) - len(todo)}
     t0 = time.perf_counter()
+    todo = [im for im in images if not feature_path(data_dir, spec, im[0]).is_file()]
     if todo:
-        dev = resolve_device(device)
-        # channels-last: about 2x faster for EfficientNet's depthwise convolutions on CPU, same fp32 math
-        enc = VisualEncoder(spec.encoder_config()).to(dev).eval().to(memory_format=torch.channels_last)
-        info = {
-            "spec": config_to_dict(spec),
-            "key": spec.key,
-            "weights_source": enc.weights_source,
-            "channels": enc.backbone_channels,
-            "dtype": "float16",
-            "torch": torch.__version__,
-        }
-        atomic_write_json(out_dir / "info.json", info)
-        # frames are batched across images; an image's frames are written once all are computed
-        queue: list[tuple[int, int, Tensor]] = []  # (image index, frame index, frame)
-        pending: dict[int, list[Tensor | None]] = {}
+        with _cache_lock(out_dir):
+            todo = [im for im in todo if not feature_path(data_dir, spec, im[0]).is_file()]  # another process's work
+            if todo:
+                enc = _Encoder(data_dir, spec, device)
+                # frames are batched across images; an image's file is written once all its frames are computed
+                queue: list[tuple[int, int, Tensor]] = []  # (image index, frame index, frame)
+                pending: dict[int, list[Tensor | None]] = {}
 
-        def flush() -> None:
-            if not queue:
-                return
-            batch = torch.stack([f for _, _, f in queue]).to(dev).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                feats = enc.backbone_features(batch).float().contiguous().cpu()
-            for (i, j, _), ft in zip(queue, feats):
-                pending[i][j] = ft
-            queue.clear()
-            for i in [i for i, fs in pending.items() if all(f is not None for f in fs)]:
-                fs = pending.pop(i)
-                full = torch.cat(fs, dim=-1).to(torch.float16)  # type: ignore[arg-type]
-                atomic_save_safetensors(feature_path(data_dir, spec, todo[i][0]), {"feats": full})
+                def flush() -> None:
+                    if not queue:
+                        return
+                    feats = enc([f for _, _, f in queue])
+                    for (i, j, _), ft in zip(queue, feats):
+                        pending[i][j] = ft
+                    queue.clear()
+                    for i in [i for i, fs in pending.items() if all(f is not None for f in fs)]:
+                        enc.save(todo[i][0], pending.pop(i))  # type: ignore[arg-type]
 
-        for i, (path, layout, _, _) in enumerate(tqdm(todo, desc=f"features {spec.key}", disable=not progress, leave=False)):
-            frames = prepare_frames(read_image(data_dir / path), layout, spec.image_size)
-            pending[i] = [None] * len(frames)
-            for j, f in enumerate(frames):
-                queue.append((i, j, f))
-            if len(queue) >= batch_size:
+                for i, (path, layout, _, _) in enumerate(tqdm(todo, desc=f"features {spec.key}", disable=not progress, leave=False)):
+                    frames = enc.frames(path, layout)
+                    pending[i] = [None] * len(frames)
+                    for j, f in enumerate(frames):
+                        queue.append((i, j, f))
+                    if len(queue) >= batch_size:
+                        flush()
                 flush()
-        flush()
     dt = time.perf_counter() - t0
+    result: dict[str, Any] = {"key": spec.key, "dir": str(out_dir), "n_images": len(images), "n_cached": len(images) - len(todo)}
     result.update(n_computed=len(todo), seconds=dt, images_per_s=len(todo) / dt if todo and dt > 0 else float("nan"))
     return result
 
@@ -211,31 +256,50 @@ class FeatureStore:
         preload: read every file into memory now (one float16 tensor per image; a DataLoader's
             forked workers then share the pages). Otherwise files are read on demand.
         splits: with ``preload``, only the images of these splits.
+        compute_missing: compute (and cache) an image's features the first time it is asked for
+            instead of refusing it — for code that reads a few frames of a split (figures,
+            diagnostics on some training batches); whole sets are faster with :func:`compute_features`
+            first (batched). Not with ``preload``.
+        device: where ``compute_missing`` runs the backbone.
     """
 
-    def __init__(self, data_dir: str | Path, spec: FeatureSpec = FeatureSpec(), preload: bool = True, splits: Iterable[str] | None = None):
+    def __init__(self, data_dir: str | Path, spec: FeatureSpec = FeatureSpec(), preload: bool = True, splits: Iterable[str] | None = None,
+                 compute_missing: bool = False, device: str = "auto"):
         from avgn.data.manifest import load_manifest
 
+        if compute_missing and preload:
+            raise ValueError("FeatureStore: compute_missing reads on demand; pass preload=False with it")
         self.data_dir = Path(data_dir)
         self.spec = spec
         self.dir = feature_dir(self.data_dir, spec)
-        if not self.dir.is_dir():
+        self.compute_missing, self.device = bool(compute_missing), device
+        self._encoder: _Encoder | None = None
+        if not self.dir.is_dir() and not compute_missing:
             raise FileNotFoundError(
                 f"no feature cache {self.dir}: compute it first (avgn.features.compute_features(data_dir, spec))"
             )
         df = load_manifest(self.data_dir)
         self.scene_image: dict[str, str] = dict(zip(df["scene_id"], df["image_path"]))
+        self.image_layout: dict[str, str] = dict(zip(df["image_path"], df["layout"]))
         self._mem: dict[str, Tensor] = {}
         if preload:
             keep = df if splits is None else df[df["split"].isin(list(splits))]
             for p in sorted(set(keep["image_path"])):
                 self._mem[p] = self._read(p)
 
+    def _compute(self, image_path: str) -> Tensor:
+        if self._encoder is None:
+            self._encoder = _Encoder(self.data_dir, self.spec, self.device)
+        frames = self._encoder.frames(image_path, self.image_layout[image_path])
+        return self._encoder.save(image_path, list(self._encoder(frames)))
+
     def _read(self, image_path: str) -> Tensor:
         from safetensors.torch import load_file
 
         path = feature_path(self.data_dir, self.spec, image_path)
         if not path.is_file():
+            if self.compute_missing and image_path in self.image_layout:
+                return self._compute(image_path)
             raise FileNotFoundError(f"no cached features for {image_path} ({path}); rerun compute_features")
         return load_file(str(path))["feats"]
 
@@ -254,6 +318,8 @@ class FeatureStore:
 
     @property
     def channels(self) -> int:
+        if self.compute_missing and not (self.dir / "info.json").is_file() and self._encoder is None:
+            self._encoder = _Encoder(self.data_dir, self.spec, self.device)  # writes info.json
         info = json.loads((self.dir / "info.json").read_text())
         return int(info["channels"])
 

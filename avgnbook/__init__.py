@@ -6,7 +6,7 @@ imports ``avgn`` — never the other way round (``tests/test_imports.py``):
 
 - :mod:`avgnbook.variants`     the configurations the book compares (typed :class:`avgn.runs.Variant` s)
 - :mod:`avgnbook.plan`         the book's run plan (every run chapters 00-09 read), registered as the plan ``book``
-- :mod:`avgnbook.chapter`      a chapter's set-up in one call (``chapter_context``): data, features, stored runs
+- :mod:`avgnbook.chapter`      a chapter's set-up in one call (``chapter_context``): data, stored runs
 - :mod:`avgnbook.pipeline`     train / evaluate / collect variants and references outside the store
 - :mod:`avgnbook.results`      the committed long-format results files (``results/``)
 - :mod:`avgnbook.consistency`  the book against its run store (one run per seed, current runs, clean revisions)

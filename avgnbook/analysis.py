@@ -37,7 +37,7 @@ from avgn.config import EvalConfig
 from avgn.data.manifest import load_manifest
 from avgn.env import resolve_device
 from avgn.evaluate import SetName, SetPredictions, load_eval_set, predict_set, reference_predictor, score_set
-from avgn.evaluate.run_eval import _store_for
+from avgn.evaluate import eval_feature_store
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.avgn import embedding_dependence
 from avgn.runs import load_trained_model
@@ -104,7 +104,7 @@ def predict_run(
     (``{set name: SetPredictions}``; maps ``[N, K, h, w]`` at the model's resolution)."""
     model, exp, info = load_trained_model(run_dir, checkpoint=checkpoint, device=device, model_overrides=model_overrides)
     data = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
-    store = _store_for(exp, data, sets, device=device)
+    store = eval_feature_store(exp, data, sets, device=device)
     pred = MethodPredictor(get_method(exp.method), model, resolve_device(device), bf16=exp.train.bf16, channels_last=exp.train.channels_last)
     return {n: predict_set(pred, load_eval_set(data, n, exp.inputs, store, materialize=False)) for n in sets}
 
@@ -209,7 +209,7 @@ def _class_aware_outputs(run_dir: str | Path, sets: Sequence[str], device: str, 
         raise ValueError(f"class-aware embeddings need a class-aware run (e.g. AVGN), {run_dir} is a {exp.method!r} run")
     dev = resolve_device(device)
     data = Path(info["data_dir"])
-    store = _store_for(exp, data, sets, device=device)
+    store = eval_feature_store(exp, data, sets, device=device)
     for n in sets:
         es = load_eval_set(data, n, exp.inputs, store, materialize=False, max_items=max_items)
         for batch in es.batches():

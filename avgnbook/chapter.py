@@ -24,10 +24,9 @@ from typing import Any, Sequence
 from avgn.config import Profile, get_profile
 from avgn.data.build import build_dataset, dataset_dir
 from avgn.env import seed_everything
-from avgn.experiment import METHODS, REFERENCES, get_experiment
-from avgn.features import compute_features
+from avgn.experiment import REFERENCES
 from avgnbook.pipeline import collect_references, collect_variants
-from avgnbook.results import RESULTS_DIR, read_results, to_results, write_results
+from avgnbook.results import REPO_ROOT, read_results, to_results, write_results
 from avgn.runs import Variant, variant_dirs
 from avgn.store.queue import checkout
 from avgn.store.records import RunStore
@@ -195,7 +194,7 @@ class Chapter:
         from avgn.env import git_revision
 
         base = Path(self.store.base).resolve()
-        root = Path(__file__).resolve().parents[1]
+        root = REPO_ROOT
         where = base.relative_to(root) if base.is_relative_to(root) else base  # the repository's own store, as a reader's clone spells it
         print(f"code revision: {git_revision()}; run store: {where}")
         return pd.DataFrame([{"key": k, "label": lab, "run": rid} for k, (lab, rid) in sorted(self.read.items())])
@@ -258,10 +257,12 @@ def chapter_context(
     runs_dir, results_dir, figures_dir = paths.runs, paths.results, paths.figures
     data = dataset_dir(paths.data, profile, seed)
     build_dataset(profile=profile, seed=seed, out=data, progress=False)
-    inputs = get_experiment(METHODS[0], profile).inputs
-    if inputs.cached_features:  # the frozen backbone's features of every frame (a cache of the data, not training)
-        compute_features(data, inputs.features, device=device, progress=False)
     ctx = Chapter(str(chapter), prof, int(seed), device, Path(data), Path(runs_dir), Path(results_dir), Path(figures_dir), progress,
                   None if store_dir is None else Path(store_dir))
-    print(f"chapter {chapter}: profile {profile}, seeds {ctx.seeds}; data {data}; runs {ctx.runs}", flush=True)
+    import avgn
+    from avgn.env import git_revision
+
+    # the code this chapter runs, as the environment report spells it (also at the end: Chapter.runs_table)
+    print(f"chapter {chapter}: avgn {avgn.__version__} (git {git_revision()}); profile {profile}, seeds {ctx.seeds}; "
+          f"data {data}; runs {ctx.runs}", flush=True)
     return ctx

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from avgnbook.results import read_table
+from avgnbook.results import REPO_ROOT, read_table
 
 __all__ = ["check_run_ids", "check_runs_current", "check_reevaluation", "check_clean_revisions", "check_figure_sources", "check_chapter_reproduces",
            "REVISION_LINE", "FIGURE_REFERENCE", "FIGURE_SOURCE"]
@@ -187,7 +187,7 @@ def check_chapter_reproduces(stem: str, profile: str, work: str | Path, root: st
     import jupytext
     import papermill
 
-    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    root = Path(root) if root is not None else REPO_ROOT
     work = Path(work)
     (work / "results").mkdir(parents=True, exist_ok=True)
     nb = work / f"{stem}.ipynb"

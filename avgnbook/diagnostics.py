@@ -31,8 +31,8 @@ from torch import nn
 from avgn.config import EvalConfig
 from avgn.data.manifest import load_build_info
 from avgn.evaluate import load_eval_set, predict_set, presence_metrics, primary_metric, score_set
-from avgn.evaluate.run_eval import _store_for
-from avgn.features import FeatureStore, compute_features
+from avgn.evaluate import eval_feature_store
+from avgn.features import FeatureStore
 from avgn.methods.avgn import avgn_loss_terms
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.mal import frame_nodes
@@ -370,8 +370,8 @@ def training_batches(exp: Any, data_dir: str | Path, seed: int = 0, n: int = 8, 
     exp = exp.for_build(load_build_info(data_dir))
     store = None
     if exp.inputs.cached_features:
-        compute_features(data_dir, exp.inputs.features, progress=False, splits=["train"])
-        store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+        # the frames these batches draw, not the whole training split
+        store = FeatureStore(data_dir, exp.inputs.features, preload=False, compute_missing=True)
     batcher, groups, _ = build_train_data(exp, data_dir, seed, store)
     sampler = GroupedBatchSampler(groups, exp.train.batch_size, seed=seed)
     sampler.set_epoch(epoch)
@@ -545,7 +545,7 @@ def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_b
     batches = training_batches(exp, data_dir, seed=int(info.get("seed") or 0), n=n_batches)
     out.update(weights=1.0, audio_collapse=audio_embedding_collapse(model, batches, device))
     name = "val/solo/scene"
-    store = _store_for(exp, data_dir, [name], device=device)
+    store = eval_feature_store(exp, data_dir, [name], device=device)
     p = predict_set(MethodPredictor(get_method(exp.method), model, device), load_eval_set(data_dir, name, exp.inputs, store, materialize=False))
     out.update(map_orientation(p, exp.eval))
     if exp.method == "mal":

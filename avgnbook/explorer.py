@@ -54,7 +54,7 @@ from avgn.data.datasets import SceneDataset
 from avgn.env import resolve_device
 from avgn.evaluate import SetName, SetPredictions, list_sets
 from avgn.evaluate.scoring import _hungarian_match
-from avgn.features import FeatureStore, collate_samples, compute_features
+from avgn.features import FeatureStore, collate_samples
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
 from avgn.segment.prompts import PromptConfig, sample_points
@@ -221,8 +221,7 @@ def explorer_items(
         batch: dict[str, Any] = {k: v for k, v in base.items() if k != "spec"}
         batch["spec"] = torch.stack([log_spectrogram(s["audio"], exp.inputs.spec).unsqueeze(0) for s in samples])
         if exp.inputs.cached_features:
-            compute_features(data_dir, exp.inputs.features, splits=[sn.split], device=device, progress=False)
-            store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+            store = FeatureStore(data_dir, exp.inputs.features, preload=False, compute_missing=True, device=device)
             batch["visual_feats"] = torch.stack([store.for_meta(m).float() for m in batch["meta"]])
             batch.pop("image")
         method = get_method(exp.method)

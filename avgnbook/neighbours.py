@@ -44,7 +44,7 @@ __all__ = ["solo_scene_outputs", "dsol_stage1_report", "dsol_audio_report", "tvs
 def _scenes_of_task(exp: Any, data_dir: str | Path, split: str, max_items: int, seed: int = 0, task: str = "solo") -> Any:
     """``split``'s single-source (``task="solo"``; ``"duet"``: two-source) scenes with cached features
     (no images, no waveforms), a seeded random subset of ``max_items`` when there are more."""
-    store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+    store = FeatureStore(data_dir, exp.inputs.features, preload=False, compute_missing=True)
     n = {"solo": 1, "duet": 2}[task]
     ds = CachedFeatureDataset(SceneDataset(data_dir, split=split, tasks=[task], layouts=["scene"], spec=exp.inputs.spec, max_sources=n),
                               store, drop=("image", "audio"))

@@ -27,11 +27,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "RESULTS_DIR", "NON_FRACTION_METRICS", "to_results", "write_results", "read_results"]
+__all__ = ["COLUMNS", "REPO_ROOT", "RESULTS_DIR", "NON_FRACTION_METRICS", "to_results", "write_results", "read_results"]
 
 COLUMNS = ("chapter", "variant", "method", "seed", "run", "set", "mode", "metric", "value")
+#: The repository (the checkout that holds ``avgnbook/``, ``results/``, ``book/`` and ``store/``).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: ``results/`` at the repository root (chapters pass their own relative path).
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = REPO_ROOT / "results"
 #: Summary entries that are counts or times, never written as results.
 NON_FRACTION_METRICS = frozenset({"n", "n_empty", "n_pairs", "n_samples", "n_sources", "seconds", "items"})
 

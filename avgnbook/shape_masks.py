@@ -32,7 +32,7 @@ from avgn import metrics
 from avgn.data.datasets import SceneDataset
 from avgn.env import resolve_device
 from avgn.evaluate import SetName, load_eval_set, predict_set, reference_predictor
-from avgn.evaluate.run_eval import _store_for
+from avgn.evaluate import eval_feature_store
 from avgn.evaluate.scoring import _source_maps
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
@@ -120,7 +120,7 @@ def run_map_sources(run_dir: str | Path, pairs: PairSet, data_dir: str | Path, l
     id in the run store, carried into the results (fusions with the prior keep it)."""
     model, exp, info = load_trained_model(run_dir, device=device)
     method = get_method(exp.method)
-    store = _store_for(exp, Path(data_dir), [pairs.set_name], device=device)
+    store = eval_feature_store(exp, Path(data_dir), [pairs.set_name], device=device)
     es = load_eval_set(data_dir, pairs.set_name, exp.inputs, store, max_items=pairs.n_items)
     p = predict_set(MethodPredictor(method, model, resolve_device(device), bf16=exp.train.bf16), es)
     if list(dict.fromkeys(p.scene_ids)) != list(dict.fromkeys(pairs.scene_ids)):

@@ -62,12 +62,11 @@ from matplotlib import pyplot as plt
 from avgnbook.analysis import presence_rule_table, selection_gap
 from avgnbook.chapter import chapter_context
 from avgn.env import environment_report
-from avgn.evaluate import evaluate_sets, example_maps, load_eval_set, token_confusion
+from avgn.evaluate import eval_feature_store, evaluate_sets, example_maps, load_eval_set, token_confusion
 from avgnbook.findings import learning_targets, targets_sentence
 from avgnbook.diagnostics import (audio_encoder_probe, avgn_gradient_table, grouping_balance, prior_bce, read_presence_reference,
                               training_batches)
 from avgn.experiment import METHOD_NAMES, get_experiment, profile_table
-from avgn.features import FeatureStore
 from avgn.methods import MethodPredictor, create_model, get_method
 from avgnbook.pipeline import collect_variants
 from avgnbook.results import to_results, write_results
@@ -203,7 +202,7 @@ prf.pivot_table(index="epoch", columns=["what", "metric"], values="value").round
 
 # %%
 model, _, info = load_trained_model(run_dir, checkpoint="best", device=device)
-store = FeatureStore(data, exp.inputs.features, preload=False) if exp.inputs.cached_features else None
+store = eval_feature_store(exp, data, exp.inputs.val_sets)
 val_sets = [load_eval_set(data, name, exp.inputs, store) for name in exp.inputs.val_sets]
 val_eval = evaluate_sets(MethodPredictor(get_method("avgn"), model, next(model.parameters()).device), val_sets, exp.eval, keep_predictions=True)
 conf = token_confusion(list(val_eval["predictions"].values()))
@@ -323,7 +322,7 @@ grads.pivot_table(index="module", columns=["design", "loss"], values="grad_norm"
 # section its whole curve).
 
 # %%
-val_duets = load_eval_set(data, "val/duet/scene", exp.inputs, FeatureStore(data, exp.inputs.features, preload=False))
+val_duets = load_eval_set(data, "val/duet/scene", exp.inputs, store)
 probe_rows = []
 for name, d in designs.items():
     m, _, _ = load_trained_model(d, device="cpu")

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: chapter -> why its committed outputs are not yet from the store (to be emptied by the second edition)
-PENDING: dict[str, str] = {
-    "09": "its T-VSL runs (the paper's design, the bare-name prompt, the fixed presence boundary) are being trained into the store",
-}
+PENDING: dict[str, str] = {}
 
 
 def _row(run: str, variant: str = "AVGN", seed: int = 0, method: str = "avgn", chapter: str = "03") -> dict:

@@ -106,6 +106,7 @@ def test_stored_runs_are_complete_verified_and_fp16(stored):
     sr = store.read("avgn/seed0")
     rec = sr.record
     assert rec["id"] == st.set_index("key").loc["avgn/seed0", "id"] and rec["trains"] and rec["checkpoint_epoch"] == 1
+    assert st.set_index("key").loc["avgn/seed0", "wall_seconds"] == rec["wall_seconds"] > 0  # the whole plan's measured cost
     assert set(rec["files"]) == {"weights.safetensors", "config.json", "history.json", "run.json", "eval_val.json", "eval_val.csv",
                                  "eval_val_samples.csv.gz"}
     from safetensors.torch import load_file
@@ -269,7 +270,6 @@ def test_chapter_context_reads_the_store_and_lists_the_runs_it_read(stored, tmp_
 
     monkeypatch.setattr(book, "build_dataset", lambda **kw: None)
     monkeypatch.setattr(book, "dataset_dir", lambda d, p, s: stored["data"])
-    monkeypatch.setattr(book, "compute_features", lambda *a, **k: None)  # the fake build's cache is the tiny one
     monkeypatch.setattr(book, "checkout", lambda key, profile, runs, data, store: checkout(key, profile, runs, data, store, stored["plan"]))
     ctx = book.chapter_context("03", "smoke", 0, "cpu", tmp_path, store_dir=stored["store"].root)
     assert (ctx.runs, ctx.results_dir, ctx.figures_dir) == (tmp_path / "data" / "runs", tmp_path / "results", tmp_path / "figures")

@@ -92,7 +92,7 @@ from avgn.evaluate.negative import (
     reported,
     score_negative,
 )
-from avgn.evaluate.run_eval import collect_results, evaluate_reference, evaluate_run, reference_predictor, results_frame
+from avgn.evaluate.run_eval import collect_results, eval_feature_store, evaluate_reference, evaluate_run, reference_predictor, results_frame
 from avgn.evaluate.scoring import (
     EVAL_VERSION,
     MODES,
@@ -132,7 +132,7 @@ __all__ = [
     "SetPredictions", "predict_set", "score_set", "primary_metric", "evaluate_sets", "selection_score",
     "choose_presence_threshold", "threshold_for_beta", "THRESHOLD_GRID", "token_confusion", "presence_metrics",
     "selected_classes", "PREDICTED_MIN_SOURCES", "SELECTION_MIN_SOURCES", "evaluate_run", "evaluate_reference",
-    "reference_predictor", "results_frame", "collect_results", "example_maps", "CALIBRATION_SPLIT", "Detection",
+    "reference_predictor", "results_frame", "collect_results", "eval_feature_store", "example_maps", "CALIBRATION_SPLIT", "Detection",
     "detection_scores", "choose_detection_threshold", "calibrate_detection", "reported", "score_negative",
     "evaluate_negative",
 ]

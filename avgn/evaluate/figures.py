@@ -14,7 +14,6 @@ from avgn.evaluate.sets import SetName, _set_dataset
 from avgn.features import (
     FeatureStore,
     collate_samples,
-    compute_features,
 )
 from avgn.methods import MethodPredictor, get_method
 
@@ -41,9 +40,8 @@ def example_maps(
     samples = [ds[i] for i in indices]
     batch = collate_samples([{k: v for k, v in s.items() if k != "audio"} for s in samples])
     if exp.inputs.cached_features:
-        compute_features(data_dir, exp.inputs.features, splits=[sn.split], device=device, progress=False)
-        if store is None:
-            store = FeatureStore(data_dir, exp.inputs.features, preload=False)
+        if store is None:  # the features of these scenes' frames only
+            store = FeatureStore(data_dir, exp.inputs.features, preload=False, compute_missing=True, device=device)
         batch["visual_feats"] = torch.stack([store.for_meta(m).float() for m in batch["meta"]])
         images = batch.pop("image")
     else:

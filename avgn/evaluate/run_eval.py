@@ -115,7 +115,7 @@ def evaluate_run(
     data_dir = Path(data_dir) if data_dir is not None else Path(info["data_dir"])
     dev = resolve_device(device)
     names = list(sets) if sets is not None else list_sets(data_dir, split)
-    store = _store_for(exp, data_dir, _with_calibration(names), progress=progress, device=device)
+    store = eval_feature_store(exp, data_dir, _with_calibration(names), progress=progress, device=device)
     method = get_method(exp.method)
     predictor = MethodPredictor(method, model, dev, bf16=exp.train.bf16, channels_last=exp.train.channels_last)
     threshold = float(info.get("presence_threshold", 0.5))
@@ -173,14 +173,15 @@ def _evaluate_names(predictor: Predictor, data_dir: Path, exp: Any, store: Featu
     return ev
 
 
-def _store_for(exp: Any, data_dir: Path, names: Sequence[str], progress: bool = False, device: str = "auto") -> FeatureStore | None:
-    """The feature store of ``exp``'s cached backbone features for the splits of ``names`` (computed
-    where missing); None when the experiment reads images."""
+def eval_feature_store(exp: Any, data_dir: Path, names: Sequence[str], progress: bool = False, device: str = "auto") -> FeatureStore | None:
+    """The feature store of ``exp``'s cached backbone features: the splits of ``names`` computed now
+    where missing (batched), any other frame of the build when first read; None when the experiment
+    reads images."""
     if not exp.inputs.cached_features:
         return None
     splits = sorted({SetName.parse(n).split for n in names})
     compute_features(data_dir, exp.inputs.features, progress=progress, splits=splits, device=device)
-    return FeatureStore(data_dir, exp.inputs.features, preload=False)
+    return FeatureStore(data_dir, exp.inputs.features, preload=False, compute_missing=True, device=device)
 
 
 def reference_predictor(name: str, profile: str, data_dir: str | Path, names: Sequence[str], *, device: str = "auto",
@@ -193,7 +194,7 @@ def reference_predictor(name: str, profile: str, data_dir: str | Path, names: Se
         raise ValueError(f"{name!r} is a learned method; references are {', '.join(list_methods(learned=False))}")
     exp = get_experiment(list_methods(learned=True)[0], profile, **(overrides or {}))  # the profile's inputs and protocol
     dev = resolve_device(device)
-    store = _store_for(exp, Path(data_dir), names, progress=progress, device=device)
+    store = eval_feature_store(exp, Path(data_dir), names, progress=progress, device=device)
     model = method.reference_model(exp.inputs, cached_features=store is not None)
     return MethodPredictor(method, model.to(dev) if model is not None else None, dev), exp, store
 

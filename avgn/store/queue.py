@@ -136,7 +136,8 @@ def _measured(store: RunStore) -> dict[str, list[float]]:
 def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: str | Path | None = None, keys: Sequence[str] | None = None,
                 plan: dict[str, PlannedRun] | None = None):
     """One row per planned run (columns ``key, label, method, seed, chapters, state, id, stored_id,
-    est_seconds, note``), in the plan's priority order (``plan``: default :func:`book_plan`)."""
+    est_seconds, wall_seconds, note``), in the plan's priority order (``plan``: default :func:`book_plan`);
+    ``wall_seconds``: what a done run's record measured (training, evaluation and storing; 0 otherwise)."""
     import pandas as pd
 
     store = store or RunStore(profile)
@@ -150,8 +151,17 @@ def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: s
         state, stored, note = _record_state(run, store, want)
         rows.append({"key": key, "label": run.label, "method": run.method, "seed": run.seed, "chapters": " ".join(run.chapters),
                      "state": state, "id": want, "stored_id": stored, "note": note,
-                     "est_seconds": _cost(run, store, measured, state, note.count(",") + 1 if state == "evals" else None)})
+                     "est_seconds": _cost(run, store, measured, state, note.count(",") + 1 if state == "evals" else None),
+                     "wall_seconds": _wall_seconds(store, key) if state == "done" else 0.0})
     return pd.DataFrame(rows)
+
+
+def _wall_seconds(store: RunStore, key: str) -> float:
+    """The wall seconds a stored record measured (0 when it has none)."""
+    try:
+        return float(json.loads((store.folder(key) / "record.json").read_text()).get("wall_seconds") or 0.0)
+    except (OSError, json.JSONDecodeError):
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------
