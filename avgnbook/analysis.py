@@ -36,8 +36,7 @@ import torch
 from avgn.config import EvalConfig
 from avgn.data.manifest import load_manifest
 from avgn.env import resolve_device
-from avgn.evaluate import SetName, SetPredictions, load_eval_set, predict_set, reference_predictor, score_set
-from avgn.evaluate import eval_feature_store
+from avgn.evaluate import SetName, SetPredictions, eval_feature_store, load_eval_set, predict_set, reference_predictor, score_set
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.avgn import embedding_dependence
 from avgn.runs import load_trained_model
@@ -141,6 +140,44 @@ def binarization_sweep(
                 if isinstance(score, (int, float)):
                     rows.append({"set": name, "rule": rule, "value": value, "label": f"{rule} {value:g}", "metric": metric, "score": float(score)})
     return pd.DataFrame(rows)
+
+
+#: The sets of chapter 4's binarisation study and the file the run store keeps of it.
+BINARIZATION_SETS = ("test/solo/scene", "test/duet/scene")
+BINARIZATION_FILE = "sweep.csv"
+#: The non-learned references the study scores beside the runs: ``(kind, label)``.
+BINARIZATION_REFERENCES = (("centre", "centre prior"), ("object", "object prior"))
+
+
+def binarization_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, *,
+                       sources: Sequence[tuple[str, str, tuple[tuple[str, Any], ...]]], runs: Mapping[str, Mapping[str, Any]],
+                       device: str = "auto") -> None:
+    """The run store's ``binarization-study`` (:class:`avgn.store.plan.Study` with ``needs``): the
+    predictions of each stored run ``<prefix>/seed<seed>`` of ``sources`` (``(run-key prefix, label,
+    inference-time overrides)``) and of :data:`BINARIZATION_REFERENCES` on :data:`BINARIZATION_SETS`,
+    scored under every rule of :data:`DEFAULT_RULES` (:func:`binarization_sweep`: one forward pass
+    per method, seven scorings); writes ``sweep.csv`` (its long rows with ``method`` and the ``run`` id,
+    "" for a reference) into ``out_dir`` — what chapter 4 reads instead of predicting every test scene again."""
+    import pandas as pd
+
+    frames = []
+    for prefix, label, overrides in sources:
+        got = runs[f"{prefix}/seed{seed}"]
+        preds = predict_run(got["run_dir"], BINARIZATION_SETS, device=device, data_dir=data_dir, model_overrides=dict(overrides) or None)
+        frames.append(binarization_sweep(preds, DEFAULT_RULES).assign(method=label, run=got["id"]))
+    for kind, label in BINARIZATION_REFERENCES:
+        preds = predict_reference(kind, data_dir, BINARIZATION_SETS, profile=profile, device=device)
+        frames.append(binarization_sweep(preds, DEFAULT_RULES).assign(method=label, run=""))
+    tmp = Path(out_dir) / f".{BINARIZATION_FILE}.tmp"
+    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    tmp.replace(Path(out_dir) / BINARIZATION_FILE)
+
+
+def read_binarization_study(out_dir: str | Path):
+    """The long sweep of a :func:`binarization_study` kept in ``out_dir``."""
+    import pandas as pd
+
+    return pd.read_csv(Path(out_dir) / BINARIZATION_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
 
 
 def ranking_table(sweep, metric: str, set_name: str, by: str = "method"):

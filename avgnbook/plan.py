@@ -98,6 +98,12 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     factor = {"smoke": 1}.get(profile, 4)
     runs.append(PlannedRun(None, seeds[0], profile, (), ("02",), study=Study("presence-cnn", 1, presence_cnn_study, (("factor", factor),))))
     add(DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS, _evals("test"), ("04",), weights="none")
+    # chapter 4's binarisation rules: every main method's first-seed predictions re-scored seven ways (once, here)
+    from avgnbook.analysis import binarization_study
+
+    bin_sources = tuple((v.name or v.method, v.label, v.eval_overrides) for v in MAIN_VARIANTS)
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("04",), study=Study(
+        "binarization-study", 1, binarization_study, (("sources", bin_sources),), needs=tuple(f"{k}/seed{seeds[0]}" for k, _, _ in bin_sources))))
     from avgnbook.shape_masks import decoder_study  # chapter 8's promptable decoder (a study, not a method)
 
     runs.append(PlannedRun(None, seeds[0], profile, (), ("08",), study=Study("point-decoder", 1, decoder_study)))

@@ -44,8 +44,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import (DEFAULT_RULES, binarization_sweep, cell_mean, compare_seeds, mean_std_table, predict_reference, predict_run,
-                               ranking_table, seed_sd, verdict_beats, verdict_best, verdict_margin, verdict_summary)
+from avgnbook.analysis import (cell_mean, compare_seeds, mean_std_table, ranking_table, read_binarization_study, seed_sd, verdict_beats,
+                               verdict_best, verdict_margin, verdict_summary)
 from avgnbook.findings import claim_row
 from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES, get_experiment
@@ -211,20 +211,13 @@ pd.concat({layout: mean_std_table(long, f"test/duet/{layout}", ["presence F1", "
 # a mask. The book's protocol (chapter 0) uses the median rule of the AVGN and EZ-VSL test scripts
 # (`top_fraction 0.5`: keep the upper half of the min-max normalised map); DSOL and T-VSL use other
 # rules. Here the seed-0 predictions of every method are re-scored under seven rules without another
-# forward pass (`avgnbook.analysis.binarization_sweep`).
+# forward pass (`avgnbook.analysis.binarization_sweep`); the run store computes it once, from the
+# stored runs, as its study `binarization-study` (`avgnbook.analysis.binarization_study`), read here.
 
 # %%
-sets = ["test/solo/scene", "test/duet/scene"]
-preds = {}
-for v in MAIN_VARIANTS:
-    run_dir = ctx.run_dir(v, seeds[0])
-    preds[v.label] = predict_run(run_dir, sets, device=device, model_overrides=dict(v.eval_overrides) or None)
-for kind, label in (("centre", "centre prior"), ("object", "object prior")):
-    preds[label] = predict_reference(kind, data, sets, profile=profile, device=device)
-sweep = pd.concat([binarization_sweep(p, DEFAULT_RULES).assign(method=m) for m, p in preds.items()], ignore_index=True)
-sweep.to_csv(runs / profile / "binarization_sweep.csv", index=False)
-
-method_order = list(preds)
+study = ctx.checkout(f"binarization-study/seed{seeds[0]}")  # the run store's study (command above the runs table)
+sweep = read_binarization_study(study["run_dir"])
+method_order = list(dict.fromkeys(sweep["method"]))
 panels = [("test/solo/scene", "iou@0.5"), ("test/duet/scene", "ciou@0.3"), ("test/duet/scene", "auc")]
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.0), sharey=False)
 for ax, (set_name, metric) in zip(axes, panels):
