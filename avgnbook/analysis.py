@@ -177,7 +177,8 @@ def read_binarization_study(out_dir: str | Path):
     """The long sweep of a :func:`binarization_study` kept in ``out_dir``."""
     import pandas as pd
 
-    return pd.read_csv(Path(out_dir) / BINARIZATION_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+    df = pd.read_csv(Path(out_dir) / BINARIZATION_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+    return df.assign(run=df["run"].fillna(""))  # "" = a non-learned reference
 
 
 def ranking_table(sweep, metric: str, set_name: str, by: str = "method"):
@@ -538,6 +539,48 @@ def silent_object_metrics(p: SetPredictions, data_dir: str | Path, class_names: 
 
 __all__ += ["scene_roles", "roles_of_scenes", "silent_object_metrics"]
 
+#: Chapter 7's silent-object study: the sets, the metrics kept and the file the run store keeps.
+SILENT_SETS = ("test/duet/scene", "test/trio/scene", "test/quartet/scene")
+SILENT_METRICS = ("nsa_distractors", "nsa_all", "false_alarm")
+SILENT_STUDY_FILE = "silent.csv"
+
+
+def silent_object_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, *,
+                        sources: Sequence[tuple[str, str, str]], runs: Mapping[str, Mapping[str, Any]], device: str = "auto") -> None:
+    """The run store's ``silent-objects`` study (:class:`avgn.store.plan.Study` with ``needs``):
+    :func:`silent_object_metrics` of every stored seed of each of ``sources`` (``(run-key prefix,
+    label, method)``; the seeds are those of ``runs``' keys) on :data:`SILENT_SETS`, with the ground-truth
+    classes and with the classes each run hears (at its stored presence threshold); writes
+    ``silent.csv``, long rows ``variant, method, seed, run, set, mode, metric, value``."""
+    import pandas as pd
+
+    from avgn.runs import load_run, run_presence_threshold
+
+    rows = []
+    for prefix, label, method in sources:
+        for key in sorted(k for k in runs if k.split("/")[0] == prefix):
+            got, s = runs[key], int(key.rsplit("/seed", 1)[1])
+            names = load_run(got["run_dir"])["config"]["class_names"]
+            th = run_presence_threshold(got["run_dir"]) or 0.5
+            for set_name, p in predict_run(got["run_dir"], SILENT_SETS, device=device, data_dir=data_dir).items():
+                for mode in ("oracle", "predicted"):
+                    m = silent_object_metrics(p, data_dir, names, mode, th)
+                    rows += [{"variant": label, "method": method, "seed": s, "run": got["id"], "set": set_name, "mode": mode,
+                              "metric": k, "value": m[k]} for k in SILENT_METRICS]
+    tmp = Path(out_dir) / f".{SILENT_STUDY_FILE}.tmp"
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    tmp.replace(Path(out_dir) / SILENT_STUDY_FILE)
+
+
+def read_silent_study(out_dir: str | Path):
+    """The long rows of a :func:`silent_object_study` kept in ``out_dir``."""
+    import pandas as pd
+
+    return pd.read_csv(Path(out_dir) / SILENT_STUDY_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+
+
+__all__ += ["silent_object_study", "read_silent_study"]
+
 
 def selection_gap(samples, sets: Sequence[str] | None = None, target: float = 0.05):
     """Where a class-aware method's ``predicted`` selection loses CAP against ``oracle`` selection.
@@ -598,6 +641,7 @@ def presence_rule_table(
     *,
     device: str = "auto",
     cfg: EvalConfig = EvalConfig(),
+    data_dir: str | Path | None = None,
 ):
     """The ``predicted`` selection of a class-aware run under presence thresholds chosen on the
     *validation* curve stored in its ``run.json`` by F-beta (:func:`avgn.evaluate.threshold_for_beta`),
@@ -618,7 +662,7 @@ def presence_rule_table(
     if not curve:
         raise ValueError(f"{run_dir}/run.json has no validation threshold curve: only a run of a method that selects its "
                          "sources (AVGN, DSOL, T-VSL) has one")
-    preds = predict_run(run_dir, sets, device=device)
+    preds = predict_run(run_dir, sets, device=device, data_dir=data_dir)
     rows = []
     for beta in betas:
         t = threshold_for_beta(curve, beta)
@@ -630,3 +674,35 @@ def presence_rule_table(
                          **{k: pred[k] for k in ("presence_precision", "presence_recall", "presence_f1")},
                          "oracle_cap": oracle[key], "predicted_cap": pred[key], "gap": oracle[key] - pred[key]})
     return pd.DataFrame(rows)
+
+
+#: Chapter 2's threshold-rule study: the sets, the F-beta rules and the file the run store keeps.
+PRESENCE_RULE_SETS = ("test/duet/scene", "test/duet/concat")
+PRESENCE_RULE_BETAS = (1.0, 1.5, 2.0)
+PRESENCE_RULE_FILE = "rules.csv"
+
+
+def presence_rule_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, *,
+                        sources: Sequence[tuple[str, str]], runs: Mapping[str, Mapping[str, Any]], device: str = "auto") -> None:
+    """The run store's ``presence-rules`` study (:class:`avgn.store.plan.Study` with ``needs``):
+    :func:`presence_rule_table` of each stored run ``<prefix>/seed<seed>`` of ``sources`` (``(run-key
+    prefix, label)``) on :data:`PRESENCE_RULE_SETS` under :data:`PRESENCE_RULE_BETAS`; writes
+    ``rules.csv`` (its rows with ``variant`` = the label and the ``run`` id) into ``out_dir``."""
+    import pandas as pd
+
+    frames = []
+    for prefix, label in sources:
+        got = runs[f"{prefix}/seed{seed}"]
+        frames.append(presence_rule_table(got["run_dir"], PRESENCE_RULE_SETS, PRESENCE_RULE_BETAS, device=device, data_dir=data_dir)
+                      .assign(variant=label, run=got["id"]))
+    tmp = Path(out_dir) / f".{PRESENCE_RULE_FILE}.tmp"
+    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    tmp.replace(Path(out_dir) / PRESENCE_RULE_FILE)
+
+
+def read_presence_rule_study(out_dir: str | Path):
+    """The rows of a :func:`presence_rule_study` kept in ``out_dir``."""
+    import pandas as pd
+
+    df = pd.read_csv(Path(out_dir) / PRESENCE_RULE_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+    return df.assign(run=df["run"].fillna(""))

@@ -554,3 +554,37 @@ def baseline_report(run_dir: str | Path, data_dir: str | Path | None = None, n_b
 
 
 __all__.append("baseline_report")
+
+#: The file the run store keeps of chapter 3's baseline diagnostics (:func:`baseline_study`).
+BASELINE_STUDY_FILE = "reports.csv"
+
+
+def baseline_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, *,
+                   sources: Sequence[tuple[str, str, str]], runs: Mapping[str, Mapping[str, Any]], device: str = "cpu") -> None:
+    """The run store's ``baseline-reports`` study (:class:`avgn.store.plan.Study` with ``needs``):
+    :func:`baseline_report` of every stored seed of each of ``sources`` (``(run-key prefix, label,
+    method)``; the seeds are those of ``runs``' keys ``<prefix>/seed<N>``), written to ``reports.csv``
+    as long rows ``variant, method, seed, run, set, mode, metric, value`` (the set and mode the maps
+    are scored on: ``val/solo/scene``, oracle) — chapter 3's "Do the baselines learn?" table."""
+    import pandas as pd
+
+    rows = []
+    for prefix, label, method in sources:
+        for key in sorted(k for k in runs if k.split("/")[0] == prefix):
+            got, s = runs[key], int(key.rsplit("/seed", 1)[1])
+            rep = baseline_report(got["run_dir"], data_dir, device=device)
+            rows += [{"variant": label, "method": method, "seed": s, "run": got["id"], "set": "val/solo/scene", "mode": "oracle",
+                      "metric": k, "value": x} for k, x in rep.items()]
+    tmp = Path(out_dir) / f".{BASELINE_STUDY_FILE}.tmp"
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    tmp.replace(Path(out_dir) / BASELINE_STUDY_FILE)
+
+
+def read_baseline_study(out_dir: str | Path):
+    """The long rows of a :func:`baseline_study` kept in ``out_dir``."""
+    import pandas as pd
+
+    return pd.read_csv(Path(out_dir) / BASELINE_STUDY_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+
+
+__all__ += ["baseline_study", "read_baseline_study"]

@@ -84,6 +84,14 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     baselines = tuple(v for v in MAIN_VARIANTS if v.method != "avgn")
     add(baselines, main_evals, ("03", "04", "05", "06", "07", "08", "09"), rescored=(FIXED_RULE_EVAL,))
     add(BASELINE_DESIGN_VARIANTS, _evals("test"), ("03",), weights="first")
+    # chapter 3's "do the baselines learn?" diagnostics of every stored baseline run (once, here)
+    from avgn.methods import get_method
+    from avgnbook.diagnostics import baseline_study
+
+    designs = [v for v in MAIN_VARIANTS if get_method(v.method).kind != "class_aware" and not v.eval_overrides] + list(BASELINE_DESIGN_VARIANTS)
+    design_sources = tuple((v.name or v.method, v.label, v.method) for v in designs)
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("03",), study=Study(
+        "baseline-reports", 1, baseline_study, (("sources", design_sources),), needs=tuple(f"{k}/seed{s}" for k, _, _ in design_sources for s in seeds))))
     # AVGN for every seed; its public-code-target reading (chapter 3's design comparison) and the
     # negative-audio training (chapter 5) keep their first seed's weights, the others their evaluations
     avgn_main = tuple(v for v in MAIN_VARIANTS if v.method == "avgn")
@@ -93,6 +101,12 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     add((SHORT_VARIANT,), _evals("test"), ("02", "04"), weights="first")
     add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",), weights="first")
     add(WIDTH_VARIANTS, _evals("test"), ("02", "04"), weights="first")
+    # chapter 2's presence-threshold rules: three stored AVGN runs' test duets under three F-beta thresholds (once, here)
+    from avgnbook.analysis import presence_rule_study
+
+    rule_sources = tuple((v.name or v.method, v.label) for v in (avgn_main[0], SHORT_VARIANT, WIDTH_VARIANTS[0]))
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("02",), study=Study(
+        "presence-rules", 1, presence_rule_study, (("sources", rule_sources),), needs=tuple(f"{k}/seed{seeds[0]}" for k, _ in rule_sources))))
     from avgnbook.diagnostics import presence_cnn_study  # chapter 2's plain-CNN presence reference (a study, not a method)
 
     factor = {"smoke": 1}.get(profile, 4)
@@ -116,6 +130,12 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
         "mask-study", 1, mask_grid_study, (("sources", mask_sources), ("decoder", mask_needs[-1])), needs=mask_needs)))
     add((DSOL_STAGE1_VARIANT,), _evals("test"), ("07",))
     add((DSOL_VARIANT,), _evals("test", composed=True, negative=True), ("05", "07"))
+    # chapter 7's silent visible objects: DSOL's and AVGN's maps of every stored seed on the test scenes (once, here)
+    from avgnbook.analysis import silent_object_study
+
+    silent_sources = tuple((v.name or v.method, v.label, v.method) for v in (DSOL_VARIANT, avgn_main[0]))
+    runs.append(PlannedRun(None, seeds[0], profile, (), ("07",), study=Study(
+        "silent-objects", 1, silent_object_study, (("sources", silent_sources),), needs=tuple(f"{k}/seed{s}" for k, _, _ in silent_sources for s in seeds))))
     add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT, negative=True), ("05", "09"))
     add(TVSL_VARIANTS[1:], _evals("test", ZEROSHOT_SPLIT), ("09",), weights="none")
     add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))

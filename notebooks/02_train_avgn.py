@@ -59,7 +59,7 @@ import seaborn as sns
 import torch
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import presence_rule_table, selection_gap
+from avgnbook.analysis import read_presence_rule_study, selection_gap
 from avgnbook.chapter import chapter_context
 from avgn.env import environment_report
 from avgn.evaluate import eval_feature_store, evaluate_sets, example_maps, load_eval_set, token_confusion
@@ -512,13 +512,13 @@ print(f"At the threshold chosen on validation by F1 these models miss {gaps['mis
 # and a false alarm alike. Weighing recall more — F-beta with $\beta = 1.5$ or $2$, still chosen on
 # the validation curve kept in `run.json` (`avgn.evaluate.threshold_for_beta`) — selects lower
 # thresholds; each rule's choice scored on the test duets (`avgnbook.analysis.presence_rule_table`,
-# written to `results/02_threshold_rules.csv`, the rule in the variant's name):
+# computed once from the stored runs by the run store's study `presence-rules`, written to
+# `results/02_threshold_rules.csv`, the rule in the variant's name):
 
 # %%
-rule_runs = {MAIN_VARIANTS[0].label: run_dir, SHORT_VARIANT.label: short["run_dir"], WIDTH_VARIANTS[0].label: width["run_dir"]}
-rule_ids = {MAIN_VARIANTS[0].label: main["id"], SHORT_VARIANT.label: short["id"], WIDTH_VARIANTS[0].label: width["id"]}
-rules = pd.concat([presence_rule_table(d, ["test/duet/scene", "test/duet/concat"], betas=(1.0, 1.5, 2.0), device=device).assign(variant=k)
-                   for k, d in rule_runs.items()], ignore_index=True)
+rules = read_presence_rule_study(ctx.checkout(f"presence-rules/seed{seed}")["run_dir"])  # the run store's study, from the three runs
+rule_ids = dict(zip(rules["variant"], rules["run"]))
+rules = rules.drop(columns="run")
 rule_rows = rules.assign(variant=[f"{v}, threshold {t:.2f} (F{b:g} on validation)" for v, t, b in zip(rules["variant"], rules["threshold"], rules["beta"])])
 long_rules = rule_rows.melt(id_vars=["variant", "set"], value_vars=["presence_precision", "presence_recall", "presence_f1", "predicted_cap"],
                             var_name="metric").assign(mode="predicted", metric=lambda d: d["metric"].replace({"predicted_cap": "cap"}))

@@ -48,7 +48,7 @@ from IPython.display import Markdown, display
 
 from avgnbook.analysis import compare_seeds, say
 from avgnbook.chapter import chapter_context
-from avgnbook.diagnostics import baseline_report
+from avgnbook.diagnostics import read_baseline_study
 from avgnbook.findings import claim_row, versus
 from avgnbook.plan import FIXED_RULE_EVAL
 from avgn.env import environment_report
@@ -248,7 +248,7 @@ display(Markdown("\n".join(lines)))
 #   `mal-frames`).
 #
 # The public designs are trained with the same seeds. For each run, `avgnbook.diagnostics.baseline_report`
-# measures:
+# measures (computed once from the stored runs by the run store's study `baseline-reports`, read here):
 #
 # - how alike the audio embeddings of different clips are (mean pairwise cosine; 1 = collapsed);
 # - the last training loss over its chance level;
@@ -261,15 +261,10 @@ display(Markdown("\n".join(lines)))
 # %%
 ctx.run_variants(BASELINE_DESIGN_VARIANTS)
 designs = [v for v in MAIN_VARIANTS if get_method(v.method).kind != "class_aware" and not v.eval_overrides] + list(BASELINE_DESIGN_VARIANTS)
-diag = []
-for v in designs:
-    for s in seeds:
-        rep = baseline_report(ctx.run_dir(v, s), data, device="cpu")
-        diag += [{"variant": v.label, "method": v.method, "seed": s, "run": ctx.run_id(v, s), "set": "val/solo/scene", "mode": "oracle",
-                  "metric": k, "value": x} for k, x in rep.items()]
+diag = read_baseline_study(ctx.checkout(f"baseline-reports/seed{seeds[0]}")["run_dir"])  # the run store's study of these runs
 test_ap = ctx.collect(designs, references=())
 test_ap = test_ap[(test_ap["set"] == "test/solo/scene") & (test_ap["metric"] == "ap") & (test_ap["mode"] == "oracle")]
-diag_long = pd.concat([pd.DataFrame(diag), test_ap], ignore_index=True)
+diag_long = pd.concat([diag, test_ap], ignore_index=True)
 baselines = ctx.write(diag_long, "03_baselines", fractions=False)
 
 # %%

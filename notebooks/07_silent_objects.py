@@ -51,11 +51,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import cell_mean, mean_std_table, predict_run, seed_sd, silent_object_metrics, verdict_beats, verdict_summary
+from avgnbook.analysis import cell_mean, mean_std_table, read_silent_study, seed_sd, verdict_beats, verdict_summary
 from avgnbook.chapter import chapter_context
 from avgn.experiment import METHOD_NAMES, REFERENCES
 from avgn.methods import get_method
-from avgn.runs import load_run, run_presence_threshold
+from avgn.runs import load_run
 from avgnbook.analysis import compare_seeds, say
 from avgnbook.findings import claim_row, versus
 from avgnbook.neighbours import dsol_audio_report, dsol_stage1_report
@@ -220,21 +220,12 @@ pd.concat(tables, names=["set"])
 # (`nsa_distractors`, the stricter reading) and over every non-sounding class, absent ones included
 # (`nsa_all`, what the published evaluation averages — absent classes are easy, which inflates it).
 # The **false-alarm rate** is how often a distractor's map peaks above the median peak of the
-# scene's sounding sources. With `predicted` selection an unselected class has no map.
+# scene's sounding sources. With `predicted` selection an unselected class has no map. The run store
+# computes these once from the stored runs (its study `silent-objects`, `avgnbook.analysis.silent_object_study`).
 
 # %%
-silent_rows = []
-for v in [DSOL_VARIANT, next(v for v in MAIN_VARIANTS if v.label == "AVGN")]:
-    for s in seeds:
-        run_dir = ctx.run_dir(v, s)
-        names = load_run(run_dir)["config"]["class_names"]
-        th = run_presence_threshold(run_dir) or 0.5
-        for set_name, p in predict_run(run_dir, SETS[:3], device=device).items():
-            for mode in ("oracle", "predicted"):
-                m = silent_object_metrics(p, data, names, mode, th)
-                silent_rows += [{"variant": v.label, "method": v.method, "seed": s, "run": ctx.run_id(v, s), "set": set_name, "mode": mode,
-                                 "metric": k, "value": x} for k, x in m.items() if k in ("nsa_distractors", "nsa_all", "false_alarm")]
-silent = ctx.write(pd.DataFrame(silent_rows), "07_silent_objects")
+silent_study = ctx.checkout(f"silent-objects/seed{seeds[0]}")  # the run store's study of DSOL's and AVGN's runs, every seed
+silent = ctx.write(read_silent_study(silent_study["run_dir"]), "07_silent_objects")
 silent.pivot_table(index=["variant", "mode"], columns=["set", "metric"], values="value", aggfunc="mean").round(3)
 
 # %%

@@ -291,7 +291,7 @@ def test_presence_rule_table_scores_each_rule_on_the_same_predictions(tmp_path, 
                        torch.rand(n, 2, 16, 16, generator=g) > 0.7, classes, labels, [f"s{i}" for i in range(n)],
                        audio_probs=(0.6 * labels + 0.5 * torch.rand(n, c, generator=g)).clamp(0, 1))
     calls = []
-    monkeypatch.setattr(analysis, "predict_run", lambda run_dir, sets, device="auto": calls.append(sets) or {s: p for s in sets})
+    monkeypatch.setattr(analysis, "predict_run", lambda run_dir, sets, device="auto", data_dir=None: calls.append(sets) or {s: p for s in sets})
     (tmp_path / "run.json").write_text(json.dumps({"threshold_curve": _CURVE}))
     table = analysis.presence_rule_table(tmp_path, ["test/duet/scene"], betas=(1.0, 2.0))
     assert len(calls) == 1  # one forward pass, re-scored per rule
@@ -331,3 +331,86 @@ def test_compare_seeds_pairs_by_seed_and_calls_a_difference_only_beyond_two_sd()
     two = compare_seeds(df[df["seed"] != 2], "A", "B", "t/s/s", "ap")
     assert two["verdict"] == "within noise" and two["seeds"] == 2  # fewer than 3 seeds never decide
     assert say(c) == "52.0 against 42.0 (+10.0 points, 10.0 sd: above, beyond 2 sd)"
+
+
+# --------------------------------------------------------------------------------------------------
+# the run store's studies of chapters 2 and 4: what the chapter would compute from the stored runs
+# --------------------------------------------------------------------------------------------------
+def _checkouts(tiny_store, tmp_path, keys):
+    from avgn.store.queue import checkout
+
+    return {k: checkout(k, "smoke", tmp_path / "runs", tiny_store["data"], tiny_store["store"], tiny_store["plan"]) for k in keys}
+
+
+def test_binarization_study_writes_the_sweep_of_each_stored_run_and_prior(tiny_store, tiny_ids, tmp_path):
+    from avgnbook.analysis import (BINARIZATION_SETS, DEFAULT_RULES, binarization_study, predict_reference, predict_run,
+                                   read_binarization_study)
+
+    runs = _checkouts(tiny_store, tmp_path, ["avgn/seed0", "ezvsl/seed0", "ezvsl-ogl/seed0"])
+    sources = (("avgn", "AVGN", ()), ("ezvsl-ogl", "EZ-VSL + object prior", (("object_prior_alpha", 0.4),)))
+    out = tmp_path / "study"
+    out.mkdir()
+    binarization_study(tiny_store["data"], out, "smoke", 0, sources=sources, runs=runs, device="cpu")
+    got = read_binarization_study(out)
+    assert list(dict.fromkeys(got["method"])) == ["AVGN", "EZ-VSL + object prior", "centre prior", "object prior"]
+    assert dict(zip(got["method"], got["run"])) == {"AVGN": runs["avgn/seed0"]["id"], "EZ-VSL + object prior": runs["ezvsl-ogl/seed0"]["id"],
+                                                    "centre prior": "", "object prior": ""}
+    ogl = predict_run(runs["ezvsl-ogl/seed0"]["run_dir"], BINARIZATION_SETS, device="cpu", data_dir=tiny_store["data"],
+                      model_overrides={"object_prior_alpha": 0.4})
+    obj = predict_reference("object", tiny_store["data"], BINARIZATION_SETS, profile="smoke", device="cpu")
+    for label, preds in (("EZ-VSL + object prior", ogl), ("object prior", obj)):
+        want = binarization_sweep(preds, DEFAULT_RULES)
+        mine = got[got["method"] == label].reset_index(drop=True)
+        assert len(mine) == len(want) > 0
+        np.testing.assert_allclose(mine["score"], want["score"], atol=1e-9)
+        assert list(mine["label"]) == list(want["label"]) and list(mine["set"]) == list(want["set"])
+    both = got[got["method"] == "AVGN"].merge(got[got["method"] == "EZ-VSL + object prior"], on=["set", "label", "metric"])
+    assert len(both) > 0 and not np.allclose(both["score_x"], both["score_y"])  # each source its own maps
+
+
+def test_presence_rule_study_writes_each_runs_rule_table(tiny_store, tiny_ids, tmp_path):
+    from avgnbook.analysis import PRESENCE_RULE_BETAS, PRESENCE_RULE_SETS, presence_rule_study, presence_rule_table, read_presence_rule_study
+
+    runs = _checkouts(tiny_store, tmp_path, ["avgn/seed0"])
+    out = tmp_path / "study"
+    out.mkdir()
+    presence_rule_study(tiny_store["data"], out, "smoke", 0, sources=(("avgn", "AVGN"),), runs=runs, device="cpu")
+    got = read_presence_rule_study(out)
+    want = presence_rule_table(runs["avgn/seed0"]["run_dir"], PRESENCE_RULE_SETS, PRESENCE_RULE_BETAS, device="cpu", data_dir=tiny_store["data"])
+    assert set(got["variant"]) == {"AVGN"} and set(got["run"]) == {runs["avgn/seed0"]["id"]}
+    assert len(got) == len(want) == len(PRESENCE_RULE_SETS) * len(PRESENCE_RULE_BETAS)
+    for col in ("threshold", "presence_f1", "oracle_cap", "predicted_cap", "gap"):
+        np.testing.assert_allclose(got[col], want[col], atol=1e-9)
+
+
+def test_silent_object_study_writes_every_seeds_metrics_in_both_modes(tiny_store, tiny_ids, tmp_path):
+    from avgnbook.analysis import SILENT_METRICS, SILENT_SETS, predict_run, read_silent_study, silent_object_metrics, silent_object_study
+    from avgn.runs import load_run, run_presence_threshold
+
+    runs = _checkouts(tiny_store, tmp_path, ["avgn/seed0"])
+    out = tmp_path / "study"
+    out.mkdir()
+    silent_object_study(tiny_store["data"], out, "smoke", 0, sources=(("avgn", "AVGN", "avgn"),), runs=runs, device="cpu")
+    got = read_silent_study(out)
+    assert len(got) == len(SILENT_SETS) * 2 * len(SILENT_METRICS) and set(got["run"]) == {runs["avgn/seed0"]["id"]}
+    run_dir = runs["avgn/seed0"]["run_dir"]
+    p = predict_run(run_dir, SILENT_SETS[:1], device="cpu", data_dir=tiny_store["data"])[SILENT_SETS[0]]
+    want = silent_object_metrics(p, tiny_store["data"], load_run(run_dir)["config"]["class_names"], "predicted",
+                                 run_presence_threshold(run_dir) or 0.5)
+    row = got[(got["set"] == SILENT_SETS[0]) & (got["mode"] == "predicted")].set_index("metric")["value"]
+    for k in SILENT_METRICS:
+        assert row[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True)
+
+
+def test_baseline_study_reports_every_stored_seed(tiny_store, tiny_ids, tmp_path):
+    from avgnbook.diagnostics import baseline_report, baseline_study, read_baseline_study
+
+    runs = _checkouts(tiny_store, tmp_path, ["ezvsl/seed0"])
+    out = tmp_path / "study"
+    out.mkdir()
+    baseline_study(tiny_store["data"], out, "smoke", 0, sources=(("ezvsl", "EZ-VSL", "ezvsl"),), runs=runs, device="cpu")
+    got = read_baseline_study(out)
+    want = baseline_report(runs["ezvsl/seed0"]["run_dir"], tiny_store["data"], device="cpu")
+    assert set(got["variant"]) == {"EZ-VSL"} and set(got["seed"]) == {0} and set(got["run"]) == {runs["ezvsl/seed0"]["id"]}
+    assert dict(zip(got["metric"], got["value"])) == pytest.approx(want, abs=1e-9)
+    assert {"weights", "audio_collapse", "map", "negated", "constant", "loss_over_chance"} <= set(got["metric"])
