@@ -40,6 +40,7 @@ from avgn.evaluate import SetName, SetPredictions, eval_feature_store, load_eval
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.avgn import embedding_dependence
 from avgn.runs import load_trained_model
+from avgnbook.results import read_study_table, stored_seeds, write_study_table
 
 __all__ = [
     "DEFAULT_RULES",
@@ -168,17 +169,12 @@ def binarization_study(data_dir: str | Path, out_dir: str | Path, profile: str, 
     for kind, label in BINARIZATION_REFERENCES:
         preds = predict_reference(kind, data_dir, BINARIZATION_SETS, profile=profile, device=device)
         frames.append(binarization_sweep(preds, DEFAULT_RULES).assign(method=label, run=""))
-    tmp = Path(out_dir) / f".{BINARIZATION_FILE}.tmp"
-    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-    tmp.replace(Path(out_dir) / BINARIZATION_FILE)
+    write_study_table(pd.concat(frames, ignore_index=True), out_dir, BINARIZATION_FILE)
 
 
 def read_binarization_study(out_dir: str | Path):
     """The long sweep of a :func:`binarization_study` kept in ``out_dir``."""
-    import pandas as pd
-
-    df = pd.read_csv(Path(out_dir) / BINARIZATION_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
-    return df.assign(run=df["run"].fillna(""))  # "" = a non-learned reference
+    return read_study_table(out_dir, BINARIZATION_FILE)
 
 
 def ranking_table(sweep, metric: str, set_name: str, by: str = "method"):
@@ -419,8 +415,11 @@ def verdict_beats(df, claim: str, a: str, rivals: Sequence[str], cells: Sequence
 def verdict_summary(rows: Sequence[Mapping[str, Any]]):
     """Per claim, the book's rule (a difference counts only beyond two seed standard deviations):
     ``reproduces`` (holds on every cell, beyond noise on every cell), ``does not reproduce`` (fails on
-    every cell, beyond noise on every cell), ``within noise`` (no cell beyond noise) or ``partly``."""
+    every cell, beyond noise on every cell), ``within noise`` (no cell beyond noise), otherwise
+    :func:`avgnbook.findings.mixed_verdict` with the cells counted (above / within noise / below)."""
     import pandas as pd
+
+    from avgnbook.findings import mixed_verdict
 
     df = pd.DataFrame(list(rows))
 
@@ -432,7 +431,7 @@ def verdict_summary(rows: Sequence[Mapping[str, Any]]):
             return "does not reproduce"
         if not beyond.any():
             return "within noise"
-        return "partly (not on every metric beyond noise)"
+        return mixed_verdict(int((beyond & g["holds"]).sum()), int((~beyond).sum()), int((beyond & ~g["holds"]).sum()))
 
     s = df.groupby("claim", sort=False)["holds"].agg(["all", "any"])
     s["verdict"] = [classify(df[df["claim"] == c]) for c in s.index]
@@ -558,8 +557,7 @@ def silent_object_study(data_dir: str | Path, out_dir: str | Path, profile: str,
 
     rows = []
     for prefix, label, method in sources:
-        for key in sorted(k for k in runs if k.split("/")[0] == prefix):
-            got, s = runs[key], int(key.rsplit("/seed", 1)[1])
+        for s, got in stored_seeds(runs, prefix):
             names = load_run(got["run_dir"])["config"]["class_names"]
             th = run_presence_threshold(got["run_dir"]) or 0.5
             for set_name, p in predict_run(got["run_dir"], SILENT_SETS, device=device, data_dir=data_dir).items():
@@ -567,16 +565,12 @@ def silent_object_study(data_dir: str | Path, out_dir: str | Path, profile: str,
                     m = silent_object_metrics(p, data_dir, names, mode, th)
                     rows += [{"variant": label, "method": method, "seed": s, "run": got["id"], "set": set_name, "mode": mode,
                               "metric": k, "value": m[k]} for k in SILENT_METRICS]
-    tmp = Path(out_dir) / f".{SILENT_STUDY_FILE}.tmp"
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    tmp.replace(Path(out_dir) / SILENT_STUDY_FILE)
+    write_study_table(pd.DataFrame(rows), out_dir, SILENT_STUDY_FILE)
 
 
 def read_silent_study(out_dir: str | Path):
     """The long rows of a :func:`silent_object_study` kept in ``out_dir``."""
-    import pandas as pd
-
-    return pd.read_csv(Path(out_dir) / SILENT_STUDY_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+    return read_study_table(out_dir, SILENT_STUDY_FILE)
 
 
 __all__ += ["silent_object_study", "read_silent_study"]
@@ -695,14 +689,9 @@ def presence_rule_study(data_dir: str | Path, out_dir: str | Path, profile: str,
         got = runs[f"{prefix}/seed{seed}"]
         frames.append(presence_rule_table(got["run_dir"], PRESENCE_RULE_SETS, PRESENCE_RULE_BETAS, device=device, data_dir=data_dir)
                       .assign(variant=label, run=got["id"]))
-    tmp = Path(out_dir) / f".{PRESENCE_RULE_FILE}.tmp"
-    pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-    tmp.replace(Path(out_dir) / PRESENCE_RULE_FILE)
+    write_study_table(pd.concat(frames, ignore_index=True), out_dir, PRESENCE_RULE_FILE)
 
 
 def read_presence_rule_study(out_dir: str | Path):
     """The rows of a :func:`presence_rule_study` kept in ``out_dir``."""
-    import pandas as pd
-
-    df = pd.read_csv(Path(out_dir) / PRESENCE_RULE_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
-    return df.assign(run=df["run"].fillna(""))
+    return read_study_table(out_dir, PRESENCE_RULE_FILE)

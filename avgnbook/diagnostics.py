@@ -37,6 +37,7 @@ from avgn.methods.avgn import avgn_loss_terms
 from avgn.methods import MethodPredictor, get_method, model_inputs
 from avgn.methods.mal import frame_nodes
 from avgn.runs import load_run, load_trained_model
+from avgnbook.results import read_study_table, stored_seeds, write_study_table
 from avgn.train import GroupedBatchSampler, build_train_data
 
 __all__ = [
@@ -570,21 +571,16 @@ def baseline_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed
 
     rows = []
     for prefix, label, method in sources:
-        for key in sorted(k for k in runs if k.split("/")[0] == prefix):
-            got, s = runs[key], int(key.rsplit("/seed", 1)[1])
+        for s, got in stored_seeds(runs, prefix):
             rep = baseline_report(got["run_dir"], data_dir, device=device)
             rows += [{"variant": label, "method": method, "seed": s, "run": got["id"], "set": "val/solo/scene", "mode": "oracle",
                       "metric": k, "value": x} for k, x in rep.items()]
-    tmp = Path(out_dir) / f".{BASELINE_STUDY_FILE}.tmp"
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    tmp.replace(Path(out_dir) / BASELINE_STUDY_FILE)
+    write_study_table(pd.DataFrame(rows), out_dir, BASELINE_STUDY_FILE)
 
 
 def read_baseline_study(out_dir: str | Path):
     """The long rows of a :func:`baseline_study` kept in ``out_dir``."""
-    import pandas as pd
-
-    return pd.read_csv(Path(out_dir) / BASELINE_STUDY_FILE, keep_default_na=False, na_values=[""], dtype={"run": str})
+    return read_study_table(out_dir, BASELINE_STUDY_FILE)
 
 
 __all__ += ["baseline_study", "read_baseline_study"]

@@ -147,6 +147,18 @@ def read_claims(results_dir: str | Path):
     return pd.concat([pd.read_csv(p, dtype={"chapter": str, "revision": str}) for p in files], ignore_index=True)
 
 
+def mixed_verdict(above: int, within: int, below: int) -> str:
+    """The verdict of a claim whose cells disagree, with the counts: ``partly`` when some cells hold
+    beyond noise and none fails beyond it, ``does not reproduce where beyond noise`` when some fail
+    beyond noise and none holds beyond it, ``mixed`` when both happen."""
+    parts = ", ".join(f"{n} {k}" for n, k in ((above, "above"), (within, "within noise"), (below, "below")) if n)
+    if above and not below:
+        return f"partly ({parts})"
+    if below and not above:
+        return f"does not reproduce where beyond noise ({parts})"
+    return f"mixed ({parts})"
+
+
 def _claim_verdict(verdicts: Sequence[str]) -> str:
     v = set(verdicts)
     if v == {"above"}:
@@ -155,7 +167,7 @@ def _claim_verdict(verdicts: Sequence[str]) -> str:
         return "does not reproduce (the opposite, beyond noise)"
     if v == {"within noise"}:
         return "within noise"
-    return "partly (" + ", ".join(f"{sum(x == k for x in verdicts)} {k}" for k in ("above", "within noise", "below") if k in v) + ")"
+    return mixed_verdict(*(sum(x == k for x in verdicts) for k in ("above", "within noise", "below")))
 
 
 def claims_table(df, scale: float = 100.0):

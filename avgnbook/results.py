@@ -27,7 +27,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "REPO_ROOT", "RESULTS_DIR", "NON_FRACTION_METRICS", "to_results", "write_results", "read_results"]
+__all__ = ["COLUMNS", "REPO_ROOT", "RESULTS_DIR", "write_study_table", "read_study_table", "stored_seeds", "NON_FRACTION_METRICS", "to_results", "write_results", "read_results"]
 
 COLUMNS = ("chapter", "variant", "method", "seed", "run", "set", "mode", "metric", "value")
 #: The repository (the checkout that holds ``avgnbook/``, ``results/``, ``book/`` and ``store/``).
@@ -79,6 +79,29 @@ def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR, fra
     path = Path(results_dir) / f"{name}.csv"
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
     return path
+
+
+def write_study_table(df: Any, out_dir: str | Path, name: str) -> Path:
+    """Write a run-store study's table ``out_dir/name`` (CSV) atomically; returns its path."""
+    out = Path(out_dir) / name
+    tmp = out.with_name(f".{name}.tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return out
+
+
+def read_study_table(out_dir: str | Path, name: str):
+    """A study table written by :func:`write_study_table` (``run`` as text, ``""`` for a non-learned source)."""
+    import pandas as pd
+
+    df = pd.read_csv(Path(out_dir) / name, keep_default_na=False, na_values=[""], dtype={"run": str})
+    return df.assign(run=df["run"].fillna("")) if "run" in df.columns else df
+
+
+def stored_seeds(runs: Any, prefix: str) -> list[tuple[int, Any]]:
+    """``(seed, checkout)`` of the stored runs ``<prefix>/seed<N>`` among a study's ``runs``, by seed."""
+    found = [(int(k.rsplit("/seed", 1)[1]), v) for k, v in runs.items() if k.split("/")[0] == prefix]
+    return sorted(found, key=lambda sv: sv[0])
 
 
 def read_table(path: str | Path):

@@ -84,7 +84,9 @@ pd.DataFrame.from_dict(environment_report(device), orient="index", columns=["val
 #
 # **The papers' claims.** One row per claim a chapter tests: the verdict over the cells it is tested
 # on — *reproduces* only when every cell is above beyond twice the seeds' standard deviation with at
-# least three seeds, *within noise* when no cell is beyond it, *partly* otherwise —, the differences
+# least three seeds, *within noise* when no cell is beyond it; otherwise *partly* (some cells above,
+# none below), *does not reproduce where beyond noise* (some below, none above) or *mixed*, each with
+# the cells counted —, the differences
 # per cell (points, mean ± sd over seeds, paired by seed) and the seeds (`results/claims_NN.csv`).
 # This page is executed after the chapters (`make book`).
 

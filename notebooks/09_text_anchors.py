@@ -272,6 +272,17 @@ for set_name in list_sets(ctx.data, ZEROSHOT_SPLIT):
     display(pd.concat({set_name: mean_std_table(results, set_name, metrics, order=ORDER)}, names=["set"]))
 
 # %%
+held = results[(results["variant"] == TVSL_HELDOUT_CANDIDATES.label) & (results["mode"] == "predicted")
+               & results["set"].str.startswith(ZEROSHOT_SPLIT + "/") & results["metric"].isin(["presence_recall", "presence_precision"])]
+recall = held[held["metric"] == "presence_recall"]["value"]
+detects = recall.mean() >= 0.2
+print(f"{TVSL_HELDOUT_CANDIDATES.label}, classes it hears: presence recall {recall.mean():.2f} (max {recall.max():.2f} over "
+      f"{held['set'].nunique()} sets x {held['seed'].nunique()} seeds) — an unseen class's presence probability "
+      f"{'never reaches' if recall.max() == 0 else 'reaches' if detects else 'seldom reaches'} the threshold chosen on the seen classes' "
+      "validation curve" + ("." if detects else ", so its `predicted` maps are (mostly) empty and score (near) 0: the anchors localize "
+                            "an unseen class they are given (oracle) but do not detect it from the audio."))
+
+# %%
 key = results["set"].str.contains("/solo/").map({True: "ap", False: "cap"})
 zs = results[(results["metric"] == key) & results["set"].str.startswith(ZEROSHOT_SPLIT + "/")]
 grid = sns.catplot(data=zs.assign(set=zs["set"].str.replace(ZEROSHOT_SPLIT + "/", "", regex=False)), x="set", y="value", hue="variant",

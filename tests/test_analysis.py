@@ -183,10 +183,12 @@ def test_verdicts_order_means_and_judge_against_seed_noise():
     b = verdict_beats(df, "B beats the others", "B", ["A", "C"], cells, noise)[0]
     assert not b["holds"] and "vs A 52.0" in b["evidence"]
     s = verdict_summary([best, m, b, {**best, "claim": "mixed", "holds": True}, {**best, "claim": "mixed", "holds": False},
-                         {**m, "claim": "partly"}, {**best, "claim": "partly"}])
+                         {**m, "claim": "partly"}, {**best, "claim": "partly"}, {**b, "claim": "fails"}, {**best, "claim": "fails", "holds": False},
+                         {**m, "claim": "both"}, {**b, "claim": "both"}])
     # A best but within noise; A beats B beyond noise; B loses beyond noise; no cell beyond noise; one of two beyond
-    assert list(s["verdict"]) == ["within noise", "reproduces", "does not reproduce", "within noise",
-                                  "partly (not on every metric beyond noise)"]
+    # (holding); one of two beyond (failing); one holds and one fails, both beyond noise
+    assert list(s["verdict"]) == ["within noise", "reproduces", "does not reproduce", "within noise", "partly (1 above, 1 within noise)",
+                                  "does not reproduce where beyond noise (1 within noise, 1 below)", "mixed (1 above, 1 below)"]
 
 
 def test_sources_curves_put_one_source_on_the_mixture_scale():
@@ -336,21 +338,23 @@ def test_compare_seeds_pairs_by_seed_and_calls_a_difference_only_beyond_two_sd()
 # --------------------------------------------------------------------------------------------------
 # the run store's studies of chapters 2 and 4: what the chapter would compute from the stored runs
 # --------------------------------------------------------------------------------------------------
-def _checkouts(tiny_store, tmp_path, keys):
+def _run_study(study, tiny_store, tmp_path, keys, sources):
+    """``(checkouts of keys, the study's folder)`` after running ``study`` on them as the queue would."""
     from avgn.store.queue import checkout
 
-    return {k: checkout(k, "smoke", tmp_path / "runs", tiny_store["data"], tiny_store["store"], tiny_store["plan"]) for k in keys}
+    runs = {k: checkout(k, "smoke", tmp_path / "runs", tiny_store["data"], tiny_store["store"], tiny_store["plan"]) for k in keys}
+    out = tmp_path / "study"
+    out.mkdir()
+    study(tiny_store["data"], out, "smoke", 0, sources=sources, runs=runs, device="cpu")
+    return runs, out
 
 
 def test_binarization_study_writes_the_sweep_of_each_stored_run_and_prior(tiny_store, tiny_ids, tmp_path):
     from avgnbook.analysis import (BINARIZATION_SETS, DEFAULT_RULES, binarization_study, predict_reference, predict_run,
                                    read_binarization_study)
 
-    runs = _checkouts(tiny_store, tmp_path, ["avgn/seed0", "ezvsl/seed0", "ezvsl-ogl/seed0"])
     sources = (("avgn", "AVGN", ()), ("ezvsl-ogl", "EZ-VSL + object prior", (("object_prior_alpha", 0.4),)))
-    out = tmp_path / "study"
-    out.mkdir()
-    binarization_study(tiny_store["data"], out, "smoke", 0, sources=sources, runs=runs, device="cpu")
+    runs, out = _run_study(binarization_study, tiny_store, tmp_path, ["avgn/seed0", "ezvsl/seed0", "ezvsl-ogl/seed0"], sources)
     got = read_binarization_study(out)
     assert list(dict.fromkeys(got["method"])) == ["AVGN", "EZ-VSL + object prior", "centre prior", "object prior"]
     assert dict(zip(got["method"], got["run"])) == {"AVGN": runs["avgn/seed0"]["id"], "EZ-VSL + object prior": runs["ezvsl-ogl/seed0"]["id"],
@@ -371,10 +375,7 @@ def test_binarization_study_writes_the_sweep_of_each_stored_run_and_prior(tiny_s
 def test_presence_rule_study_writes_each_runs_rule_table(tiny_store, tiny_ids, tmp_path):
     from avgnbook.analysis import PRESENCE_RULE_BETAS, PRESENCE_RULE_SETS, presence_rule_study, presence_rule_table, read_presence_rule_study
 
-    runs = _checkouts(tiny_store, tmp_path, ["avgn/seed0"])
-    out = tmp_path / "study"
-    out.mkdir()
-    presence_rule_study(tiny_store["data"], out, "smoke", 0, sources=(("avgn", "AVGN"),), runs=runs, device="cpu")
+    runs, out = _run_study(presence_rule_study, tiny_store, tmp_path, ["avgn/seed0"], (("avgn", "AVGN"),))
     got = read_presence_rule_study(out)
     want = presence_rule_table(runs["avgn/seed0"]["run_dir"], PRESENCE_RULE_SETS, PRESENCE_RULE_BETAS, device="cpu", data_dir=tiny_store["data"])
     assert set(got["variant"]) == {"AVGN"} and set(got["run"]) == {runs["avgn/seed0"]["id"]}
@@ -387,10 +388,7 @@ def test_silent_object_study_writes_every_seeds_metrics_in_both_modes(tiny_store
     from avgnbook.analysis import SILENT_METRICS, SILENT_SETS, predict_run, read_silent_study, silent_object_metrics, silent_object_study
     from avgn.runs import load_run, run_presence_threshold
 
-    runs = _checkouts(tiny_store, tmp_path, ["avgn/seed0"])
-    out = tmp_path / "study"
-    out.mkdir()
-    silent_object_study(tiny_store["data"], out, "smoke", 0, sources=(("avgn", "AVGN", "avgn"),), runs=runs, device="cpu")
+    runs, out = _run_study(silent_object_study, tiny_store, tmp_path, ["avgn/seed0"], (("avgn", "AVGN", "avgn"),))
     got = read_silent_study(out)
     assert len(got) == len(SILENT_SETS) * 2 * len(SILENT_METRICS) and set(got["run"]) == {runs["avgn/seed0"]["id"]}
     run_dir = runs["avgn/seed0"]["run_dir"]
@@ -405,12 +403,21 @@ def test_silent_object_study_writes_every_seeds_metrics_in_both_modes(tiny_store
 def test_baseline_study_reports_every_stored_seed(tiny_store, tiny_ids, tmp_path):
     from avgnbook.diagnostics import baseline_report, baseline_study, read_baseline_study
 
-    runs = _checkouts(tiny_store, tmp_path, ["ezvsl/seed0"])
-    out = tmp_path / "study"
-    out.mkdir()
-    baseline_study(tiny_store["data"], out, "smoke", 0, sources=(("ezvsl", "EZ-VSL", "ezvsl"),), runs=runs, device="cpu")
+    runs, out = _run_study(baseline_study, tiny_store, tmp_path, ["ezvsl/seed0"], (("ezvsl", "EZ-VSL", "ezvsl"),))
     got = read_baseline_study(out)
     want = baseline_report(runs["ezvsl/seed0"]["run_dir"], tiny_store["data"], device="cpu")
     assert set(got["variant"]) == {"EZ-VSL"} and set(got["seed"]) == {0} and set(got["run"]) == {runs["ezvsl/seed0"]["id"]}
     assert dict(zip(got["metric"], got["value"])) == pytest.approx(want, abs=1e-9)
     assert {"weights", "audio_collapse", "map", "negated", "constant", "loss_over_chance"} <= set(got["metric"])
+
+
+def test_study_tables_round_trip_and_stored_seeds_come_in_seed_order(tmp_path):
+    from avgnbook.results import read_study_table, stored_seeds, write_study_table
+
+    df = pd.DataFrame({"method": ["AVGN", "centre prior"], "run": ["0123abcd", ""], "value": [0.5, 0.25]})
+    path = write_study_table(df, tmp_path, "t.csv")
+    assert path == tmp_path / "t.csv" and not list(tmp_path.glob(".*"))  # no temporary file left
+    back = read_study_table(tmp_path, "t.csv")
+    assert list(back["run"]) == ["0123abcd", ""] and list(back["value"]) == [0.5, 0.25]
+    runs = {"avgn/seed2": "c", "ezvsl/seed0": "x", "avgn/seed0": "a", "avgn/seed10": "d", "avgn-6ep/seed1": "y"}
+    assert stored_seeds(runs, "avgn") == [(0, "a"), (2, "c"), (10, "d")]

@@ -84,6 +84,10 @@ def test_claims_table_by_hand(tmp_path):
     assert t.loc["beats MaL", "verdict"] == "partly (1 above, 1 within noise)" and t.loc["beats MaL", "seeds"] == 2
     assert t.loc["beats AVGN", "verdict"] == "does not reproduce (the opposite, beyond noise)" and t.loc["beats AVGN", "chapter"] == 9
     assert claims_table(read_claims(tmp_path / "none")).empty
+    from avgnbook.findings import mixed_verdict
+
+    assert (mixed_verdict(0, 2, 1), mixed_verdict(2, 0, 1)) == ("does not reproduce where beyond noise (2 within noise, 1 below)",
+                                                                 "mixed (2 above, 1 below)")
     two = claims_table(pd.DataFrame([claim_row("AVGN", "depth 3 best", {**c("above", 0.02, 0.005), "b": b}) for b in ("depth 1", "depth 6")])
                        .assign(chapter="04"))
     assert two.loc[0, "difference ± sd (points), per cell"] == "test/duet/scene cap vs depth 1: +2.0 ± 0.5; test/duet/scene cap vs depth 6: +2.0 ± 0.5"
