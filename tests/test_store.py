@@ -466,3 +466,38 @@ def test_the_committed_smoke_store_holds_every_planned_run_current():
     st = plan_status("smoke")
     bad = st[st["state"] != "done"]
     assert bad.empty, "retrain: avgn runs train --profile smoke --keys " + " ".join(bad["key"]) + "\n" + bad[["key", "state", "note"]].to_string()
+
+
+def test_a_run_planned_again_under_another_key_takes_the_stored_weights_instead_of_training(stored, tmp_path, monkeypatch):
+    """The id is the run's content: a key whose planned id a record under another key already has
+    (a variant equal to what a changed default now is) is stored from that record's weights and
+    evaluations, never retrained; a run with another id still trains."""
+    import avgn.store.queue as queue
+    from avgn.runs import Variant
+    from avgn.store.plan import PlannedRun
+
+    store = _copy(stored, tmp_path)
+    plan = dict(stored["plan"])
+    again = PlannedRun(Variant("AVGN, planned again", "avgn", name="avgn-again"), 0, "smoke", plan["avgn/seed0"].evals, ("03",))
+    other = PlannedRun(Variant("AVGN, another run", "avgn", overrides=(("train.lr", 5e-4),), name="avgn-other"), 0, "smoke",
+                       plan["avgn/seed0"].evals, ("03",))
+    plan.update({again.key: again, other.key: other})
+    st = plan_status("smoke", store, stored["data"], plan=plan).set_index("key")
+    assert st.loc["avgn-again/seed0", "id"] == st.loc["avgn/seed0", "id"] and st.loc["avgn-again/seed0", "state"] == "missing"
+    assert "stored as avgn/seed0" in st.loc["avgn-again/seed0", "note"] and st.loc["avgn-other/seed0", "note"] == ""
+    assert st.loc["avgn-again/seed0", "est_seconds"] < st.loc["avgn-other/seed0", "est_seconds"]
+
+    def no_training(*a, **k):
+        raise AssertionError("trained a run the store already holds")
+
+    monkeypatch.setattr(queue, "_train_into_stage", no_training)
+    sr = store_run("avgn-again/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)
+    base = store.read("avgn/seed0")
+    assert sr.id == base.id and sr.record["same_run_as"] == "avgn/seed0" and sr.record["label"] == "AVGN, planned again"
+    mine, theirs = store.load_weights(sr), store.load_weights(base)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)  # the same fp16 weights
+    assert sr.record["files"]["eval_val.csv"] == base.record["files"]["eval_val.csv"]  # its current evaluation, kept
+    assert sr.record["checkpoint_epoch"] == base.record["checkpoint_epoch"] and store.read("avgn-again/seed0").id == base.id
+    assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["avgn-again/seed0", "state"] == "done"
+    with pytest.raises(AssertionError, match="trained a run"):  # another id: no twin, so it trains
+        store_run("avgn-other/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)

@@ -149,9 +149,13 @@ def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: s
             continue
         want = run_id(run, plan, build)
         state, stored, note = _record_state(run, store, want)
+        twins = _twin_keys(store, key, want) if state == "missing" and run.trains else []
+        if twins:
+            note = f"the same run is stored as {twins[0]}: its weights are taken, its evaluations completed"
         rows.append({"key": key, "label": run.label, "method": run.method, "seed": run.seed, "chapters": " ".join(run.chapters),
                      "state": state, "id": want, "stored_id": stored, "note": note,
-                     "est_seconds": _cost(run, store, measured, state, note.count(",") + 1 if state == "evals" else None),
+                     "est_seconds": _cost(run, store, measured, "evals" if twins else state,
+                                          note.count(",") + 1 if state == "evals" else None),
                      "wall_seconds": _wall_seconds(store, key) if state == "done" else 0.0})
     return pd.DataFrame(rows)
 
@@ -353,12 +357,17 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         t0 = time.perf_counter()
         if run.study is not None:  # a study's run: its own trainer writes its files
             return _store_study(run, record, stage, work, data_dir, store, plan, t0)
-        weights, keep, reuse = None, False, False
+        weights, keep, reuse, twin = None, False, False, None
         if run.trains:
             reuse = state == "evals" and not retrain and store.read(key).record.get("weights") is not None
+            twin = stored_twin(store, key, want) if state == "missing" and not retrain else None
             if reuse:  # the weights are current: re-score them, no training
                 _reuse_stored(store.read(key, expected_id=want), store, stage, data_dir, record)
                 keep = True
+            elif twin is not None:  # the same run (same id) is stored under another key: its weights, no training
+                _reuse_stored(twin, store, stage, data_dir, record)
+                weights = store.load_weights(twin)
+                record["same_run_as"] = twin.key
             else:
                 weights = _train_into_stage(run, record, stage, work, data_dir, store, plan, build, want, device)
             eval_src, eval_dir, run_files = stage, stage, stage
@@ -374,8 +383,8 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         stage.mkdir(parents=True, exist_ok=True)
         # a re-scoring keeps the stored evaluations that are current and scores only the others
         kept: set[str] = set()
-        if state == "evals" and not retrain and (not run.trains or reuse):
-            old = store.read(key, expected_id=want)
+        if (state == "evals" and not retrain and (not run.trains or reuse)) or twin is not None:
+            old = twin if twin is not None else store.read(key, expected_id=want)
             kept = _current_evals(run, old.record)
             store.materialize_evals(old, eval_dir)
         for ev in run.evals:
@@ -398,6 +407,35 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         return store.write(key, record, run_files, eval_dir, [ev.tag for ev in run.evals], weights, keep_weights=keep)
     finally:
         lock.__exit__(None, None, None)
+
+
+def stored_twin(store: RunStore, key: str, want_id: str) -> StoredRun | None:
+    """A sound record under another key whose id is ``want_id`` and whose weights the store keeps:
+    the same run (the id is the content of its configuration, seed, data build and training code),
+    planned again under another name — e.g. after a default changed, the variant that had the new
+    default's values. :func:`store_run` takes its weights instead of training (``same_run_as`` in the
+    record) and keeps its current evaluations. None when there is none."""
+    for other in _twin_keys(store, key, want_id):
+        try:
+            return store.read(other, expected_id=want_id)
+        except StoreError:  # a broken twin is not taken (`avgn runs check` names it)
+            continue
+    return None
+
+
+def _twin_keys(store: RunStore, key: str, want_id: str) -> list[str]:
+    """The keys other than ``key`` whose record has id ``want_id`` and kept weights (records read, files not hashed)."""
+    found = []
+    for other in store.keys():
+        if other == key:
+            continue
+        try:
+            rec = json.loads((store.folder(other) / "record.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("id") == want_id and rec.get("weights"):
+            found.append(other)
+    return found
 
 
 def _store_study(run: PlannedRun, record: dict[str, Any], stage: Path, work: Path, data_dir: Path, store: RunStore,
