@@ -170,6 +170,31 @@ class _Encoder:
         atomic_save_safetensors(feature_path(self.data_dir, self.spec, image_path), {"feats": full})
         return full
 
+    def save_all(self, images: Sequence[tuple[str, str, int, int]], batch_size: int, progress: bool) -> None:
+        """Compute and write the cache files of ``images`` (:func:`_manifest_images` rows), frames
+        batched across images; an image's file is written once all its frames are computed."""
+        from tqdm.auto import tqdm
+
+        queue: list[tuple[int, int, Tensor]] = []  # (image index, frame index, frame)
+        pending: dict[int, list[Tensor | None]] = {}
+
+        def flush() -> None:
+            if not queue:
+                return
+            for (i, j, _), ft in zip(queue, self([f for _, _, f in queue])):
+                pending[i][j] = ft
+            queue.clear()
+            for i in [i for i, fs in pending.items() if all(f is not None for f in fs)]:
+                self.save(images[i][0], pending.pop(i))  # type: ignore[arg-type]
+
+        for i, (path, layout, _, _) in enumerate(tqdm(images, desc=f"features {self.spec.key}", disable=not progress, leave=False)):
+            frames = self.frames(path, layout)
+            pending[i] = [None] * len(frames)
+            queue.extend((i, j, f) for j, f in enumerate(frames))
+            if len(queue) >= batch_size:
+                flush()
+        flush()
+
 
 @contextmanager
 def _cache_lock(out_dir: Path) -> Iterator[None]:
@@ -207,7 +232,6 @@ def compute_features(
         ``{"key", "dir", "n_images", "n_computed", "n_cached", "seconds", "images_per_s"}``.
     """
     from safetensors.torch import save_file  # noqa: F401  (fail early if missing)
-    from tqdm.auto import tqdm
 
     data_dir = Path(data_dir)
     out_dir = feature_dir(data_dir, spec)
@@ -218,29 +242,7 @@ def compute_features(
         with _cache_lock(out_dir):
             todo = [im for im in todo if not feature_path(data_dir, spec, im[0]).is_file()]  # another process's work
             if todo:
-                enc = _Encoder(data_dir, spec, device)
-                # frames are batched across images; an image's file is written once all its frames are computed
-                queue: list[tuple[int, int, Tensor]] = []  # (image index, frame index, frame)
-                pending: dict[int, list[Tensor | None]] = {}
-
-                def flush() -> None:
-                    if not queue:
-                        return
-                    feats = enc([f for _, _, f in queue])
-                    for (i, j, _), ft in zip(queue, feats):
-                        pending[i][j] = ft
-                    queue.clear()
-                    for i in [i for i, fs in pending.items() if all(f is not None for f in fs)]:
-                        enc.save(todo[i][0], pending.pop(i))  # type: ignore[arg-type]
-
-                for i, (path, layout, _, _) in enumerate(tqdm(todo, desc=f"features {spec.key}", disable=not progress, leave=False)):
-                    frames = enc.frames(path, layout)
-                    pending[i] = [None] * len(frames)
-                    for j, f in enumerate(frames):
-                        queue.append((i, j, f))
-                    if len(queue) >= batch_size:
-                        flush()
-                flush()
+                _Encoder(data_dir, spec, device).save_all(todo, batch_size, progress)
     dt = time.perf_counter() - t0
     result: dict[str, Any] = {"key": spec.key, "dir": str(out_dir), "n_images": len(images), "n_cached": len(images) - len(todo)}
     result.update(n_computed=len(todo), seconds=dt, images_per_s=len(todo) / dt if todo and dt > 0 else float("nan"))

@@ -32,7 +32,7 @@ from avgn.store.queue import checkout
 from avgn.store.records import RunStore
 from avgn.viz import save_figure, set_style
 
-__all__ = ["Chapter", "ChapterFigures", "ChapterPaths", "chapter_context"]
+__all__ = ["Chapter", "ChapterFigures", "ChapterPaths", "chapter_context", "code_version"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,14 @@ class Chapter:
         return read_results(name, self.results_dir)
 
 
+def code_version() -> str:
+    """``avgn <version> (git <revision>)``: the code a chapter runs on, as :func:`avgn.env.environment_report` spells it."""
+    import avgn
+    from avgn.env import git_revision
+
+    return f"avgn {avgn.__version__} (git {git_revision()})"
+
+
 def chapter_context(
     chapter: str,
     profile: str,
@@ -259,10 +267,6 @@ def chapter_context(
     build_dataset(profile=profile, seed=seed, out=data, progress=False)
     ctx = Chapter(str(chapter), prof, int(seed), device, Path(data), Path(runs_dir), Path(results_dir), Path(figures_dir), progress,
                   None if store_dir is None else Path(store_dir))
-    import avgn
-    from avgn.env import git_revision
-
     # the code this chapter runs, as the environment report spells it (also at the end: Chapter.runs_table)
-    print(f"chapter {chapter}: avgn {avgn.__version__} (git {git_revision()}); profile {profile}, seeds {ctx.seeds}; "
-          f"data {data}; runs {ctx.runs}", flush=True)
+    print(f"chapter {chapter}: {code_version()}; profile {profile}, seeds {ctx.seeds}; data {data}; runs {ctx.runs}", flush=True)
     return ctx

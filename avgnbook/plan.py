@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from avgn.experiment import REFERENCES
 from avgn.store.plan import Evaluation, PlannedRun, Study
 from avgn.runs import Variant
@@ -77,6 +79,12 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
                 keep = weights == "all" or (weights == "first" and s == seed_list[0])
                 runs.append(PlannedRun(v, int(s), profile, evals + (rescored if keep else ()), chapters, keep_weights=keep))
 
+    def add_study(name: str, train: Callable[..., None], chapter: str, sources: tuple[tuple[Any, ...], ...], every_seed: bool) -> None:
+        """A chapter's analysis of stored runs, computed once as a study of the store: ``sources`` are
+        ``(run-key prefix, ...)``; it needs their first seed's runs, or with ``every_seed`` every seed's."""
+        needs = tuple(f"{src[0]}/seed{s}" for src in sources for s in (seeds if every_seed else seeds[:1]))
+        runs.append(PlannedRun(None, seeds[0], profile, (), (chapter,), study=Study(name, 1, train, (("sources", sources),), needs=needs)))
+
     # priority: what the book's next changes cannot make stale first (the references, the class-agnostic
     # baselines), then AVGN, its variants, and DSOL / T-VSL (being fixed) last
     for name in REFERENCES:
@@ -89,9 +97,7 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     from avgnbook.diagnostics import baseline_study
 
     designs = [v for v in MAIN_VARIANTS if get_method(v.method).kind != "class_aware" and not v.eval_overrides] + list(BASELINE_DESIGN_VARIANTS)
-    design_sources = tuple((v.name or v.method, v.label, v.method) for v in designs)
-    runs.append(PlannedRun(None, seeds[0], profile, (), ("03",), study=Study(
-        "baseline-reports", 1, baseline_study, (("sources", design_sources),), needs=tuple(f"{k}/seed{s}" for k, _, _ in design_sources for s in seeds))))
+    add_study("baseline-reports", baseline_study, "03", tuple((v.name or v.method, v.label, v.method) for v in designs), every_seed=True)
     # AVGN for every seed; its public-code-target reading (chapter 3's design comparison) and the
     # negative-audio training (chapter 5) keep their first seed's weights, the others their evaluations
     avgn_main = tuple(v for v in MAIN_VARIANTS if v.method == "avgn")
@@ -104,9 +110,8 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     # chapter 2's presence-threshold rules: three stored AVGN runs' test duets under three F-beta thresholds (once, here)
     from avgnbook.analysis import presence_rule_study
 
-    rule_sources = tuple((v.name or v.method, v.label) for v in (avgn_main[0], SHORT_VARIANT, WIDTH_VARIANTS[0]))
-    runs.append(PlannedRun(None, seeds[0], profile, (), ("02",), study=Study(
-        "presence-rules", 1, presence_rule_study, (("sources", rule_sources),), needs=tuple(f"{k}/seed{seeds[0]}" for k, _ in rule_sources))))
+    add_study("presence-rules", presence_rule_study, "02", tuple((v.name or v.method, v.label) for v in (avgn_main[0], SHORT_VARIANT, WIDTH_VARIANTS[0])),
+              every_seed=False)
     from avgnbook.diagnostics import presence_cnn_study  # chapter 2's plain-CNN presence reference (a study, not a method)
 
     factor = {"smoke": 1}.get(profile, 4)
@@ -115,9 +120,8 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     # chapter 4's binarisation rules: every main method's first-seed predictions re-scored seven ways (once, here)
     from avgnbook.analysis import binarization_study
 
-    bin_sources = tuple((v.name or v.method, v.label, v.eval_overrides) for v in MAIN_VARIANTS)
-    runs.append(PlannedRun(None, seeds[0], profile, (), ("04",), study=Study(
-        "binarization-study", 1, binarization_study, (("sources", bin_sources),), needs=tuple(f"{k}/seed{seeds[0]}" for k, _, _ in bin_sources))))
+    add_study("binarization-study", binarization_study, "04", tuple((v.name or v.method, v.label, v.eval_overrides) for v in MAIN_VARIANTS),
+              every_seed=False)
     from avgnbook.shape_masks import decoder_study  # chapter 8's promptable decoder (a study, not a method)
 
     runs.append(PlannedRun(None, seeds[0], profile, (), ("08",), study=Study("point-decoder", 1, decoder_study)))
@@ -133,9 +137,8 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     # chapter 7's silent visible objects: DSOL's and AVGN's maps of every stored seed on the test scenes (once, here)
     from avgnbook.analysis import silent_object_study
 
-    silent_sources = tuple((v.name or v.method, v.label, v.method) for v in (DSOL_VARIANT, avgn_main[0]))
-    runs.append(PlannedRun(None, seeds[0], profile, (), ("07",), study=Study(
-        "silent-objects", 1, silent_object_study, (("sources", silent_sources),), needs=tuple(f"{k}/seed{s}" for k, _, _ in silent_sources for s in seeds))))
+    add_study("silent-objects", silent_object_study, "07", tuple((v.name or v.method, v.label, v.method) for v in (DSOL_VARIANT, avgn_main[0])),
+              every_seed=True)
     add(TVSL_VARIANTS[:1], _evals("test", ZEROSHOT_SPLIT, negative=True), ("05", "09"))
     add(TVSL_VARIANTS[1:], _evals("test", ZEROSHOT_SPLIT), ("09",), weights="none")
     add((TVSL_HELDOUT_CANDIDATES,), _evals(ZEROSHOT_SPLIT), ("09",))

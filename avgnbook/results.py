@@ -83,11 +83,9 @@ def write_results(df: Any, name: str, results_dir: str | Path = RESULTS_DIR, fra
 
 def write_study_table(df: Any, out_dir: str | Path, name: str) -> Path:
     """Write a run-store study's table ``out_dir/name`` (CSV) atomically; returns its path."""
-    out = Path(out_dir) / name
-    tmp = out.with_name(f".{name}.tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
-    return out
+    from avgn.io import atomic_write_text
+
+    return atomic_write_text(Path(out_dir) / name, df.to_csv(index=False))
 
 
 def read_study_table(out_dir: str | Path, name: str):

@@ -31,12 +31,12 @@ from torch import Tensor
 from avgn import metrics
 from avgn.data.datasets import SceneDataset
 from avgn.env import resolve_device
-from avgn.evaluate import SetName, load_eval_set, predict_set, reference_predictor
-from avgn.evaluate import eval_feature_store
+from avgn.evaluate import SetName, eval_feature_store, load_eval_set, predict_set, reference_predictor
 from avgn.evaluate.scoring import _source_maps
 from avgn.methods import MethodPredictor, get_method
 from avgn.runs import load_trained_model
 from avgn.segment.prompts import GSAVL_ALPHA, PromptConfig, fuse_maps, sample_points
+from avgnbook.results import write_study_table
 
 __all__ = ["BLOB", "PairSet", "MapSource", "load_pairs", "run_map_sources", "prior_map_source", "fused",
            "segment_source", "score_masks", "mask_study", "mask_grid_study", "read_mask_study", "MASK_SETS", "MASK_ITEMS", "split_variant", "SEP", "prior_ablation", "qualitative", "plot_masks"]
@@ -306,11 +306,8 @@ def mask_grid_study(data_dir: str | Path, out_dir: str | Path, profile: str, see
             for src in av + [fused(m, prior) for m in av] + ([prior] if sd == seeds[0] else []):
                 lg, pp = mask_study(p, [src], segmenters, SAMPLERS, PromptConfig(), seed=seed)
                 longs.append(lg), per_pair.append(pp)
-    out = Path(out_dir)
     for name, frames in zip(MASK_FILES, (longs, per_pair)):
-        tmp = out / f".{name}.tmp"
-        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-        tmp.replace(out / name)
+        write_study_table(pd.concat(frames, ignore_index=True), out_dir, name)
 
 
 def read_mask_study(out_dir: str | Path):

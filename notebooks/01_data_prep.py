@@ -278,5 +278,7 @@ show_findings("01", [
 
 # %%
 from avgn.env import git_revision  # noqa: E402
+from avgnbook.chapter import code_version  # noqa: E402
 
+print(f"chapter 01: {code_version()}")
 print(f"code revision: {git_revision()}")

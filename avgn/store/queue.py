@@ -119,14 +119,22 @@ def _cost(run: PlannedRun, store: RunStore, measured: dict[str, list[float]], st
     return train_s + n_eval
 
 
-def _measured(store: RunStore) -> dict[str, list[float]]:
-    """Measured training wall seconds of the stored runs by ``variant:<name>`` and ``method:<name>``."""
-    out: dict[str, list[float]] = {}
+def _records(store: RunStore) -> dict[str, dict[str, Any]]:
+    """Every readable ``record.json`` of the store by key, read once (files not hashed: what status and
+    the twin lookup need; :meth:`RunStore.read` verifies a record before it is used)."""
+    out: dict[str, dict[str, Any]] = {}
     for key in store.keys():
         try:
-            rec = json.loads((store.folder(key) / "record.json").read_text())
+            out[key] = json.loads((store.folder(key) / "record.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
+    return out
+
+
+def _measured(records: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """Measured training wall seconds of the stored runs by ``variant:<name>`` and ``method:<name>``."""
+    out: dict[str, list[float]] = {}
+    for key, rec in records.items():
         if rec.get("wall_seconds") and rec.get("trains"):
             out.setdefault(f"variant:{key.split('/')[0]}", []).append(rec["wall_seconds"])
             out.setdefault(f"method:{rec['method']}", []).append(rec["wall_seconds"])
@@ -142,30 +150,23 @@ def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: s
 
     store = store or RunStore(profile)
     plan, build = _plan_and_build(profile, data_dir, plan)
-    measured = _measured(store)
+    records = _records(store)
+    measured = _measured(records)
     rows = []
     for key, run in plan.items():
         if keys is not None and key not in keys:
             continue
         want = run_id(run, plan, build)
         state, stored, note = _record_state(run, store, want)
-        twins = _twin_keys(store, key, want) if state == "missing" and run.trains else []
+        twins = _twin_keys(records, key, want) if state == "missing" and run.trains else []
         if twins:
             note = f"the same run is stored as {twins[0]}: its weights are taken, its evaluations completed"
         rows.append({"key": key, "label": run.label, "method": run.method, "seed": run.seed, "chapters": " ".join(run.chapters),
                      "state": state, "id": want, "stored_id": stored, "note": note,
                      "est_seconds": _cost(run, store, measured, "evals" if twins else state,
                                           note.count(",") + 1 if state == "evals" else None),
-                     "wall_seconds": _wall_seconds(store, key) if state == "done" else 0.0})
+                     "wall_seconds": float(records[key].get("wall_seconds") or 0.0) if state == "done" else 0.0})
     return pd.DataFrame(rows)
-
-
-def _wall_seconds(store: RunStore, key: str) -> float:
-    """The wall seconds a stored record measured (0 when it has none)."""
-    try:
-        return float(json.loads((store.folder(key) / "record.json").read_text()).get("wall_seconds") or 0.0)
-    except (OSError, json.JSONDecodeError):
-        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,7 +416,7 @@ def stored_twin(store: RunStore, key: str, want_id: str) -> StoredRun | None:
     planned again under another name — e.g. after a default changed, the variant that had the new
     default's values. :func:`store_run` takes its weights instead of training (``same_run_as`` in the
     record) and keeps its current evaluations. None when there is none."""
-    for other in _twin_keys(store, key, want_id):
+    for other in _twin_keys(_records(store), key, want_id):
         try:
             return store.read(other, expected_id=want_id)
         except StoreError:  # a broken twin is not taken (`avgn runs check` names it)
@@ -423,19 +424,9 @@ def stored_twin(store: RunStore, key: str, want_id: str) -> StoredRun | None:
     return None
 
 
-def _twin_keys(store: RunStore, key: str, want_id: str) -> list[str]:
-    """The keys other than ``key`` whose record has id ``want_id`` and kept weights (records read, files not hashed)."""
-    found = []
-    for other in store.keys():
-        if other == key:
-            continue
-        try:
-            rec = json.loads((store.folder(other) / "record.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if rec.get("id") == want_id and rec.get("weights"):
-            found.append(other)
-    return found
+def _twin_keys(records: dict[str, dict[str, Any]], key: str, want_id: str) -> list[str]:
+    """The keys other than ``key`` whose record (:func:`_records`) has id ``want_id`` and kept weights."""
+    return [other for other, rec in records.items() if other != key and rec.get("id") == want_id and rec.get("weights")]
 
 
 def _store_study(run: PlannedRun, record: dict[str, Any], stage: Path, work: Path, data_dir: Path, store: RunStore,
