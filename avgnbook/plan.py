@@ -22,6 +22,7 @@ from avgnbook.variants import (
     NEGATIVES_VARIANT,
     PAPER_DESIGN_VARIANT,
     SHORT_VARIANT,
+    TVSL_DESIGN_SWEEP,
     TVSL_FIXED_PRESENCE_VARIANT,
     TVSL_HELDOUT_CANDIDATES,
     TVSL_PAPER_VARIANT,
@@ -148,6 +149,7 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     add((DSOL_PUBLIC_VARIANT,), _evals("test"), ("07",), weights="none")
     add((TVSL_PAPER_VARIANT,), _evals("test", ZEROSHOT_SPLIT), ("09",), weights="first")
     add((TVSL_FIXED_PRESENCE_VARIANT,), _evals("test", ZEROSHOT_SPLIT), ("09",), weights="first")
+    add(TVSL_DESIGN_SWEEP, _evals("test", ZEROSHOT_SPLIT), ("09",), seed_list=seeds[:1])
     plan: dict[str, PlannedRun] = {}
     for r in runs:
         if r.key in plan:
