@@ -501,3 +501,29 @@ def test_a_run_planned_again_under_another_key_takes_the_stored_weights_instead_
     assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["avgn-again/seed0", "state"] == "done"
     with pytest.raises(AssertionError, match="trained a run"):  # another id: no twin, so it trains
         store_run("avgn-other/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)
+
+
+def test_a_stale_key_whose_new_run_is_stored_under_another_key_takes_those_weights(stored, tmp_path, monkeypatch):
+    """A default changed to what a variant had: the default's key is stale (its record is the old
+    default's run) and its new id is the variant's record — stored from that record, not retrained."""
+    import avgn.store.queue as queue
+    from avgn.runs import Variant
+    from avgn.store.plan import PlannedRun
+
+    store = _copy(stored, tmp_path)
+    plan = dict(stored["plan"])
+    old_id = store.read("ezvsl/seed0").id
+    plan["ezvsl/seed0"] = PlannedRun(Variant("now the AVGN run", "avgn", name="ezvsl"), 0, "smoke", plan["avgn/seed0"].evals, ("03",))
+    row = plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["ezvsl/seed0"]
+    assert row["state"] == "stale" and row["stored_id"] == old_id and "stored as avgn/seed0" in row["note"]
+
+    def no_training(*a, **k):
+        raise AssertionError("trained a run the store already holds")
+
+    monkeypatch.setattr(queue, "_train_into_stage", no_training)
+    sr = store_run("ezvsl/seed0", "smoke", store=store, data_dir=stored["data"], work_dir=tmp_path / "work", device="cpu", plan=plan)
+    base = store.read("avgn/seed0")
+    assert sr.id == base.id != old_id and sr.record["same_run_as"] == "avgn/seed0"
+    mine, theirs = store.load_weights(sr), store.load_weights(base)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert plan_status("smoke", store, stored["data"], plan=plan).set_index("key").loc["ezvsl/seed0", "state"] == "done"

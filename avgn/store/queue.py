@@ -158,7 +158,7 @@ def plan_status(profile: str = "cpu", store: RunStore | None = None, data_dir: s
             continue
         want = run_id(run, plan, build)
         state, stored, note = _record_state(run, store, want)
-        twins = _twin_keys(records, key, want) if state == "missing" and run.trains else []
+        twins = _twin_keys(records, key, want) if state in ("missing", "stale") and run.trains else []
         if twins:
             note = f"the same run is stored as {twins[0]}: its weights are taken, its evaluations completed"
         rows.append({"key": key, "label": run.label, "method": run.method, "seed": run.seed, "chapters": " ".join(run.chapters),
@@ -361,7 +361,7 @@ def store_run(key: str, profile: str = "cpu", *, store: RunStore | None = None, 
         weights, keep, reuse, twin = None, False, False, None
         if run.trains:
             reuse = state == "evals" and not retrain and store.read(key).record.get("weights") is not None
-            twin = stored_twin(store, key, want) if state == "missing" and not retrain else None
+            twin = stored_twin(store, key, want) if state in ("missing", "stale") and not retrain else None
             if reuse:  # the weights are current: re-score them, no training
                 _reuse_stored(store.read(key, expected_id=want), store, stage, data_dir, record)
                 keep = True
@@ -414,7 +414,7 @@ def stored_twin(store: RunStore, key: str, want_id: str) -> StoredRun | None:
     """A sound record under another key whose id is ``want_id`` and whose weights the store keeps:
     the same run (the id is the content of its configuration, seed, data build and training code),
     planned again under another name — e.g. after a default changed, the variant that had the new
-    default's values. :func:`store_run` takes its weights instead of training (``same_run_as`` in the
+    default's values (for a key not stored yet, or one whose record is stale: the default's own key). :func:`store_run` takes its weights instead of training (``same_run_as`` in the
     record) and keeps its current evaluations. None when there is none."""
     for other in _twin_keys(_records(store), key, want_id):
         try:
