@@ -56,8 +56,9 @@ def test_book_plan_declares_every_chapter_run_once_with_its_dependencies():
     # the main comparison is re-scored from stored weights for every seed, never retrained for a new protocol;
     # the design variants with negative-audio evaluations (AVGN's public-code target, AVGN trained on
     # negative audio) keep their first seed's weights only: the store's 250 MB
-    main = {k for k in negative if k.split("/")[0] in ("ezvsl", "ezvsl-ogl", "mal", "avgn", "dsol", "tvsl")}
-    assert {"avgn/seed2", "tvsl/seed1", "dsol/seed2", "mal/seed1"} <= main
+    main = {k for k in negative if k.split("/")[0] in ("ezvsl", "ezvsl-ogl", "mal", "avgn", "dsol", "tvsl-anchor-maps")}
+    assert {"avgn/seed2", "tvsl-anchor-maps/seed1", "dsol/seed2", "mal/seed1"} <= main
+    assert plan["tvsl-anchor-maps/seed1"].weights_key == "tvsl/seed1" and plan["tvsl/seed1"].keep_weights  # the book's T-VSL: a read of tvsl's weights
     assert all(plan[k].keep_weights for k in main)
     assert {k for k in negative - main if not plan[k].keep_weights} == {"avgn-public/seed1", "avgn-public/seed2",
                                                                         "avgn-negatives/seed1", "avgn-negatives/seed2"}

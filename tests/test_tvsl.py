@@ -180,7 +180,7 @@ def test_fixed_presence_boundary_is_not_trained_and_cuts_at_its_cosine():
     """``feat_affine='fixed'``: the logit is ``slope (cos - boundary)``, from buffers (no parameter, no
     gradient, nothing in the state dict); ``learned`` trains ``s_f``, ``b_f`` from ``10 cos - 2``."""
     fixed = _model(feat_affine="fixed", feat_slope=8.0, feat_boundary=0.25, w_feat=5.0)
-    learned = _model()
+    learned = _model(feat_affine="learned", w_feat=1.0)
     names = {n for n, _ in fixed.named_parameters()}
     assert not names & {"feat_scale", "feat_bias"} and {"feat_scale", "feat_bias"} <= {n for n, _ in learned.named_parameters()}
     assert "feat_scale" not in fixed.state_dict() and "feat_scale" in learned.state_dict()
@@ -201,15 +201,20 @@ def test_fixed_presence_boundary_is_not_trained_and_cuts_at_its_cosine():
 
 
 def test_fixed_presence_boundary_changes_the_fingerprint_and_the_default_leaves_it():
-    """Fields added after runs were stored leave the fingerprint at the value those runs trained with."""
+    """Fields added after runs were stored leave the fingerprint at the value those runs trained with
+    (``feat_affine='learned'``, ``map_query='audio'``); the default's fixed boundary enters it."""
     from avgn.experiment import get_experiment
 
-    base = get_experiment("tvsl", "smoke")
+    base = get_experiment("tvsl", "smoke", **{"model.feat_affine": "learned", "model.w_feat": 1.0})
     assert "feat_affine" not in json.loads(base.fingerprint_json())["model"]
+    assert "map_query" not in json.loads(base.fingerprint_json())["model"]
     fixed = base.with_overrides(**{"model.feat_affine": "fixed"})
     assert json.loads(fixed.fingerprint_json())["model"]["feat_affine"] == "fixed"
     assert fixed.fingerprint() != base.fingerprint()
     assert base.with_overrides(**{"model.feat_affine": "fixed", "model.feat_boundary": 0.6}).fingerprint() != fixed.fingerprint()
+    default = get_experiment("tvsl", "smoke")
+    assert default.fingerprint() == fixed.with_overrides(**{"model.w_feat": 5.0}).fingerprint()  # the default: fixed at 0.5, weight 5
+    assert default.with_overrides(**{"model.map_query": "anchor"}).fingerprint() != default.fingerprint()
     # fields a configuration does not read: the learned affine's unused slope, the affine without the term
     assert base.with_overrides(**{"model.feat_slope": 3.0}).fingerprint() == base.fingerprint()
     paper = base.with_overrides(**{"model.w_feat": 0.0})
@@ -279,6 +284,25 @@ def test_maps_are_not_inverted():
     assert maps.shape == (1, 4, 3, 3)
     assert maps[0, 2].argmax().item() == 1 * 3 + 2 and maps[0, 2, 1, 2].item() == pytest.approx(1.0, abs=1e-5)
     assert maps[0, 0].argmin().item() == 0  # high = sounding, low = not: no 1 - map anywhere
+
+
+def test_anchor_query_maps_compare_the_image_tokens_with_each_class_anchor():
+    """``map_query='anchor'``: class ``c``'s map is ``cos(h^v(x_p), t_c)`` whatever the audio (the anchors
+    of the forward pass: swapped anchors are the ones read); the default reads the audio feature."""
+    model = _model(map_query="anchor")
+    vmap = F.normalize(torch.randn(2, E, 2, 3), dim=1)
+    audio = F.normalize(torch.randn(2, 4, E), dim=-1)
+    tok = F.normalize(model.visual_tokens(vmap), dim=1)
+    maps = model.localize({"visual_map_feats": vmap, "audio_emb": audio, "anchors": model.anchors})
+    assert torch.allclose(maps, torch.einsum("ce,behw->bchw", model.anchors, tok), atol=1e-5)
+    assert torch.equal(maps, model.localize({"visual_map_feats": vmap, "audio_emb": torch.randn(2, 4, E)}))  # no audio in it
+    other = F.normalize(torch.randn(4, E), dim=-1)
+    assert torch.allclose(model.localize({"visual_map_feats": vmap, "audio_emb": audio, "anchors": other}),
+                          torch.einsum("ce,behw->bchw", other, tok), atol=1e-5)
+    assert torch.allclose(_model().localize({"visual_map_feats": vmap, "audio_emb": audio}),
+                          torch.einsum("bce,behw->bchw", audio, tok), atol=1e-5)
+    with pytest.raises(ValueError, match="map_query"):
+        _cfg(map_query="text")
 
 
 def test_forward_shapes_scale_clamp_and_anchor_swap():
