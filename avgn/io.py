@@ -82,7 +82,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def config_from_dict(cls: type, d: dict[str, Any], *, ignore_unknown: bool = False) -> Any:
     """Inverse of :func:`config_to_dict`: the dataclass ``cls`` from ``d``, recursing into fields whose
     default is a dataclass and turning lists back into tuples where the default is a tuple, None or
-    missing. Fields absent from ``d`` keep their defaults.
+    missing. A field absent from ``d`` takes the value the class's ``fingerprint_defaults`` declares for
+    it (a field added after configurations were stored: the value they were made with), else its default.
 
     Raises:
         KeyError: ``d`` has a key that is not a field of ``cls`` (unless ``ignore_unknown``).
@@ -101,4 +102,7 @@ def config_from_dict(cls: type, d: dict[str, Any], *, ignore_unknown: bool = Fal
         elif isinstance(value, list) and (isinstance(default, tuple) or default is dataclasses.MISSING or default is None):
             value = tuple(value)
         kw[name] = value
+    for name, value in getattr(cls, "fingerprint_defaults", {}).items():
+        if name in fields and name not in d:
+            kw[name] = value
     return cls(**kw)

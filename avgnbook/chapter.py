@@ -127,6 +127,11 @@ class Chapter:
         """The folder holding ``variant``'s weights for ``seed`` (default: the first seed)."""
         return variant_dirs(variant, self.runs, self.profile.name, self.seeds[0] if seed is None else seed)[0]
 
+    def eval_dir(self, variant: Variant, seed: int | None = None) -> Path:
+        """The folder holding ``variant``'s evaluations for ``seed`` (its :meth:`run_dir` unless it only
+        changes inference, as EZ-VSL's object prior or T-VSL's anchor maps)."""
+        return variant_dirs(variant, self.runs, self.profile.name, self.seeds[0] if seed is None else seed)[1]
+
     def run_variants(self, variants: Sequence[Variant], seeds: Sequence[int] | None = None, verbose: bool = True,
                      eval_splits: Sequence[str] = (), eval_sets: dict[str, Sequence[str]] | None = None) -> None:
         """Read every variant's run for every seed from the store (:meth:`checkout`), printing the

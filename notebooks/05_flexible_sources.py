@@ -259,7 +259,7 @@ neg = with_set_parts(ctx.write(ctx.collect(NEG_VARIANTS, split="negative"), "05_
 neg = neg[neg["mode"] == "predicted"].rename(columns={"layout": "condition"})
 fa = neg[neg["metric"] == "false_alarm"].pivot_table(index="variant", columns=["task", "condition"], values="value", aggfunc="mean")
 display(fa.round(3))
-payloads = [json.loads((ctx.run_dir(v, s) / "eval_negative.json").read_text()) for v in NEG_VARIANTS for s in seeds]
+payloads = [json.loads((ctx.eval_dir(v, s) / "eval_negative.json").read_text()) for v in NEG_VARIANTS for s in seeds]
 for note in sorted({p.get("detection", {}).get("note") for p in payloads} - {None}):
     print(note)
 

@@ -561,3 +561,18 @@ def test_dependence_report_reads_the_maps_with_each_query(tvsl_run, fake_build):
         own = torch.einsum("ne,nep->np", anchor, tok).reshape(len(anchor), 1, *o["visual_map_feats"].shape[-2:])
     up = upsample_maps(own, tuple(o["masks"].shape[-2:]))[:, 0]
     assert rep["map_ap_anchor_query"] == pytest.approx(float(pixel_average_precision(up, o["masks"]).mean()), abs=1e-6)
+
+
+def test_a_configuration_stored_before_a_field_existed_loads_with_the_value_it_was_made_with():
+    """A stored T-VSL configuration without ``feat_affine`` (made when the presence affine was always
+    learned) loads with ``learned`` — its weights hold the learned scale and bias — not with today's
+    ``fixed`` default; a field it has keeps its value."""
+    from avgn.experiment import Experiment, get_experiment
+
+    old = get_experiment("tvsl", "smoke", **{"model.feat_affine": "learned", "model.w_feat": 0.0}).to_dict()
+    for k in ("feat_affine", "map_query"):
+        del old["model"][k]
+    exp = Experiment.from_dict(old)
+    assert exp.model.feat_affine == "learned" and exp.model.map_query == "audio" and exp.model.w_feat == 0.0
+    assert {"feat_scale", "feat_bias"} <= {n for n, _ in TVSL(exp.model, anchors=torch.eye(len(exp.model.class_names), 384)).named_parameters()}
+    assert get_experiment("tvsl", "smoke").model.feat_affine == "fixed"  # a new configuration: today's default
