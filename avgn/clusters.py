@@ -7,6 +7,8 @@
 * :func:`hungarian_mapping` — clusters to classes, one-to-one, maximising the number of objects whose
   cluster maps to their class (:func:`scipy.optimize.linear_sum_assignment`), with the cluster purity.
   Done once, on the validation split, never on test and never by hand.
+* :func:`majority_mapping` — clusters to classes, many-to-one (each cluster its majority class): for
+  over-clustering, where a class split over several clusters keeps them all.
 * :func:`nsa` and :func:`false_alarm_rate` — how a method treats objects that are seen but not heard.
 
 Every degenerate input has a defined behaviour and a clear error (an empty region, more clusters
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ObjectFeatures", "masked_object_features", "kmeans_dictionary", "ClusterMapping", "hungarian_mapping", "nsa", "false_alarm_rate"]
+__all__ = ["ObjectFeatures", "masked_object_features", "kmeans_dictionary", "ClusterMapping", "hungarian_mapping", "majority_mapping", "CLUSTER_MAPPINGS", "nsa", "false_alarm_rate"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,27 @@ def hungarian_mapping(clusters: Tensor, classes: Tensor, k: int, num_classes: in
     purity = float(cont.max(dim=1).values.sum()) / n
     accuracy = float(cont[torch.as_tensor(rows), torch.as_tensor(cols)].sum()) / n
     return ClusterMapping(mapping, purity, accuracy, cont)
+
+
+def majority_mapping(clusters: Tensor, classes: Tensor, k: int, num_classes: int) -> ClusterMapping:
+    """The many-to-one cluster -> class mapping: every cluster to the majority class of its objects
+    (ties: the lowest class id; a cluster without objects: -1). With more clusters than classes
+    (over-clustering) a class split over several clusters keeps all of them; ``accuracy`` then equals
+    ``purity``. Arguments as :func:`hungarian_mapping`."""
+    clusters, classes = torch.as_tensor(clusters).long(), torch.as_tensor(classes).long()
+    if clusters.shape != classes.shape or clusters.dim() != 1 or len(clusters) == 0:
+        raise ValueError(f"clusters and classes must be two non-empty [N] vectors, got {tuple(clusters.shape)} and {tuple(classes.shape)}")
+    if int(clusters.max()) >= k or int(clusters.min()) < 0 or int(classes.max()) >= num_classes or int(classes.min()) < 0:
+        raise ValueError(f"cluster ids must lie in [0, {k}) and class ids in [0, {num_classes})")
+    cont = torch.zeros(k, num_classes, dtype=torch.long)
+    cont.index_put_((clusters, classes), torch.ones_like(clusters), accumulate=True)
+    top = cont.max(dim=1)
+    mapping = torch.where(cont.sum(1) > 0, top.indices, torch.full_like(top.indices, -1))
+    purity = float(top.values.sum()) / len(clusters)
+    return ClusterMapping(mapping, purity, purity, cont)
+
+
+CLUSTER_MAPPINGS = {"hungarian": hungarian_mapping, "majority": majority_mapping}
 
 
 def nsa(maps: Tensor, silent: Tensor, threshold: float = 0.2) -> float:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from avgn.clusters import false_alarm_rate, hungarian_mapping, kmeans_dictionary, masked_object_features, nsa
+from avgn.clusters import false_alarm_rate, hungarian_mapping, kmeans_dictionary, majority_mapping, masked_object_features, nsa
 
 
 def test_object_features_are_region_means_with_dilation_and_a_peak_fallback():
@@ -73,6 +73,20 @@ def test_hungarian_mapping_on_a_hand_made_case():
     assert sorted(m3.cluster_to_class.tolist()) == [-1, 0, 1]
     with pytest.raises(ValueError, match="cluster ids must lie in"):
         hungarian_mapping(torch.tensor([3]), torch.tensor([0]), k=3, num_classes=2)
+
+
+def test_majority_mapping_names_every_cluster_by_its_majority():
+    clusters = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    classes = torch.tensor([2, 2, 2, 0, 0, 0, 1, 1, 1, 0])
+    m = majority_mapping(clusters, classes, k=4, num_classes=3)
+    assert m.cluster_to_class.tolist() == [2, 0, 1, -1]  # cluster 3 holds no object
+    assert m.accuracy == m.purity == pytest.approx(7 / 10)
+    # two clusters of class 0 both keep it (one-to-one would give the second another class)
+    m2 = majority_mapping(torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 0, 0, 2]), k=2, num_classes=3)
+    assert m2.cluster_to_class.tolist() == [0, 0] and m2.accuracy == pytest.approx(4 / 6)
+    assert majority_mapping(torch.tensor([0, 0]), torch.tensor([1, 0]), k=1, num_classes=2).cluster_to_class.tolist() == [0]  # tie: lowest id
+    with pytest.raises(ValueError, match="cluster ids must lie in"):
+        majority_mapping(torch.tensor([3]), torch.tensor([0]), k=3, num_classes=2)
 
 
 def test_nsa_and_false_alarms_on_hand_computed_maps():

@@ -36,6 +36,23 @@ def test_predict_puts_each_cluster_at_its_class():
     assert pred["audio_probs"][0].tolist() == pytest.approx([0.0, 0.0, float(p[0])])
 
 
+def test_predict_joins_the_clusters_of_one_class():
+    """A many-to-one mapping (``cluster_mapping='majority'``, over-clustering): a class's map is the
+    highest of its clusters' maps and its presence probability the sum of theirs."""
+    m = get_method("dsol")
+    model = m.build(DSOLConfig(num_classes=2, num_clusters=3, dim=16, cluster_mapping="majority", encoder=EncoderConfig(audio_width=0.125)))
+    model.set_mapping(torch.tensor([1, 1, 0]))
+    cm = torch.randn(2, 3, 2, 2)
+    out = {"class_maps": cm, "audio_cluster_logits": torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 3.0]])}
+    pred = m.predict(model, out)
+    soft = torch.softmax(3.0 * cm, dim=1)
+    assert torch.equal(pred["maps"][:, 1], torch.maximum(soft[:, 0], soft[:, 1])) and torch.equal(pred["maps"][:, 0], soft[:, 2])
+    p = torch.softmax(out["audio_cluster_logits"], 1)
+    assert torch.allclose(pred["audio_probs"], torch.stack([p[:, 2], p[:, 0] + p[:, 1]], 1))
+    with pytest.raises(ValueError, match="cluster_mapping"):
+        DSOLConfig(cluster_mapping="nearest")
+
+
 def test_stage_two_targets_come_from_a_frozen_copy_of_stage_one(tmp_path):
     """Stage 2's audio category distribution is the stage-1 audio network's (the public code's
     av_model_fix): loaded from stage-1 weights, unchanged by stage-2 training of the audio trunk, in

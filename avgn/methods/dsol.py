@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avgn.clusters import hungarian_mapping, kmeans_dictionary, masked_object_features
+from avgn.clusters import CLUSTER_MAPPINGS, kmeans_dictionary, masked_object_features
 from avgn.env import epoch_seed
 from avgn.losses import maxmil_contrastive_loss
 from avgn.methods.base import EpochContext, Method, model_inputs
@@ -82,6 +82,9 @@ CLUSTER_FEATURES = ("backbone", "projection")
 
 #: How each epoch's K-means starts (:attr:`DSOLConfig.recluster`).
 RECLUSTER = ("fresh", "warm")
+
+#: How clusters are named with classes (:attr:`DSOLConfig.cluster_mapping`; :data:`avgn.clusters.CLUSTER_MAPPINGS`).
+CLUSTER_MAPPING_RULES = ("hungarian", "majority")
 
 #: The public code's choices for the fields where this book's defaults depart from it.
 PUBLIC_DESIGN = {"avc_loss": "bce", "region_rule": "absolute", "cluster_features": "backbone", "recluster": "fresh", "dilate": 1,
@@ -134,6 +137,12 @@ class DSOLConfig:
         recluster: each epoch's K-means starts ``fresh`` (public: new k-means++ draws, so cluster
             ids are reshuffled and the pseudo-label heads start over) or ``warm`` (default) from the
             previous dictionary, so cluster ``j`` stays cluster ``j`` and the heads keep learning.
+        cluster_mapping: how the clusters are named with classes after each clustering, on the
+            validation objects: ``hungarian`` (default: one-to-one, :func:`avgn.clusters.hungarian_mapping`)
+            or ``majority`` (each cluster its majority class, :func:`avgn.clusters.majority_mapping`;
+            with ``num_clusters`` above the class count, over-clustering, a class split over several
+            clusters keeps them all). A class's presence probability is the sum of its clusters'
+            audio probabilities and its map the highest of their maps.
     """
 
     stage: int = 1
@@ -155,7 +164,12 @@ class DSOLConfig:
     relative_threshold: float = 0.9
     cluster_features: str = "projection"
     recluster: str = "warm"
+    cluster_mapping: str = "hungarian"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    #: fields added after runs were stored, with the value those runs trained with: left out of the
+    #: experiment's fingerprint at that value (:meth:`avgn.experiment.Experiment.fingerprint_json`)
+    fingerprint_defaults = {"cluster_mapping": "hungarian"}
 
     def __post_init__(self) -> None:
         if self.stage not in (1, 2):
@@ -165,7 +179,8 @@ class DSOLConfig:
         if not 0.0 <= self.region_threshold < 1.0 or not 0.0 <= self.relative_threshold < 1.0:
             raise ValueError("region_threshold and relative_threshold must lie in [0, 1)")
         for name, value, allowed in (("avc_loss", self.avc_loss, AVC_LOSSES), ("region_rule", self.region_rule, REGION_RULES),
-                                     ("cluster_features", self.cluster_features, CLUSTER_FEATURES), ("recluster", self.recluster, RECLUSTER)):
+                                     ("cluster_features", self.cluster_features, CLUSTER_FEATURES), ("recluster", self.recluster, RECLUSTER),
+                                     ("cluster_mapping", self.cluster_mapping, CLUSTER_MAPPING_RULES)):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.avc_tau <= 0:
@@ -430,7 +445,7 @@ class DSOLMethod(Method):
         model.set_dictionary(centres)
         vf, vc, _ = object_features(model, [b for es in ctx.val_sets for b in es.batches()], ctx.device)
         assign = (F.normalize(vf, dim=1) @ F.normalize(model.dictionary.cpu(), dim=1).t()).argmax(1)
-        mapping = hungarian_mapping(assign, vc, model.cfg.k, model.cfg.num_classes)
+        mapping = CLUSTER_MAPPINGS[model.cfg.cluster_mapping](assign, vc, model.cfg.k, model.cfg.num_classes)
         model.set_mapping(mapping.cluster_to_class)
         return {"cluster_purity": mapping.purity, "cluster_accuracy": mapping.accuracy, "objects": int(len(feats)),
                 "empty_regions": float(empty.float().mean())}
@@ -444,9 +459,9 @@ class DSOLMethod(Method):
         probs = pk.new_zeros(b, c)
         m = model.cluster_to_class
         ok = m >= 0
-        if ok.any():
-            maps[:, m[ok]] = cm[:, ok]
-            probs[:, m[ok]] = pk[:, ok]
+        if ok.any():  # a class's clusters (one, or several with the majority mapping): their highest map, their summed probability
+            maps.index_reduce_(1, m[ok], cm[:, ok], "amax", include_self=False)
+            probs.index_add_(1, m[ok], pk[:, ok])
         return {"maps": maps, "audio_probs": probs}
 
     def value_label(self, model: nn.Module | None) -> str:
