@@ -695,3 +695,68 @@ def presence_rule_study(data_dir: str | Path, out_dir: str | Path, profile: str,
 def read_presence_rule_study(out_dir: str | Path):
     """The rows of a :func:`presence_rule_study` kept in ``out_dir``."""
     return read_study_table(out_dir, PRESENCE_RULE_FILE)
+
+
+#: Chapter 2's choice of the threshold rule: the duets of validation (where it is chosen) and of test
+#: (where it is reported), the F-beta rules it chooses among, the file the run store keeps.
+RULE_CHOICE_SETS = ("val/duet/scene", "val/duet/concat", "test/duet/scene", "test/duet/concat")
+RULE_CHOICE_BETAS = (1.0, 1.25, 1.5, 2.0)
+RULE_CHOICE_FILE = "rule_choice.csv"
+
+
+def presence_rule_choice_study(data_dir: str | Path, out_dir: str | Path, profile: str, seed: int, *,
+                               sources: Sequence[tuple[str, str]], runs: Mapping[str, Mapping[str, Any]], device: str = "auto") -> None:
+    """The run store's ``presence-rule-choice`` study: :func:`presence_rule_table` of every stored seed of
+    each of ``sources`` (``(run-key prefix, label)``) on :data:`RULE_CHOICE_SETS` under
+    :data:`RULE_CHOICE_BETAS`; writes ``rule_choice.csv`` (its rows with ``variant``, ``seed``, ``run``)."""
+    import pandas as pd
+
+    frames = []
+    for prefix, label in sources:
+        for s, got in stored_seeds(runs, prefix):
+            frames.append(presence_rule_table(got["run_dir"], RULE_CHOICE_SETS, RULE_CHOICE_BETAS, device=device, data_dir=data_dir)
+                          .assign(variant=label, seed=int(s), run=got["id"]))
+    write_study_table(pd.concat(frames, ignore_index=True), out_dir, RULE_CHOICE_FILE)
+
+
+def read_rule_choice_study(out_dir: str | Path):
+    """The rows of a :func:`presence_rule_choice_study` kept in ``out_dir``."""
+    return read_study_table(out_dir, RULE_CHOICE_FILE)
+
+
+def choose_presence_rule(rows, f1_min: float = 0.85, gap_max: float = 0.05, split: str = "val"):
+    """The F-beta threshold rule chosen on ``split``'s rows of a :func:`presence_rule_choice_study`: per
+    rule, the mean over seeds of each set's presence F1 and predicted-to-oracle gap, and its *margin*,
+    the smallest over the sets of ``F1 - f1_min`` and ``gap_max - gap`` (>= 0: both targets met on
+    every set). The rule with the largest margin is chosen (ties: the smaller beta, the fewer false
+    alarms). Returns ``(beta, table)``, the table one row per (beta, set) with ``margin`` per beta."""
+    sel = rows[rows["set"].str.startswith(split + "/")]
+    if sel.empty:
+        raise ValueError(f"choose_presence_rule: no rows of the {split!r} split")
+    table = sel.groupby(["beta", "set"], as_index=False)[["threshold", "presence_f1", "gap"]].mean()
+    per_set = (table["presence_f1"] - f1_min).where(table["presence_f1"] - f1_min < gap_max - table["gap"], gap_max - table["gap"])
+    table["margin"] = per_set.groupby(table["beta"]).transform("min")
+    best = table.groupby("beta")["margin"].first()
+    beta = float(best[best == best.max()].index.min())
+    return beta, table
+
+
+def rule_results(rows, beta: float, label: str, split: str = "test"):
+    """The long results (``variant, seed, set, mode, metric, value``) of the rule ``beta`` on ``split``'s
+    rows of a :func:`presence_rule_choice_study`: oracle CAP, predicted CAP and presence F1, for
+    :func:`avgnbook.findings.learning_targets` (variant ``label``)."""
+    import pandas as pd
+
+    sel = rows[(rows["beta"] == beta) & rows["set"].str.startswith(split + "/")]
+    if sel.empty:
+        raise ValueError(f"rule_results: no rows of beta {beta} on {split!r}")
+    out = []
+    for _, r in sel.iterrows():
+        base = {"variant": label, "seed": int(r["seed"]), "run": r["run"], "set": r["set"]}
+        out += [{**base, "mode": "oracle", "metric": "cap", "value": r["oracle_cap"]},
+                {**base, "mode": "predicted", "metric": "cap", "value": r["predicted_cap"]},
+                {**base, "mode": "predicted", "metric": "presence_f1", "value": r["presence_f1"]}]
+    return pd.DataFrame(out)
+
+
+__all__ += ["presence_rule_choice_study", "read_rule_choice_study", "choose_presence_rule", "rule_results"]

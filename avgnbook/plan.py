@@ -110,8 +110,12 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     add((SHORT_VARIANT,), _evals("test"), ("02", "04"), weights="first")
     add((PAPER_DESIGN_VARIANT,), _evals("test"), ("02",), weights="first")
     add(WIDTH_VARIANTS, _evals("test"), ("02", "04"), weights="first")
-    # chapter 2's presence-threshold rules: three stored AVGN runs' test duets under three F-beta thresholds (once, here)
-    from avgnbook.analysis import presence_rule_study
+    # chapter 2's presence-threshold rules: three stored AVGN runs' test duets under three F-beta thresholds (once, here),
+    # and the book's AVGN, every seed, on the validation and test duets under four (the rule chosen on validation)
+    from avgnbook.analysis import presence_rule_choice_study, presence_rule_study
+
+    add_study("presence-rule-choice", presence_rule_choice_study, "02", ((avgn_main[0].name or avgn_main[0].method, avgn_main[0].label),),
+              every_seed=True)
 
     add_study("presence-rules", presence_rule_study, "02", tuple((v.name or v.method, v.label) for v in (avgn_main[0], SHORT_VARIANT, WIDTH_VARIANTS[0])),
               every_seed=False)

@@ -421,3 +421,33 @@ def test_study_tables_round_trip_and_stored_seeds_come_in_seed_order(tmp_path):
     assert list(back["run"]) == ["0123abcd", ""] and list(back["value"]) == [0.5, 0.25]
     runs = {"avgn/seed2": "c", "ezvsl/seed0": "x", "avgn/seed0": "a", "avgn/seed10": "d", "avgn-6ep/seed1": "y"}
     assert stored_seeds(runs, "avgn") == [(0, "a"), (2, "c"), (10, "d")]
+
+
+def test_the_threshold_rule_is_chosen_by_its_worst_margin_on_validation():
+    """Per rule: the mean over seeds per set, the margin min(F1 - 0.85, 0.05 - gap) over the sets; the
+    largest margin wins (ties: the smaller beta); test rows never enter the choice; the chosen rule's
+    test rows become long results for the learning targets."""
+    import pandas as pd
+
+    from avgnbook.analysis import choose_presence_rule, rule_results
+
+    spec = [(1.0, "val/duet/scene", 0, 0.90, 0.06), (1.0, "val/duet/scene", 1, 0.90, 0.08), (1.0, "val/duet/concat", 0, 0.86, 0.07),
+            (1.0, "val/duet/concat", 1, 0.86, 0.07), (1.5, "val/duet/scene", 0, 0.89, 0.04), (1.5, "val/duet/scene", 1, 0.87, 0.04),
+            (1.5, "val/duet/concat", 0, 0.86, 0.06), (1.5, "val/duet/concat", 1, 0.86, 0.04), (2.0, "val/duet/scene", 0, 0.85, 0.03),
+            (2.0, "val/duet/scene", 1, 0.85, 0.03), (2.0, "val/duet/concat", 0, 0.80, 0.03), (2.0, "val/duet/concat", 1, 0.82, 0.03),
+            (2.0, "test/duet/scene", 0, 0.99, 0.0), (1.5, "test/duet/scene", 0, 0.70, 0.10), (1.5, "test/duet/scene", 1, 0.72, 0.12)]
+    rows = pd.DataFrame([dict(beta=b, set=s, seed=sd, threshold=0.3, presence_f1=f, gap=g, oracle_cap=0.4, predicted_cap=0.4 - g, run=f"r{sd}")
+                         for b, s, sd, f, g in spec])
+    beta, table = choose_presence_rule(rows)
+    margins = table.groupby("beta")["margin"].first()
+    # beta 1: min(0.05 - 0.07, 0.05 - 0.07) = -0.02; beta 1.5: concat gap 0.05 -> 0.0, scene F1 0.88 -> 0.03: 0.0; beta 2: F1 0.81 -> -0.04
+    assert margins.to_dict() == pytest.approx({1.0: -0.02, 1.5: 0.0, 2.0: -0.04}, abs=1e-9) and beta == 1.5
+    assert set(table["set"]) == {"val/duet/scene", "val/duet/concat"}
+    res = rule_results(rows, beta, "AVGN (F1.5)")
+    assert len(res) == 6 and set(res["mode"]) == {"oracle", "predicted"}
+    f1 = res[res["metric"] == "presence_f1"].set_index("seed")["value"]
+    assert f1.to_dict() == {0: 0.70, 1: 0.72}
+    gap = res[(res["mode"] == "oracle")].set_index("seed")["value"] - res[(res["mode"] == "predicted") & (res["metric"] == "cap")].set_index("seed")["value"]
+    assert gap.to_dict() == pytest.approx({0: 0.10, 1: 0.12})
+    with pytest.raises(ValueError, match="no rows"):
+        choose_presence_rule(rows[rows["set"].str.startswith("test/")])
