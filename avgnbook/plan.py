@@ -14,6 +14,7 @@ from avgnbook.variants import (
     BASELINE_DESIGN_VARIANTS,
     DEPTH_VARIANTS,
     DSOL_PUBLIC_STAGE1_VARIANT,
+    DSOL_OVERCLUSTER_VARIANTS,
     DSOL_PUBLIC_VARIANT,
     DSOL_STAGE1_VARIANT,
     DSOL_VARIANT,
@@ -157,6 +158,10 @@ def book_plan(profile: str = "cpu") -> dict[str, PlannedRun]:
     # diagnosis reads the first seed's weights (stage 1: its maps and clusters)
     add((DSOL_PUBLIC_STAGE1_VARIANT,), _evals("test"), ("07",), weights="first")
     add((DSOL_PUBLIC_VARIANT,), _evals("test"), ("07",), weights="none")
+    # chapter 7's search for a DSOL that selects its sources (one seed, both stages; the first stage's weights for the second);
+    # not on the smoke build: its 72 distinct training objects cannot make 74 clusters
+    if profile != "smoke":
+        add(DSOL_OVERCLUSTER_VARIANTS, _evals("test"), ("07",), seed_list=seeds[:1])
     add((TVSL_PAPER_VARIANT,), _evals("test", ZEROSHOT_SPLIT), ("09",), weights="first")
     add(TVSL_DESIGN_SWEEP, _evals("test", ZEROSHOT_SPLIT), ("09",), seed_list=seeds[:1])
     plan: dict[str, PlannedRun] = {}

@@ -9,9 +9,10 @@ from typing import Any
 from avgn.data.config import DataConfig
 from avgn.methods.avgn import PAPER_DESIGN
 from avgn.methods.dsol import PUBLIC_DESIGN as PUBLIC_DSOL_DESIGN
+from avgn.methods.dsol import DSOLConfig
 from avgn.runs import Variant
 
-__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "NEGATIVES_VARIANT", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "TVSL_VARIANT", "TVSL_AUDIO_MAPS_VARIANT", "TVSL_VARIANTS", "TVSL_LEARNED_PRESENCE_VARIANT", "TVSL_BARE_VARIANT", "TVSL_PAPER_VARIANT", "TVSL_DESIGN_SWEEP", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
+__all__ = ["MAIN_VARIANTS", "BASELINE_DESIGN_VARIANTS", "PAPER_DESIGN_VARIANT", "ABLATION_SCHEDULE", "SHORT_VARIANT", "DEPTH_VARIANTS", "ASSIGNMENT_VARIANTS", "LOSS_VARIANTS", "WIDTH_VARIANTS", "NEGATIVES_VARIANT", "DSOL_STAGE1_VARIANT", "DSOL_VARIANT", "DSOL_PUBLIC_STAGE1_VARIANT", "DSOL_PUBLIC_VARIANT", "DSOL_OVERCLUSTER_VARIANTS", "TVSL_VARIANT", "TVSL_AUDIO_MAPS_VARIANT", "TVSL_VARIANTS", "TVSL_LEARNED_PRESENCE_VARIANT", "TVSL_BARE_VARIANT", "TVSL_PAPER_VARIANT", "TVSL_DESIGN_SWEEP", "TVSL_HELDOUT_CANDIDATES", "VARIANT_GROUPS"]
 
 
 #: Chapter 4's ablations and chapter 2's paper design train on the 6-epoch schedule with early stopping (:data:`SHORT_VARIANT`, their
@@ -87,6 +88,19 @@ DSOL_PUBLIC_STAGE1_VARIANT = Variant("DSOL stage 1 (public design)", "dsol", ove
                                      name="dsol-public-stage1", factor="design", level="public code")
 DSOL_PUBLIC_VARIANT = Variant("DSOL (public design)", "dsol", overrides=DSOL_VARIANT.overrides + _DSOL_PUBLIC, name="dsol-public",
                               init_from=DSOL_PUBLIC_STAGE1_VARIANT, factor="design", level="public code")
+#: Chapter 7's search for a DSOL that selects its sources: twice as many clusters as classes, each
+#: named with its majority class (``cluster_mapping='majority'``: a class split over clusters keeps
+#: them all; its presence is their summed probability), and the same with stage 1's mixture term at
+#: weight 3 (its audio classifier puts both classes of a duet in its top two on a seventh of the duets
+#: at weight 1). One seed each, both stages.
+_OVERCLUSTER = (("model.num_clusters", 2 * DSOLConfig().num_classes), ("model.cluster_mapping", "majority"))
+DSOL_OVERCLUSTER_VARIANTS: tuple[Variant, ...] = ()
+for _name, _label, _extra in (("dsol-overcluster", "2K clusters, majority naming", ()),
+                              ("dsol-overcluster-mix3", "2K clusters, majority naming, mixture weight 3", (("model.mix_weight", 3.0),))):
+    _s1 = Variant(f"DSOL stage 1 ({_label})", "dsol", overrides=DSOL_STAGE1_VARIANT.overrides + _OVERCLUSTER + _extra, name=f"{_name}-stage1",
+                  factor="clusters", level=_label)
+    DSOL_OVERCLUSTER_VARIANTS += (_s1, Variant(f"DSOL ({_label})", "dsol", overrides=DSOL_VARIANT.overrides + _OVERCLUSTER + _extra, name=_name,
+                                                init_from=_s1, factor="clusters", level=_label))
 #: Chapter 9: T-VSL as this book trains it (``TVSLConfig``'s defaults: MiniLM anchors of two prompt
 #: templates averaged, the class-feature presence term with a fixed boundary at ``cos = 0.5`` and
 #: weight 5, so that a silent class's feature must move below the boundary), its maps read two ways
@@ -147,6 +161,7 @@ VARIANT_GROUPS: dict[str, tuple[Variant, ...]] = {
     "ablations": DEPTH_VARIANTS + ASSIGNMENT_VARIANTS + LOSS_VARIANTS + WIDTH_VARIANTS,
     "dsol": (DSOL_STAGE1_VARIANT, DSOL_VARIANT),
     "dsol-public": (DSOL_PUBLIC_STAGE1_VARIANT, DSOL_PUBLIC_VARIANT),
+    "dsol-overcluster": DSOL_OVERCLUSTER_VARIANTS,
     "text": TVSL_VARIANTS + (TVSL_HELDOUT_CANDIDATES,),
     "text-paper": (TVSL_PAPER_VARIANT,),
     "text-templates": (TVSL_BARE_VARIANT,),
