@@ -460,7 +460,8 @@ class DSOLMethod(Method):
         m = model.cluster_to_class
         ok = m >= 0
         if ok.any():  # a class's clusters (one, or several with the majority mapping): their highest map, their summed probability
-            maps.index_reduce_(1, m[ok], cm[:, ok], "amax", include_self=False)
+            idx = m[ok].view(1, -1, 1, 1).expand(b, -1, h, w)
+            maps.scatter_reduce_(1, idx, cm[:, ok], "amax", include_self=False)
             probs.index_add_(1, m[ok], pk[:, ok])
         return {"maps": maps, "audio_probs": probs}
 
