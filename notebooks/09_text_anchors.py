@@ -210,13 +210,14 @@ controls = pd.concat({d: pd.DataFrame(tvsl_loss_controls(ctx.run_dir(DESIGNS[d],
 controls.round(3)
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-sns.lineplot(data=hist, x="epoch", y="train/aud", hue="design", marker="o", errorbar="sd", ax=axes[0])
-axes[0].set(title="audio→text classification loss (training)", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+sns.lineplot(data=hist, x="epoch", y="train/aud", hue="design", marker="o", errorbar="sd", ax=axes[0], legend=False)
+axes[0].set(title="audio→text loss (training)", xlabel="epoch", ylabel="cross-entropy", yscale="log")
 dep = hist.melt(id_vars=["epoch", "design"], value_vars=["embedding_dependence/audio", "embedding_dependence/visual"], var_name="feature")
 dep["feature"] = dep["feature"].str.split("/").str[-1]
 sns.lineplot(data=dep, x="epoch", y="value", hue="design", style="feature", marker="o", errorbar="sd", ax=axes[1])
-axes[1].set(title="cos(mean class feature when sounding, when silent)", xlabel="epoch", ylabel="cosine", ylim=(0, 1.02))
+axes[1].set(title="class feature: sounding vs silent (validation)", xlabel="epoch", ylabel="cosine of the two means", ylim=(0, 1.02))
+sns.move_legend(axes[1], "center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title=None, frameon=False)  # beside the curves, not on them
 fig.tight_layout()
 ctx.save_figure(fig, "09_does_it_learn")
 plt.close(fig)
