@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ObjectFeatures", "masked_object_features", "kmeans_dictionary", "ClusterMapping", "hungarian_mapping", "majority_mapping", "CLUSTER_MAPPINGS", "nsa", "false_alarm_rate"]
+__all__ = ["ObjectFeatures", "masked_object_features", "kmeans_dictionary", "ClusterMapping", "contingency", "hungarian_mapping", "majority_mapping", "CLUSTER_MAPPINGS", "nsa", "false_alarm_rate"]
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,9 @@ class ClusterMapping:
     contingency: Tensor
 
 
-def hungarian_mapping(clusters: Tensor, classes: Tensor, k: int, num_classes: int) -> ClusterMapping:
-    """The one-to-one cluster -> class mapping that maximises the number of objects mapped to their
-    own class (``clusters [N]``, ``classes [N]``: cluster and true class of each object)."""
-    from scipy.optimize import linear_sum_assignment
-
+def contingency(clusters: Tensor, classes: Tensor, k: int, num_classes: int) -> Tensor:
+    """The ``[K, C]`` counts of objects per (cluster, true class) from ``clusters [N]`` and ``classes [N]``,
+    both checked (two non-empty vectors of the same length, ids within ``k`` and ``num_classes``)."""
     clusters, classes = torch.as_tensor(clusters).long(), torch.as_tensor(classes).long()
     if clusters.shape != classes.shape or clusters.dim() != 1 or len(clusters) == 0:
         raise ValueError(f"clusters and classes must be two non-empty [N] vectors, got {tuple(clusters.shape)} and {tuple(classes.shape)}")
@@ -118,10 +116,19 @@ def hungarian_mapping(clusters: Tensor, classes: Tensor, k: int, num_classes: in
         raise ValueError(f"cluster ids must lie in [0, {k}) and class ids in [0, {num_classes})")
     cont = torch.zeros(k, num_classes, dtype=torch.long)
     cont.index_put_((clusters, classes), torch.ones_like(clusters), accumulate=True)
+    return cont
+
+
+def hungarian_mapping(clusters: Tensor, classes: Tensor, k: int, num_classes: int) -> ClusterMapping:
+    """The one-to-one cluster -> class mapping that maximises the number of objects mapped to their
+    own class (``clusters [N]``, ``classes [N]``: cluster and true class of each object)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cont = contingency(clusters, classes, k, num_classes)
     rows, cols = linear_sum_assignment(cont.numpy(), maximize=True)
     mapping = torch.full((k,), -1, dtype=torch.long)
     mapping[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
-    n = len(clusters)
+    n = int(cont.sum())
     purity = float(cont.max(dim=1).values.sum()) / n
     accuracy = float(cont[torch.as_tensor(rows), torch.as_tensor(cols)].sum()) / n
     return ClusterMapping(mapping, purity, accuracy, cont)
@@ -132,16 +139,10 @@ def majority_mapping(clusters: Tensor, classes: Tensor, k: int, num_classes: int
     (ties: the lowest class id; a cluster without objects: -1). With more clusters than classes
     (over-clustering) a class split over several clusters keeps all of them; ``accuracy`` then equals
     ``purity``. Arguments as :func:`hungarian_mapping`."""
-    clusters, classes = torch.as_tensor(clusters).long(), torch.as_tensor(classes).long()
-    if clusters.shape != classes.shape or clusters.dim() != 1 or len(clusters) == 0:
-        raise ValueError(f"clusters and classes must be two non-empty [N] vectors, got {tuple(clusters.shape)} and {tuple(classes.shape)}")
-    if int(clusters.max()) >= k or int(clusters.min()) < 0 or int(classes.max()) >= num_classes or int(classes.min()) < 0:
-        raise ValueError(f"cluster ids must lie in [0, {k}) and class ids in [0, {num_classes})")
-    cont = torch.zeros(k, num_classes, dtype=torch.long)
-    cont.index_put_((clusters, classes), torch.ones_like(clusters), accumulate=True)
+    cont = contingency(clusters, classes, k, num_classes)
     top = cont.max(dim=1)
     mapping = torch.where(cont.sum(1) > 0, top.indices, torch.full_like(top.indices, -1))
-    purity = float(top.values.sum()) / len(clusters)
+    purity = float(top.values.sum()) / int(cont.sum())
     return ClusterMapping(mapping, purity, purity, cont)
 
 

@@ -734,7 +734,7 @@ def choose_presence_rule(rows, f1_min: float = 0.85, gap_max: float = 0.05, spli
     if sel.empty:
         raise ValueError(f"choose_presence_rule: no rows of the {split!r} split")
     table = sel.groupby(["beta", "set"], as_index=False)[["threshold", "presence_f1", "gap"]].mean()
-    per_set = (table["presence_f1"] - f1_min).where(table["presence_f1"] - f1_min < gap_max - table["gap"], gap_max - table["gap"])
+    per_set = np.minimum(table["presence_f1"] - f1_min, gap_max - table["gap"])
     table["margin"] = per_set.groupby(table["beta"]).transform("min")
     best = table.groupby("beta")["margin"].first()
     beta = float(best[best == best.max()].index.min())

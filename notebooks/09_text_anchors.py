@@ -64,7 +64,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import pyplot as plt
 
-from avgnbook.analysis import mean_std_table, seed_sd, verdict_beats, verdict_summary
+from avgnbook.analysis import cell_mean, mean_std_table, seed_sd, verdict_beats, verdict_summary
 from avgnbook.anchors import anchor_embedding_tsne, anchor_naming, anchor_similarity
 from avgnbook.chapter import chapter_context
 from avgn.data.manifest import load_build_info
@@ -450,8 +450,7 @@ def vs_priors(design: str, set_name: str, mode: str) -> str:
 
 
 n = results.loc[results["variant"] == TVSL, "seed"].nunique()
-solo_ap = lambda v, split: results[(results["variant"] == v) & (results["set"] == f"{split}/solo/scene") & (results["metric"] == "ap")  # noqa: E731
-                                   & (results["mode"] == "oracle")]["value"].mean()
+solo_ap = lambda v, split: cell_mean(results, v, f"{split}/solo/scene", "ap")  # noqa: E731  (oracle)
 obj = METHOD_NAMES["object"]
 zeroshot_sentence = (f"Held-out against seen classes (one source, ground-truth class): this book's T-VSL scores AP {100 * solo_ap(TVSL, ZEROSHOT_SPLIT):.1f} "
                      f"on the held-out classes and {100 * solo_ap(TVSL, 'test'):.1f} on the seen ones; the object prior {100 * solo_ap(obj, ZEROSHOT_SPLIT):.1f} "
